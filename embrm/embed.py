@@ -1,0 +1,122 @@
+"""Embed a dataset's responses through the cache: render -> key -> embed only missing keys -> aligned matrix.
+
+The text embedded for a response is `template.format(prompt=..., response=...)`; the default template is
+DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it never mixes vectors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from embrm.cache import EmbeddingCache, text_keys
+from embrm.data import Dataset
+from embrm.errors import EmbrmError
+
+DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
+DEFAULT_CACHE_DIR = "cache"
+
+
+@dataclass
+class EmbedResult:
+    X: np.ndarray  # (n_responses, d) float32, aligned with the responses table
+    keys: list[str]  # the cache key of each row
+    n_texts: int
+    n_unique: int
+    n_embedded: int
+    n_cached: int
+    dim: int
+    cache_dir: str
+    fingerprint: str
+    spec: dict
+    seconds: float
+
+    def summary(self) -> dict:
+        return {k: getattr(self, k) for k in
+                ("n_texts", "n_unique", "n_embedded", "n_cached", "dim", "cache_dir", "fingerprint", "seconds")}
+
+
+def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], list[int]]:
+    """The exact texts sent to the model, and where each response starts in its text (for response pooling)."""
+    if "{prompt}" not in template or "{response}" not in template:
+        raise EmbrmError(f"template {template!r} must contain both {{prompt}} and {{response}}")
+    head, tail = template.split("{response}", 1)
+    prompts, answers = responses["prompt"].to_list(), responses["response"].to_list()
+    try:
+        prefixes = [head.format(prompt=p) for p in prompts]
+        texts = [pre + a + tail.format(prompt=p) for pre, a, p in zip(prefixes, answers, prompts)]
+    except (KeyError, IndexError, ValueError) as e:
+        raise EmbrmError(f"template {template!r}: {e}: use only {{prompt}} and {{response}} "
+                         f"(write literal braces as {{{{ }}}})") from None
+    return texts, [len(p) for p in prefixes]
+
+
+def cache_spec(embedder, template: str) -> dict:
+    """Everything that determines a cached vector: the embedder's own spec plus the text template."""
+    return {**embedder.spec(), "template": template}
+
+
+def _progress(enabled: bool | None):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return Progress(TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} texts/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
+                batch_size: int = 64, progress: bool | None = None) -> tuple[list[str], int]:
+    """Embed the texts whose keys the cache lacks, one atomic part per batch. Returns (keys, n_embedded)."""
+    keys = text_keys(texts)
+    # One representative row per missing key; longest first, so similar lengths share a batch (less padding)
+    # and a batch too long for memory fails early.
+    todo = (pl.DataFrame({"key": keys, "length": pl.Series(texts).str.len_chars()}).with_row_index("row")
+            .unique("key", keep="first", maintain_order=True).join(cache.index(), on="key", how="anti")
+            .sort("length", descending=True, maintain_order=True))
+    if todo.is_empty():
+        return keys, 0
+    rows = todo["row"].to_numpy()
+    start = time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task("embed", total=len(rows), rate="-")
+        for lo in range(0, len(rows), batch_size):
+            batch = rows[lo:lo + batch_size]
+            out = embedder.embed([texts[i] for i in batch],
+                                 [response_starts[i] for i in batch] if response_starts else None)
+            cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated)
+            done = lo + len(batch)
+            bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):.1f}")
+    cache.compact()
+    return keys, len(rows)
+
+
+def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                  template: str = DEFAULT_TEMPLATE, batch_size: int = 64,
+                  progress: bool | None = None) -> EmbedResult:
+    """The (n, d) float32 embedding matrix aligned with the dataset's responses, embedding only what is missing.
+
+    A warm call (everything cached) never loads the model.
+    """
+    from embrm.embedders import make_embedder
+
+    start = time.perf_counter()
+    responses = data.responses if isinstance(data, Dataset) else data
+    embedder = embedder if embedder is not None else make_embedder()
+    if batch_size < 1:
+        raise EmbrmError(f"--batch-size must be >= 1 (got {batch_size})")
+    texts, starts = render(responses, template)
+    cache = EmbeddingCache(cache_dir, cache_spec(embedder, template))
+    keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
+                                   progress=progress)
+    X = cache.lookup(keys)
+    n_unique = len(set(keys))
+    return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
+                       str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3))
