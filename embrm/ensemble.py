@@ -1,0 +1,226 @@
+"""Reward-model ensembles: K members over cached embeddings.
+
+    ens = fit_ensemble(X, pairs, head="mlp", k=10, mode="independent", pair_prompt_ids=pp, seed=0)
+    R = ens.predict(X)                 # (n, K) float32 member scores
+    r_warm = ens.predict_warm(X)       # (n,) the WARM weight-averaged MLP (head="mlp", warm=True)
+
+Modes
+    independent   each member its own seed and its own 80/20 train/validation split of the pairs (by prompt when
+                  pair_prompt_ids is given) (Sun et al.). Linear and LightGBM members train on their 80 % too.
+    bootstrap     each member trains on a bootstrap resample of the prompts (with replacement; each pair is its
+                  own "prompt" without pair_prompt_ids); its out-of-bag pairs are its validation set.
+    shared_trunk  (Ahmed et al.) one MLP trained on all pairs (its own 80/20 split for early stopping) is the
+                  trunk; K linear BT heads on the trunk's last hidden layer, each on its own bootstrap resample.
+                  head must be "mlp"; head_params configure the trunk, linear_C the heads.
+    linear_heads  K linear BT heads directly on the frozen embeddings, each on its own bootstrap resample: the
+                  frozen LLM is the shared encoder (Ahmed et al. with a frozen trunk). head must be "linear".
+
+MLP members are trained together (one batched forward/backward for all K per step; see embrm.heads.mlp). With
+warm=True (default) they share ONE initialisation (from `seed`) and differ in split, batch order and data, and
+`warm_` holds their weight average (WARM, Rame et al.) beside the prediction ensemble. For linear heads weight
+and prediction averaging coincide, so WARM only exists for MLP members. LightGBM members are fitted one after
+another (LightGBM itself is multithreaded).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from embrm.errors import EmbrmError
+from embrm.heads import HEADS, LGBMReward, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
+from embrm.heads.mlp import MemberData, forward_stack, init_params, train_stack
+from embrm.labels import split_pairs
+
+MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
+
+
+def member_seeds(seed: int, k: int) -> list[int]:
+    """K independent member seeds derived from one seed (numpy SeedSequence), as plain ints."""
+    return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(k)]
+
+
+def bootstrap_split(n_pairs: int, seed: int, prompt_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Resample prompts with replacement: (train positions with repeats, out-of-bag positions)."""
+    rng = np.random.default_rng(seed)
+    if prompt_ids is None:
+        grp, G = np.arange(n_pairs), n_pairs
+    else:
+        _, grp = np.unique(np.asarray(prompt_ids).astype(str), return_inverse=True)
+        G = int(grp.max()) + 1
+    times = np.bincount(rng.integers(0, G, G), minlength=G)[grp]  # how often each pair's prompt was drawn
+    pos = np.arange(n_pairs, dtype=np.int64)
+    return np.repeat(pos, times), pos[times == 0]
+
+
+class RewardEnsemble:
+    """K fitted reward members. predict(X) -> (n, K) float32.
+
+    Attributes: head, mode, members (fitted heads; for shared_trunk the linear heads), trunk (shared_trunk's
+    MLPReward, else None), warm_ (WARM-averaged MLPReward or None), seeds (per member), splits (per member dict
+    with 'train' / 'val' pair positions into the fitted pairs), head_params, info (timings, dtype, per-member
+    epochs and validation accuracy)."""
+
+    def __init__(self, head: str, mode: str, members: list, seeds: list[int], splits: list[dict], *,
+                 trunk: MLPReward | None = None, warm: MLPReward | None = None, head_params: dict | None = None,
+                 info: dict | None = None):
+        self.head, self.mode = head, mode
+        self.members, self.seeds, self.splits = list(members), list(seeds), list(splits)
+        self.trunk, self.warm_ = trunk, warm
+        self.head_params = dict(head_params or {})
+        self.info = dict(info or {})
+        self._stack = None
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __repr__(self) -> str:
+        return f"RewardEnsemble(head={self.head!r}, mode={self.mode!r}, k={self.k}, warm={self.warm_ is not None})"
+
+    def predict(self, X) -> np.ndarray:
+        """Member scores (n, K) float32."""
+        X = check_embeddings(X)
+        if self.mode == "shared_trunk":
+            F = self.trunk.transform(X)
+            return (F @ np.stack([m.coef_ for m in self.members], 1)).astype(np.float32)
+        if self.head == "linear":
+            W = np.stack([m.coef_ for m in self.members], 1)
+            if X.shape[1] != W.shape[0]:
+                raise EmbrmError(f"embeddings have dim {X.shape[1]} but the ensemble was fitted on dim {W.shape[0]}: "
+                                 f"use the same embedder as for training")
+            return (X @ W).astype(np.float32)
+        if self.head == "mlp":
+            if X.shape[1] != self.members[0].params_[0].shape[0]:
+                raise EmbrmError(f"embeddings have dim {X.shape[1]} but the ensemble was fitted on dim "
+                                 f"{self.members[0].params_[0].shape[0]}: use the same embedder as for training")
+            return forward_stack(X, self.stacked_params())
+        return np.stack([m.predict(X) for m in self.members], 1).astype(np.float32)
+
+    def predict_warm(self, X) -> np.ndarray:
+        """Rewards (n,) of the WARM weight-averaged model (MLP members with a shared initialisation only)."""
+        if self.warm_ is None:
+            raise EmbrmError("this ensemble has no WARM model: fit head='mlp' with warm=True "
+                             "(mode independent or bootstrap)")
+        return self.warm_.predict(X)
+
+    def stacked_params(self) -> list[np.ndarray]:
+        """MLP members' weights stacked (K, ...) per tensor."""
+        if self._stack is None:
+            self._stack = [np.stack(ps) for ps in zip(*(m.params_ for m in self.members))]
+        return self._stack
+
+    def summary(self) -> dict:
+        """JSON-able description: head, mode, K, seeds, split sizes, training info."""
+        return {
+            "head": self.head, "mode": self.mode, "k": self.k, "seeds": self.seeds,
+            "head_params": _jsonable(self.head_params), "warm": self.warm_ is not None,
+            "splits": [{"n_train": int(len(s["train"])), "n_val": int(len(s["val"])),
+                        "n_train_distinct": int(len(np.unique(s["train"])))} for s in self.splits],
+            "info": _jsonable(self.info),
+        }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "independent",
+                 pair_prompt_ids=None, seed: int = 0, warm: bool = True, val_fraction: float = 0.2,
+                 linear_C: float = 1.0, **head_params) -> RewardEnsemble:
+    """Fit K reward members on pairs (m, 2) of row indices into X (column 0 preferred).
+
+    head: "linear" | "mlp" | "lgbm"; mode: see the module doc; pair_prompt_ids: one prompt id per pair (splits
+    and bootstraps then go by prompt); seed: derives every member's seed; warm: MLP members share one
+    initialisation and warm_ holds their weight average; val_fraction: each member's held-out share (independent
+    mode; the trunk's in shared_trunk); linear_C: C of the linear heads in shared_trunk mode; head_params: the
+    head's parameters (e.g. hidden=(1024, 512), epochs=30, objective="bt", dtype="auto", n_estimators=200)."""
+    t0 = time.perf_counter()
+    if head not in HEADS:
+        raise EmbrmError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
+    if mode not in MODES:
+        raise EmbrmError(f"unknown ensemble mode {mode!r}: use one of {', '.join(MODES)}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise EmbrmError(f"K must be >= 1 (the number of ensemble members), got {k}")
+    if mode == "shared_trunk" and head != "mlp":
+        raise EmbrmError("mode shared_trunk trains an MLP trunk with K linear heads: use head='mlp'")
+    if mode == "linear_heads" and head != "linear":
+        raise EmbrmError("mode linear_heads fits K linear heads over the frozen embeddings: use head='linear'")
+    if "random_state" in head_params:
+        raise EmbrmError("pass seed= to fit_ensemble (it derives every member's random_state), not random_state")
+    if "val_fraction" in head_params:  # MLPReward-style spelling of the same thing
+        val_fraction = head_params.pop("val_fraction")
+    k = int(k)
+    X = check_embeddings(X)
+    pairs = check_pairs(pairs, len(X))
+    pp = check_group_ids(pair_prompt_ids, len(pairs))
+    seeds = member_seeds(seed, k)
+    try:
+        proto = HEADS[head](**head_params)
+    except TypeError as e:
+        raise EmbrmError(f"bad parameter for head {head!r}: {e}") from None
+
+    if mode in ("bootstrap", "linear_heads", "shared_trunk"):
+        splits = [dict(zip(("train", "val"), bootstrap_split(len(pairs), s, pp))) for s in seeds]
+    else:
+        splits = [dict(zip(("train", "val"), split_pairs(len(pairs), val_fraction, seed=s, prompt_ids=pp)))
+                  for s in seeds]
+    info: dict = {}
+    trunk = warm_model = None
+
+    if mode == "shared_trunk":
+        trunk = MLPReward(**{**proto.get_params(), "val_fraction": val_fraction, "random_state": int(seed)})
+        trunk.fit(X, pairs, pp)
+        F = trunk.transform(X)
+        members = [LinearBT(C=linear_C).fit(F, pairs[s["train"]]) for s in splits]
+        info.update(trunk_best_epoch=trunk.best_epoch_, trunk_epochs=trunk.n_epochs_, dtype=trunk.dtype_)
+        head_params = {**head_params, "linear_C": linear_C}
+    elif head == "mlp":
+        proto._check_params()
+        hidden = tuple(int(h) for h in proto.hidden)
+        inits = ([init_params(X.shape[1], hidden, seed)] * k if warm
+                 else [init_params(X.shape[1], hidden, s) for s in seeds])
+        data = [MemberData(pairs[s["train"]], pairs[s["val"]], sd) for s, sd in zip(splits, seeds)]
+        res = train_stack(X, data, inits, **proto.train_kwargs())
+        members = []
+        for j, (s, sd) in enumerate(zip(splits, seeds)):
+            m = MLPReward(**{**proto.get_params(), "val_fraction": val_fraction, "random_state": sd})
+            m._set_result([p[j] for p in res.params], res, j, s["train"], s["val"])
+            members.append(m)
+        if warm and mode in ("independent", "bootstrap"):
+            warm_model = MLPReward.from_params([p.mean(0) for p in res.params],
+                                               **{**proto.get_params(), "random_state": int(seed)})
+        info.update(dtype=res.dtype, train_seconds=res.seconds, matmul_flops=res.flops,
+                    best_epoch=res.best_epoch, n_epochs=res.n_epochs, skipped_steps=res.skipped_steps,
+                    warm_init=bool(warm))
+    else:
+        members = []
+        for s, sd in zip(splits, seeds):
+            params = {**proto.get_params(), "random_state": sd}
+            if head == "lgbm":
+                params["n_jobs"] = params.get("n_jobs") or 2
+            members.append(HEADS[head](**params).fit(X, pairs[s["train"]]))
+
+    ens = RewardEnsemble(head, mode, members, seeds, splits, trunk=trunk, warm=warm_model,
+                         head_params=head_params, info=info)
+    if any(len(s["val"]) for s in splits):
+        R = ens.predict(X)
+        d = R[pairs[:, 0]] - R[pairs[:, 1]]
+        ens.info["val_accuracy"] = [
+            float(np.mean((d[s["val"], j] > 0) + 0.5 * (d[s["val"], j] == 0))) if len(s["val"]) else None
+            for j, s in enumerate(splits)]
+    ens.info["fit_seconds"] = time.perf_counter() - t0
+    ens.info["val_fraction"] = val_fraction if mode in ("independent", "shared_trunk") else None
+    return ens

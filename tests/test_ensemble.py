@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from embrm.ensemble import bootstrap_split, fit_ensemble
+from embrm.errors import EmbrmError
+from embrm.heads.mlp import MemberData, forward_stack, init_params, train_reference
+from embrm.metrics import pairwise_accuracy
+
+
+def synthetic(n=1000, d=16, n_pairs=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    gold = X @ rng.standard_normal(d)
+    a, b = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
+    a, b = a[a != b], b[a != b]
+    pairs = np.where((gold[a] > gold[b])[:, None], np.stack([a, b], 1), np.stack([b, a], 1)).astype(np.int64)
+    prompts = (np.minimum(a, b) // 10).astype(str)  # ~100 "prompts" of uneven size
+    return X, pairs, prompts
+
+
+MLP = dict(hidden=(24, 12), batch_size=64, epochs=6)
+
+
+def test_batched_mlp_equals_sequential():
+    """K members trained together (one stacked forward/backward per step, float32) == each member trained alone
+    the plain way with the same seed, init, split and batch order. Splits by prompt give members different
+    train/val sizes (padded batches, masks) and patience 1 lets them stop at different epochs."""
+    X, pairs, pp = synthetic()
+    ens = fit_ensemble(X, pairs, head="mlp", k=4, pair_prompt_ids=pp, seed=11, warm=False, dtype="float32",
+                       patience=1, lr=2e-2, **{**MLP, "epochs": 10})
+    sizes = {len(s["train"]) for s in ens.splits}
+    assert len(sizes) > 1  # members really have different data sizes
+    R = ens.predict(X)
+    for j, (s, sd) in enumerate(zip(ens.splits, ens.seeds)):
+        params, info = train_reference(X, MemberData(pairs[s["train"]], pairs[s["val"]], sd),
+                                       init_params(X.shape[1], MLP["hidden"], sd), lr=2e-2, patience=1,
+                                       batch_size=64, epochs=10)
+        assert ens.info["n_epochs"][j] == info["n_epochs"] and ens.info["best_epoch"][j] == info["best_epoch"]
+        r = forward_stack(X, [p[None] for p in params])[:, 0]
+        np.testing.assert_allclose(R[:, j], r, atol=1e-4 * np.abs(r).max())
+    assert len(set(ens.info["n_epochs"])) > 1  # per-member early stopping was exercised
+
+
+def test_warm_average_equals_manual_average():
+    X, pairs, pp = synthetic()
+    ens = fit_ensemble(X, pairs, head="mlp", k=3, seed=2, dtype="float32", **MLP)
+    manual = [np.mean([m.params_[i] for m in ens.members], axis=0) for i in range(len(ens.members[0].params_))]
+    for p, q in zip(ens.warm_.params_, manual):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    h = np.maximum(X @ manual[0] + manual[1], 0)
+    h = np.maximum(h @ manual[2] + manual[3], 0)
+    np.testing.assert_allclose(ens.predict_warm(X), (h @ manual[4] + manual[5])[:, 0], rtol=1e-4, atol=1e-5)
+    # members share one initialisation: with a vanishing learning rate they stay (almost) identical
+    still = fit_ensemble(X, pairs, head="mlp", k=3, seed=2, lr=1e-12, dtype="float32", **{**MLP, "epochs": 1})
+    assert np.allclose(still.members[0].params_[0], still.members[2].params_[0], atol=1e-9)
+    cold = fit_ensemble(X, pairs, head="mlp", k=2, seed=2, lr=1e-12, warm=False, dtype="float32",
+                        **{**MLP, "epochs": 1})
+    assert not np.allclose(cold.members[0].params_[0], cold.members[1].params_[0]) and cold.warm_ is None
+
+
+def test_independent_splits_and_accuracy():
+    X, pairs, pp = synthetic()
+    ens = fit_ensemble(X, pairs, head="linear", k=5, pair_prompt_ids=pp, seed=0)
+    R = ens.predict(X)
+    assert R.shape == (len(X), 5) and R.dtype == np.float32
+    for s in ens.splits:
+        assert not set(pp[s["train"]]) & set(pp[s["val"]])
+        assert len(s["train"]) + len(s["val"]) == len(pairs)
+    assert len({tuple(s["val"][:20]) for s in ens.splits}) == 5  # each member its own split
+    assert len(set(ens.seeds)) == 5
+    assert min(ens.info["val_accuracy"]) > 0.9
+    assert pairwise_accuracy(R.mean(1), pairs) > 0.9
+    again = fit_ensemble(X, pairs, head="linear", k=5, pair_prompt_ids=pp, seed=0)
+    assert np.array_equal(again.predict(X), R)
+
+
+def test_bootstrap_by_prompt():
+    pp = np.repeat(np.arange(50).astype(str), 3)
+    tr, oob = bootstrap_split(len(pp), seed=0, prompt_ids=pp)
+    assert len(tr) == len(pp)  # equal-size prompts: resample keeps the pair count
+    assert not set(pp[tr]) & set(pp[oob]) and len(np.unique(tr)) < len(tr)
+    X, pairs, pp = synthetic()
+    ens = fit_ensemble(X, pairs, head="mlp", mode="bootstrap", k=3, pair_prompt_ids=pp, seed=0, **MLP)
+    for s in ens.splits:
+        assert not set(s["train"]) & set(s["val"])
+    assert ens.warm_ is not None and pairwise_accuracy(ens.predict(X).mean(1), pairs) > 0.85
+
+
+def test_shared_trunk_and_linear_heads_and_lgbm():
+    X, pairs, pp = synthetic()
+    st = fit_ensemble(X, pairs, head="mlp", mode="shared_trunk", k=4, seed=0, **MLP)
+    R = st.predict(X)
+    assert R.shape == (len(X), 4) and st.trunk is not None and st.members[0].coef_.shape == (12,)
+    assert pairwise_accuracy(R.mean(1), pairs) > 0.85 and not np.allclose(R[:, 0], R[:, 1])
+    lh = fit_ensemble(X, pairs, head="linear", mode="linear_heads", k=3, pair_prompt_ids=pp, seed=0)
+    assert lh.predict(X).shape == (len(X), 3)
+    lg = fit_ensemble(X, pairs, head="lgbm", k=2, seed=0, n_estimators=20, num_leaves=7)
+    assert lg.predict(X).shape == (len(X), 2) and lg.members[0].random_state != lg.members[1].random_state
+
+
+def test_ensemble_errors():
+    X, pairs, pp = synthetic(n=200, n_pairs=300)
+    with pytest.raises(EmbrmError, match="K must be >= 1"):
+        fit_ensemble(X, pairs, k=0)
+    with pytest.raises(EmbrmError, match="unknown ensemble mode"):
+        fit_ensemble(X, pairs, mode="bagging")
+    with pytest.raises(EmbrmError, match="head='mlp'"):
+        fit_ensemble(X, pairs, head="linear", mode="shared_trunk")
+    with pytest.raises(EmbrmError, match="unknown head"):
+        fit_ensemble(X, pairs, head="svm")
+    with pytest.raises(EmbrmError, match="seed="):
+        fit_ensemble(X, pairs, head="mlp", random_state=3)
+    with pytest.raises(EmbrmError, match="bad parameter"):
+        fit_ensemble(X, pairs, head="linear", hidden=(3,))
+    with pytest.raises(EmbrmError, match="one prompt id per pair"):
+        fit_ensemble(X, pairs, pair_prompt_ids=pp[:5])
+    with pytest.raises(EmbrmError, match="no WARM model"):
+        fit_ensemble(X, pairs, k=2).predict_warm(X)
