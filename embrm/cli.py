@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from embrm.aggregate import AGGREGATIONS as AGGREGATION_NAMES
 from embrm.errors import EmbrmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,6 +42,26 @@ def friendly(fn):
             err.print("interrupted: finished batches are cached; re-run the same command to resume")
             raise typer.Exit(130)
     return wrapper
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command as a user would retype it (arguments and non-default options), for manifests."""
+    import shlex
+
+    parts = ["embrm", *ctx.command_path.split()[1:]]  # the program name differs under test runners
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if value is None or source is None or source.name == "DEFAULT":
+            continue
+        value = value.value if isinstance(value, Enum) else value
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif isinstance(value, bool):
+            parts.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def print_json(obj) -> None:
@@ -79,28 +100,56 @@ def datasets(data_dir: Optional[Path] = DataDir, format: Format = FormatOpt):
     out.print(table)
 
 
+# Embedder options, shared by every command that may need to embed.
+ModelOpt = typer.Option(None, "--model", "-m", help="Model id/path (default: packaged all-MiniLM-L6-v2; 'smollm2' = packaged SmolLM2-135M GGUF).")
+BackendOpt = typer.Option("st", "--backend", "-b", help="st (sentence-transformers) | hf (causal-LM hidden state) | openai (HTTP endpoint).")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 where the CPU/GPU supports it) | float32 | bfloat16.")
+MaxLenOpt = typer.Option(None, "--max-length", help="Truncate texts to this many tokens.")
+LayerOpt = typer.Option(-1, "--layer", help="hf: hidden layer to read (-1 = last).")
+PoolingOpt = typer.Option("last", "--pooling", help="hf: last (last non-pad token) | mean_response.")
+TemplateOpt = typer.Option("{prompt}\n\n{response}", "--template", help="Text sent to the model for each response.")
+BaseUrlOpt = typer.Option(None, "--base-url", help="openai: endpoint base URL (.../v1).")
+ApiKeyEnvOpt = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai: name of the env var holding the key.")
+BatchOpt = typer.Option(64, "--batch-size", help="Texts per batch; each batch is one atomic cache part.")
+# Column options for files (named datasets know their own columns).
+PromptCol = typer.Option(None, "--prompt-col")
+ResponseCol = typer.Option(None, "--response-col")
+GoldCol = typer.Option(None, "--gold-col")
+ResponseKey = typer.Option(None, "--response-key", help="Column telling a prompt's responses apart (e.g. model).")
+ChosenCol = typer.Option(None, "--chosen-col")
+RejectedCol = typer.Option(None, "--rejected-col")
+
+
+def build_embedder(backend, model, dtype, max_length, layer, pooling, base_url, api_key_env):
+    from embrm.embedders import make_embedder
+
+    if backend == "openai":
+        options = dict(base_url=base_url, api_key_env=api_key_env)
+    else:
+        options = dict(dtype=dtype, max_length=max_length)
+        if backend == "hf":
+            options.update(layer=layer, pooling=pooling)
+    return make_embedder(backend, model, **{k: v for k, v in options.items() if v is not None})
+
+
+def load_data(dataset, data_dir, prompt_col, response_col, gold_col, response_key, chosen_col, rejected_col):
+    from embrm.datasets import load_dataset
+
+    return load_dataset(dataset, data_dir, **dataset_options(prompt_col, response_col, gold_col, response_key,
+                                                             chosen_col, rejected_col))
+
+
 @app.command()
 @friendly
 def embed(
     dataset: str = typer.Argument(..., help="A named dataset (embrm datasets) or a file: .jsonl/.json/.parquet/.csv"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model id/path (default: packaged all-MiniLM-L6-v2; 'smollm2' for the packaged SmolLM2 GGUF)."),
-    backend: str = typer.Option("st", "--backend", "-b", help="st (sentence-transformers) | hf (causal LM last token) | openai (HTTP endpoint)."),
-    cache_dir: Path = CacheDir,
-    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch; each batch is one atomic cache part."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate texts to this many tokens."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on AMX CPUs / GPUs) | float32 | bfloat16."),
-    layer: int = typer.Option(-1, "--layer", help="hf: hidden layer to read (-1 = last)."),
-    pooling: str = typer.Option("last", "--pooling", help="hf: last (last non-pad token) | mean_response."),
-    template: str = typer.Option("{prompt}\n\n{response}", "--template", help="Text sent to the model."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai: endpoint base URL (…/v1)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai: env var holding the key."),
-    data_dir: Optional[Path] = DataDir,
-    prompt_col: Optional[str] = typer.Option(None, "--prompt-col"),
-    response_col: Optional[str] = typer.Option(None, "--response-col"),
-    gold_col: Optional[str] = typer.Option(None, "--gold-col"),
-    response_key: Optional[str] = typer.Option(None, "--response-key", help="Column telling a prompt's responses apart."),
-    chosen_col: Optional[str] = typer.Option(None, "--chosen-col"),
-    rejected_col: Optional[str] = typer.Option(None, "--rejected-col"),
+    model: Optional[str] = ModelOpt, backend: str = BackendOpt, cache_dir: Path = CacheDir,
+    batch_size: int = BatchOpt, max_length: Optional[int] = MaxLenOpt, dtype: str = DtypeOpt,
+    layer: int = LayerOpt, pooling: str = PoolingOpt, template: str = TemplateOpt,
+    base_url: Optional[str] = BaseUrlOpt, api_key_env: str = ApiKeyEnvOpt, data_dir: Optional[Path] = DataDir,
+    prompt_col: Optional[str] = PromptCol, response_col: Optional[str] = ResponseCol,
+    gold_col: Optional[str] = GoldCol, response_key: Optional[str] = ResponseKey,
+    chosen_col: Optional[str] = ChosenCol, rejected_col: Optional[str] = RejectedCol,
     format: Format = FormatOpt,
 ):
     """Embed a dataset's (prompt, response) texts into the content-addressed Parquet cache (resumable).
@@ -108,18 +157,10 @@ def embed(
     Example: embrm embed alpaca-eval-bon16                      (packaged MiniLM, offline)
              embrm embed pairs.jsonl --backend hf --model smollm2 --dtype bfloat16
     """
-    from embrm.datasets import load_dataset
     from embrm.embed import embed_dataset
-    from embrm.embedders import make_embedder
 
-    ds = load_dataset(dataset, data_dir, **dataset_options(prompt_col, response_col, gold_col, response_key,
-                                                            chosen_col, rejected_col))
-    options = dict(dtype=dtype, max_length=max_length)
-    if backend == "hf":
-        options.update(layer=layer, pooling=pooling)
-    if backend == "openai":
-        options = dict(base_url=base_url, api_key_env=api_key_env)
-    embedder = make_embedder(backend, model, **{k: v for k, v in options.items() if v is not None})
+    ds = load_data(dataset, data_dir, prompt_col, response_col, gold_col, response_key, chosen_col, rejected_col)
+    embedder = build_embedder(backend, model, dtype, max_length, layer, pooling, base_url, api_key_env)
     result = embed_dataset(ds, embedder, cache_dir=cache_dir, template=template, batch_size=batch_size,
                            progress=None if format == Format.text else False)
     summary = {"dataset": ds.name, **result.summary()}
@@ -127,6 +168,168 @@ def embed(
         return print_json(summary)
     out.print(f"{ds!r}\nembedded {result.n_embedded} new texts, {result.n_cached} from cache "
               f"({result.n_texts} rows, {result.dim}-d) in {result.seconds:.1f}s -> {result.cache_dir}")
+
+
+@app.command()
+@friendly
+def fit(
+    ctx: typer.Context,
+    dataset: str = typer.Argument(..., help="A named dataset or a file (pool with gold, or pairs)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write (must not exist)."),
+    head: str = typer.Option("linear", "--head", help="linear | mlp | lgbm"),
+    ensemble: int = typer.Option(10, "--ensemble", "-k", help="Number of members K."),
+    mode: str = typer.Option("independent", "--mode", help="independent | bootstrap | shared_trunk (mlp) | linear_heads (linear)."),
+    objective: Optional[str] = typer.Option(None, "--objective", help="mlp/lgbm: bt | classification."),
+    hidden: str = typer.Option("1024,512", "--hidden", help="mlp: hidden layer widths (Sun et al.: 1024,512)."),
+    epochs: int = typer.Option(30, "--epochs", help="mlp: maximum epochs (early stopping, patience 3)."),
+    labels: str = typer.Option("auto", "--labels", help="human (the dataset's pairs) | simulated (from gold) | auto."),
+    beta: float = typer.Option(10.0, "--beta", help="Simulated BT annotator sharpness (10: <5 % errors; 0.5: ~40 %)."),
+    flip: Optional[float] = typer.Option(None, "--flip", help="Instead of --beta: flip this share of correct labels (Coste: 0.25)."),
+    n_pairs: int = typer.Option(10_000, "--n-pairs", help="Simulated annotations on the training prompts."),
+    across_prompts: bool = typer.Option(False, "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.)."),
+    test_size: float = typer.Option(0.2, "--test-size", help="Share of prompts held out for evaluation."),
+    seed: int = typer.Option(0, "--seed"),
+    model: Optional[str] = ModelOpt, backend: str = BackendOpt, cache_dir: Path = CacheDir,
+    batch_size: int = BatchOpt, max_length: Optional[int] = MaxLenOpt, dtype: str = DtypeOpt,
+    layer: int = LayerOpt, pooling: str = PoolingOpt, template: str = TemplateOpt,
+    base_url: Optional[str] = BaseUrlOpt, api_key_env: str = ApiKeyEnvOpt, data_dir: Optional[Path] = DataDir,
+    prompt_col: Optional[str] = PromptCol, response_col: Optional[str] = ResponseCol,
+    gold_col: Optional[str] = GoldCol, response_key: Optional[str] = ResponseKey,
+    chosen_col: Optional[str] = ChosenCol, rejected_col: Optional[str] = RejectedCol,
+    format: Format = FormatOpt,
+):
+    """Train a K-member reward-model ensemble on embeddings (embedding what is missing) and save it.
+
+    Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
+    """
+    from embrm.embed import embed_dataset
+    from embrm.persist import save_ensemble
+    from embrm.train import LabelConfig, fit as fit_model
+
+    if out_dir.exists():
+        raise EmbrmError(f"{out_dir}: already exists: choose another --out or remove it")
+    ds = load_data(dataset, data_dir, prompt_col, response_col, gold_col, response_key, chosen_col, rejected_col)
+    embedder = build_embedder(backend, model, dtype, max_length, layer, pooling, base_url, api_key_env)
+    emb = embed_dataset(ds, embedder, cache_dir=cache_dir, template=template, batch_size=batch_size,
+                        progress=None if format == Format.text else False)
+    label_config = LabelConfig(labels, beta, flip, n_pairs, not across_prompts)
+    params = {"objective": objective} if objective else {}
+    if head == "mlp":
+        params.update(hidden=parse_ints(hidden, "--hidden"), epochs=epochs)
+    result = fit_model(ds, emb.X, head=head, k=ensemble, mode=mode, labels=label_config, test_size=test_size,
+                       seed=seed, **params)
+    manifest = result.manifest(ds, emb.spec, emb.fingerprint)
+    manifest["command"] = command_line(ctx)
+    save_ensemble(out_dir, result.ensemble, manifest)
+    if format == Format.json:
+        return print_json({"model_dir": str(out_dir), **result.metrics})
+    print_fit_metrics(result.metrics, f"{head} x{ensemble} ({mode}) on {ds.name}: held-out {result.metrics['against']}")
+    out.print(f"saved -> {out_dir}")
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise EmbrmError(f"{option} {text!r}: give comma-separated integers, e.g. 1024,512") from None
+
+
+def print_fit_metrics(m: dict, title: str) -> None:
+    table = Table("reward", "pairwise acc", "log-loss", "ECE", "spearman", title=title)
+    sp = m.get("spearman")
+    table.add_row("ensemble mean", f"{m['accuracy']:.3f}", f"{m['log_loss']:.3f}", f"{m['ece']:.3f}",
+                  "-" if sp is None else f"{sp:.3f}")
+    accs = m["member_accuracy"]
+    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "")
+    table.add_row("length (longer is better)", f"{m['baseline_length_accuracy']:.3f}", "", "",
+                  "-" if sp is None else f"{m['baseline_length_spearman']:.3f}")
+    table.add_row("random", f"{m['baseline_random_accuracy']:.3f}", "", "", "")
+    out.print(table)
+    out.print(f"{m['n_test_pairs']} held-out pairs on {m['n_test_prompts']} prompts")
+
+
+@app.command()
+@friendly
+def score(
+    model_dir: Path = typer.Argument(..., help="A model directory written by `embrm fit`."),
+    dataset: str = typer.Argument(..., help="Dataset whose responses to score (must be embedded)."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Parquet file: response_id + one column per member."),
+    cache_dir: Path = CacheDir, data_dir: Optional[Path] = DataDir,
+    prompt_col: Optional[str] = PromptCol, response_col: Optional[str] = ResponseCol,
+    gold_col: Optional[str] = GoldCol, response_key: Optional[str] = ResponseKey,
+    chosen_col: Optional[str] = ChosenCol, rejected_col: Optional[str] = RejectedCol,
+):
+    """Write every member's score for every response of a dataset to Parquet.
+
+    Example: embrm score models/mlp-flip25 alpaca-eval-models --out scores.parquet
+    """
+    from embrm.train import score_dataset
+
+    ds = load_data(dataset, data_dir, prompt_col, response_col, gold_col, response_key, chosen_col, rejected_col)
+    frame = score_dataset(model_dir, ds, cache_dir)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out_file)
+    out.print(f"{frame.width - 2} score columns for {len(frame)} responses -> {out_file}")
+
+
+@app.command("bon-sim")
+@friendly
+def bon_sim(
+    ctx: typer.Context,
+    dataset: str = typer.Argument(..., help="A pool with gold scores (named dataset or file)."),
+    model_dir: Path = typer.Option(..., "--model", "-m", help="A model directory written by `embrm fit`."),
+    agg: str = typer.Option(",".join(AGGREGATION_NAMES), "--agg", help="Comma-separated aggregations."),
+    lam: float = typer.Option(0.5, "--lam", help="UWO: mean - lam * var (population variance)."),
+    lcb_beta: float = typer.Option(1.0, "--lcb-beta", help="LCB: mean - beta * std."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Soft-min temperature."),
+    member: int = typer.Option(0, "--member", help="The member used by 'single'."),
+    n_max: Optional[int] = typer.Option(None, "--n-max", help="Largest n (default: the largest scored pool)."),
+    prompts: str = typer.Option("test", "--prompts", help="test (the model's held-out prompts) | all."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Write curves, summary.json and PNGs here."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
+    cache_dir: Path = CacheDir, data_dir: Optional[Path] = DataDir,
+    prompt_col: Optional[str] = PromptCol, response_col: Optional[str] = ResponseCol,
+    gold_col: Optional[str] = GoldCol, response_key: Optional[str] = ResponseKey,
+    format: Format = FormatOpt,
+):
+    """Exact Best-of-n curves (n = 1..N) of a model's aggregations vs length and random baselines, vs KL.
+
+    Example: embrm bon-sim alpaca-eval-models --model models/mlp-flip25 --agg mean,min,uwo --out results/bon
+    """
+    from embrm.persist import package_versions
+    from embrm.simulate import bon_sim as simulate
+
+    ds = load_data(dataset, data_dir, prompt_col, response_col, gold_col, response_key, None, None)
+    aggregations = tuple(a.strip() for a in agg.split(",") if a.strip())
+    result = simulate(model_dir, ds, cache_dir=cache_dir, aggregations=aggregations, lam=lam, beta=lcb_beta,
+                      temperature=temperature, member=member, n_max=n_max, prompts=prompts, seed=seed,
+                      data_dir=data_dir)
+    result.summary.update(command=command_line(ctx), packages=package_versions())
+    if out_dir is not None:
+        result.write(out_dir, title=f"Best-of-n on {ds.name} ({prompts} prompts), {model_dir.name}")
+    if format == Format.json:
+        return print_json(result.summary)
+    print_bon_summary(result)
+    if out_dir is not None:
+        out.print(f"curves, summary.json and plots -> {out_dir}")
+
+
+def print_bon_summary(result) -> None:
+    s = result.summary
+    table = Table("proxy", "gold@n_max", "gain", "pctile", "best n", "spearman", "gao a", "gao b",
+                  title=f"Best-of-n, n = 1..{s['n_max']} on {s['n_prompts']} prompts "
+                        f"(random {s['random_at_n_max']:.3f}, oracle {s['oracle_at_n_max']:.3f})")
+    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for row in result.table_rows():
+        table.add_row(*(fmt(v) for v in row))
+    out.print(table)
+    picks = s.get("published_picks")
+    if picks:
+        t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
+                  title="Published reward models' best-of-16 picks (same prompts; scored picks only)")
+        for p in picks:
+            t.add_row(p["reward_model"], str(p["n_prompts"]), *(fmt(p[k]) for k in ("gold", "random", "oracle", "gain")))
+        out.print(t)
 
 
 def _caches(path: Path):

@@ -120,3 +120,21 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     n_unique = len(set(keys))
     return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
                        str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3))
+
+
+def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> np.ndarray:
+    """The aligned matrix for an embedder known only by its cache spec (e.g. from a saved model's manifest).
+
+    Needs no model: every text must already be cached.
+    """
+    responses = data.responses if isinstance(data, Dataset) else data
+    texts, _ = render(responses, spec["template"])
+    cache = EmbeddingCache(cache_dir, spec)
+    keys = text_keys(texts)
+    missing = cache.missing(keys)
+    if missing:
+        name = data.name if isinstance(data, Dataset) else "these responses"
+        raise EmbrmError(f"{len(missing)} of {len(set(keys))} texts of {name} are not in {cache.path} "
+                         f"(embedder {spec.get('backend')}:{spec.get('model')}): run `embrm embed` on it with "
+                         f"the same --backend/--model/--template options first")
+    return cache.lookup(keys)

@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 RESERVED = ("format", "format_version", "embrm_version", "created", "ensemble", "members", "packages", "files")
 
 
-def _versions() -> dict:
+def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -90,7 +90,7 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
     doc = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "embrm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ensemble": ensemble.summary(), "members": members, "packages": _versions(),
+        "ensemble": ensemble.summary(), "members": members, "packages": package_versions(),
         "files": {"weights": "weights.npz", "lgbm": lgbm_files},
         **_jsonable(extra),
     }

@@ -50,13 +50,17 @@ class FitResult:
     train_prompts: np.ndarray
     test_prompts: np.ndarray
     train_pairs: pl.DataFrame
+    dim: int
+    seed: int = 0
+    test_size: float = 0.2
     metrics: dict = field(default_factory=dict)
 
     def manifest(self, dataset: Dataset, embed_spec: dict | None, fingerprint: str | None) -> dict:
         return {
             "dataset": dataset.name, "dataset_source": dataset.source,
-            "embedder": {"fingerprint": fingerprint, "spec": embed_spec},
-            "labels": asdict(self.labels), "n_train_pairs": len(self.train_pairs),
+            "embedder": {"fingerprint": fingerprint, "spec": embed_spec}, "dim": self.dim,
+            "labels": asdict(self.labels), "seed": self.seed, "test_size": self.test_size,
+            "n_train_pairs": len(self.train_pairs),
             "split": {"train_prompts": self.train_prompts.tolist(), "test_prompts": self.test_prompts.tolist()},
             "metrics": self.metrics,
         }
@@ -139,6 +143,31 @@ def fit(ds: Dataset, X: np.ndarray, *, head: str = "linear", k: int = 10, mode: 
     pairs = pair_indices(pairs_df, ds.responses)
     ensemble = fit_ensemble(X, pairs, head=head, k=k, mode=mode, pair_prompt_ids=pairs_df["prompt_id"].to_numpy(),
                             seed=seed, **head_params)
-    result = FitResult(ensemble, labels, train_prompts, test_prompts, pairs_df)
+    result = FitResult(ensemble, labels, train_prompts, test_prompts, pairs_df, X.shape[1], seed, test_size)
     result.metrics = evaluate(ds, ensemble.predict(X), test_prompts, seed)
     return result
+
+
+def load_model(model_dir, data: Dataset, cache_dir="cache"):
+    """A saved ensemble, its manifest, and the dataset's embeddings from the SAME embedder (checked)."""
+    from embrm.embed import cached_embeddings
+    from embrm.persist import load_ensemble
+
+    ensemble, manifest = load_ensemble(model_dir)
+    spec = (manifest.get("embedder") or {}).get("spec")
+    if not spec:
+        raise EmbrmError(f"{model_dir}/manifest.json: no embedder spec: re-fit the model with `embrm fit`")
+    X = cached_embeddings(data, spec, cache_dir)
+    dim = manifest.get("dim")
+    if dim is not None and X.shape[1] != dim:
+        raise EmbrmError(f"{model_dir}: trained on {dim}-d embeddings but the cache holds {X.shape[1]}-d: "
+                         f"use the embedder the model was fitted with")
+    return ensemble, manifest, X
+
+
+def score_dataset(model_dir, data: Dataset, cache_dir="cache") -> pl.DataFrame:
+    """response_id, prompt_id and one column per member (member_0..member_{K-1})."""
+    ensemble, _, X = load_model(model_dir, data, cache_dir)
+    scores = ensemble.predict(X)
+    cols = {f"member_{k}": scores[:, k] for k in range(scores.shape[1])}
+    return data.responses.select("response_id", "prompt_id").with_columns(**cols)
