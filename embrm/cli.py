@@ -332,6 +332,39 @@ def print_bon_summary(result) -> None:
         out.print(t)
 
 
+@app.command()
+@friendly
+def run(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="A study TOML file (default: the default study, see embrm.study)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results directory (default: results/<study name>)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Parallel jobs (default: all cores)."),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes) | ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default: start a local Ray)."),
+    cache_dir: Path = CacheDir, data_dir: Optional[Path] = DataDir, format: Format = FormatOpt,
+):
+    """Run a whole study: embed (cached), fit every (dataset, noise, learner, seed), Best-of-n, report.md + plots.
+
+    Re-running resumes: finished jobs are kept. Example: embrm run            (the default study on the real pools)
+             embrm run studies/smollm2.toml --backend ray
+    """
+    from embrm.experiment import run_study
+    from embrm.study import load_study
+
+    study = load_study(config)
+    if backend not in ("local", "ray"):
+        raise EmbrmError(f"--backend {backend!r}: use local or ray")
+    out_dir = out_dir or Path("results") / study.name
+    result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, backend=backend,
+                       address=address, progress=None if format == Format.text else False, command=command_line(ctx))
+    if format == Format.json:
+        return print_json({"out_dir": str(out_dir), "findings": result.findings, "timings": result.timings})
+    from rich.markdown import Markdown
+
+    out.print(Markdown("\n".join(f"- {f}" for f in result.findings)))
+    out.print(f"report -> {result.report_path}  ({result.timings['total']:.0f}s)")
+
+
 def _caches(path: Path):
     from embrm.cache import EmbeddingCache, list_caches
 

@@ -1,0 +1,210 @@
+"""The main job (`embrm run`): embed, fit every (dataset, noise, learner, seed), Best-of-n, report.
+
+    from embrm.experiment import run_study
+    from embrm.study import load_study
+    result = run_study(load_study(), "results/default")        # the default study on the real pools
+    print(result.report_path.read_text())
+
+Writes into the results directory: jobs/ (one JSON + one Parquet per finished job: the resume points),
+fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet, published_picks.parquet, study.json (the resolved
+study, command, machine, package versions, timings), PNG plots and report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from embrm import report as R
+from embrm.study import Study, jobs_of
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    fits: pl.DataFrame
+    bon: pl.DataFrame
+    curves: pl.DataFrame
+    published: pl.DataFrame
+    timings: dict
+    findings: list
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict]:
+    """Embed every dataset of the study (cached texts are not re-embedded). Returns (cache spec, seconds per
+    dataset)."""
+    from embrm.datasets import load_dataset
+    from embrm.embed import DEFAULT_TEMPLATE, embed_dataset
+    from embrm.embedders import make_embedder
+
+    options = dict(study.embedder)
+    backend, model = options.pop("backend", "st"), options.pop("model", None)
+    template, batch = options.pop("template", DEFAULT_TEMPLATE), options.pop("batch_size", 64)
+    embedder = make_embedder(backend, model, **options)
+    spec, seconds = None, {}
+    for name in dict.fromkeys([*study.datasets, *study.human_pairs]):
+        res = embed_dataset(load_dataset(name, data_dir), embedder, cache_dir=cache_dir, template=template,
+                            batch_size=batch, progress=progress)
+        spec, seconds[name] = res.spec, res.seconds
+    return spec, seconds
+
+
+def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
+              backend: str = "local", address: str | None = None, progress: bool | None = None,
+              command: str | None = None) -> StudyResult:
+    """Run (or resume) a study and write its results directory and report."""
+    from embrm.jobs import result_paths, run_jobs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    t0 = time.perf_counter()
+    spec, embed_seconds = embed_all(study, cache_dir, data_dir, progress)
+    t1 = time.perf_counter()
+    jobs = jobs_of(study)
+    results = run_jobs(study, jobs, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
+                       backend=backend, address=address, progress=progress)
+    t2 = time.perf_counter()
+    curve_files = [c for j in jobs if (c := result_paths(out / "jobs", j, study)[1]).exists()]
+    curves = _curves(curve_files, results)
+    fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
+    for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
+        frame.write_parquet(out / f"{name}.parquet")
+    timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
+               "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
+               "workers": workers, "backend": backend}
+    result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub))
+    plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
+    timings["total"] = time.perf_counter() - t0
+    (out / "study.json").write_text(json.dumps({
+        "study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
+        "timings": timings}, indent=2, default=str) + "\n")
+    result.report_path.write_text(render_report(study, result, plots, command))
+    return result
+
+
+def _curves(files: list[Path], results: list[dict]) -> pl.DataFrame:
+    if not files:
+        return pl.DataFrame()
+    meta = pl.DataFrame([{k: r[k] for k in ("key", "dataset", "noise", "learner", "seed")} for r in results])
+    return pl.concat([pl.read_parquet(f) for f in files]).join(meta, on="key")
+
+
+def _plot_choice(study: Study) -> tuple[str, str]:
+    """The learner and noise shown in plots: the first MLP learner (else the first), under the noisiest labels."""
+    learner = next((l for l in study.learners if l.head == "mlp"), study.learners[0]).name
+    noise = max(study.noise, key=lambda n: n.flip if n.flip is not None else 1 / (1 + n.beta)).name
+    return learner, noise
+
+
+def machine() -> dict:
+    from embrm.persist import package_versions
+
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "packages": package_versions()}
+
+
+# ----------------------------------------------------------------------------- findings
+
+def findings(bon: pl.DataFrame, fits: pl.DataFrame, pub: pl.DataFrame) -> list[str]:
+    """Statements of the anchors' claims, each with the measured paired difference and a verdict."""
+    out = []
+    if bon.is_empty():
+        return out
+    variant = "pool"
+    for dataset in bon["dataset"].unique(maintain_order=True):
+        where = dict(dataset=dataset, variant=variant)
+        for a, b, claim in (("min", "mean", "worst-case (WCO, min) beats the ensemble mean"),
+                            ("uwo", "mean", "uncertainty-weighted (UWO) beats the ensemble mean"),
+                            ("mean", "single", "the ensemble mean beats a single member")):
+            if not {a, b} <= set(bon["proxy"].unique()):
+                continue
+            for noise in bon["noise"].unique(maintain_order=True):
+                m, h, n = R.paired(bon, a, b, "gain", noise=noise, **where)
+                if n:
+                    out.append(f"**{dataset}, {noise} labels** — Coste et al.: {claim}: gain difference "
+                               f"{R.fmt(m, h)} over {n} (learner, seed) pairs → {_verdict(m, h)}.")
+        m, h, n = R.paired(bon, "mean", "length", "gain", **where)
+        if n:
+            out.append(f"**{dataset}** — Sun et al.: an embedding-based ensemble (mean) beats the length-only reward: "
+                       f"gain difference {R.fmt(m, h)} over {n} pairs → {_verdict(m, h)}.")
+    for dataset in fits["dataset"].unique(maintain_order=True):
+        f = fits.filter(pl.col("dataset") == dataset)
+        m, h = R.interval((f["accuracy"] - 0.5).to_list())
+        out.append(f"**{dataset}** — held-out pairwise accuracy above chance (all learners and noises): "
+                   f"{R.fmt(m + 0.5, h)} (chance 0.5) → {_verdict(m, h)}.")
+    return out
+
+
+def _verdict(mean: float, half: float) -> str:
+    if not (half == half):  # NaN: one seed
+        return "one seed only: no interval"
+    if mean - half > 0:
+        return "reproduced"
+    if mean + half < 0:
+        return "reversed here"
+    return "not reproduced (the 95 % interval includes 0)"
+
+
+# ----------------------------------------------------------------------------- report.md
+
+def render_report(study: Study, result: StudyResult, plots: list[Path], command: str | None) -> str:
+    bon, fits, pub, t = result.bon, result.fits, result.published, result.timings
+    noises = [n.name for n in study.noise]
+    lines = [f"# embrm study `{study.name}`", "",
+             f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members · "
+             f"embedder {study.embedder} · {study.labels['n_pairs']} simulated pairs per job · "
+             f"{len(study.seeds)} seeds, mean ± 95 % interval over seeds.", "",
+             "Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
+             f"evaluated on held-out prompts ({study.test_size:.0%} of prompts, split per seed). Best-of-n is the exact "
+             "unbiased estimator over each held-out prompt's scored pool; `gold@N` is the expected gold of the pick "
+             "at n = N (the whole pool), `gain` = (gold − random) / (oracle − random). Members are standardised on "
+             "the training responses before aggregating. The hacking probes (NullModel, gpt4_gamed, *_verbose) never "
+             "enter training labels; `pool+probes` puts them back into the evaluated pools.", ""]
+    if result.findings:
+        lines += ["## Findings (computed from the tables below)", ""] + [f"- {f}" for f in result.findings] + [""]
+    for (dataset, variant), _ in (bon.group_by(["dataset", "variant"], maintain_order=True) if not bon.is_empty() else []):
+        lines += [f"## Best-of-n on `{dataset}` ({variant})", "", R.bon_markdown(bon, dataset, variant, noises), ""]
+        if variant == "pool+probes":
+            lines += [_probe_rates(bon, dataset), ""]
+        if not pub.is_empty() and dataset in pub["dataset"].to_list() and variant == "pool":
+            lines += ["Published reward models' best-of-16 picks on the same held-out prompts (not trained on this "
+                      "pool: a different, harder setting):", "", R.published_markdown(pub, dataset), ""]
+    for dataset in fits["dataset"].unique(maintain_order=True):
+        against = fits.filter(pl.col("dataset") == dataset)["against"][0]
+        lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
+                  R.fit_markdown(fits, dataset), ""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines += ["## Timing", "", R.md_table(["stage", "seconds"], [
+        ["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
+        [f"{t['n_jobs']} jobs on {t['workers']} {t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
+        ["total", f"{t.get('total', 0):.1f}"]]), ""]
+    per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
+    lines += [R.md_table(["learner", "mean seconds per job (fit + evaluation)"],
+                         [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
+    return "\n".join(lines)
+
+
+def _probe_rates(bon: pl.DataFrame, dataset: str) -> str:
+    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool+probes")
+                     & pl.col("probe_pick_rate").is_not_null())
+    s = R.summarise(sub, ["learner", "proxy"], ["probe_pick_rate"])
+    rows = [[f"{r['learner']} · {r['proxy']}", R.fmt(r["probe_pick_rate"], r["probe_pick_rate_ci"])]
+            for r in s.iter_rows(named=True)]
+    return "Share of held-out prompts whose top-scored answer is a hacking probe's:\n\n" + R.md_table(
+        ["reward · aggregation", "probe picked at n = N"], rows)

@@ -1,0 +1,182 @@
+"""Turn a study's job results into tidy Parquet tables, seed-aggregated tables (mean and 95 % interval), plots and
+report.md.
+
+Intervals: mean over seeds +- t(0.975, n-1) * sd / sqrt(n) (a Student-t interval over the seeds; with one seed no
+interval is given). Findings compare methods with PAIRED differences (same dataset, noise, learner and seed), so
+the seed-to-seed spread of the pool split does not hide a consistent difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+BASELINES = ("length", "random")
+
+
+# ----------------------------------------------------------------------------- tidy tables
+
+def fit_table(results: list[dict]) -> pl.DataFrame:
+    rows = []
+    for r in results:
+        m = r["metrics"]
+        rows.append({"dataset": r["dataset"], "noise": r["noise"], "learner": r["learner"], "seed": r["seed"],
+                     "accuracy": m["accuracy"], "member_accuracy": float(np.mean(m["member_accuracy"])),
+                     "log_loss": m["log_loss"], "ece": m["ece"], "spearman": m.get("spearman"),
+                     "length_accuracy": m["baseline_length_accuracy"],
+                     "random_accuracy": m["baseline_random_accuracy"],
+                     "length_spearman": m.get("baseline_length_spearman"), "against": m["against"],
+                     "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"], "seconds": r["seconds"]})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def bon_table(results: list[dict]) -> pl.DataFrame:
+    rows = []
+    for r in results:
+        for variant, s in (r.get("bon") or {}).items():
+            rates = s.get("probe_pick_rate", {})
+            for proxy, a in s["aggregations"].items():
+                rows.append({"dataset": r["dataset"], "variant": variant, "noise": r["noise"],
+                             "learner": r["learner"], "seed": r["seed"], "proxy": proxy,
+                             "gold": a["gold_at_n_max"], "gain": a["gain_at_n_max"],
+                             "percentile": a["percentile_at_n_max"], "best_n": a["best_n"],
+                             "gold_at_best_n": a["gold_at_best_n"], "spearman": a["spearman"],
+                             "probe_pick_rate": rates.get(proxy), "n_max": s["n_max"], "n_prompts": s["n_prompts"],
+                             "random": s["random_at_n_max"], "oracle": s["oracle_at_n_max"]})
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def published_table(results: list[dict]) -> pl.DataFrame:
+    rows = [{"dataset": r["dataset"], "seed": r["seed"], **p} for r in results for p in r.get("published_picks", [])]
+    if not rows:
+        return pl.DataFrame()
+    return pl.DataFrame(rows, infer_schema_length=None).unique(["dataset", "seed", "reward_model"])
+
+
+# ----------------------------------------------------------------------------- seed statistics
+
+def interval(values) -> tuple[float, float]:
+    """(mean, half-width of the 95 % Student-t interval over seeds; NaN for one value)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def fmt(mean: float, half: float, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if not np.isfinite(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def summarise(frame: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.DataFrame:
+    """Mean and 95 % half-width over seeds of each metric, per group (groups kept in first-seen order)."""
+    rows = []
+    for keys, group in frame.group_by(by, maintain_order=True):
+        row = dict(zip(by, keys))
+        for m in metrics:
+            row[m], row[f"{m}_ci"] = interval(group[m].to_list())
+        row["n_seeds"] = group["seed"].n_unique()
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def paired(frame: pl.DataFrame, a: str, b: str, metric: str = "gain", **where) -> tuple[float, float, int]:
+    """Mean paired difference a - b of `metric` between two proxies over (learner, noise, seed) units, with its
+    95 % interval and the number of pairs."""
+    f = frame.filter(*[pl.col(k) == v for k, v in where.items()]) if where else frame
+    keys = ["dataset", "variant", "noise", "learner", "seed"]
+    joined = (f.filter(pl.col("proxy") == a).select(*keys, x=pl.col(metric))
+              .join(f.filter(pl.col("proxy") == b).select(*keys, y=pl.col(metric)), on=keys))
+    d = (joined["x"] - joined["y"]).to_list()
+    mean, half = interval(d)
+    return mean, half, len(d)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str], metric: str = "gain") -> str:
+    """Rows: learner x proxy (baselines once); columns: metric per noise, mean ± 95 % interval over seeds."""
+    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant))
+    stats_ = summarise(sub, ["learner", "proxy", "noise"], [metric, "gold"])
+    first = sub["learner"][0]
+    rows = []
+    for (learner, proxy), _ in stats_.group_by(["learner", "proxy"], maintain_order=True):
+        if proxy in BASELINES and learner != first:
+            continue
+        label = f"{proxy} (baseline)" if proxy in BASELINES else f"{learner} · {proxy}"
+        cells = []
+        for noise in noises:
+            hit = stats_.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
+            cells += ["-", "-"] if hit.is_empty() else [fmt(hit["gold"][0], hit["gold_ci"][0]),
+                                                        fmt(hit[metric][0], hit[f"{metric}_ci"][0])]
+        rows.append([label, *cells])
+    header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in ("gold@N", "gain")]
+    return md_table(header, rows)
+
+
+def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
+    sub = fits.filter(pl.col("dataset") == dataset)
+    s = summarise(sub, ["learner", "noise"], ["accuracy", "member_accuracy", "spearman", "length_accuracy",
+                                              "random_accuracy"])
+    rows = [[r["learner"], r["noise"], fmt(r["accuracy"], r["accuracy_ci"]),
+             fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"])]
+            for r in s.iter_rows(named=True)]
+    base = s.row(0, named=True)
+    rows.append(["length (baseline)", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-", "-"])
+    rows.append(["random (baseline)", "-", fmt(base["random_accuracy"], base["random_accuracy_ci"]), "-", "-"])
+    return md_table(["learner", "labels", "ensemble-mean accuracy", "mean member accuracy", "per-prompt Spearman"], rows)
+
+
+def published_markdown(pub: pl.DataFrame, dataset: str) -> str:
+    sub = pub.filter(pl.col("dataset") == dataset)
+    rows = []
+    for (rm,), g in sub.group_by(["reward_model"], maintain_order=True):
+        rows.append([rm, f"{g['n_prompts'].mean():.0f}", fmt(*interval(g["gold"].to_list())),
+                     fmt(*interval(g["random"].to_list())), fmt(*interval(g["oracle"].to_list())),
+                     fmt(*interval(g["gain"].to_list()))])
+    return md_table(["published reward model", "held-out prompts with a scored pick", "gold of pick", "random",
+                     "oracle", "gain"], rows)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def mean_curves(curves: pl.DataFrame, **where) -> pl.DataFrame:
+    """Curves averaged over seeds (and over any other remaining grouping) per (agg, n)."""
+    f = curves.filter(*[pl.col(k) == v for k, v in where.items()])
+    return (f.group_by(["agg", "n"], maintain_order=True)
+            .agg(pl.col("kl", "d", "gold", "proxy", "percentile", "random", "oracle", "gain").mean())
+            .sort(["agg", "n"], maintain_order=True))
+
+
+def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: Path, learner: str,
+               noise: str) -> list[Path]:
+    """One gold-vs-KL figure per (dataset, pool variant), for one learner and noise, averaged over seeds."""
+    from embrm.plots import plot_bon
+
+    paths = []
+    for (dataset, variant), _ in bon.group_by(["dataset", "variant"], maintain_order=True):
+        mc = mean_curves(curves, dataset=dataset, variant=variant, learner=learner, noise=noise)
+        if mc.is_empty():
+            continue
+        order = list(dict.fromkeys(bon["proxy"].to_list()))
+        mc = mc.with_columns(pl.col("agg").cast(pl.Enum(order))).sort(["agg", "n"]).with_columns(pl.col("agg").cast(str))
+        refs = None
+        if not pub.is_empty() and dataset in pub["dataset"].to_list():
+            refs = {r: float(g["gold"].mean()) for (r,), g in pub.filter(pl.col("dataset") == dataset)
+                    .group_by(["reward_model"], maintain_order=True)}
+        path = out / f"bon_{dataset}_{variant}_{learner}_{noise}.png".replace("+", "_")
+        paths.append(plot_bon(mc, path, references=refs,
+                              title=f"{dataset} ({variant}), {learner} ensemble, {noise} labels: mean of seeds"))
+    return paths

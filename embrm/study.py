@@ -1,0 +1,263 @@
+"""A study: which datasets, embedder, annotator noise, learners, aggregations and seeds to run (`embrm run`).
+
+A study is a TOML file (every key optional; the defaults below are the default study) and expands into a grid of
+independent jobs, one per (dataset, noise, learner, seed) on pools and one per (dataset, learner, seed) on human
+pairs. Validation happens before any work: an unknown key, a wrong type, an unknown head / mode / aggregation or a
+dataset that does not exist is one error naming the key and the allowed values.
+
+    name = "default"
+    seeds = [0, 1, 2]
+    datasets = ["alpaca-eval-models", "alpaca-eval-bon16"]      # pools with gold: labels are simulated
+    human_pairs = ["hh-rlhf-harmless-test"]                      # pairwise data: pairwise accuracy on human labels
+    test_size = 0.2                                              # share of prompts held out (split per seed)
+    k = 10                                                       # ensemble members
+    aggregations = ["mean", "min", "median", "uwo", "lcb", "single"]
+    lam = 0.5                                                    # UWO
+    lcb_beta = 1.0                                               # LCB
+    probes = true               # alpaca-eval-models: evaluate BoN with the reward-hacking probes both filtered and kept
+
+    [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling, ...
+    backend = "st"
+
+    [labels]
+    n_pairs = 2000              # simulated annotations per job, drawn on the training prompts
+    within_prompt = true
+
+    [[noise]]                   # one entry per annotator: beta (Bradley-Terry) or flip (Coste et al.)
+    name = "bt10"
+    beta = 10.0
+
+    [[learners]]                # head = "linear" | "mlp" | "lgbm"; mode = "independent" | "bootstrap" |
+    head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters
+    mode = "independent"
+    hidden = [256, 128]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from embrm.aggregate import AGGREGATIONS
+from embrm.errors import EmbrmError
+
+HEADS = ("linear", "mlp", "lgbm")
+MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
+HEAD_PARAMS = {
+    "linear": {"C": (int, float)},
+    "mlp": {"hidden": list, "epochs": int, "objective": str, "lr": float, "batch_size": int, "patience": int,
+            "dtype": str, "weight_decay": float},
+    "lgbm": {"n_estimators": int, "learning_rate": float, "num_leaves": int, "objective": str,
+             "min_child_samples": int},
+}
+EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
+                 "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int}
+# The hacking probes of the 58-model pool (see ../shared/data/README.md): never in training labels.
+PROBE_PATTERN = r"^(NullModel|gpt4_gamed)$|_verbose$"
+
+
+@dataclass(frozen=True)
+class Noise:
+    name: str
+    beta: float | None = None
+    flip: float | None = None
+
+
+@dataclass(frozen=True)
+class Learner:
+    head: str
+    mode: str = "independent"
+    params: tuple = ()  # sorted (key, value) pairs, hashable
+
+    @property
+    def name(self) -> str:
+        label = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads"}[self.mode]
+        return self.head + label
+
+    def head_params(self) -> dict:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.params}
+
+
+@dataclass
+class Study:
+    name: str = "default"
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    datasets: list = field(default_factory=lambda: ["alpaca-eval-models", "alpaca-eval-bon16"])
+    human_pairs: list = field(default_factory=lambda: ["hh-rlhf-harmless-test"])
+    test_size: float = 0.2
+    k: int = 10
+    aggregations: list = field(default_factory=lambda: ["mean", "min", "median", "uwo", "lcb", "single"])
+    lam: float = 0.5
+    lcb_beta: float = 1.0
+    probes: bool = True
+    embedder: dict = field(default_factory=lambda: {"backend": "st"})
+    labels: dict = field(default_factory=lambda: {"n_pairs": 2000, "within_prompt": True})
+    noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
+    learners: list = field(default_factory=lambda: [
+        Learner("linear"), Learner("mlp", params=(("hidden", (256, 128)),)),
+        Learner("mlp", "shared_trunk", (("hidden", (256, 128)),)), Learner("lgbm", params=(("n_estimators", 100),))])
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["learners"] = [{"head": l.head, "mode": l.mode, **l.head_params()} for l in self.learners]
+        return d
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: fit one ensemble and evaluate it. `kind` is "pool" (simulated labels) or "human"."""
+    kind: str
+    dataset: str
+    learner: Learner
+    seed: int
+    noise: Noise | None = None
+
+    @property
+    def key(self) -> str:
+        noise = self.noise.name if self.noise else "human"
+        return f"{self.dataset}/{noise}/{self.learner.name}/seed{self.seed}"
+
+    def digest(self, study: Study) -> str:
+        """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
+        shared = {k: v for k, v in study.to_dict().items() if k not in ("name", "seeds", "datasets", "human_pairs",
+                                                                       "noise", "learners")}
+        doc = {"job": asdict(self), "study": shared}
+        return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+
+
+def jobs_of(study: Study) -> list[Job]:
+    pool = [Job("pool", d, l, s, n) for d in study.datasets for n in study.noise for l in study.learners
+            for s in study.seeds]
+    human = [Job("human", d, l, s) for d in study.human_pairs for l in study.learners for s in study.seeds]
+    return pool + human
+
+
+# ----------------------------------------------------------------------------- parsing and validation
+
+def load_study(path: str | Path | None = None) -> Study:
+    """The default study, or one read from a TOML file (validated)."""
+    if path is None:
+        return Study()
+    path = Path(path)
+    if not path.exists():
+        raise EmbrmError(f"{path}: no such study file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise EmbrmError(f"{path}: not valid TOML ({e})") from None
+    return study_from_dict(doc, str(path))
+
+
+TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
+       "aggregations": list, "lam": float, "lcb_beta": float, "probes": bool, "embedder": dict, "labels": dict,
+       "noise": list, "learners": list}
+LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
+NOISE_KEYS = {"name": str, "beta": float, "flip": float}
+
+
+def _typed(where: str, key: str, value, kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        raise EmbrmError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_keys(where: str, doc: dict, allowed: dict) -> dict:
+    if not isinstance(doc, dict):
+        raise EmbrmError(f"{where}: expected a table, got {type(doc).__name__}")
+    for key in doc:
+        if key not in allowed:
+            raise EmbrmError(f"{where}: unknown key '{key}': allowed keys are {', '.join(allowed)}")
+    return {k: _typed(where, k, v, allowed[k]) for k, v in doc.items()}
+
+
+def _one_of(where: str, key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise EmbrmError(f"{where}: {key} = {value!r} is not allowed: use one of {', '.join(map(str, allowed))}")
+
+
+def study_from_dict(doc: dict, where: str = "study") -> Study:
+    doc = _check_keys(where, doc, TOP)
+    study = Study()
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "probes"):
+        if key in doc:
+            setattr(study, key, doc[key])
+    for key in ("seeds", "datasets", "human_pairs", "aggregations"):
+        if key in doc:
+            kind = int if key == "seeds" else str
+            setattr(study, key, [_typed(f"{where}: {key}", f"{key}[{i}]", v, kind) for i, v in enumerate(doc[key])])
+    if "embedder" in doc:
+        study.embedder = _check_keys(f"{where} [embedder]", doc["embedder"], EMBEDDER_KEYS)
+        _one_of(f"{where} [embedder]", "backend", study.embedder.get("backend", "st"), ("st", "hf", "openai"))
+    if "labels" in doc:
+        study.labels = {**study.labels, **_check_keys(f"{where} [labels]", doc["labels"], LABEL_KEYS)}
+    if "noise" in doc:
+        study.noise = [_noise(f"{where} [[noise]] #{i + 1}", n) for i, n in enumerate(doc["noise"])]
+    if "learners" in doc:
+        study.learners = [_learner(f"{where} [[learners]] #{i + 1}", l) for i, l in enumerate(doc["learners"])]
+    _validate(study, where)
+    return study
+
+
+def _noise(where: str, doc) -> Noise:
+    doc = _check_keys(where, doc, NOISE_KEYS)
+    if ("beta" in doc) == ("flip" in doc):
+        raise EmbrmError(f"{where}: give exactly one of beta (Bradley-Terry annotator) or flip (flip rate)")
+    if "flip" in doc and not 0 <= doc["flip"] < 0.5:
+        raise EmbrmError(f"{where}: flip = {doc['flip']} must be in [0, 0.5)")
+    if "beta" in doc and not doc["beta"] > 0:
+        raise EmbrmError(f"{where}: beta = {doc['beta']} must be > 0")
+    name = doc.get("name") or (f"bt{doc['beta']:g}" if "beta" in doc else f"flip{doc['flip']:g}")
+    return Noise(name, doc.get("beta"), doc.get("flip"))
+
+
+def _learner(where: str, doc) -> Learner:
+    if not isinstance(doc, dict) or "head" not in doc:
+        raise EmbrmError(f"{where}: needs head = one of {', '.join(HEADS)}")
+    _one_of(where, "head", doc["head"], HEADS)
+    head = doc["head"]
+    allowed = {"head": str, "mode": str, **HEAD_PARAMS[head]}
+    doc = _check_keys(where, doc, allowed)
+    mode = doc.get("mode", "independent")
+    _one_of(where, "mode", mode, MODES)
+    if mode == "shared_trunk" and head != "mlp":
+        raise EmbrmError(f"{where}: mode shared_trunk needs head = mlp")
+    if mode == "linear_heads" and head != "linear":
+        raise EmbrmError(f"{where}: mode linear_heads needs head = linear")
+    params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in doc.items()
+                          if k not in ("head", "mode")))
+    return Learner(head, mode, params)
+
+
+def _validate(study: Study, where: str) -> None:
+    from embrm.datasets import REGISTRY
+
+    for key in ("datasets", "human_pairs"):
+        for name in getattr(study, key):
+            if name not in REGISTRY and not Path(name).exists():
+                raise EmbrmError(f"{where}: {key} entry {name!r} is neither a named dataset "
+                                 f"({', '.join(REGISTRY)}) nor an existing file")
+    for agg in study.aggregations:
+        _one_of(where, "aggregations entry", agg, AGGREGATIONS)
+    if not study.seeds:
+        raise EmbrmError(f"{where}: seeds is empty: give at least one seed (three or more for intervals)")
+    if not study.learners or (not study.datasets and not study.human_pairs):
+        raise EmbrmError(f"{where}: nothing to run: give at least one learner and one dataset")
+    if study.datasets and not study.noise:
+        raise EmbrmError(f"{where}: pools need at least one [[noise]] annotator")
+    if not 0 < study.test_size < 1:
+        raise EmbrmError(f"{where}: test_size = {study.test_size} must be between 0 and 1")
+    if study.k < 1:
+        raise EmbrmError(f"{where}: k = {study.k} must be >= 1")
+    if study.labels.get("n_pairs", 1) < 20:
+        raise EmbrmError(f"{where} [labels]: n_pairs = {study.labels['n_pairs']} is too few (>= 20)")
