@@ -8,6 +8,7 @@ the seed-to-seed spread of the pool split does not hide a consistent difference.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,8 @@ def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: 
         if not pub.is_empty() and dataset in pub["dataset"].to_list():
             refs = {r: float(g["gold"].mean()) for (r,), g in pub.filter(pl.col("dataset") == dataset)
                     .group_by(["reward_model"], maintain_order=True)}
-        path = out / f"bon_{dataset}_{variant}_{learner}_{noise}.png".replace("+", "_")
+        slug = re.sub(r"[^\w.-]+", "_", f"bon_{Path(dataset).name}_{variant}_{learner}_{noise}")
+        path = out / f"{slug}.png"
         paths.append(plot_bon(mc, path, references=refs,
                               title=f"{dataset} ({variant}), {learner} ensemble, {noise} labels: mean of seeds"))
     return paths

@@ -1,0 +1,106 @@
+"""`embrm run` on a tiny real study: results, report, resume after an interruption, and a real local Ray."""
+
+import gzip
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from embrm.cli import app
+from embrm.experiment import run_study
+from embrm.jobs import result_paths
+from embrm.study import jobs_of, load_study
+from realdata import DATA_DIR, needs_data
+
+pytestmark = needs_data
+
+STUDY = """
+name = "tiny"
+seeds = [0, 1]
+datasets = ["{pool}"]
+human_pairs = ["{hh}"]
+k = 3
+aggregations = ["mean", "min", "uwo", "single"]
+[embedder]
+dtype = "float32"
+[labels]
+n_pairs = 300
+[[noise]]
+name = "flip25"
+flip = 0.25
+[[learners]]
+head = "linear"
+[[learners]]
+head = "mlp"
+hidden = [16, 8]
+epochs = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """10 prompts x 15 answers of the real 58-model pool (with two hacking probes) and 60 real HH pairs."""
+    root = tmp_path_factory.mktemp("study")
+    df = pl.read_parquet(DATA_DIR / "alpaca_eval_models" / "responses.parquet")
+    models = df["model"].unique().sort()[:13].to_list() + ["NullModel", "gpt4_gamed"]
+    df = df.filter(pl.col("prompt_id").is_in(df["prompt_id"].unique().sort()[:10].to_list())
+                   & pl.col("model").is_in(models))
+    df.select("prompt_id", "model", prompt="instruction", response=pl.col("output").str.slice(0, 200),
+              gold="gold_winprob_vs_gpt4turbo").write_parquet(root / "pool.parquet")
+    lines = gzip.open(DATA_DIR / "hh_rlhf_harmless_base_test.jsonl.gz", "rt").read().splitlines()[:60]
+    (root / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "study.toml").write_text(STUDY.format(pool=root / "pool.parquet", hh=root / "hh.jsonl"))
+    return root
+
+
+def test_run_writes_tables_report_and_plots(setup):
+    out = setup / "res"
+    result = CliRunner().invoke(app, ["run", str(setup / "study.toml"), "--out", str(out), "--cache-dir",
+                                      str(setup / "cache"), "--workers", "2", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["timings"]["n_jobs"] == 2 * 2 + 2 * 2
+    bon = pl.read_parquet(out / "bon_summary.parquet")
+    assert set(bon["variant"]) == {"pool", "pool+probes"}
+    assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length", "random"}
+    assert bon.filter(pl.col("variant") == "pool+probes")["probe_pick_rate"].null_count() == 0
+    fits = pl.read_parquet(out / "fit_metrics.parquet")
+    assert set(fits["against"]) == {"gold order", "human labels"} and fits.height == 8
+    curves = pl.read_parquet(out / "bon_curves.parquet")
+    assert {"agg", "n", "kl", "gold", "variant", "learner", "seed"} <= set(curves.columns)
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report and "± " in report and "## Pairwise accuracy" in report
+    assert any(p.suffix == ".png" and p.stat().st_size > 10_000 for p in out.iterdir())
+    assert json.loads((out / "study.json").read_text())["command"].startswith("embrm run")
+
+
+def test_an_interrupted_study_resumes_without_rerunning_finished_jobs(setup):
+    study = load_study(setup / "study.toml")
+    out = setup / "resume"
+    run_study(study, out, cache_dir=setup / "cache", workers=1, progress=False)
+    jobs = jobs_of(study)
+    first, lost = (result_paths(out / "jobs", j, study)[0] for j in jobs[:2])
+    lost.unlink()  # as if the run had been killed before this job finished
+    stamp = first.stat().st_mtime_ns
+    result = run_study(study, out, cache_dir=setup / "cache", workers=1, progress=False)
+    assert first.stat().st_mtime_ns == stamp and lost.exists()
+    assert result.fits.height == len(jobs)
+
+
+def test_bad_config_is_rejected_before_any_work(setup, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('aggregations = ["mean", "best"]\n')
+    result = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "'best' is not allowed" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_jobs_run_on_a_real_local_ray(setup):
+    pytest.importorskip("ray")
+    study = load_study(setup / "study.toml")
+    study.human_pairs, study.learners = [], study.learners[:1]
+    result = run_study(study, setup / "ray", cache_dir=setup / "cache", workers=2, backend="ray", progress=False)
+    local = run_study(study, setup / "local", cache_dir=setup / "cache", workers=1, progress=False)
+    assert result.bon.height > 0
+    assert result.bon.sort(["seed", "variant", "proxy"]).equals(local.bon.sort(["seed", "variant", "proxy"]))

@@ -1,0 +1,66 @@
+"""Study configs: the default study, TOML parsing, and rejection of bad configs before any work starts."""
+
+import pytest
+
+from embrm.errors import EmbrmError
+from embrm.study import Study, jobs_of, load_study, study_from_dict
+
+
+def test_default_study_grid():
+    study = load_study(None)
+    jobs = jobs_of(study)
+    pools = [j for j in jobs if j.kind == "pool"]
+    assert len(pools) == 2 * 2 * 4 * 3  # datasets x noise x learners x seeds
+    assert len(jobs) - len(pools) == 4 * 3  # human pairs: learners x seeds
+    assert {l.name for l in study.learners} == {"linear", "mlp", "mlp-trunk", "lgbm"}
+    assert len({j.key for j in jobs}) == len(jobs)
+
+
+def test_toml_round_trip(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "x"\nseeds = [3]\nk = 4\n[labels]\nn_pairs = 300\n'
+                    '[[noise]]\nbeta = 1\n[[learners]]\nhead = "mlp"\nhidden = [8, 4]\nepochs = 5\n')
+    study = load_study(path)
+    assert study.name == "x" and study.k == 4 and study.labels == {"n_pairs": 300, "within_prompt": True}
+    assert study.noise[0].name == "bt1" and study.noise[0].beta == 1.0
+    assert study.learners[0].head_params() == {"epochs": 5, "hidden": (8, 4)}
+
+
+def test_digest_changes_with_what_shapes_a_result():
+    a, b = Study(), Study()
+    b.k = 5
+    job = jobs_of(a)[0]
+    assert job.digest(a) == jobs_of(Study())[0].digest(Study())
+    assert job.digest(a) != job.digest(b)
+    b = Study()
+    b.seeds = [0]  # seeds select jobs; they do not change a job's own result
+    assert job.digest(a) == job.digest(b)
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"seed": [1]}, "unknown key 'seed': allowed keys are name, seeds"),
+    ({"k": "ten"}, "key 'k' must be int"),
+    ({"aggregations": ["mean", "max"]}, "'max' is not allowed: use one of mean, min, median"),
+    ({"learners": [{"head": "forest"}]}, "head = 'forest' is not allowed: use one of linear, mlp, lgbm"),
+    ({"learners": [{"head": "linear", "hidden": [4]}]}, "unknown key 'hidden'"),
+    ({"learners": [{"head": "lgbm", "mode": "shared_trunk"}]}, "shared_trunk needs head = mlp"),
+    ({"noise": [{"beta": 1, "flip": 0.1}]}, "exactly one of beta"),
+    ({"noise": [{"flip": 0.7}]}, "must be in [0, 0.5)"),
+    ({"datasets": ["no-such-set"]}, "neither a named dataset"),
+    ({"labels": {"n_pairs": 5}}, "too few"),
+    ({"embedder": {"backend": "tf"}}, "backend = 'tf' is not allowed"),
+    ({"seeds": []}, "seeds is empty"),
+])
+def test_bad_configs_name_the_key_and_the_allowed_values(doc, message):
+    with pytest.raises(EmbrmError, match=None) as e:
+        study_from_dict(doc, "s.toml")
+    assert message in str(e.value) and str(e.value).startswith("s.toml")
+
+
+def test_bad_toml_is_one_error(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("k = [\n")
+    with pytest.raises(EmbrmError, match="not valid TOML"):
+        load_study(path)
+    with pytest.raises(EmbrmError, match="no such study file"):
+        load_study(tmp_path / "missing.toml")
