@@ -143,10 +143,25 @@ def findings(bon: pl.DataFrame, fits: pl.DataFrame, pub: pl.DataFrame) -> list[s
         if n:
             out.append(f"**{dataset}** — Sun et al.: an embedding-based ensemble (mean) beats the length-only reward: "
                        f"gain difference {R.fmt(m, h)} over {n} pairs → {_verdict(m, h)}.")
+        mean = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant) & (pl.col("proxy") == "mean"))
+        if mean.height:
+            peaked = mean.filter(pl.col("best_n") < pl.col("n_max"))
+            drop = (peaked["gold_at_best_n"] - peaked["gold"]).mean() if peaked.height else 0.0
+            out.append(f"**{dataset}** — Gao et al.: over-optimisation (gold peaks before n = N for the ensemble mean): "
+                       f"in {peaked.height} of {mean.height} runs, by {drop:.3f} gold on average.")
+    noises = fits.filter(pl.col("noise") != "human")["noise"].unique(maintain_order=True).to_list()
     for dataset in fits["dataset"].unique(maintain_order=True):
         f = fits.filter(pl.col("dataset") == dataset)
+        if len(noises) >= 2:
+            a, b = (f.filter(pl.col("noise") == n).select("learner", "seed", pl.col("accuracy").alias(n)) for n in noises[:2])
+            d = a.join(b, on=["learner", "seed"])
+            m, h = R.interval((d[noises[0]] - d[noises[1]]).to_list())
+            if d.height:
+                out.append(f"**{dataset}** — Sun et al.: label noise costs accuracy: {noises[0]} minus {noises[1]} held-out "
+                           f"accuracy {R.fmt(m, h)} over {d.height} (learner, seed) pairs → {_verdict(m, h)}.")
         m, h = R.interval((f["accuracy"] - 0.5).to_list())
-        out.append(f"**{dataset}** — held-out pairwise accuracy above chance (all learners and noises): "
+        out.append(f"**{dataset}** — the embeddings carry preference signal (held-out pairwise accuracy above chance, all "
+                   f"learners and labels): "
                    f"{R.fmt(m + 0.5, h)} (chance 0.5) → {_verdict(m, h)}.")
     return out
 

@@ -45,6 +45,7 @@ def bon_table(results: list[dict]) -> pl.DataFrame:
                              "gold": a["gold_at_n_max"], "gain": a["gain_at_n_max"],
                              "percentile": a["percentile_at_n_max"], "best_n": a["best_n"],
                              "gold_at_best_n": a["gold_at_best_n"], "spearman": a["spearman"],
+                             "gao_alpha": a["gao_alpha"], "gao_beta": a["gao_beta"],
                              "probe_pick_rate": rates.get(proxy), "n_max": s["n_max"], "n_prompts": s["n_prompts"],
                              "random": s["random_at_n_max"], "oracle": s["oracle_at_n_max"]})
     return pl.DataFrame(rows, infer_schema_length=None)
