@@ -183,7 +183,7 @@ def fit(
     hidden: str = typer.Option("1024,512", "--hidden", help="mlp: hidden layer widths (Sun et al.: 1024,512)."),
     epochs: int = typer.Option(30, "--epochs", help="mlp: maximum epochs (early stopping, patience 3)."),
     labels: str = typer.Option("auto", "--labels", help="human (the dataset's pairs) | simulated (from gold) | auto."),
-    beta: float = typer.Option(10.0, "--beta", help="Simulated BT annotator sharpness (10: <5 % errors; 0.5: ~40 %)."),
+    beta: float = typer.Option(10.0, "--beta", help="Simulated BT annotator: P(a>b) = sigmoid(beta (g_a - g_b) / std(gold)); the label error rate it gives depends on the pool (reported as label_accuracy)."),
     flip: Optional[float] = typer.Option(None, "--flip", help="Instead of --beta: flip this share of correct labels (Coste: 0.25)."),
     n_pairs: int = typer.Option(10_000, "--n-pairs", help="Simulated annotations on the training prompts."),
     across_prompts: bool = typer.Option(False, "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.)."),

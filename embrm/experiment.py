@@ -219,7 +219,10 @@ def _probe_rates(bon: pl.DataFrame, dataset: str) -> str:
     sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool+probes")
                      & pl.col("probe_pick_rate").is_not_null())
     s = R.summarise(sub, ["learner", "proxy"], ["probe_pick_rate"])
-    rows = [[f"{r['learner']} · {r['proxy']}", R.fmt(r["probe_pick_rate"], r["probe_pick_rate_ci"])]
-            for r in s.iter_rows(named=True)]
-    return "Share of held-out prompts whose top-scored answer is a hacking probe's:\n\n" + R.md_table(
+    first = s["learner"][0]
+    rows = [[f"{r['proxy']} (baseline)" if r["proxy"] in R.BASELINES else f"{r['learner']} · {r['proxy']}",
+             R.fmt(r["probe_pick_rate"], r["probe_pick_rate_ci"])]
+            for r in s.iter_rows(named=True) if r["proxy"] not in R.BASELINES or r["learner"] == first]
+    return ("The probes game the judge that produced gold, so a pick of theirs inflates gold here: read this table "
+            "first. Share of held-out prompts whose top-scored answer (n = N) is a hacking probe's:\n\n") + R.md_table(
         ["reward · aggregation", "probe picked at n = N"], rows)

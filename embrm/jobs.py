@@ -23,7 +23,7 @@ import polars as pl
 from embrm.errors import EmbrmError
 from embrm.study import PROBE_PATTERN, Job, Study
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- one job (runs in a worker)
@@ -99,7 +99,8 @@ def _pool_job(job: Job, study: Study, ds, X, threads: int) -> dict:
     variants = {"pool": test & ~probes}
     if probes.any() and study.probes:
         variants["pool+probes"] = test
-    result = {"metrics": metrics, "bon": {}, "n_train_pairs": len(pairs_df)}
+    result = {"metrics": metrics, "bon": {}, "n_train_pairs": len(pairs_df),
+              "label_accuracy": float(pairs_df["label_correct"].mean())}
     curves = []
     for variant, mask in variants.items():
         sim = evaluate_proxies(ds.responses, proxies, mask)
@@ -134,7 +135,7 @@ def _human_job(job: Job, study: Study, ds, X, threads: int) -> dict:
     train = ds.pairs.filter(pl.col("prompt_id").is_in(train_prompts.tolist()))
     ens = _fit(job, study, X, pair_indices(train, ds.responses), train["prompt_id"].to_numpy(), threads)
     metrics = evaluate(ds, ens.predict(X), test_prompts, job.seed)
-    return {"result": {"metrics": metrics, "n_train_pairs": train.height}, "curves": None}
+    return {"result": {"metrics": metrics, "n_train_pairs": train.height, "label_accuracy": None}, "curves": None}
 
 
 # ----------------------------------------------------------------------------- storing and resuming

@@ -29,9 +29,12 @@ def _frame(curves) -> pl.DataFrame:
 
 
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "matplotlib.pyplot" not in sys.modules:  # headless by default; keep a notebook's inline backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

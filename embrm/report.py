@@ -30,7 +30,8 @@ def fit_table(results: list[dict]) -> pl.DataFrame:
                      "length_accuracy": m["baseline_length_accuracy"],
                      "random_accuracy": m["baseline_random_accuracy"],
                      "length_spearman": m.get("baseline_length_spearman"), "against": m["against"],
-                     "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"], "seconds": r["seconds"]})
+                     "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
+                     "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -131,14 +132,15 @@ def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str
 def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
     sub = fits.filter(pl.col("dataset") == dataset)
     s = summarise(sub, ["learner", "noise"], ["accuracy", "member_accuracy", "spearman", "length_accuracy",
-                                              "random_accuracy"])
-    rows = [[r["learner"], r["noise"], fmt(r["accuracy"], r["accuracy_ci"]),
+                                              "random_accuracy", "label_accuracy"])
+    rows = [[r["learner"], r["noise"], fmt(r["label_accuracy"], r["label_accuracy_ci"]), fmt(r["accuracy"], r["accuracy_ci"]),
              fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"])]
             for r in s.iter_rows(named=True)]
     base = s.row(0, named=True)
-    rows.append(["length (baseline)", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-", "-"])
-    rows.append(["random (baseline)", "-", fmt(base["random_accuracy"], base["random_accuracy_ci"]), "-", "-"])
-    return md_table(["learner", "labels", "ensemble-mean accuracy", "mean member accuracy", "per-prompt Spearman"], rows)
+    rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-", "-"])
+    rows.append(["random (baseline)", "-", "-", fmt(base["random_accuracy"], base["random_accuracy_ci"]), "-", "-"])
+    return md_table(["learner", "labels", "training labels agreeing with gold", "ensemble-mean accuracy",
+                     "mean member accuracy", "per-prompt Spearman"], rows)
 
 
 def published_markdown(pub: pl.DataFrame, dataset: str) -> str:

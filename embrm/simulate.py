@@ -69,7 +69,10 @@ def ensemble_proxies(scores: np.ndarray, reference_rows: np.ndarray, aggregation
 
 
 def baseline_proxies(responses: pl.DataFrame, seed: int = 0) -> dict:
-    return {"length": length_reward(responses), "random": random_reward(len(responses), seed)}
+    """Length (z-scored, so its proxy curve shares the members' scale; BoN picks are unchanged) and random."""
+    length = length_reward(responses)
+    length = (length - length.mean()) / (length.std() or 1.0)
+    return {"length": length, "random": random_reward(len(responses), seed)}
 
 
 def evaluate_proxies(responses: pl.DataFrame, proxies: dict, eval_mask: np.ndarray, n_max: int | None = None,
