@@ -418,6 +418,16 @@ def cache_verify(path: Path = typer.Argument(Path("cache"), help="Cache root or 
         raise typer.Exit(1)
 
 
+def _register_methods() -> None:
+    """The further seeds' commands (LASeR, MoE, composite, policy) live beside their methods."""
+    from embrm.methods import cli_composite_policy
+
+    cli_composite_policy.register(app)
+
+
+_register_methods()
+
+
 def main() -> None:
     app()
 
