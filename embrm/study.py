@@ -98,7 +98,7 @@ class Study:
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
     learners: list = field(default_factory=lambda: [
         Learner("linear"), Learner("mlp", params=(("hidden", (256, 128)),)),
-        Learner("mlp", "shared_trunk", (("hidden", (256, 128)),)), Learner("lgbm", params=(("n_estimators", 100),))])
+        Learner("mlp", "shared_trunk", (("hidden", (256, 128)),)), Learner("lgbm", params=(("n_estimators", 100), ("objective", "bt")))])
 
     def to_dict(self) -> dict:
         d = asdict(self)
