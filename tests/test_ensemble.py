@@ -3,6 +3,7 @@ import pytest
 
 from embrm.ensemble import bootstrap_split, fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.heads import mlp
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_reference
 from embrm.metrics import pairwise_accuracy
 
@@ -21,10 +22,14 @@ def synthetic(n=1000, d=16, n_pairs=2000, seed=0):
 MLP = dict(hidden=(24, 12), batch_size=64, epochs=6)
 
 
-def test_batched_mlp_equals_sequential():
+@pytest.mark.parametrize("per_member_gemm", [False, True], ids=["bmm", "per-member-gemm"])
+def test_batched_mlp_equals_sequential(per_member_gemm, monkeypatch):
     """K members trained together (one stacked forward/backward per step, float32) == each member trained alone
     the plain way with the same seed, init, split and batch order. Splits by prompt give members different
-    train/val sizes (padded batches, masks) and patience 1 lets them stop at different epochs."""
+    train/val sizes (padded batches, masks) and patience 1 lets them stop at different epochs. Run twice: stacked
+    matmuls as torch.bmm (small layers) and as one GEMM per member (what large layers use)."""
+    if per_member_gemm:
+        monkeypatch.setattr(mlp, "LOOP_MIN_FLOPS", 0)
     X, pairs, pp = synthetic()
     ens = fit_ensemble(X, pairs, head="mlp", k=4, pair_prompt_ids=pp, seed=11, warm=False, dtype="float32",
                        patience=1, lr=2e-2, **{**MLP, "epochs": 10})

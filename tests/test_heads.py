@@ -3,6 +3,7 @@ import pytest
 
 from embrm.errors import EmbrmError
 from embrm.heads import LGBMReward, LinearBT, MLPReward
+from embrm import hardware
 from embrm.heads.mlp import MemberData, init_params, resolve_dtype, train_reference, train_stack
 from embrm.metrics import pairwise_accuracy
 
@@ -81,6 +82,20 @@ def test_mlp_stack_equals_plain_reference():
         np.testing.assert_allclose(res.val_history[0], info["val_history"], rtol=1e-5)
         for p, q in zip(res.params, ref):
             np.testing.assert_allclose(p[0], q, atol=2e-5)
+
+
+@pytest.mark.parametrize("vendor, flags, expected", [
+    ("AuthenticAMD", "avx2 avx512f avx512_bf16", "bfloat16"),      # Zen 4: bf16 dot products at 2x float32
+    ("GenuineIntel", "avx2 avx512f avx512_bf16 avx512_fp16", "float32"),  # no AMX: bf16 measured slower
+    ("GenuineIntel", "avx512f avx512_bf16 amx_bf16 amx_tile", "bfloat16"),
+    ("AuthenticAMD", "avx2 fma", "float32"),
+])
+def test_auto_dtype_follows_cpu(monkeypatch, vendor, flags, expected):
+    """auto picks bf16 only where bf16 matmuls are fast (AMX, or AVX512-BF16 on AMD), and never for small layers."""
+    monkeypatch.setattr(hardware, "cpuinfo", lambda: {"vendor_id": vendor, "flags": flags})
+    assert resolve_dtype("auto", None, (2048, 1024, 512)) == expected
+    assert resolve_dtype("auto", None, (384, 128)) == "float32"
+    assert resolve_dtype("float32", None, (2048, 1024)) == "float32"
 
 
 def test_half_precision_paths_close_to_float32():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.hardware import fast_bf16
 
 # Bump when a change in embrm (not in the model) changes the vectors, so old caches stop matching.
 SPEC_VERSION = 1
@@ -128,22 +129,6 @@ def load_error(model: str, exc: BaseException, what: str) -> EmbrmError:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_amx() -> bool:
-    """AMX makes bf16 matmuls several times faster than fp32 on CPU; without it bf16 is no faster."""
-    import torch
-
-    if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
-        return True
-    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
-    if probe is not None and probe():
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
-
-
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -153,11 +138,12 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """'auto' -> bfloat16 on CUDA or an AMX CPU, else float32. The resolved name goes into spec()."""
+    """'auto' -> bfloat16 on CUDA or a CPU with fast bf16 matmuls (embrm.hardware.fast_bf16), else float32.
+    The resolved name goes into spec(), so caches of the two dtypes never mix."""
     check_choice("dtype", dtype, DTYPES)
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device.startswith("cuda") or (device == "cpu" and cpu_has_amx()) else "float32"
+    return "bfloat16" if device.startswith("cuda") or (device == "cpu" and fast_bf16()) else "float32"
 
 
 def torch_dtype(name: str):
