@@ -216,8 +216,10 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
     ens = RewardEnsemble(head, mode, members, seeds, splits, trunk=trunk, warm=warm_model,
                          head_params=head_params, info=info)
     if any(len(s["val"]) for s in splits):
-        R = ens.predict(X)
-        d = R[pairs[:, 0]] - R[pairs[:, 1]]
+        rows = np.unique(pairs[np.concatenate([s["val"] for s in splits])])  # score only validation responses
+        R = ens.predict(X[rows])
+        local = np.minimum(np.searchsorted(rows, pairs), len(rows) - 1)  # exact for every validation pair
+        d = R[local[:, 0]] - R[local[:, 1]]
         ens.info["val_accuracy"] = [
             float(np.mean((d[s["val"], j] > 0) + 0.5 * (d[s["val"], j] == 0))) if len(s["val"]) else None
             for j, s in enumerate(splits)]
