@@ -28,7 +28,7 @@ def _frame(curves) -> pl.DataFrame:
     return df
 
 
-def _pyplot():
+def pyplot():
     import sys
 
     import matplotlib
@@ -52,7 +52,7 @@ def plot_bon(curves, path, x: str = "kl", *, references: dict[str, float] | None
     if x not in _X_LABELS:
         raise EmbrmError(f"plot_bon: x = {x!r}: use one of {', '.join(_X_LABELS)}")
     df = _frame(curves)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     aggs = list(dict.fromkeys(df["agg"].to_list()))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -93,7 +93,7 @@ def plot_gao_fit(curves, path, *, title: str | None = None) -> Path:
     """Gold gain over n = 1 vs d = sqrt(KL) per aggregation, with Gao et al.'s least-squares fit
     R(d) = d (alpha - beta d) dashed; the legend gives alpha and beta. Returns the written path."""
     df = _frame(curves)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, agg in enumerate(dict.fromkeys(df["agg"].to_list())):

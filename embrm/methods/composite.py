@@ -406,10 +406,9 @@ def plot_composite(frame: pl.DataFrame, path, *, thresholds: dict | None = None,
     lines). Returns the written path."""
     from pathlib import Path
 
-    import matplotlib
+    from embrm.plots import pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     comps = [c[2:] for c in frame.columns if c.startswith("z_")]
     fig, (ax_g, ax_z) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)

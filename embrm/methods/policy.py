@@ -331,10 +331,9 @@ def plot_policy(frame: pl.DataFrame, path, *, gao_rl: tuple[float, float] | None
     Best-of-n and the DPO / RPO training trajectories; and KL per epoch of DPO / RPO. Returns the written path."""
     from pathlib import Path
 
-    import matplotlib
+    from embrm.plots import pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_g, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     curves = list(dict.fromkeys(frame["curve"].to_list()))
