@@ -420,8 +420,9 @@ def cache_verify(path: Path = typer.Argument(Path("cache"), help="Cache root or 
 
 def _register_methods() -> None:
     """The further seeds' commands (LASeR, MoE, composite, policy) live beside their methods."""
-    from embrm.methods import cli_composite_policy
+    from embrm.methods import cli_composite_policy, cli_laser_moe
 
+    cli_laser_moe.register(app)
     cli_composite_policy.register(app)
 
 

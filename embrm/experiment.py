@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +34,7 @@ class StudyResult:
     published: pl.DataFrame
     timings: dict
     findings: list
+    methods: list = field(default_factory=list)
 
     @property
     def report_path(self) -> Path:
@@ -84,6 +85,8 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
                "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub))
+    result.methods = _run_methods(study, spec, cache_dir, data_dir, out)
+    timings["methods"] = {m["name"]: round(m["seconds"], 2) for m in result.methods}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
     (out / "study.json").write_text(json.dumps({
@@ -91,6 +94,19 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
         "timings": timings}, indent=2, default=str) + "\n")
     result.report_path.write_text(render_report(study, result, plots, command))
     return result
+
+
+def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path) -> list[dict]:
+    """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
+    if not study.methods or not study.datasets:
+        return []
+    from embrm.datasets import load_dataset
+    from embrm.embed import cached_embeddings
+    from embrm.methods.study import run_methods
+
+    ds = load_dataset(study.datasets[0], data_dir)
+    return run_methods(ds, cached_embeddings(ds, spec, cache_dir), study.methods, seed=study.seeds[0],
+                       out_dir=out / "methods")
 
 
 def _curves(files: list[Path], results: list[dict]) -> pl.DataFrame:
@@ -204,10 +220,15 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
         against = fits.filter(pl.col("dataset") == dataset)["against"][0]
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
                   R.fit_markdown(fits, dataset), ""]
+    if result.methods:
+        from embrm.methods.study import render_methods
+
+        lines += [render_methods(result.methods), ""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## Timing", "", R.md_table(["stage", "seconds"], [
         ["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
         [f"{t['n_jobs']} jobs on {t['workers']} {t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
+        *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()],
         ["total", f"{t.get('total', 0):.1f}"]]), ""]
     per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
     lines += [R.md_table(["learner", "mean seconds per job (fit + evaluation)"],

@@ -15,6 +15,7 @@ dataset that does not exist is one error naming the key and the allowed values.
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
     probes = true               # alpaca-eval-models: evaluate BoN with the reward-hacking probes both filtered and kept
+    methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
 
     [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling, ...
     backend = "st"
@@ -45,6 +46,7 @@ from embrm.aggregate import AGGREGATIONS
 from embrm.errors import EmbrmError
 
 HEADS = ("linear", "mlp", "lgbm")
+METHODS = ("laser", "moe", "composite", "policy")
 MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
 HEAD_PARAMS = {
     "linear": {"C": (int, float)},
@@ -93,6 +95,7 @@ class Study:
     lam: float = 0.5
     lcb_beta: float = 1.0
     probes: bool = True
+    methods: list = field(default_factory=lambda: ["laser", "moe", "composite", "policy"])
     embedder: dict = field(default_factory=lambda: {"backend": "st"})
     labels: dict = field(default_factory=lambda: {"n_pairs": 2000, "within_prompt": True})
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
@@ -123,7 +126,7 @@ class Job:
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
         shared = {k: v for k, v in study.to_dict().items() if k not in ("name", "seeds", "datasets", "human_pairs",
-                                                                       "noise", "learners")}
+                                                                       "noise", "learners", "methods")}
         doc = {"job": asdict(self), "study": shared}
         return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
@@ -152,7 +155,7 @@ def load_study(path: str | Path | None = None) -> Study:
 
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
-       "aggregations": list, "lam": float, "lcb_beta": float, "probes": bool, "embedder": dict, "labels": dict,
+       "aggregations": list, "lam": float, "lcb_beta": float, "probes": bool, "methods": list, "embedder": dict, "labels": dict,
        "noise": list, "learners": list}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float}
@@ -192,7 +195,7 @@ def study_from_dict(doc: dict, where: str = "study") -> Study:
     for key in ("name", "test_size", "k", "lam", "lcb_beta", "probes"):
         if key in doc:
             setattr(study, key, doc[key])
-    for key in ("seeds", "datasets", "human_pairs", "aggregations"):
+    for key in ("seeds", "datasets", "human_pairs", "aggregations", "methods"):
         if key in doc:
             kind = int if key == "seeds" else str
             setattr(study, key, [_typed(f"{where}: {key}", f"{key}[{i}]", v, kind) for i, v in enumerate(doc[key])])
@@ -249,6 +252,8 @@ def _validate(study: Study, where: str) -> None:
                                  f"({', '.join(REGISTRY)}) nor an existing file")
     for agg in study.aggregations:
         _one_of(where, "aggregations entry", agg, AGGREGATIONS)
+    for method in study.methods:
+        _one_of(where, "methods entry", method, METHODS)
     if not study.seeds:
         raise EmbrmError(f"{where}: seeds is empty: give at least one seed (three or more for intervals)")
     if not study.learners or (not study.datasets and not study.human_pairs):
