@@ -1,5 +1,7 @@
 """Study configs: the default study, TOML parsing, and rejection of bad configs before any work starts."""
 
+from pathlib import Path
+
 import pytest
 
 from embrm.errors import EmbrmError
@@ -64,3 +66,9 @@ def test_bad_toml_is_one_error(tmp_path):
         load_study(path)
     with pytest.raises(EmbrmError, match="no such study file"):
         load_study(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path):
+    study = load_study(path)
+    assert jobs_of(study)
