@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.heads import HEADS, LGBMReward, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
+from embrm.heads import HEADS, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_stack
 from embrm.labels import split_pairs
 

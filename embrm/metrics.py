@@ -61,7 +61,6 @@ def expected_calibration_error(scores, pairs, n_bins: int = 10) -> float:
     conf = 1.0 / (1.0 + np.exp(-np.abs(m)))
     correct = (m > 0) + 0.5 * (m == 0)
     b = np.minimum(((conf - 0.5) * 2 * n_bins).astype(np.int64), n_bins - 1)
-    cnt = np.bincount(b, minlength=n_bins)
     acc = np.bincount(b, correct, n_bins)
     cf = np.bincount(b, conf, n_bins)
     return float(np.abs(acc - cf).sum() / len(m))

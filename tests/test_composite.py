@@ -1,7 +1,6 @@
 """Constrained composite rewards (embrm.methods.composite): exact BoN expectations, proxy points, dual ascent."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,7 +10,7 @@ from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
 from embrm.methods.composite import (composite_curves, fit_multipliers, group_pools, pick_means, proxy_points,
                                      selection_scores)
-from tests.realdata import DATA_DIR, needs_data
+from realdata import needs_data
 
 KNEE, PEN = 0.5, 2.0  # gold = q + h - PEN * relu(h - KNEE)^2 peaks in h at KNEE + 1 / (2 PEN) = 0.75
 
@@ -142,20 +141,12 @@ def test_composite_cli_writes_outputs(tmp_path):
 
 
 @needs_data
-def test_real_pool_composite_study():
-    from embrm.datasets import load_dataset
-    from embrm.embed import cached_embeddings, cache_spec
-    from embrm.embedders import make_embedder
+def test_real_pool_composite_study(models_subset):
     from embrm.methods.composite import composite_study
 
-    ds = load_dataset("alpaca-eval-models", DATA_DIR)
-    try:
-        X = cached_embeddings(ds, cache_spec(make_embedder("st"), "{prompt}\n\n{response}"),
-                              Path(__file__).resolve().parents[1] / "cache")
-    except EmbrmError:
-        pytest.skip("alpaca-eval-models embeddings are not in ./cache yet (run `embrm embed alpaca-eval-models`)")
-    summary, frame = composite_study(ds, X, seed=0, n_pairs=4000, k=2, steps=150)
-    assert summary["n_test_prompts"] == 80 and summary["n"][-1] == 57
+    ds, X = models_subset
+    summary, frame = composite_study(ds, X, seed=0, n_pairs=2000, k=2, steps=150)
+    assert summary["n_test_prompts"] == 6 and 10 <= summary["n"][-1] <= 15
     first = frame.filter(pl.col("n") == 1)
     assert np.allclose(first["gold"], first["random"], atol=1e-12)
     # the dual ascent meets every training constraint (the held-out numbers are reported, not asserted)

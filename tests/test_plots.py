@@ -1,4 +1,3 @@
-import numpy as np
 
 from embrm.aggregate import aggregate_all, standardize
 from embrm.bon import bon_curves

@@ -24,7 +24,6 @@ noise into a random walk of about lr per step.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
