@@ -56,7 +56,7 @@ def published_table(results: list[dict]) -> pl.DataFrame:
     rows = [{"dataset": r["dataset"], "seed": r["seed"], **p} for r in results for p in r.get("published_picks", [])]
     if not rows:
         return pl.DataFrame()
-    return pl.DataFrame(rows, infer_schema_length=None).unique(["dataset", "seed", "reward_model"])
+    return pl.DataFrame(rows, infer_schema_length=None).unique(["dataset", "seed", "reward_model"], maintain_order=True)
 
 
 # ----------------------------------------------------------------------------- seed statistics
