@@ -40,6 +40,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi: int = 120) -> Path:
+    """Write a figure as PNG (creating the folder) and close it; returns the path."""
+    plt = pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_bon(curves, path, x: str = "kl", *, references: dict[str, float] | None = None,
              show_random_oracle: bool = True, title: str | None = None) -> Path:
     """Over-optimisation picture: gold reward of the Best-of-n pick vs ``x`` (one line per aggregation, left) and
@@ -82,11 +92,7 @@ def plot_bon(curves, path, x: str = "kl", *, references: dict[str, float] | None
     ax_g.legend(fontsize=8, loc="best")
     n_max = int(df["n"].max())
     fig.suptitle(title or f"Best-of-n, n = 1..{n_max}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_gao_fit(curves, path, *, title: str | None = None) -> Path:
@@ -112,8 +118,4 @@ def plot_gao_fit(curves, path, *, title: str | None = None) -> Path:
     ax.set_title(title or "Gao et al. fit  R(d) = d (alpha - beta d)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

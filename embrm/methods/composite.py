@@ -404,9 +404,7 @@ def plot_composite(frame: pl.DataFrame, path, *, thresholds: dict | None = None,
     """PNG: held-out gold vs KL(BoN) per method (random / oracle dashed) and each component's mean standardised
     value at the pick vs n (colour: component, line style: method; ``thresholds`` {name: t} as thin horizontal
     lines). Returns the written path."""
-    from pathlib import Path
-
-    from embrm.plots import pyplot
+    from embrm.plots import pyplot, save_figure
 
     plt = pyplot()
 
@@ -433,8 +431,4 @@ def plot_composite(frame: pl.DataFrame, path, *, thresholds: dict | None = None,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title or "Constrained composite rewards (Best-of-n)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

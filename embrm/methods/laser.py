@@ -282,9 +282,7 @@ def _summary(res: LinUCBResult, arms: dict, names: list[str], **params) -> dict:
 
 def plot_regret(trace: pl.DataFrame, path, *, title: str | None = None):
     """PNG: cumulative regret of LASeR vs the best single arm and vs the per-prompt oracle arm, by round."""
-    from pathlib import Path
-
-    from embrm.plots import pyplot
+    from embrm.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
@@ -297,11 +295,7 @@ def plot_regret(trace: pl.DataFrame, path, *, title: str | None = None):
     ax.set_title(title or "LASeR (LinUCB) cumulative regret")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- arms for a real pool

@@ -329,9 +329,7 @@ def _curve_summary(frame: pl.DataFrame, end: int) -> dict:
 def plot_policy(frame: pl.DataFrame, path, *, gao_rl: tuple[float, float] | None = None, title: str | None = None):
     """PNG: held-out gold vs KL for the KL-optimum sweep (with Gao's RL fit, gold gain shifted by the pool mean),
     Best-of-n and the DPO / RPO training trajectories; and KL per epoch of DPO / RPO. Returns the written path."""
-    from pathlib import Path
-
-    from embrm.plots import pyplot
+    from embrm.plots import pyplot, save_figure
 
     plt = pyplot()
 
@@ -355,8 +353,4 @@ def plot_policy(frame: pl.DataFrame, path, *, gao_rl: tuple[float, float] | None
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or "Policy-side over-optimisation on candidate pools")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
