@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _pool_job(job: Job, study: Study, ds, X, threads: int) -> dict:
                               prompt_ids=train_prompts)
     ens = _fit(job, study, X, pair_indices(pairs_df, clean), pairs_df["prompt_id"].to_numpy(), threads)
     scores = ens.predict(X)
-    metrics = evaluate(ds.__class__(ds.name, clean, ds.pairs, ds.source), scores, test_prompts, job.seed)
+    metrics = evaluate(replace(ds, responses=clean), scores, test_prompts, job.seed)
     proxies = ensemble_proxies(scores, prompt_mask(clean, train_prompts), tuple(study.aggregations),
                                lam=study.lam, beta=study.lcb_beta)
     if ens.warm_ is not None:

@@ -6,12 +6,12 @@ summary.json, curves.parquet and a PNG (gold vs KL).
 """
 
 
-import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from embrm.methods.cli_common import pool_embeddings, write_outputs
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -29,27 +29,6 @@ def _floats(values: list[str] | None, what: str) -> list[float] | None:
         return [float(v) for v in items]
     except ValueError:
         raise EmbrmError(f"{what}: expected numbers like 0.01,0.1,1,10, got {','.join(items)!r}") from None
-
-
-def _load(dataset: str, data_dir, cache_dir: Path, quiet: bool):
-    from embrm.datasets import load_dataset
-    from embrm.embed import embed_dataset
-    from embrm.embedders import make_embedder
-
-    ds = load_dataset(dataset, data_dir)
-    X = embed_dataset(ds, make_embedder("st"), cache_dir=cache_dir, progress=False if quiet else None).X
-    return ds, X
-
-
-def _write(out_dir: Path | None, summary: dict, frame, plot) -> None:
-    """summary.json (with the command line), curves.parquet and the PNG (``plot(path)``) under out_dir."""
-    if out_dir is None:
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary["command"] = " ".join(["embrm", *sys.argv[1:]])
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    frame.write_parquet(out_dir / "curves.parquet")
-    plot(out_dir / "gold_vs_kl.png")
 
 
 def register(app: typer.Typer) -> None:
@@ -76,10 +55,10 @@ def register(app: typer.Typer) -> None:
         """
         from embrm.methods.composite import composite_study, plot_composite
 
-        ds, X = _load(dataset, data_dir, cache_dir, format == Format.json)
+        ds, X = pool_embeddings(dataset, data_dir, cache_dir, progress=format != Format.json)
         summary, frame = composite_study(ds, X, seed=seed, components=_split(components) or ["bt", "length"],
                                          n_max=n_max, n_pairs=n_pairs, k=k)
-        _write(out_dir, summary, frame, lambda p: plot_composite(frame, p, thresholds=summary["thresholds"],
+        write_outputs(out_dir, summary, frame, "curves", lambda p: plot_composite(frame, p, thresholds=summary["thresholds"],
                                                                  title=f"{ds.name}: composite BoN"))
         if format == Format.json:
             return print_json(summary)
@@ -117,12 +96,12 @@ def register(app: typer.Typer) -> None:
         """
         from embrm.methods.policy import plot_policy, policy_study
 
-        ds, X = _load(dataset, data_dir, cache_dir, format == Format.json)
+        ds, X = pool_embeddings(dataset, data_dir, cache_dir, progress=format != Format.json)
         summary, frame = policy_study(ds, X, seed=seed, betas=_floats(betas, "--betas"), dpo=dpo,
                                       rpo_weight=rpo_weight, epochs=epochs, dpo_beta=dpo_beta, n_pairs=n_pairs,
                                       label_beta=label_beta)
         ko = summary["kl_optimum"]
-        _write(out_dir, summary, frame, lambda p: plot_policy(
+        write_outputs(out_dir, summary, frame, "curves", lambda p: plot_policy(
             frame, p, gao_rl=(ko["gao_rl_alpha"], ko["gao_rl_beta"]), title=f"{ds.name}: policy over pools"))
         if format == Format.json:
             return print_json(summary)

@@ -5,36 +5,12 @@ inside ``register`` to avoid an import cycle). No ``from __future__ import annot
 option annotations (e.g. ``Format``, imported inside ``register``) when the command is defined.
 """
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-
-def _embeddings(dataset: str, data_dir, cache_dir, dtype: str, text_progress: bool):
-    """Load a named dataset or pool file and its packaged-MiniLM embeddings (embedding only what the cache lacks;
-    dtype is part of the cache fingerprint: auto resolves to bf16 where the CPU supports it)."""
-    from embrm.datasets import load_dataset
-    from embrm.embed import embed_dataset
-    from embrm.embedders import make_embedder
-
-    ds = load_dataset(dataset, data_dir)
-    if not ds.has_gold:
-        from embrm.errors import EmbrmError
-
-        raise EmbrmError(f"{ds.source}: no gold scores: this command needs a pool with a gold column (--gold-col)")
-    emb = embed_dataset(ds, make_embedder("st", dtype=dtype), cache_dir=cache_dir,
-                        progress=None if text_progress else False)
-    return ds, emb.X
-
-
-def _write(out_dir: Optional[Path], summary: dict, frame, name: str) -> None:
-    if out_dir is None:
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    frame.write_parquet(out_dir / f"{name}.parquet")
+from embrm.methods.cli_common import pool_embeddings, write_outputs
 
 
 def _arms(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -76,10 +52,10 @@ def register(app: typer.Typer) -> None:
         """
         from embrm.methods.laser import laser_experiment, plot_regret
 
-        ds, X = _embeddings(dataset, data_dir, cache_dir, dtype, format == Format.text)
+        ds, X = pool_embeddings(dataset, data_dir, cache_dir, dtype, progress=format == Format.text)
         summary, trace = laser_experiment(ds, X, arms=_arms(arms), alpha=alpha, n=n, seed=seed, test_size=test_size,
                                           n_pairs=n_pairs, beta=beta, dim=dim or None, warmup=warmup)
-        _write(out_dir, summary, trace, "trace")
+        write_outputs(out_dir, summary, trace, "trace")
         if out_dir is not None:
             plot_regret(trace, out_dir / "regret.png", title=f"LASeR on {ds.name} (alpha={alpha})")
         if format == Format.json:
@@ -125,10 +101,10 @@ def register(app: typer.Typer) -> None:
         """
         from embrm.methods.moe import moe_study
 
-        ds, X = _embeddings(dataset, data_dir, cache_dir, dtype, format == Format.text)
+        ds, X = pool_embeddings(dataset, data_dir, cache_dir, dtype, progress=format == Format.text)
         summary, frame = moe_study(ds, X, categories=categories, n_clusters=n_clusters, seed=seed, n_pairs=n_pairs,
                                    beta=beta, test_size=test_size, routing=routing, shrink=shrink)
-        _write(out_dir, summary, frame, "per_category")
+        write_outputs(out_dir, summary, frame, "per_category")
         if format == Format.json:
             return print_json(summary)
         refs = summary["references"]
