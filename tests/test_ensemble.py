@@ -6,17 +6,11 @@ from embrm.errors import EmbrmError
 from embrm.heads import mlp
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_reference
 from embrm.metrics import pairwise_accuracy
+from synthdata import synthetic_pairs
 
 
 def synthetic(n=1000, d=16, n_pairs=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    gold = X @ rng.standard_normal(d)
-    a, b = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
-    a, b = a[a != b], b[a != b]
-    pairs = np.where((gold[a] > gold[b])[:, None], np.stack([a, b], 1), np.stack([b, a], 1)).astype(np.int64)
-    prompts = (np.minimum(a, b) // 10).astype(str)  # ~100 "prompts" of uneven size
-    return X, pairs, prompts
+    return synthetic_pairs(n, d, n_pairs, seed, prompt_size=10)  # ~100 "prompts" of uneven size
 
 
 MLP = dict(hidden=(24, 12), batch_size=64, epochs=6)

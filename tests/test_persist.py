@@ -6,16 +6,11 @@ import pytest
 from embrm.ensemble import fit_ensemble
 from embrm.errors import EmbrmError
 from embrm.persist import load_ensemble, save_ensemble
+from synthdata import synthetic_pairs
 
 
 def synthetic(n=400, d=12, n_pairs=800, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    gold = X @ rng.standard_normal(d)
-    a, b = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
-    a, b = a[a != b], b[a != b]
-    pairs = np.where((gold[a] > gold[b])[:, None], np.stack([a, b], 1), np.stack([b, a], 1)).astype(np.int64)
-    return X, pairs, (np.minimum(a, b) // 8).astype(str)
+    return synthetic_pairs(n, d, n_pairs, seed, prompt_size=8)
 
 
 CASES = {
