@@ -35,7 +35,7 @@ prompts; the only loops are over aggregations and distinct pool sizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -43,9 +43,9 @@ import polars as pl
 from scipy.special import gammaln
 
 from embrm.errors import EmbrmError
+from embrm.pools import avg_ranks, group_pools, score_columns, tie_average
 
-__all__ = ["BonCurves", "bon_curves", "bon_weights", "curves_frame", "expected_best_of_n", "fit_gao", "kl_bon",
-           "spearman_per_prompt"]
+__all__ = ["BonCurves", "bon_curves", "bon_weights", "curves_frame", "expected_best_of_n", "fit_gao", "kl_bon"]
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -109,131 +109,7 @@ def bon_weights(pool: int, n_max: int | None = None) -> np.ndarray:
     return _weights_cached(pool, n_max)
 
 
-# ----------------------------------------------------------------------------- grouping rows into pools
-
-@dataclass
-class _Pools:
-    """Rows grouped into prompt pools, prompts ordered by pool size (stable)."""
-
-    keys: np.ndarray          # (P,) prompt keys, in the caller's order (first appearance or sorted)
-    sizes: np.ndarray         # (P,) pool sizes, caller's prompt order
-    porder: np.ndarray        # (P,) prompt indices sorted by size: matrix row r is prompt porder[r]
-    width: int                # N_max
-    reshape: bool             # fast path: matrix = values.reshape(P, N) (no gather)
-    idx: np.ndarray | None    # (P, N_max) row indices into the input (padding: 0)
-    valid: np.ndarray | None  # (P, N_max) bool, None when every pool is full
-    blocks: list[tuple[int, int, int]] = field(default_factory=list)  # (row_lo, row_hi, N) per distinct size
-
-    def matrix(self, values: np.ndarray, pad) -> np.ndarray:
-        """(P, N_max) matrix of per-row values; padding cells hold ``pad``."""
-        if self.reshape:
-            return values.reshape(len(self.sizes), self.width)
-        m = values[self.idx]
-        if self.valid is not None:
-            m[~self.valid] = pad
-        return m
-
-
-def _group(prompt_index, keep: np.ndarray | None, n_rows: int) -> _Pools:
-    a = prompt_index.to_numpy() if isinstance(prompt_index, pl.Series) else np.asarray(prompt_index)
-    if a.ndim != 1 or a.shape[0] != n_rows:
-        raise EmbrmError(f"prompt_index: expected one prompt key per row ({n_rows}), got shape {a.shape}")
-    rows = None if keep is None else np.flatnonzero(keep)
-    if rows is not None:
-        a = a[rows]
-    if a.shape[0] == 0:
-        raise EmbrmError("bon: no scored rows left (every gold is NaN/null or masked out)")
-    # Runs of equal keys; the table is "grouped" when no key appears in two runs (the usual case).
-    change = np.flatnonzero(a[1:] != a[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    run_keys = a[starts]
-    if np.unique(run_keys).shape[0] == run_keys.shape[0]:
-        order, keys = None, run_keys
-    else:
-        keys, inv = np.unique(a, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        inv = inv[order]
-        starts = np.concatenate([[0], np.flatnonzero(inv[1:] != inv[:-1]) + 1])
-    sizes = np.diff(np.concatenate([starts, [a.shape[0]]]))
-    porder = np.argsort(sizes, kind="stable")
-    width = int(sizes.max())
-    ss = sizes[porder]
-    cut = np.concatenate([[0], np.flatnonzero(ss[1:] != ss[:-1]) + 1, [len(ss)]])
-    blocks = [(int(cut[j]), int(cut[j + 1]), int(ss[cut[j]])) for j in range(len(cut) - 1)]
-    full = len(blocks) == 1
-    if full and order is None and rows is None:
-        return _Pools(keys, sizes, porder, width, True, None, None, blocks)
-    col = np.arange(width)
-    valid = col[None, :] < ss[:, None]
-    idx = starts[porder][:, None] + np.where(valid, col[None, :], 0)
-    if order is not None:
-        idx = order[idx]
-    if rows is not None:
-        idx = rows[idx]
-    return _Pools(keys, sizes, porder, width, False, idx, None if full else valid, blocks)
-
-
-def _tie_average(sorted_keys: np.ndarray, values: np.ndarray, valid: np.ndarray | None = None) -> None:
-    """In place: within each row, replace ``values`` (P, M, C) over runs of equal ``sorted_keys`` (P, M) by their
-    run mean. Only rows that contain a tie among ``valid`` cells (the sorted real entries) are touched."""
-    eq = sorted_keys[:, 1:] == sorted_keys[:, :-1]
-    if valid is not None:
-        eq &= valid[:, 1:]
-    rows = np.flatnonzero(eq.any(axis=1))
-    if rows.size == 0:
-        return
-    start = np.ones((rows.size, sorted_keys.shape[1]), bool)
-    start[:, 1:] = ~eq[rows]
-    ids = np.cumsum(start.ravel()) - 1
-    count = np.bincount(ids)
-    v = values[rows]
-    for c in range(v.shape[2]):
-        mean = np.bincount(ids, weights=v[:, :, c].ravel()) / count
-        v[:, :, c] = mean[ids].reshape(v.shape[:2])
-    values[rows] = v
-
-
-def _avg_ranks(matrix: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """(P, M) float64 average ranks (1-based, ties averaged) of each row's entries; padding (``~valid``, which is
-    left-aligned like the real entries) must sort last."""
-    o = np.argsort(matrix, axis=1)
-    s = np.take_along_axis(matrix, o, axis=1)
-    pos = np.broadcast_to(np.arange(1, matrix.shape[1] + 1, dtype=np.float64), matrix.shape).copy()[:, :, None]
-    _tie_average(s, pos, valid)
-    ranks = np.empty(matrix.shape)
-    np.put_along_axis(ranks, o, pos[:, :, 0], axis=1)
-    return ranks
-
-
 # ----------------------------------------------------------------------------- input handling
-
-def _proxy_columns(proxy, names, n_rows: int) -> tuple[list[str], list[np.ndarray], bool]:
-    """Names and (n,) columns of the proxy argument, and whether it was a single 1-D proxy."""
-    single = False
-    if isinstance(proxy, dict):
-        cols = [np.asarray(v) for v in proxy.values()]
-        names = list(proxy.keys()) if names is None else list(names)
-    elif isinstance(proxy, pl.DataFrame):
-        cols = [proxy[c].to_numpy() for c in proxy.columns]
-        names = list(proxy.columns) if names is None else list(names)
-    else:
-        p = proxy.to_numpy() if isinstance(proxy, pl.Series) else np.asarray(proxy)
-        if p.ndim == 1:
-            single = True
-            cols = [p]
-            names = ["proxy"] if names is None else ([names] if isinstance(names, str) else list(names))
-        elif p.ndim == 2:
-            cols = [p[:, j] for j in range(p.shape[1])]
-            names = [f"agg{j}" for j in range(p.shape[1])] if names is None else list(names)
-        else:
-            raise EmbrmError(f"proxy: expected (n,) or (n, A) scores, got shape {p.shape}")
-    if len(names) != len(cols):
-        raise EmbrmError(f"names: {len(names)} names for {len(cols)} proxy columns")
-    for name, c in zip(names, cols):
-        if c.ndim != 1 or c.shape[0] != n_rows:
-            raise EmbrmError(f"proxy {name!r}: expected {n_rows} scores (one per row), got shape {c.shape}")
-    return [str(x) for x in names], cols, single
-
 
 def _keep_rows(gold: np.ndarray, mask) -> np.ndarray | None:
     keep = ~np.isnan(gold)
@@ -348,9 +224,9 @@ def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=Non
     if g.ndim != 1:
         raise EmbrmError(f"gold: expected (n,) scores, got shape {g.shape}")
     n_rows = g.shape[0]
-    names, cols, _ = _proxy_columns(proxy, names, n_rows)
+    names, cols, _ = score_columns(proxy, names, n_rows)
     keep = _keep_rows(g, mask)
-    pools = _group(prompt_index, keep, n_rows)
+    pools = group_pools(prompt_index, keep, n_rows=n_rows, order="appearance")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise EmbrmError(f"dtype: use float32 or float64, got {dtype}")
@@ -361,12 +237,12 @@ def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=Non
     gm = pools.matrix(g.astype(dtype, copy=False), 0)
     if not np.all(np.isfinite(gm)):
         raise EmbrmError("gold: contains +-inf: scores must be finite (NaN marks unscored rows)")
-    valid = pools.valid
+    valid = pools.sorted_valid
     ss = pools.sizes[pools.porder].astype(np.float64)
 
     # Gold percentile of every candidate within its pool (mid-rank; ties averaged), computed once.
     gsort = gm if valid is None else np.where(valid, gm, np.inf)
-    ranks = _avg_ranks(gsort, valid)
+    ranks = avg_ranks(gsort, valid)
     with np.errstate(invalid="ignore", divide="ignore"):
         pct = np.where(ss[:, None] > 1, 100.0 * (ranks - 1.0) / (ss[:, None] - 1.0), 50.0)
     # gold and percentile side by side, viewed as one wider element so one gather moves both
@@ -404,7 +280,7 @@ def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=Non
         order = np.argsort(pm, axis=1)
         psorted = np.take_along_axis(pm, order, axis=1)
         vals = np.take_along_axis(wide, order, axis=1).view(dtype).reshape(P, width, 2)
-        _tie_average(psorted, vals, valid)  # padding sorts last (+inf), so `valid` also marks sorted real cells
+        tie_average(psorted, vals, valid)  # padding sorts last (+inf), so `valid` also marks sorted real cells
         for lo, hi, size in pools.blocks:
             m = min(size, n_max)
             w = bon_weights(size, m)
@@ -429,42 +305,3 @@ def expected_best_of_n(proxy, gold, n: int) -> float:
     """Expected gold of Best-of-n from ONE pool (scalar convenience over ``bon_curves``)."""
     p = np.asarray(proxy, dtype=np.float64)
     return float(bon_curves(np.zeros(p.shape[0], np.int64), p, gold, n_max=int(n), dtype=np.float64).gold[0, -1])
-
-
-# ----------------------------------------------------------------------------- rank agreement
-
-def spearman_per_prompt(prompt_index, proxy, gold, *, mask=None, min_scored: int = 3, names=None):
-    """Per-prompt Spearman correlation between proxy and gold (ties: average ranks), vectorised over prompts.
-
-    Returns ``(prompts, rho)``: prompt keys (P,) and rho (P,) for a 1-D proxy or (P, A) for several. Only scored
-    rows (gold not NaN, mask True) count; prompts with fewer than ``min_scored`` of them, or constant proxy or gold
-    within the prompt, get NaN.
-    """
-    g = gold.to_numpy() if isinstance(gold, pl.Series) else np.asarray(gold)
-    g = g.astype(np.float64, copy=False)
-    n_rows = g.shape[0]
-    _, cols, single = _proxy_columns(proxy, names, n_rows)
-    keep = _keep_rows(g, mask)
-    pools = _group(prompt_index, keep, n_rows)
-    valid = pools.valid
-    ss = pools.sizes[pools.porder].astype(np.float64)
-
-    def centred_ranks(values):
-        m = pools.matrix(values, np.inf)
-        if not np.all(np.isfinite(m if valid is None else m[valid])):
-            raise EmbrmError("spearman: proxy/gold contain inf/NaN on scored rows")
-        r = _avg_ranks(m, valid) - (ss[:, None] + 1.0) / 2.0
-        if valid is not None:
-            r[~valid] = 0.0
-        return r
-
-    rg = centred_ranks(g)
-    vg = np.einsum("ij,ij->i", rg, rg)
-    out = np.empty((len(pools.sizes), len(cols)))
-    for j, c in enumerate(cols):
-        rp = centred_ranks(np.asarray(c, dtype=np.float64) + 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rho = np.einsum("ij,ij->i", rp, rg) / np.sqrt(np.einsum("ij,ij->i", rp, rp) * vg)
-        rho[(ss < min_scored) | ~np.isfinite(rho)] = np.nan
-        out[pools.porder, j] = rho
-    return pools.keys, (out[:, 0] if single else out)

@@ -6,6 +6,8 @@ Responses table (polars), one row per response:
     prompt, response    Utf8, never empty
     gold       Float64  gold score, null = unscored (kept in the pool, never used where gold is needed)
     scored     Boolean  gold is not null
+    excluded   Boolean  the dataset's exclusion rule matched (e.g. reward-hacking probes): never labels, never
+                        trains, never in an evaluated pool unless asked for
     + the file's extra columns (model, sample_idx, subset, ...)
 Human pairs table: prompt_id, chosen_id, rejected_id.
 """
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from embrm.errors import EmbrmError
@@ -33,6 +36,25 @@ class Dataset:
     responses: pl.DataFrame
     pairs: pl.DataFrame | None = None
     source: str = ""
+    exclusion: str = ""  # what the `excluded` rows are (e.g. "probes"); empty when nothing is excluded
+    attachments: dict[str, Path] = field(default_factory=dict)  # e.g. published reward models' picks
+    spec: object = None  # the embrm.datasets.DatasetSpec it was loaded from (recorded in manifests and studies)
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """(n,) bool: rows the exclusion rule matched."""
+        return self.responses["excluded"].to_numpy()
+
+    @property
+    def usable(self) -> np.ndarray:
+        """(n,) bool: scored and not excluded: the rows that may label, train and be evaluated."""
+        return self.responses["scored"].to_numpy() & ~self.excluded
+
+    def without_excluded(self) -> "Dataset":
+        """The same dataset without its excluded rows (align embeddings with `X[~ds.excluded]`)."""
+        if not self.excluded.any():
+            return self
+        return replace(self, responses=self.responses.filter(~pl.col("excluded")), exclusion="")
 
     @property
     def kind(self) -> str:
@@ -49,8 +71,9 @@ class Dataset:
     def __repr__(self) -> str:
         extra = f", {len(self.pairs)} pairs" if self.pairs is not None else ""
         scored = int(self.responses["scored"].sum())
+        excluded = f", {int(self.excluded.sum())} {self.exclusion} excluded" if self.exclusion else ""
         return (f"Dataset({self.name!r}: {self.n_prompts} prompts, {len(self.responses)} responses"
-                f" ({scored} scored){extra})")
+                f" ({scored} scored{excluded}){extra})")
 
 
 # ----------------------------------------------------------------------------- file reading
@@ -147,9 +170,10 @@ def _prompt_hash(col: str) -> pl.Expr:
 
 
 def _finish(responses: pl.DataFrame) -> pl.DataFrame:
-    head = ["prompt_id", "response_id", "prompt", "response", "gold", "scored"]
+    head = ["prompt_id", "response_id", "prompt", "response", "gold", "scored", "excluded"]
     responses = responses.with_columns(
-        pl.col("gold").cast(pl.Float64).fill_nan(None)).with_columns(scored=pl.col("gold").is_not_null())
+        pl.col("gold").cast(pl.Float64).fill_nan(None)).with_columns(scored=pl.col("gold").is_not_null(),
+                                                                     excluded=pl.lit(False))
     return responses.select(head + [c for c in responses.columns if c not in head])
 
 
@@ -177,9 +201,13 @@ def load_pairs(path: str | Path, *, prompt_col: str | None = "prompt", chosen_co
 
 def pairs_from_frame(df: pl.DataFrame, path: Path, *, prompt_col: str | None = "prompt", chosen_col: str = "chosen",
                      rejected_col: str = "rejected", name: str | None = None) -> Dataset:
+    """prompt_col "prompt" is used when present (else whole dialogues are split); any other name must exist."""
     src = str(path)
     row_offset = 1  # 1-based line/row numbers in messages
-    _require_columns(df, src, {chosen_col: "--chosen-col", rejected_col: "--rejected-col"})
+    wanted = {chosen_col: "--chosen-col", rejected_col: "--rejected-col"}
+    if prompt_col and prompt_col != "prompt":
+        wanted[prompt_col] = "--prompt-col"
+    _require_columns(df, src, wanted)
     if len(df) == 0:
         raise EmbrmError(f"{src}: no pairs in the file")
     unit = "line" if _format_of(path).startswith(".jsonl") else "row"
@@ -225,6 +253,8 @@ def pool_from_frame(df: pl.DataFrame, path: Path, *, prompt_id_col: str | None =
                     response_key: str | None = None, name: str | None = None) -> Dataset:
     src = str(path)
     wanted = {prompt_col: "--prompt-col", response_col: "--response-col"}
+    if prompt_id_col and prompt_id_col != "prompt_id":  # the default is optional; a name given must exist
+        wanted[prompt_id_col] = "--prompt-id-col"
     if response_key:
         wanted[response_key] = "--response-key"
     _require_columns(df, src, wanted)
@@ -266,7 +296,8 @@ def load_file(path: str | Path, **options) -> Dataset:
     df = read_table(path)
     options = {k: v for k, v in options.items() if v is not None}
     chosen, rejected = options.get("chosen_col", "chosen"), options.get("rejected_col", "rejected")
-    if chosen in df.columns and rejected in df.columns:
+    asked_pairs = "chosen_col" in options or "rejected_col" in options  # then a missing column is named as such
+    if asked_pairs or (chosen in df.columns and rejected in df.columns):
         keep = {k: v for k, v in options.items() if k in ("prompt_col", "chosen_col", "rejected_col", "name")}
         return pairs_from_frame(df, path, **keep)
     keep = {k: v for k, v in options.items() if k not in ("chosen_col", "rejected_col")}

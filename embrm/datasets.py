@@ -1,4 +1,23 @@
-"""Named real datasets: where each lives, its checksum, how to read it; download when online, else a local dir.
+"""Datasets and their facts: which file, which columns, which responses never label or score, what is attached.
+
+A dataset is declared once, as a DatasetSpec: a registered name (the facts are in REGISTRY), a data file (columns
+given as options), or a declaration file (TOML) that a command, a study and a notebook all accept:
+
+    # my-pool.toml                         embrm embed my-pool.toml; embrm fit my-pool.toml ...; a study's datasets
+    [dataset]
+    path = "pool.jsonl"                  # relative to this file
+    name = "my-pool"                     # optional (default: the file name)
+    [dataset.columns]                    # any of: prompt_id, prompt, response, gold, response_key, chosen, rejected
+    prompt = "instruction"
+    response = "output"
+    gold = "score"
+    response_key = "model"
+    [dataset.exclude]                    # responses that never label, train or enter an evaluated pool
+    column = "model"
+    pattern = "^NullModel$|_verbose$"    # a regular expression (or values = ["a", "b"])
+    name = "probes"                      # what they are, in reports ("pool+probes")
+
+Named datasets:
 
 The local data directory is `--data-dir`, else $EMBRM_DATA_DIR, else ~/.cache/embrm/data. A file found there is
 checked against its sha256. A missing file is downloaded from $EMBRM_DATA_MIRROR (a base URL holding the same
@@ -10,12 +29,69 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import tomllib
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from embrm.data import Dataset, load_pairs, load_pool
+import polars as pl
+
+from embrm.data import Dataset, load_file, load_pairs, load_pool
 from embrm.errors import EmbrmError
+
+# Column roles a declaration may map, and the loader option each becomes.
+COLUMN_ROLES = {"prompt_id": "prompt_id_col", "prompt": "prompt_col", "response": "response_col", "gold": "gold_col",
+                "response_key": "response_key", "chosen": "chosen_col", "rejected": "rejected_col"}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Responses whose `column` matches `pattern` (a regular expression): they never label, never train and never
+    enter an evaluated pool unless evaluation asks for them (then their pick rate is reported)."""
+
+    column: str
+    pattern: str
+    name: str = "excluded"
+
+    def mask(self, responses: pl.DataFrame, where: str) -> pl.Series:
+        if self.column not in responses.columns:
+            raise EmbrmError(f"{where}: exclusion column {self.column!r} is not in the data (columns: "
+                             f"{', '.join(responses.columns)}): fix the exclude rule")
+        return responses[self.column].cast(pl.Utf8).fill_null("").str.contains(self.pattern)
+
+    @classmethod
+    def parse(cls, text: str, where: str = "--exclude") -> "Exclusion":
+        """'COLUMN=REGEX' (e.g. 'model=^NullModel$|_verbose$')."""
+        column, sep, pattern = text.partition("=")
+        if not sep or not column.strip() or not pattern:
+            raise EmbrmError(f"{where} {text!r}: give COLUMN=REGEX, e.g. --exclude 'model=^NullModel$'")
+        return cls.checked(column.strip(), pattern, "excluded", where)
+
+    @classmethod
+    def checked(cls, column: str, pattern: str, name: str, where: str) -> "Exclusion":
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise EmbrmError(f"{where}: pattern {pattern!r} is not a regular expression ({e})") from None
+        return cls(column, pattern, name)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset declared once: a registered name, or a file with its column mapping and exclusion rule."""
+
+    source: str  # a registered name or a data file path
+    name: str | None = None
+    columns: tuple = ()  # sorted (role, column) pairs, roles from COLUMN_ROLES
+    exclude: Exclusion | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.source if self.source in REGISTRY else Path(self.source).name)
+
+    def loader_options(self) -> dict:
+        return {COLUMN_ROLES[role]: col for role, col in self.columns}
 
 
 @dataclass(frozen=True)
@@ -23,11 +99,22 @@ class DatasetInfo:
     name: str
     path: str  # relative to the data dir
     sha256: str
-    kind: str  # "pool" | "pairs"
+    kind: str  # "pool" | "pairs" | "table"
     source: str  # where the data comes from (human-readable, with licence)
     url: str | None = None  # a direct upstream download of exactly this file, when one exists
     columns: dict = field(default_factory=dict)  # loader options
     description: str = ""
+    exclude: Exclusion | None = None
+    attachments: tuple = ()  # (name, DatasetInfo) pairs fetched with the dataset
+
+
+# The published reward models' picks on the Best-of-16 pool (evaluated beside embrm's rewards).
+PUBLISHED_PICKS = DatasetInfo(
+    "alpaca-eval-bon16-published-picks", "alpaca_eval_bon16/published_rm_picks.parquet",
+    "7ffeb66f395d0aec184f8a9e2282c2aaf2b565ff7db01cbb594e52a7996906e2", "table",
+    "allenai/reward-bench bon_eval @4319b31: six published reward models' best-of-16 picks")
+# AlpacaEval's reward-hacking probes: the empty answer, an answer gamed against the judge, and verbose variants.
+ALPACA_PROBES = Exclusion("model", r"^(NullModel|gpt4_gamed)$|_verbose$", "probes")
 
 
 REGISTRY: dict[str, DatasetInfo] = {
@@ -41,7 +128,8 @@ REGISTRY: dict[str, DatasetInfo] = {
             columns=dict(prompt_col="instruction", response_col="output", gold_col="gold_pref_vs_gpt35",
                          response_key="sample_idx"),
             description="805 prompts x 16 samples of one policy; gold = GPT-4-turbo win prob vs gpt-3.5 "
-                        "(samples 0..10 scored)"),
+                        "(samples 0..10 scored)",
+            attachments=(("published_picks", PUBLISHED_PICKS),)),
         DatasetInfo(
             "alpaca-eval-models", "alpaca_eval_models/responses.parquet",
             "ce1f38be2dbaf397d83c35fbb703f955d63a9c577721282e18d29d2edc1ed4e4", "pool",
@@ -50,7 +138,8 @@ REGISTRY: dict[str, DatasetInfo] = {
             columns=dict(prompt_col="instruction", response_col="output", gold_col="gold_winprob_vs_gpt4turbo",
                          response_key="model"),
             description="400 prompts x 58 models' answers; gold = GPT-4-turbo win prob vs gpt4_1106_preview; "
-                        "includes reward-hacking probes (NullModel, gpt4_gamed, *_verbose)"),
+                        "includes reward-hacking probes (NullModel, gpt4_gamed, *_verbose), excluded by default",
+            exclude=ALPACA_PROBES),
         DatasetInfo(
             "hh-rlhf-harmless-test", "hh_rlhf_harmless_base_test.jsonl.gz",
             "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03", "pairs",
@@ -60,12 +149,6 @@ REGISTRY: dict[str, DatasetInfo] = {
             description="2,312 human preference pairs (whole dialogues, split at the last Assistant turn)"),
     ]
 }
-
-# The published reward models' picks on the Best-of-16 pool (used by bon-sim beside embrm's ensembles).
-PUBLISHED_PICKS = DatasetInfo(
-    "alpaca-eval-bon16-published-picks", "alpaca_eval_bon16/published_rm_picks.parquet",
-    "7ffeb66f395d0aec184f8a9e2282c2aaf2b565ff7db01cbb594e52a7996906e2", "table",
-    "allenai/reward-bench bon_eval @4319b31: six published reward models' best-of-16 picks")
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
@@ -128,17 +211,98 @@ def fetch(info: DatasetInfo, root: str | Path | None = None) -> Path:
     return path
 
 
-def load_dataset(name_or_path: str | Path, data_dir: str | Path | None = None, **options) -> Dataset:
-    """Load a named dataset (see REGISTRY) or a file (pairs if it has chosen/rejected columns, else a pool)."""
-    from embrm.data import load_file
+def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None, exclude: Exclusion | str | None = None,
+                 **columns) -> DatasetSpec:
+    """A DatasetSpec from a name, a data file (+ column options such as prompt_col="instruction"), or a TOML
+    declaration file. Options given here override a declaration's."""
+    if isinstance(source, DatasetSpec):
+        spec = source
+    elif str(source).endswith(".toml"):
+        spec = read_declaration(source)
+    else:
+        key = str(source)
+        if key not in REGISTRY and not Path(key).exists() and not Path(key).suffix:
+            raise EmbrmError(f"unknown dataset {key!r}: use one of {', '.join(REGISTRY)}, a data file or a "
+                             f"dataset declaration (.toml)")
+        spec = DatasetSpec(key)
+    roles = {option: role for role, option in COLUMN_ROLES.items()}
+    given = {roles[k]: v for k, v in columns.items() if v is not None}
+    unknown = [k for k in columns if k not in roles]
+    if unknown:
+        raise EmbrmError(f"unknown column option(s) {', '.join(unknown)}: use {', '.join(roles)}")
+    if isinstance(exclude, str):
+        exclude = Exclusion.parse(exclude)
+    if given or name or exclude:
+        spec = replace(spec, name=name or spec.name, columns=tuple(sorted({**dict(spec.columns), **given}.items())),
+                       exclude=exclude or spec.exclude)
+    if spec.columns and spec.source in REGISTRY:
+        raise EmbrmError(f"{spec.source} is a named dataset that knows its columns: drop the column options")
+    return spec
 
-    key = str(name_or_path)
-    if key in REGISTRY:
-        info = REGISTRY[key]
-        path = fetch(info, data_dir)
+
+def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpec:
+    """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude."""
+    allowed = {"path", "name", "columns", "exclude"}
+    if not isinstance(doc, dict):
+        raise EmbrmError(f"{where}: expected a table with path, columns, exclude")
+    for key in doc:
+        if key not in allowed:
+            raise EmbrmError(f"{where}: unknown key '{key}': allowed keys are {', '.join(sorted(allowed))}")
+    if not isinstance(doc.get("path"), str):
+        raise EmbrmError(f"{where}: needs path = a data file (relative to the declaration) or a named dataset")
+    source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
+    columns = doc.get("columns", {})
+    if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str) for k, v in columns.items()):
+        raise EmbrmError(f"{where} columns: map roles ({', '.join(COLUMN_ROLES)}) to column names (strings)")
+    return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
+                       _exclusion_from(doc.get("exclude"), f"{where} exclude"))
+
+
+def _exclusion_from(doc, where: str) -> Exclusion | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("column"), str) or \
+            ("pattern" in doc) == ("values" in doc) or set(doc) - {"column", "pattern", "values", "name"}:
+        raise EmbrmError(f"{where}: give column = \"...\" and one of pattern = \"REGEX\" or values = [...] "
+                         f"(and optionally name)")
+    pattern = doc.get("pattern")
+    if pattern is None:
+        pattern = "^(" + "|".join(re.escape(str(v)) for v in doc["values"]) + ")$"
+    return Exclusion.checked(doc["column"], pattern, str(doc.get("name", "excluded")), where)
+
+
+def read_declaration(path: str | Path) -> DatasetSpec:
+    path = Path(path)
+    if not path.exists():
+        raise EmbrmError(f"{path}: no such dataset declaration file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EmbrmError(f"{path}: not valid TOML ({e})") from None
+    if set(doc) != {"dataset"}:
+        raise EmbrmError(f"{path}: a dataset declaration holds one [dataset] table (path, name, columns, exclude)")
+    return spec_from_table(doc["dataset"], f"{path} [dataset]", path.parent)
+
+
+def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None = None, *,
+                 exclude: Exclusion | str | None = None, name: str | None = None, **columns) -> Dataset:
+    """Load a dataset with its facts: a named dataset (see REGISTRY), a data file (pairs if it has chosen/rejected
+    columns, else a pool; column options such as prompt_col="instruction"), a TOML declaration, or a DatasetSpec.
+
+    The exclusion rule (the registry's, the declaration's or `exclude="COLUMN=REGEX"`) marks the `excluded` rows;
+    attachments (e.g. published reward models' picks) are fetched with the data."""
+    spec = dataset_spec(source, name=name, exclude=exclude, **columns)
+    if spec.source in REGISTRY:
+        info = REGISTRY[spec.source]
         loader = load_pool if info.kind == "pool" else load_pairs
-        return loader(path, name=info.name, **info.columns)
-    path = Path(key)
-    if not path.exists() and not path.suffix:
-        raise EmbrmError(f"unknown dataset {key!r}: use one of {', '.join(REGISTRY)} or a file path")
-    return load_file(path, **options)
+        ds = loader(fetch(info, data_dir), name=spec.name or info.name, **info.columns)
+        ds.attachments = {key: fetch(att, data_dir) for key, att in info.attachments}
+        rule = spec.exclude or info.exclude
+    else:
+        ds = load_file(spec.source, name=spec.label, **spec.loader_options())
+        rule = spec.exclude
+    if rule is not None:
+        ds.responses = ds.responses.with_columns(excluded=rule.mask(ds.responses, ds.source))
+        ds.exclusion = rule.name
+    ds.spec = spec
+    return ds

@@ -6,7 +6,6 @@ DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it 
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import polars as pl
 from embrm.cache import EmbeddingCache, text_keys
 from embrm.data import Dataset
 from embrm.errors import EmbrmError
+from embrm.progress import Progress
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 DEFAULT_CACHE_DIR = "cache"
@@ -41,6 +41,40 @@ class EmbedResult:
                 ("n_texts", "n_unique", "n_embedded", "n_cached", "dim", "cache_dir", "fingerprint", "seconds")}
 
 
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Which embedder and text template: built from the CLI options, a study's [embedder] table or a notebook.
+
+    Options that a backend does not use (layer/pooling outside hf, base_url/api_key_env outside openai, dtype and
+    max_length on openai) are left out when it is built, so one set of options serves every backend."""
+
+    backend: str = "st"
+    model: str | None = None
+    dtype: str = "auto"
+    max_length: int | None = None
+    layer: int = -1
+    pooling: str = "last"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    template: str = DEFAULT_TEMPLATE
+    batch_size: int = 64
+
+    def build(self):
+        from embrm.embedders import make_embedder
+
+        if self.backend == "openai":
+            options = dict(base_url=self.base_url, api_key_env=self.api_key_env)
+        else:
+            options = dict(dtype=self.dtype, max_length=self.max_length)
+            if self.backend == "hf":
+                options.update(layer=self.layer, pooling=self.pooling)
+        return make_embedder(self.backend, self.model, **{k: v for k, v in options.items() if v is not None})
+
+    def embed(self, data, cache_dir: str | Path = DEFAULT_CACHE_DIR, progress: bool | None = None) -> EmbedResult:
+        return embed_dataset(data, self.build(), cache_dir=cache_dir, template=self.template,
+                             batch_size=self.batch_size, progress=progress)
+
+
 def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], list[int]]:
     """The exact texts sent to the model, and where each response starts in its text (for response pooling)."""
     if "{prompt}" not in template or "{response}" not in template:
@@ -61,17 +95,6 @@ def cache_spec(embedder, template: str) -> dict:
     return {**embedder.spec(), "template": template}
 
 
-def _progress(enabled: bool | None):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return Progress(TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} texts/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
-
-
 def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
                 batch_size: int = 64, progress: bool | None = None) -> tuple[list[str], int]:
     """Embed the texts whose keys the cache lacks, one atomic part per batch. Returns (keys, n_embedded)."""
@@ -84,16 +107,13 @@ def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_s
     if todo.is_empty():
         return keys, 0
     rows = todo["row"].to_numpy()
-    start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("embed", total=len(rows), rate="-")
+    with Progress(len(rows), "embed", "texts", progress) as bar:
         for lo in range(0, len(rows), batch_size):
             batch = rows[lo:lo + batch_size]
             out = embedder.embed([texts[i] for i in batch],
                                  [response_starts[i] for i in batch] if response_starts else None)
             cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated)
-            done = lo + len(batch)
-            bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):.1f}")
+            bar.advance(len(batch))
     cache.compact()
     return keys, len(rows)
 

@@ -22,6 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from embrm import report as R
+from embrm.datasets import load_dataset
+from embrm.embed import cached_embeddings, embed_dataset
+from embrm.jobs import result_paths, run_jobs
+from embrm.methods import MethodResult, render_methods, run_method
+from embrm.persist import package_versions
+from embrm.progress import Progress
 from embrm.study import Study, jobs_of
 
 
@@ -34,7 +40,7 @@ class StudyResult:
     published: pl.DataFrame
     timings: dict
     findings: list
-    methods: list = field(default_factory=list)
+    methods: list[MethodResult] = field(default_factory=list)
 
     @property
     def report_path(self) -> Path:
@@ -44,19 +50,12 @@ class StudyResult:
 def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict]:
     """Embed every dataset of the study (cached texts are not re-embedded). Returns (cache spec, seconds per
     dataset)."""
-    from embrm.datasets import load_dataset
-    from embrm.embed import DEFAULT_TEMPLATE, embed_dataset
-    from embrm.embedders import make_embedder
-
-    options = dict(study.embedder)
-    backend, model = options.pop("backend", "st"), options.pop("model", None)
-    template, batch = options.pop("template", DEFAULT_TEMPLATE), options.pop("batch_size", 64)
-    embedder = make_embedder(backend, model, **options)
+    embedder = study.embedder.build()
     spec, seconds = None, {}
-    for name in dict.fromkeys([*study.datasets, *study.human_pairs]):
-        res = embed_dataset(load_dataset(name, data_dir), embedder, cache_dir=cache_dir, template=template,
-                            batch_size=batch, progress=progress)
-        spec, seconds[name] = res.spec, res.seconds
+    for dataset in dict.fromkeys([*study.datasets, *study.human_pairs]):
+        res = embed_dataset(load_dataset(dataset, data_dir), embedder, cache_dir=cache_dir,
+                            template=study.embedder.template, batch_size=study.embedder.batch_size, progress=progress)
+        spec, seconds[dataset.label] = res.spec, res.seconds
     return spec, seconds
 
 
@@ -64,8 +63,6 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
               backend: str = "local", address: str | None = None, progress: bool | None = None,
               command: str | None = None) -> StudyResult:
     """Run (or resume) a study and write its results directory and report."""
-    from embrm.jobs import result_paths, run_jobs
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -86,7 +83,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
                "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub))
     result.methods = _run_methods(study, spec, cache_dir, data_dir, out)
-    timings["methods"] = {m["name"]: round(m["seconds"], 2) for m in result.methods}
+    timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
     (out / "study.json").write_text(json.dumps({
@@ -96,17 +93,20 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     return result
 
 
-def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path) -> list[dict]:
+def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path) -> list[MethodResult]:
     """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
     if not study.methods or not study.datasets:
         return []
-    from embrm.datasets import load_dataset
-    from embrm.embed import cached_embeddings
-    from embrm.methods.study import run_methods
-
     ds = load_dataset(study.datasets[0], data_dir)
-    return run_methods(ds, cached_embeddings(ds, spec, cache_dir), study.methods, seed=study.seeds[0],
-                       out_dir=out / "methods")
+    X = cached_embeddings(ds, spec, cache_dir)
+    results = []
+    with Progress(len(study.methods), "methods", "methods") as bar:
+        for name in study.methods:
+            result = run_method(name, ds, X, seed=study.seeds[0])
+            result.write(out / "methods" / name)
+            results.append(result)
+            bar.advance()
+    return results
 
 
 def _curves(files: list[Path], results: list[dict]) -> pl.DataFrame:
@@ -124,8 +124,6 @@ def _plot_choice(study: Study) -> tuple[str, str]:
 
 
 def machine() -> dict:
-    from embrm.persist import package_versions
-
     cpu = platform.processor()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -205,14 +203,16 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
              f"evaluated on held-out prompts ({study.test_size:.0%} of prompts, split per seed). Best-of-n is the exact "
              "unbiased estimator over each held-out prompt's scored pool; `gold@N` is the expected gold of the pick "
              "at n = N (the whole pool), `gain` = (gold − random) / (oracle − random). Members are standardised on "
-             "the training responses before aggregating. The hacking probes (NullModel, gpt4_gamed, *_verbose) never "
-             "enter training labels; `pool+probes` puts them back into the evaluated pools.", ""]
+             "the training responses before aggregating. A dataset's excluded responses (on `alpaca-eval-models` its "
+             "reward-hacking probes NullModel, gpt4_gamed, *_verbose) never label, train or enter the evaluated "
+             "pool; `pool+<name>` puts them back and reports how often each reward picks one. `random pick "
+             "(expected)` is the pool mean, the expected gold of a uniformly random pick.", ""]
     if result.findings:
         lines += ["## Findings (computed from the tables below)", ""] + [f"- {f}" for f in result.findings] + [""]
     for (dataset, variant), _ in (bon.group_by(["dataset", "variant"], maintain_order=True) if not bon.is_empty() else []):
         lines += [f"## Best-of-n on `{dataset}` ({variant})", "", R.bon_markdown(bon, dataset, variant, noises), ""]
-        if variant == "pool+probes":
-            lines += [_probe_rates(bon, dataset), ""]
+        if variant != "pool":
+            lines += [_excluded_rates(bon, dataset, variant), ""]
         if not pub.is_empty() and dataset in pub["dataset"].to_list() and variant == "pool":
             lines += ["Published reward models' best-of-16 picks on the same held-out prompts (not trained on this "
                       "pool: a different, harder setting):", "", R.published_markdown(pub, dataset), ""]
@@ -221,8 +221,6 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
                   R.fit_markdown(fits, dataset), ""]
     if result.methods:
-        from embrm.methods.study import render_methods
-
         lines += [render_methods(result.methods), ""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## Timing", "", R.md_table(["stage", "seconds"], [
@@ -236,14 +234,15 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
     return "\n".join(lines)
 
 
-def _probe_rates(bon: pl.DataFrame, dataset: str) -> str:
-    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool+probes")
-                     & pl.col("probe_pick_rate").is_not_null())
-    s = R.summarise(sub, ["learner", "proxy"], ["probe_pick_rate"])
+def _excluded_rates(bon: pl.DataFrame, dataset: str, variant: str) -> str:
+    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant)
+                     & pl.col("excluded_pick_rate").is_not_null())
+    s = R.summarise(sub, ["learner", "proxy"], ["excluded_pick_rate"])
     first = s["learner"][0]
     rows = [[f"{r['proxy']} (baseline)" if r["proxy"] in R.BASELINES else f"{r['learner']} · {r['proxy']}",
-             R.fmt(r["probe_pick_rate"], r["probe_pick_rate_ci"])]
+             R.fmt(r["excluded_pick_rate"], r["excluded_pick_rate_ci"])]
             for r in s.iter_rows(named=True) if r["proxy"] not in R.BASELINES or r["learner"] == first]
-    return ("The probes game the judge that produced gold, so a pick of theirs inflates gold here: read this table "
-            "first. Share of held-out prompts whose top-scored answer (n = N) is a hacking probe's:\n\n") + R.md_table(
-        ["reward · aggregation", "probe picked at n = N"], rows)
+    what = variant.removeprefix("pool+")
+    return (f"Excluded responses ({what}) may game the judge that produced gold, so a pick of theirs can inflate "
+            f"gold here: read this table first. Share of held-out prompts whose top-scored answer (n = N) is one of "
+            f"the {what}:\n\n") + R.md_table(["reward · aggregation", f"{what} picked at n = N"], rows)

@@ -81,6 +81,8 @@ def _scored(responses: pl.DataFrame, prompt_ids, name: str) -> pl.DataFrame:
     if missing:
         raise EmbrmError(f"responses table of {name} lacks column(s) {', '.join(missing)}: load it with "
                          f"embrm.data (simulated labels need a gold column, --gold-col)")
+    if "excluded" in responses.columns:  # a dataset's excluded responses (e.g. hacking probes) never label
+        responses = responses.filter(~pl.col("excluded"))
     df = responses.select(pl.col("prompt_id").cast(pl.Utf8), pl.col("response_id").cast(pl.Utf8),
                           pl.col("gold").cast(pl.Float64))
     if prompt_ids is not None:

@@ -4,7 +4,7 @@
     bt_log_loss(scores, pairs)                  mean -log sigmoid(score[chosen] - score[rejected])
     expected_calibration_error(scores, pairs)   ECE of the BT probability sigmoid(r_a - r_b) (see its doc)
     per_prompt_spearman(scores, gold, prompt)   mean within-prompt Spearman(proxy, gold) over prompts with >= 3
-                                                scored responses
+                                                scored responses (or per prompt: by_prompt=True)
     length_reward(responses)                    baseline: longer is better (character length)
     random_reward(n, seed)                      baseline: i.i.d. standard normal scores
 """
@@ -66,55 +66,65 @@ def expected_calibration_error(scores, pairs, n_bins: int = 10) -> float:
     return float(np.abs(acc - cf).sum() / len(m))
 
 
-def _group_average_ranks(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """1-based ranks of values within each group (ties get their average rank), vectorised."""
-    order = np.lexsort((values, groups))
-    v, g = values[order], groups[order]
-    n = len(v)
-    new_group = np.r_[True, g[1:] != g[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-    pos = np.arange(n) - group_start + 1.0  # 1-based position within group
-    new_run = new_group | np.r_[True, v[1:] != v[:-1]]
-    run_id = np.cumsum(new_run) - 1
-    run_mean = np.bincount(run_id, pos) / np.bincount(run_id)
-    ranks = np.empty(n)
-    ranks[order] = run_mean[run_id]
-    return ranks
+def per_prompt_spearman(scores, gold, prompt_index, *, mask=None, min_responses: int = 3, names=None,
+                        return_per_prompt: bool = False, by_prompt: bool = False):
+    """Within-prompt Spearman(scores, gold) (average ranks for ties), vectorised over prompts and score columns:
+    the one implementation (the Best-of-n simulation, training and the methods all call it).
 
+    scores: (n,), (n, A), a dict {name: (n,)} or a DataFrame of A score columns; gold: (n,); prompt_index: any
+    per-response prompt label; mask: optional (n,) bool, False leaves the row out. Rows with NaN/inf gold or score
+    are left out too; prompts with fewer than min_responses rows left, or a constant score or gold (Spearman
+    undefined), have no rho.
 
-def per_prompt_spearman(scores, gold, prompt_index, *, min_responses: int = 3,
-                        return_per_prompt: bool = False):
-    """Mean over prompts of Spearman(scores, gold) within the prompt (average ranks for ties).
+    Returns the mean rho over the prompts that have one: a float (an (A,) array for several columns). With
+    return_per_prompt (one column): (mean, {prompt: rho}). With by_prompt: (prompts (P,), rho (P,) or (P, A), NaN
+    where undefined), prompts in the order of ``embrm.bon.bon_curves(...).prompts``."""
+    from embrm.pools import avg_ranks, group_pools, score_columns
 
-    Responses with null/NaN gold are ignored; prompts with fewer than min_responses scored responses, or where
-    proxy or gold is constant (Spearman undefined), are left out. prompt_index: any per-response prompt label.
-    With return_per_prompt, returns (mean, dict prompt -> rho) instead."""
-    s = _scores(scores)
     gl = np.asarray(gold, dtype=np.float64)
-    pi = np.asarray(prompt_index)
-    if gl.shape != s.shape or pi.shape != s.shape:
-        raise EmbrmError(f"scores, gold and prompt_index must have one entry per response; got shapes {s.shape}, "
-                         f"{gl.shape}, {pi.shape}")
-    keep = np.isfinite(gl) & np.isfinite(s)
-    labels, grp = np.unique(pi[keep], return_inverse=True)
-    s, gl = s[keep], gl[keep]
-    if len(s) == 0:
+    if gl.ndim != 1:
+        raise EmbrmError(f"gold must be 1-D (one score per response); got shape {gl.shape}")
+    _, cols, single = score_columns(scores, names, gl.shape[0])
+    s = np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1) + 0.0  # -0.0 -> +0.0
+    keep = np.isfinite(gl) & np.isfinite(s).all(axis=1)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != bool or m.shape != gl.shape:
+            raise EmbrmError(f"mask: expected a boolean array of {gl.shape[0]} rows, got {m.dtype} {m.shape}")
+        keep &= m
+    if not keep.any():
         raise EmbrmError("no response has a gold score: per-prompt Spearman needs gold scores")
-    rs = _group_average_ranks(s, grp)
-    rg = _group_average_ranks(gl, grp)
-    G = len(labels)
-    cnt = np.bincount(grp, minlength=G).astype(np.float64)
-    ms, mg = np.bincount(grp, rs, G) / cnt, np.bincount(grp, rg, G) / cnt
-    ds, dg = rs - ms[grp], rg - mg[grp]
-    cov = np.bincount(grp, ds * dg, G)
-    vs, vg = np.bincount(grp, ds * ds, G), np.bincount(grp, dg * dg, G)
-    valid = (cnt >= min_responses) & (vs > 0) & (vg > 0)
-    rho = np.full(G, np.nan)
-    rho[valid] = cov[valid] / np.sqrt(vs[valid] * vg[valid])
-    mean = float(np.mean(rho[valid])) if valid.any() else float("nan")
+    if return_per_prompt and not single:
+        raise EmbrmError("return_per_prompt takes one score column: use by_prompt for several")
+    # by_prompt lines up with bon_curves' prompts; the mean sums over sorted prompts (bit-stable across versions)
+    pools = group_pools(prompt_index, keep, n_rows=gl.shape[0], order="appearance" if by_prompt else "sorted")
+    valid = pools.sorted_valid
+    ss = pools.sizes[pools.porder].astype(np.float64)
+
+    def centred_ranks(values):
+        r = avg_ranks(pools.matrix(values, np.inf), valid) - (ss[:, None] + 1.0) / 2.0
+        if valid is not None:
+            r[~valid] = 0.0
+        return r
+
+    rg = centred_ranks(gl)
+    vg = np.einsum("ij,ij->i", rg, rg)
+    rho = np.empty((len(pools.sizes), s.shape[1]))
+    for j in range(s.shape[1]):
+        rp = centred_ranks(np.ascontiguousarray(s[:, j]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.einsum("ij,ij->i", rp, rg) / np.sqrt(np.einsum("ij,ij->i", rp, rp) * vg)
+        r[(ss < min_responses) | ~np.isfinite(r)] = np.nan
+        rho[pools.porder, j] = r
+    if by_prompt:
+        return pools.keys, (rho[:, 0] if single else rho)
+    ok = np.isfinite(rho)
+    means = np.array([np.mean(rho[ok[:, j], j]) if ok[:, j].any() else np.nan for j in range(rho.shape[1])])
+    if not single:
+        return means
     if return_per_prompt:
-        return mean, {str(labels[i]): float(rho[i]) for i in np.flatnonzero(valid)}
-    return mean
+        return float(means[0]), {str(k): float(r) for k, r in zip(pools.keys[ok[:, 0]], rho[ok[:, 0], 0])}
+    return float(means[0])
 
 
 def length_reward(responses) -> np.ndarray:

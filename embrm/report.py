@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-BASELINES = ("length", "random")
+BASELINES = ("length",)  # rulers beside every reward (the random pick is its own row: an expectation)
 
 
 # ----------------------------------------------------------------------------- tidy tables
@@ -27,9 +27,8 @@ def fit_table(results: list[dict]) -> pl.DataFrame:
         rows.append({"dataset": r["dataset"], "noise": r["noise"], "learner": r["learner"], "seed": r["seed"],
                      "accuracy": m["accuracy"], "member_accuracy": float(np.mean(m["member_accuracy"])),
                      "log_loss": m["log_loss"], "ece": m["ece"], "spearman": m.get("spearman"),
-                     "length_accuracy": m["baseline_length_accuracy"],
-                     "random_accuracy": m["baseline_random_accuracy"],
-                     "length_spearman": m.get("baseline_length_spearman"), "against": m["against"],
+                     "length_accuracy": m["length_accuracy"], "length_spearman": m.get("length_spearman"),
+                     "against": m["against"],
                      "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
                      "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
     return pl.DataFrame(rows, infer_schema_length=None)
@@ -39,7 +38,6 @@ def bon_table(results: list[dict]) -> pl.DataFrame:
     rows = []
     for r in results:
         for variant, s in (r.get("bon") or {}).items():
-            rates = s.get("probe_pick_rate", {})
             for proxy, a in s["aggregations"].items():
                 rows.append({"dataset": r["dataset"], "variant": variant, "noise": r["noise"],
                              "learner": r["learner"], "seed": r["seed"], "proxy": proxy,
@@ -47,7 +45,8 @@ def bon_table(results: list[dict]) -> pl.DataFrame:
                              "percentile": a["percentile_at_n_max"], "best_n": a["best_n"],
                              "gold_at_best_n": a["gold_at_best_n"], "spearman": a["spearman"],
                              "gao_alpha": a["gao_alpha"], "gao_beta": a["gao_beta"],
-                             "probe_pick_rate": rates.get(proxy), "n_max": s["n_max"], "n_prompts": s["n_prompts"],
+                             "excluded_pick_rate": a["excluded_pick_rate"], "n_max": s["n_max"],
+                             "n_prompts": s["n_prompts"],
                              "random": s["random_at_n_max"], "oracle": s["oracle_at_n_max"]})
     return pl.DataFrame(rows, infer_schema_length=None)
 
@@ -125,6 +124,12 @@ def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str
             cells += ["-", "-"] if hit.is_empty() else [fmt(hit["gold"][0], hit["gold_ci"][0]),
                                                         fmt(hit[metric][0], hit[f"{metric}_ci"][0])]
         rows.append([label, *cells])
+    pools = sub.unique(["noise", "seed"], maintain_order=True)  # the pool mean: the same for every proxy
+    cells = []
+    for noise in noises:
+        r = pools.filter(pl.col("noise") == noise)["random"].to_list()
+        cells += ["-", "-"] if not r else [fmt(*interval(r)), "0 (by definition)"]
+    rows.append(["random pick (expected)", *cells])
     header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in ("gold@N", "gain")]
     return md_table(header, rows)
 
@@ -132,13 +137,13 @@ def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str
 def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
     sub = fits.filter(pl.col("dataset") == dataset)
     s = summarise(sub, ["learner", "noise"], ["accuracy", "member_accuracy", "spearman", "length_accuracy",
-                                              "random_accuracy", "label_accuracy"])
+                                              "label_accuracy"])
     rows = [[r["learner"], r["noise"], fmt(r["label_accuracy"], r["label_accuracy_ci"]), fmt(r["accuracy"], r["accuracy_ci"]),
              fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"])]
             for r in s.iter_rows(named=True)]
     base = s.row(0, named=True)
     rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-", "-"])
-    rows.append(["random (baseline)", "-", "-", fmt(base["random_accuracy"], base["random_accuracy_ci"]), "-", "-"])
+    rows.append(["random (expected)", "-", "-", "0.500", "-", "-"])
     return md_table(["learner", "labels", "training labels agreeing with gold", "ensemble-mean accuracy",
                      "mean member accuracy", "per-prompt Spearman"], rows)
 

@@ -14,11 +14,12 @@ dataset that does not exist is one error naming the key and the allowed values.
     aggregations = ["mean", "min", "median", "uwo", "lcb", "single"]
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
-    probes = true               # alpaca-eval-models: evaluate BoN with the reward-hacking probes both filtered and kept
+    with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
+                                # probes of alpaca-eval-models) put back, and report how often each reward picks one
     methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
 
-    [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling, ...
-    backend = "st"
+    [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling,
+    backend = "st"              # base_url, api_key_env, batch_size (the options of `embrm embed`)
 
     [labels]
     n_pairs = 2000              # simulated annotations per job, drawn on the training prompts
@@ -32,6 +33,18 @@ dataset that does not exist is one error naming the key and the allowed values.
     head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters
     mode = "independent"
     hidden = [256, 128]
+
+A `datasets` / `human_pairs` entry is a named dataset (`embrm datasets`), a data file or a dataset declaration
+(.toml, see embrm.datasets), or a table that declares a file in place (paths relative to the study file):
+
+    [[datasets]]
+    path = "my_pool.jsonl"
+    name = "my-pool"
+    columns = { prompt = "instruction", response = "output", gold = "score", response_key = "model" }
+    exclude = { column = "model", values = ["NullModel"], name = "probes" }
+
+Each pool job is one embrm.pipeline.run_experiment with the Protocol that `job.protocol(study)` builds: the same
+settings through `embrm fit` + `embrm bon-sim` give the same numbers.
 """
 
 from __future__ import annotations
@@ -43,11 +56,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from embrm.aggregate import AGGREGATIONS
+from embrm.datasets import REGISTRY, DatasetSpec, dataset_spec, spec_from_table
+from embrm.embed import EmbedderConfig
+from embrm.ensemble import MODES
 from embrm.errors import EmbrmError
+from embrm.protocol import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, HEADS, LabelConfig, Learner, Protocol
 
-HEADS = ("linear", "mlp", "lgbm")
 METHODS = ("laser", "moe", "composite", "policy")
-MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
 HEAD_PARAMS = {
     "linear": {"C": (int, float)},
     "mlp": {"hidden": list, "epochs": int, "objective": str, "lr": float, "batch_size": int, "patience": int,
@@ -57,8 +72,6 @@ HEAD_PARAMS = {
 }
 EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
                  "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int}
-# The hacking probes of the 58-model pool (see ../shared/data/README.md): never in training labels.
-PROBE_PATTERN = r"^(NullModel|gpt4_gamed)$|_verbose$"
 
 
 @dataclass(frozen=True)
@@ -68,47 +81,29 @@ class Noise:
     flip: float | None = None
 
 
-@dataclass(frozen=True)
-class Learner:
-    head: str
-    mode: str = "independent"
-    params: tuple = ()  # sorted (key, value) pairs, hashable
-
-    @property
-    def name(self) -> str:
-        label = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads"}[self.mode]
-        return self.head + label
-
-    def head_params(self) -> dict:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.params}
-
-
 @dataclass
 class Study:
     name: str = "default"
     seeds: list = field(default_factory=lambda: [0, 1, 2])
-    datasets: list = field(default_factory=lambda: ["alpaca-eval-models", "alpaca-eval-bon16"])
-    human_pairs: list = field(default_factory=lambda: ["hh-rlhf-harmless-test"])
+    datasets: list = field(default_factory=lambda: [DatasetSpec("alpaca-eval-models"), DatasetSpec("alpaca-eval-bon16")])
+    human_pairs: list = field(default_factory=lambda: [DatasetSpec("hh-rlhf-harmless-test")])
     test_size: float = 0.2
     k: int = 10
-    aggregations: list = field(default_factory=lambda: ["mean", "min", "median", "uwo", "lcb", "single"])
+    aggregations: list = field(default_factory=lambda: list(DEFAULT_AGGREGATIONS))
     lam: float = 0.5
     lcb_beta: float = 1.0
-    probes: bool = True
-    methods: list = field(default_factory=lambda: ["laser", "moe", "composite", "policy"])
-    embedder: dict = field(default_factory=lambda: {"backend": "st"})
+    with_excluded: bool = True
+    methods: list = field(default_factory=lambda: list(METHODS))
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     labels: dict = field(default_factory=lambda: {"n_pairs": 2000, "within_prompt": True})
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
     learners: list = field(default_factory=lambda: [
-        Learner("linear"), Learner("mlp", params=(("hidden", (256, 128)),)),
-        Learner("mlp", "shared_trunk", (("hidden", (256, 128)),)),
-        # LightGBM costs ~30 ms a tree at 384 features on one core: sized so the study runs in minutes on 2 cores
-        Learner("lgbm", params=(("colsample_bytree", 0.5), ("n_estimators", 40), ("num_leaves", 15),
-                                ("objective", "bt")))])
+        DEFAULT_LEARNERS["linear"], DEFAULT_LEARNERS["mlp"],
+        Learner("mlp", "shared_trunk", DEFAULT_LEARNERS["mlp"].params), DEFAULT_LEARNERS["lgbm"]])
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["learners"] = [{"head": l.head, "mode": l.mode, **l.head_params()} for l in self.learners]
+        d["learners"] = [l.to_dict() for l in self.learners]
         return d
 
 
@@ -116,7 +111,7 @@ class Study:
 class Job:
     """One unit of work: fit one ensemble and evaluate it. `kind` is "pool" (simulated labels) or "human"."""
     kind: str
-    dataset: str
+    dataset: DatasetSpec
     learner: Learner
     seed: int
     noise: Noise | None = None
@@ -124,13 +119,21 @@ class Job:
     @property
     def key(self) -> str:
         noise = self.noise.name if self.noise else "human"
-        return f"{self.dataset}/{noise}/{self.learner.name}/seed{self.seed}"
+        return f"{self.dataset.label}/{noise}/{self.learner.name}/seed{self.seed}"
+
+    def protocol(self, study: Study) -> Protocol:
+        """The experiment this job runs, as every other entry point would describe it."""
+        if self.noise is None:
+            labels = LabelConfig("human")
+        else:
+            labels = LabelConfig("simulated", self.noise.beta, self.noise.flip, study.labels["n_pairs"],
+                                 study.labels.get("within_prompt", True))
+        return Protocol(self.learner, labels, study.k, study.test_size, self.seed, tuple(study.aggregations),
+                        study.lam, study.lcb_beta, with_excluded=study.with_excluded)
 
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
-        shared = {k: v for k, v in study.to_dict().items() if k not in ("name", "seeds", "datasets", "human_pairs",
-                                                                       "noise", "learners", "methods")}
-        doc = {"job": asdict(self), "study": shared}
+        doc = {"job": asdict(self), "protocol": self.protocol(study).to_dict(), "embedder": asdict(study.embedder)}
         return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
@@ -154,11 +157,12 @@ def load_study(path: str | Path | None = None) -> Study:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise EmbrmError(f"{path}: not valid TOML ({e})") from None
-    return study_from_dict(doc, str(path))
+    return study_from_dict(doc, str(path), path.parent)
 
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
-       "aggregations": list, "lam": float, "lcb_beta": float, "probes": bool, "methods": list, "embedder": dict, "labels": dict,
+       "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "methods": list, "embedder": dict,
+       "labels": dict,
        "noise": list, "learners": list}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float}
@@ -192,19 +196,24 @@ def _one_of(where: str, key: str, value, allowed) -> None:
         raise EmbrmError(f"{where}: {key} = {value!r} is not allowed: use one of {', '.join(map(str, allowed))}")
 
 
-def study_from_dict(doc: dict, where: str = "study") -> Study:
+def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> Study:
+    """A validated Study; `base` is the study file's directory (dataset tables' paths are relative to it)."""
     doc = _check_keys(where, doc, TOP)
     study = Study()
-    for key in ("name", "test_size", "k", "lam", "lcb_beta", "probes"):
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded"):
         if key in doc:
             setattr(study, key, doc[key])
-    for key in ("seeds", "datasets", "human_pairs", "aggregations", "methods"):
+    for key in ("seeds", "aggregations", "methods"):
         if key in doc:
             kind = int if key == "seeds" else str
             setattr(study, key, [_typed(f"{where}: {key}", f"{key}[{i}]", v, kind) for i, v in enumerate(doc[key])])
+    for key in ("datasets", "human_pairs"):
+        if key in doc:
+            setattr(study, key, [_dataset(f"{where}: {key}[{i}]", v, base) for i, v in enumerate(doc[key])])
     if "embedder" in doc:
-        study.embedder = _check_keys(f"{where} [embedder]", doc["embedder"], EMBEDDER_KEYS)
-        _one_of(f"{where} [embedder]", "backend", study.embedder.get("backend", "st"), ("st", "hf", "openai"))
+        options = _check_keys(f"{where} [embedder]", doc["embedder"], EMBEDDER_KEYS)
+        _one_of(f"{where} [embedder]", "backend", options.get("backend", "st"), ("st", "hf", "openai"))
+        study.embedder = EmbedderConfig(**options)
     if "labels" in doc:
         study.labels = {**study.labels, **_check_keys(f"{where} [labels]", doc["labels"], LABEL_KEYS)}
     if "noise" in doc:
@@ -213,6 +222,20 @@ def study_from_dict(doc: dict, where: str = "study") -> Study:
         study.learners = [_learner(f"{where} [[learners]] #{i + 1}", l) for i, l in enumerate(doc["learners"])]
     _validate(study, where)
     return study
+
+
+def _dataset(where: str, entry, base: Path) -> DatasetSpec:
+    """A name, a data file, a declaration file (.toml), or an in-place declaration table."""
+    if isinstance(entry, dict):
+        return spec_from_table(entry, where, base)
+    if not isinstance(entry, str):
+        raise EmbrmError(f"{where}: give a dataset name, a file path or a table (path, columns, exclude)")
+    if entry not in REGISTRY and not Path(entry).exists() and (base / entry).exists():
+        entry = str(base / entry)  # a file beside the study file
+    try:
+        return dataset_spec(entry)
+    except EmbrmError:
+        raise EmbrmError(f"{where}: {entry!r} is neither a named dataset, an existing file nor a declaration") from None
 
 
 def _noise(where: str, doc) -> Noise:
@@ -246,13 +269,13 @@ def _learner(where: str, doc) -> Learner:
 
 
 def _validate(study: Study, where: str) -> None:
-    from embrm.datasets import REGISTRY
-
-    for key in ("datasets", "human_pairs"):
-        for name in getattr(study, key):
-            if name not in REGISTRY and not Path(name).exists():
-                raise EmbrmError(f"{where}: {key} entry {name!r} is neither a named dataset "
-                                 f"({', '.join(REGISTRY)}) nor an existing file")
+    for spec in [*study.datasets, *study.human_pairs]:
+        if spec.source not in REGISTRY and not Path(spec.source).exists():
+            raise EmbrmError(f"{where}: dataset {spec.source!r} is neither a named dataset ({', '.join(REGISTRY)}) "
+                             f"nor an existing file")
+    labels = [d.label for d in study.datasets] + [d.label for d in study.human_pairs]
+    if len(set(labels)) != len(labels):
+        raise EmbrmError(f"{where}: two datasets share a name ({', '.join(labels)}): give each a distinct name")
     for agg in study.aggregations:
         _one_of(where, "aggregations entry", agg, AGGREGATIONS)
     for method in study.methods:

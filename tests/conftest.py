@@ -1,11 +1,29 @@
-"""Shared fixtures over the real data (read from ../shared/data, never copied into the project)."""
+"""Shared fixtures over the real data (read from ../shared/data, never copied into the project). Each fixture
+builds what it needs itself (session scope), so no test depends on another test having run."""
 
+import gzip
 from dataclasses import replace
 
 import polars as pl
 import pytest
 
 from realdata import DATA_DIR
+
+PROBES = ["NullModel", "gpt4_gamed", "alpaca-7b_verbose"]
+DECLARATION = """[dataset]
+path = "pool.parquet"
+name = "renamed-pool"
+[dataset.columns]
+prompt_id = "qid"
+prompt = "question"
+response = "answer"
+gold = "score"
+response_key = "system"
+[dataset.exclude]
+column = "system"
+pattern = "^(NullModel|gpt4_gamed)$|_verbose$"
+name = "probes"
+"""
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +36,33 @@ def models_subset(tmp_path_factory):
 
     ds = load_dataset("alpaca-eval-models", DATA_DIR)
     r = ds.responses
-    models = r["model"].unique().sort().to_list()[:15]
+    models = [m for m in r["model"].unique().sort().to_list() if m not in PROBES][:15]
     prompts = r["prompt_id"].unique().sort().to_list()[:30]
     r = r.filter(pl.col("prompt_id").is_in(prompts) & pl.col("model").is_in(models))
     ds = replace(ds, responses=r.with_columns(pl.col("response").str.slice(0, 300)))
     X = embed_dataset(ds, make_embedder("st"), cache_dir=tmp_path_factory.mktemp("subset-cache"), progress=False).X
     return ds, X
+
+
+@pytest.fixture(scope="session")
+def renamed_pool(tmp_path_factory):
+    """A directory holding a real pool file whose columns all have other names (12 prompts x 15 answers of the
+    58-model pool, three of them reward-hacking probes), its dataset declaration `pool.toml` (columns and an
+    exclusion rule, given once), 60 real HH-RLHF pairs (`hh.jsonl`) and a cache where both are embedded."""
+    from embrm.datasets import load_dataset
+    from embrm.embed import EmbedderConfig
+
+    root = tmp_path_factory.mktemp("renamed")
+    df = pl.read_parquet(DATA_DIR / "alpaca_eval_models" / "responses.parquet")
+    models = [m for m in df["model"].unique().sort().to_list() if m not in PROBES][:12] + PROBES
+    df = df.filter(pl.col("prompt_id").is_in(df["prompt_id"].unique().sort()[:12].to_list())
+                   & pl.col("model").is_in(models))
+    df.select(qid="prompt_id", system="model", question="instruction", answer=pl.col("output").str.slice(0, 200),
+              score="gold_winprob_vs_gpt4turbo").write_parquet(root / "pool.parquet")
+    (root / "pool.toml").write_text(DECLARATION)
+    lines = gzip.open(DATA_DIR / "hh_rlhf_harmless_base_test.jsonl.gz", "rt").read().splitlines()[:60]
+    (root / "hh.jsonl").write_text("\n".join(lines) + "\n")
+    config = EmbedderConfig(dtype="float32")
+    for source in ("pool.toml", "hh.jsonl"):
+        config.embed(load_dataset(root / source), root / "cache", progress=False)
+    return root

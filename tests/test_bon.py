@@ -6,8 +6,7 @@ import polars as pl
 import pytest
 
 from embrm.aggregate import aggregate_all, standardize
-from embrm.bon import (bon_curves, bon_weights, curves_frame, expected_best_of_n, fit_gao, kl_bon,
-                       spearman_per_prompt)
+from embrm.bon import bon_curves, bon_weights, curves_frame, expected_best_of_n, fit_gao, kl_bon
 from embrm.errors import EmbrmError
 from embrm.synthetic import synthetic_pool
 
@@ -186,22 +185,3 @@ def test_kl_and_gao_fit():
     assert (alpha, beta) == (pytest.approx(1.5), pytest.approx(0.4))
     with pytest.raises(EmbrmError):
         fit_gao([0.0], [0.0])
-
-
-def test_spearman_per_prompt():
-    from scipy.stats import spearmanr
-
-    rng = np.random.default_rng(0)
-    sizes = [2, 5, 7, 6]
-    pid = np.repeat(np.arange(4), sizes)
-    gold = rng.integers(0, 3, len(pid)).astype(float)  # ties
-    proxy = gold + rng.standard_normal(len(pid))
-    gold[-1] = np.nan  # unscored: dropped
-    keys, rho = spearman_per_prompt(pid, proxy, gold)
-    assert list(keys) == [0, 1, 2, 3] and np.isnan(rho[0])
-    starts = np.cumsum([0] + sizes)
-    for p in (1, 2, 3):
-        sl = slice(starts[p], starts[p + 1] - (p == 3))
-        assert rho[p] == pytest.approx(spearmanr(proxy[sl], gold[sl]).statistic)
-    _, rho2 = spearman_per_prompt(pid, np.stack([proxy, -proxy], 1), gold)
-    np.testing.assert_allclose(rho2[1:, 1], -rho[1:])

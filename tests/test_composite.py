@@ -8,8 +8,8 @@ import pytest
 
 from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
-from embrm.methods.composite import (composite_curves, fit_multipliers, group_pools, pick_means, proxy_points,
-                                     selection_scores)
+from embrm.methods.composite import composite_curves, fit_multipliers, pick_means, proxy_points, selection_scores
+from embrm.pools import group_pools
 from realdata import needs_data
 
 KNEE, PEN = 0.5, 2.0  # gold = q + h - PEN * relu(h - KNEE)^2 peaks in h at KNEE + 1 / (2 PEN) = 0.75

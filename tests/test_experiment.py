@@ -1,7 +1,8 @@
 """`embrm run` on a tiny real study: results, report, resume after an interruption, and a real local Ray."""
 
-import gzip
 import json
+import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -11,15 +12,15 @@ from embrm.cli import app
 from embrm.experiment import run_study
 from embrm.jobs import result_paths
 from embrm.study import jobs_of, load_study
-from realdata import DATA_DIR, needs_data
+from realdata import needs_data
 
 pytestmark = needs_data
 
 STUDY = """
 name = "tiny"
 seeds = [0, 1]
-datasets = ["{pool}"]
-human_pairs = ["{hh}"]
+datasets = ["{root}/pool.toml"]
+human_pairs = ["{root}/hh.jsonl"]
 k = 3
 aggregations = ["mean", "min", "uwo", "single"]
 [embedder]
@@ -39,18 +40,11 @@ epochs = 10
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """10 prompts x 15 answers of the real 58-model pool (with two hacking probes) and 60 real HH pairs."""
+def setup(renamed_pool, tmp_path_factory):
+    """The renamed real pool (declared once, probes excluded) and 60 real HH pairs in a two-seed study."""
     root = tmp_path_factory.mktemp("study")
-    df = pl.read_parquet(DATA_DIR / "alpaca_eval_models" / "responses.parquet")
-    models = df["model"].unique().sort()[:13].to_list() + ["NullModel", "gpt4_gamed"]
-    df = df.filter(pl.col("prompt_id").is_in(df["prompt_id"].unique().sort()[:10].to_list())
-                   & pl.col("model").is_in(models))
-    df.select("prompt_id", "model", prompt="instruction", response=pl.col("output").str.slice(0, 200),
-              gold="gold_winprob_vs_gpt4turbo").write_parquet(root / "pool.parquet")
-    lines = gzip.open(DATA_DIR / "hh_rlhf_harmless_base_test.jsonl.gz", "rt").read().splitlines()[:60]
-    (root / "hh.jsonl").write_text("\n".join(lines) + "\n")
-    (root / "study.toml").write_text(STUDY.format(pool=root / "pool.parquet", hh=root / "hh.jsonl"))
+    (root / "study.toml").write_text(STUDY.format(root=renamed_pool))
+    shutil.copytree(renamed_pool / "cache", root / "cache")
     return root
 
 
@@ -62,15 +56,17 @@ def test_run_writes_tables_report_and_plots(setup):
     summary = json.loads(result.stdout)
     assert summary["timings"]["n_jobs"] == 2 * 2 + 2 * 2
     bon = pl.read_parquet(out / "bon_summary.parquet")
-    assert set(bon["variant"]) == {"pool", "pool+probes"}
-    assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length", "random"}
-    assert bon.filter(pl.col("variant") == "pool+probes")["probe_pick_rate"].null_count() == 0
+    assert set(bon["variant"]) == {"pool", "pool+probes"} and set(bon["dataset"]) == {"renamed-pool"}
+    assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length"}
+    assert bon.filter(pl.col("variant") == "pool+probes")["excluded_pick_rate"].null_count() == 0
+    assert bon.filter(pl.col("variant") == "pool")["excluded_pick_rate"].null_count() == bon.height // 2
     fits = pl.read_parquet(out / "fit_metrics.parquet")
     assert set(fits["against"]) == {"gold order", "human labels"} and fits.height == 8
     curves = pl.read_parquet(out / "bon_curves.parquet")
     assert {"agg", "n", "kl", "gold", "variant", "learner", "seed"} <= set(curves.columns)
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "± " in report and "## Pairwise accuracy" in report
+    assert "random pick (expected)" in report and "probes picked at n = N" in report
     assert any(p.suffix == ".png" and p.stat().st_size > 10_000 for p in out.iterdir())
     assert json.loads((out / "study.json").read_text())["command"].startswith("embrm run")
 
@@ -111,3 +107,27 @@ def test_jobs_run_on_a_real_local_ray(setup):
     local = run_study(study, setup / "local", cache_dir=setup / "cache", workers=1, progress=False)
     assert result.bon.height > 0
     assert result.bon.sort(["seed", "variant", "proxy"]).equals(local.bon.sort(["seed", "variant", "proxy"]))
+
+
+def test_the_cli_and_a_one_job_study_give_identical_numbers(setup, tmp_path):
+    """`embrm fit` + `embrm bon-sim` with the study's settings reproduce its job exactly (metrics and curves)."""
+    study = load_study(setup / "study.toml")
+    study.seeds, study.human_pairs, study.methods, study.learners = [1], [], [], study.learners[1:]
+    result = run_study(study, tmp_path / "one", cache_dir=setup / "cache", workers=1, progress=False)
+    (job,) = jobs_of(study)
+    run = json.loads(result_paths(tmp_path / "one" / "jobs", job, study)[0].read_text())
+    curves = pl.read_parquet(result_paths(tmp_path / "one" / "jobs", job, study)[1]).drop("key")
+    cli = CliRunner()
+    declaration = str(Path(job.dataset.source).with_name("pool.toml"))  # the file the study's entry names
+    fitted = cli.invoke(app, ["fit", declaration, "--dtype", "float32",
+                              "--cache-dir", str(setup / "cache"), "--head", "mlp", "--hidden", "16,8", "--epochs",
+                              "10", "-k", "3", "--flip", "0.25", "--n-pairs", "300", "--seed", "1",
+                              "--out", str(tmp_path / "m"), "--format", "json"])
+    assert fitted.exit_code == 0, fitted.output
+    bon = cli.invoke(app, ["bon-sim", declaration, "--model",
+                           str(tmp_path / "m"), "--cache-dir", str(setup / "cache"), "--agg", "mean,min,uwo,single",
+                           "--with-excluded", "--out", str(tmp_path / "bon"), "--format", "json"])
+    assert bon.exit_code == 0, bon.output
+    assert json.loads(bon.stdout)["metrics"] == run["metrics"]
+    assert json.loads(bon.stdout)["bon"] == run["bon"]
+    assert pl.read_parquet(tmp_path / "bon" / "curves.parquet").equals(curves)

@@ -1,7 +1,9 @@
-"""`embrm fit`, `embrm score` and `embrm bon-sim` end to end on a small real subset with the real MiniLM."""
+"""`embrm fit`, `embrm score` and `embrm bon-sim` end to end on a real pool file whose columns all have other names,
+declared once in a dataset file (with an exclusion rule for the hacking probes), and the real MiniLM."""
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -9,28 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from embrm.cli import app
+from embrm.datasets import load_dataset
 from embrm.persist import load_ensemble
+from embrm.pipeline import split, training_pairs
+from embrm.protocol import LabelConfig, Protocol
 from realdata import DATA_DIR, needs_data
 
 pytestmark = needs_data
 runner = CliRunner()
-POOL_COLS = ["--prompt-col", "instruction", "--response-col", "output", "--gold-col", "gold_winprob_vs_gpt4turbo",
-             "--response-key", "model"]
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """A 16-prompt x 15-model slice of the real 58-model pool, embedded once into a module cache."""
-    root = tmp_path_factory.mktemp("fitcli")
-    df = pl.read_parquet(DATA_DIR / "alpaca_eval_models" / "responses.parquet")
-    prompts = df["prompt_id"].unique().sort()[:16].to_list()
-    models = df["model"].unique().sort()[:15].to_list()
-    df = df.filter(pl.col("prompt_id").is_in(prompts) & pl.col("model").is_in(models))
-    df.with_columns(pl.col("output").str.slice(0, 300)).write_parquet(root / "pool.parquet")
-    result = invoke("embed", root / "pool.parquet", *POOL_COLS, "--dtype", "float32", "--cache-dir", root / "cache",
-                    "--format", "json")
-    assert json.loads(result.stdout)["n_embedded"] == 240
-    return root
+EMBED = ["--dtype", "float32"]
 
 
 def invoke(*args, code=0):
@@ -39,84 +28,130 @@ def invoke(*args, code=0):
     return result
 
 
-def fit(work, name, *extra, code=0):
-    return invoke("fit", work / "pool.parquet", *POOL_COLS, "--cache-dir", work / "cache", "--out", work / name,
-                  "--format", "json", *extra, code=code)
+def fit(root, out, *extra, code=0):
+    return invoke("fit", root / "pool.toml", *EMBED, "--cache-dir", root / "cache", "--out", out, "--format", "json",
+                  *extra, code=code)
 
 
-def test_fit_saves_a_pickle_free_model_with_its_prompt_split(work):
-    metrics = json.loads(fit(work, "linear", "--head", "linear", "-k", "3", "--seed", "1").stdout)
-    assert metrics["against"] == "gold order" and metrics["n_test_prompts"] == 3
-    assert len(metrics["member_accuracy"]) == 3
-    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["baseline_length_accuracy"] <= 1
-    manifest = json.loads((work / "linear" / "manifest.json").read_text())
+def test_embed_takes_the_declaration_and_finds_everything_cached(renamed_pool):
+    result = json.loads(invoke("embed", renamed_pool / "pool.toml", *EMBED, "--cache-dir", renamed_pool / "cache",
+                               "--format", "json").stdout)
+    assert result["dataset"] == "renamed-pool" and result["n_texts"] == 12 * 15 and result["n_embedded"] == 0
+
+
+def test_fit_saves_a_pickle_free_model_with_its_split_and_protocol(renamed_pool, tmp_path):
+    metrics = json.loads(fit(renamed_pool, tmp_path / "m", "-k", "3", "--seed", "1").stdout)
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     train, test = set(manifest["split"]["train_prompts"]), set(manifest["split"]["test_prompts"])
-    assert not train & test and len(train | test) == 16
-    assert manifest["seed"] == 1 and manifest["labels"]["beta"] == 10 and manifest["dim"] == 384
+    assert not train & test and len(train | test) == 12 and len(test) >= 2
+    assert metrics["against"] == "gold order" and metrics["n_test_prompts"] == len(test)
+    assert len(metrics["member_accuracy"]) == 3 and metrics["accuracy"] > metrics["n_test_pairs"] ** -1
+    protocol = manifest["protocol"]
+    assert protocol["seed"] == 1 and protocol["labels"] == {"source": "simulated", "beta": 10.0, "flip": None,
+                                                             "n_pairs": 2000, "within_prompt": True}
+    assert manifest["dataset_spec"]["exclude"]["name"] == "probes" and manifest["dim"] == 384
     assert manifest["embedder"]["spec"]["backend"] == "st"
-    with np.load(work / "linear" / "weights.npz", allow_pickle=False) as w:
+    with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as w:
         assert w["coef"].shape == (3, 384)
 
 
-def test_score_writes_every_members_score(work):
-    fit(work, "mlp", "--head", "mlp", "--hidden", "32,16", "-k", "3", "--flip", "0.25", "--n-pairs", "1500")
-    invoke("score", work / "mlp", work / "pool.parquet", *POOL_COLS, "--cache-dir", work / "cache",
-           "--out", work / "scores.parquet")
-    scores = pl.read_parquet(work / "scores.parquet")
+def test_excluded_responses_never_label_and_are_never_picked_unless_asked(renamed_pool, tmp_path):
+    fit(renamed_pool, tmp_path / "m", "-k", "3", "--test-size", "0.5")
+    out = tmp_path / "bon"
+    invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir", renamed_pool / "cache",
+           "--out", out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["bon"]) == ["pool"] and summary["bon"]["pool"]["n_responses"] == 6 * 12
+    invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir", renamed_pool / "cache",
+           "--with-excluded", "--out", tmp_path / "with")
+    both = json.loads((tmp_path / "with" / "summary.json").read_text())["bon"]
+    assert both["pool"] == summary["bon"]["pool"] and both["pool+probes"]["n_responses"] == 6 * 15
+    rates = {k: v["excluded_pick_rate"] for k, v in both["pool+probes"]["aggregations"].items()}
+    assert set(rates) == {"mean", "min", "median", "uwo", "lcb", "single", "length"}
+    assert all(0 <= r <= 1 for r in rates.values()) and max(rates.values()) > 0  # the probes do win somewhere
+
+
+def test_the_training_labels_never_hold_an_excluded_response(renamed_pool):
+    ds = load_dataset(renamed_pool / "pool.toml")
+    assert ds.exclusion == "probes" and int(ds.excluded.sum()) == 3 * 12
+    protocol = Protocol(labels=LabelConfig(n_pairs=5000))
+    parts = split(ds, protocol.labels.resolved(ds), protocol.test_size, protocol.seed)
+    pairs = training_pairs(ds, protocol.labels.resolved(ds), parts.train, 0)
+    probes = set(ds.responses.filter("excluded")["response_id"])
+    assert pairs.height == 5000 and not probes & (set(pairs["chosen_id"]) | set(pairs["rejected_id"]))
+
+
+def test_score_writes_every_members_score(renamed_pool, tmp_path):
+    fit(renamed_pool, tmp_path / "mlp", "--head", "mlp", "--hidden", "32,16", "-k", "3", "--flip", "0.25")
+    invoke("score", tmp_path / "mlp", renamed_pool / "pool.toml", "--cache-dir", renamed_pool / "cache",
+           "--out", tmp_path / "scores.parquet")
+    scores = pl.read_parquet(tmp_path / "scores.parquet")
     assert scores.columns == ["response_id", "prompt_id", "member_0", "member_1", "member_2"]
     members = scores.select("member_0", "member_1", "member_2").to_numpy()
-    assert len(scores) == 240 and np.isfinite(members).all()
+    assert len(scores) == 12 * 15 and np.isfinite(members).all()
     assert not np.allclose(members[:, 0], members[:, 1])  # three distinct members, not one copied
-    ensemble, manifest = load_ensemble(work / "mlp")
-    assert manifest["labels"]["flip"] == 0.25 and ensemble.warm_ is not None
+    ensemble, manifest = load_ensemble(tmp_path / "mlp")
+    assert manifest["protocol"]["labels"]["flip"] == 0.25 and ensemble.warm_ is not None
 
 
-def test_bon_sim_writes_curves_summary_and_plots(work):
-    if not (work / "mlp").exists():
-        fit(work, "mlp", "--head", "mlp", "--hidden", "32,16", "-k", "3")
-    out = work / "bon"
-    invoke("bon-sim", work / "pool.parquet", *POOL_COLS, "--model", work / "mlp", "--cache-dir", work / "cache",
-           "--agg", "mean,min,single", "--out", out)
+def test_bon_sim_writes_curves_summary_and_plots(renamed_pool, tmp_path):
+    fit(renamed_pool, tmp_path / "mlp", "--head", "mlp", "--hidden", "32,16", "-k", "3")
+    out = tmp_path / "bon"
+    result = invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "mlp", "--cache-dir",
+                    renamed_pool / "cache", "--agg", "mean,min,single", "--out", out)
+    assert "random pick (expected)" in result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["aggregations"]) == {"mean", "min", "single", "warm", "length", "random"}
-    assert summary["n_prompts"] == 3 and summary["n_max"] == 15 and summary["command"].startswith("embrm bon-sim")
+    pool = summary["bon"]["pool"]
+    assert set(pool["aggregations"]) == {"mean", "min", "single", "warm", "length"}
+    test = json.loads((tmp_path / "mlp" / "manifest.json").read_text())["split"]["test_prompts"]
+    assert pool["n_prompts"] == len(test) and pool["n_max"] == 12 and summary["command"].startswith("embrm bon-sim")
     curves = pl.read_parquet(out / "curves.parquet")
-    assert curves.height == 6 * 15 and (out / "curves.csv").exists()
+    assert curves.height == 5 * 12 and (out / "curves.csv").exists()
     assert (out / "gold_vs_kl.png").stat().st_size > 10_000 and (out / "gao_fit.png").exists()
-    # every member reaches the aggregate: mean, min and a single member give different proxy curves
     proxy = {a: curves.filter(pl.col("agg") == a)["proxy"].to_numpy() for a in ("mean", "min", "single")}
     assert not np.allclose(proxy["mean"], proxy["min"]) and not np.allclose(proxy["mean"], proxy["single"])
-    # n = 1 is a random pick for every proxy: its expected gold is the pool mean
+    # n = 1 is a random pick for every proxy: its expected gold is the pool mean, the one random figure
     first = curves.filter(pl.col("n") == 1)
     np.testing.assert_allclose(first["gold"].to_numpy(), first["random"].to_numpy(), rtol=1e-5)
+    last = curves.filter(pl.col("n") == 12)
+    np.testing.assert_allclose(last["random"].to_numpy(), pool["random_at_n_max"], rtol=1e-6)
 
 
-def test_fit_on_human_pairs_measures_against_the_human_labels(tmp_path):
-    lines = gzip.open(DATA_DIR / "hh_rlhf_harmless_base_test.jsonl.gz", "rt").read().splitlines()[:80]
-    (tmp_path / "hh.jsonl").write_text("\n".join(lines) + "\n")
-    result = invoke("fit", tmp_path / "hh.jsonl", "--head", "linear", "-k", "2", "--cache-dir", tmp_path / "cache",
-                    "--dtype", "float32", "--out", tmp_path / "m", "--format", "json")
+def test_fit_on_human_pairs_measures_against_the_human_labels(renamed_pool, tmp_path):
+    result = invoke("fit", renamed_pool / "hh.jsonl", "--head", "linear", "-k", "2", *EMBED, "--cache-dir",
+                    renamed_pool / "cache", "--out", tmp_path / "m", "--format", "json")
     metrics = json.loads(result.stdout)
-    assert metrics["against"] == "human labels" and metrics["n_test_pairs"] == 16
+    assert metrics["against"] == "human labels" and metrics["n_test_pairs"] == 12 and metrics["spearman"] is None
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["-k", "0"], "K must be >= 1"),
-    (["--head", "forest"], "unknown head"),
+    (["-k", "0"], "k = 0 must be >= 1"),
+    (["--head", "forest"], "--head 'forest'"),
     (["--flip", "1.5"], "flip"),
+    (["--hidden", "a,b"], "--hidden"),
 ])
-def test_bad_fit_options_fail_in_one_line_and_leave_no_model(work, extra, message):
-    result = fit(work, "bad", *extra, code=2)
+def test_bad_fit_options_fail_in_one_line_and_leave_no_model(renamed_pool, tmp_path, extra, message):
+    result = fit(renamed_pool, tmp_path / "bad", *extra, code=2)
     assert message in result.output and "Traceback" not in result.output
-    assert not (work / "bad").exists()
+    assert not (tmp_path / "bad").exists()
 
 
-def test_model_and_cache_from_different_embedders_is_a_clear_error(work, tmp_path):
-    if not (work / "linear").exists():
-        fit(work, "linear", "--head", "linear", "-k", "3")
-    result = invoke("bon-sim", work / "pool.parquet", *POOL_COLS, "--model", work / "linear",
-                    "--cache-dir", tmp_path / "empty", code=2)
-    assert "embrm embed" in result.output and "Traceback" not in result.output
-    result = invoke("fit", work / "pool.parquet", *POOL_COLS, "--cache-dir", work / "cache", "--out", work / "linear",
+def test_a_misnamed_column_is_named_in_the_error(renamed_pool, tmp_path):
+    result = invoke("embed", renamed_pool / "pool.parquet", "--prompt-col", "questoin", "--response-col", "answer",
+                    "--cache-dir", tmp_path / "c", code=2)
+    assert "no column 'questoin'" in result.output and "--prompt-col" in result.output
+    result = invoke("embed", renamed_pool / "hh.jsonl", "--prompt-col", "prompt_text", "--cache-dir", tmp_path / "c",
                     code=2)
+    assert "no column 'prompt_text'" in result.output
+    result = invoke("embed", renamed_pool / "pool.toml", "--exclude", "nosuch=x", "--cache-dir", tmp_path / "c",
+                    code=2)
+    assert "exclusion column 'nosuch'" in result.output
+
+
+def test_model_and_cache_from_different_embedders_is_a_clear_error(renamed_pool, tmp_path):
+    fit(renamed_pool, tmp_path / "m", "-k", "2")
+    result = invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir",
+                    tmp_path / "empty", code=2)
+    assert "embrm embed" in result.output and "Traceback" not in result.output
+    result = fit(renamed_pool, tmp_path / "m", code=2)
     assert "already exists" in result.output

@@ -51,6 +51,26 @@ def test_per_prompt_spearman_matches_scipy():
     assert len(per) == len(expected)
 
 
+def test_per_prompt_spearman_by_prompt_columns_and_mask():
+    rng = np.random.default_rng(0)
+    sizes = [2, 5, 7, 6]
+    pid = np.repeat(np.arange(4), sizes)
+    gold = rng.integers(0, 3, len(pid)).astype(float)  # ties
+    proxy = gold + rng.standard_normal(len(pid))
+    gold[-1] = np.nan  # unscored: dropped
+    keys, rho = per_prompt_spearman(proxy, gold, pid, by_prompt=True)
+    assert list(keys) == [0, 1, 2, 3] and np.isnan(rho[0])
+    starts = np.cumsum([0] + sizes)
+    for p in (1, 2, 3):
+        sl = slice(starts[p], starts[p + 1] - (p == 3))
+        assert rho[p] == pytest.approx(spearmanr(proxy[sl], gold[sl]).statistic)
+    _, rho2 = per_prompt_spearman(np.stack([proxy, -proxy], 1), gold, pid, by_prompt=True)
+    np.testing.assert_allclose(rho2[1:, 1], -rho[1:])
+    _, rho3 = per_prompt_spearman({"a": proxy}, np.nan_to_num(gold), pid, mask=np.isfinite(gold), by_prompt=True)
+    np.testing.assert_array_equal(rho3[:, 0], rho)
+    assert per_prompt_spearman(proxy, gold, pid) == pytest.approx(np.nanmean(rho), abs=1e-15)
+
+
 def test_baselines():
     df = pl.DataFrame({"response": ["a", "abcd", "", "ab"]})
     assert length_reward(df).tolist() == [1, 4, 0, 2]

@@ -9,7 +9,7 @@ from embrm.heads import LinearBT
 from embrm.labels import pair_indices, simulate_pairs, split_prompts
 from embrm.methods.moe import MoEReward, moe_study
 from embrm.metrics import pairwise_accuracy
-from embrm.train import gold_order_pairs
+from embrm.evaluation import gold_order_pairs
 from tests.realdata import needs_data
 
 

@@ -9,8 +9,8 @@ import torch
 
 from embrm.errors import EmbrmError
 from embrm.labels import pair_indices, simulate_pairs
-from embrm.methods.composite import group_pools
 from embrm.methods.policy import fit_gao_rl, kl_optimum_curves, policy_loss, tilted_policy, train_policy
+from embrm.pools import group_pools
 from realdata import needs_data
 
 

@@ -1,7 +1,135 @@
-"""The seeds' further methods over cached embeddings and candidate pools (each usable from Python and the CLI):
+"""The seeds' further methods over cached embeddings and candidate pools, behind one protocol:
 
     laser       LinUCB selection of a reward model per prompt (Nguyen et al., LASeR)
     moe         routed mixture-of-experts reward heads (Quan, DMoERM)
     composite   constrained composite rewards with per-component thresholds (Moskovitz et al.)
     policy      policy-side over-optimisation on candidate pools: KL-regularised optimum, DPO / RPO
+
+Every method is a callable `study(ds, X, *, seed, **params) -> (summary dict, frame)` that takes its split and
+labels from embrm.pipeline; `run_method` drops the dataset's excluded responses (unless asked to keep them in
+the evaluated pools; they never label either way), times it and returns a typed MethodResult:
+
+    result = run_method("composite", ds, X, seed=0, components=["bt", "length"])
+    result.summary, result.frame, result.markdown(), result.write("results/composite")
 """
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+
+from embrm.data import Dataset
+from embrm.errors import EmbrmError
+from embrm.methods.composite import composite_study, plot_composite
+from embrm.methods.laser import laser_experiment, plot_regret
+from embrm.methods.moe import moe_study
+from embrm.methods.policy import plot_policy, policy_study
+from embrm.methods.sections import composite_section, generic_section, policy_section
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    study: Callable[..., tuple[dict, pl.DataFrame]]
+    description: str
+    section: Callable[[dict], str] = generic_section  # the report's markdown for a summary
+    plot: Callable | None = None  # plot(summary, frame, path, title) -> Path
+    frame_name: str = "curves"
+
+
+def _plot_laser(summary, frame, path, title):
+    return plot_regret(frame, path, title=title)
+
+
+def _plot_composite(summary, frame, path, title):
+    return plot_composite(frame, path, thresholds=summary["thresholds"], title=title)
+
+
+def _plot_policy(summary, frame, path, title):
+    ko = summary["kl_optimum"]
+    return plot_policy(frame, path, gao_rl=(ko["gao_rl_alpha"], ko["gao_rl_beta"]), title=title)
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in [
+    Method("laser", laser_experiment,
+           "LASeR (Nguyen et al.): LinUCB picks one reward model per held-out prompt from its embedding",
+           plot=_plot_laser, frame_name="trace"),
+    Method("moe", moe_study,
+           "Mixture-of-experts reward (DMoERM, Quan): a router over prompt categories, per-category experts, "
+           "a learned combiner, vs one head trained on everything", frame_name="per_category"),
+    Method("composite", composite_study,
+           "Constrained composite reward (Moskovitz et al.): Best-of-n on a fixed sum vs a clipped sum vs "
+           "Lagrangian selection that keeps each component below its proxy point",
+           section=composite_section, plot=_plot_composite),
+    Method("policy", policy_study,
+           "Policy-side over-optimisation: the KL-regularised optimum over each pool, and DPO / RPO linear "
+           "softmax policies trained on the preference pairs (gold and KL on held-out prompts)",
+           section=policy_section, plot=_plot_policy),
+]}
+
+
+@dataclass
+class MethodResult:
+    """A method's run: its JSON-able summary, its table, how long it took, and how to show it."""
+
+    method: Method
+    dataset: str
+    summary: dict
+    frame: pl.DataFrame
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    def to_dict(self) -> dict:
+        return {"method": self.name, "dataset": self.dataset, "seconds": self.seconds, **self.summary}
+
+    def markdown(self) -> str:
+        return (f"### {self.name}\n\n{self.method.description}. Ran in {self.seconds:.1f} s.\n\n"
+                f"{self.method.section(self.summary)}")
+
+    def plot(self, path) -> Path | None:
+        if self.method.plot is None:
+            return None
+        return self.method.plot(self.summary, self.frame, Path(path), f"{self.name} on {self.dataset}")
+
+    def write(self, out_dir, **extra) -> dict[str, Path]:
+        """summary.json, <frame>.parquet and the method's PNG (if it has one) under out_dir."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"summary": out / "summary.json", "frame": out / f"{self.method.frame_name}.parquet"}
+        paths["summary"].write_text(json.dumps({**extra, **self.to_dict()}, indent=2, default=str) + "\n")
+        self.frame.write_parquet(paths["frame"])
+        png = self.plot(out / f"{self.name}.png")
+        if png is not None:
+            paths["plot"] = png
+        return paths
+
+
+def run_method(name: str, ds: Dataset, X: np.ndarray, *, seed: int = 0, with_excluded: bool = False,
+               **params) -> MethodResult:
+    """Run one registered method on a dataset and its aligned embeddings."""
+    if name not in REGISTRY:
+        raise EmbrmError(f"unknown method {name!r}: use one of {', '.join(REGISTRY)}")
+    if not ds.has_gold:
+        raise EmbrmError(f"{ds.source}: no gold scores: {name} needs a pool with a gold column (--gold-col)")
+    if not with_excluded and ds.excluded.any():
+        X = np.asarray(X)[~ds.excluded]
+        ds = ds.without_excluded()
+    start = time.perf_counter()
+    summary, frame = REGISTRY[name].study(ds, X, seed=seed, **params)
+    summary["with_excluded"] = with_excluded
+    return MethodResult(REGISTRY[name], ds.name, summary, frame, time.perf_counter() - start)
+
+
+def render_methods(results: list[MethodResult]) -> str:
+    """The study report's section: one subsection per method."""
+    lines = ["## Further seeds on the real pool (excluded responses removed, one seed)", ""]
+    return "\n".join(lines + [r.markdown() + "\n" for r in results])

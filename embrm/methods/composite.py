@@ -23,9 +23,9 @@ down gets its value at n_max (a threshold that does not bind at any n <= n_max).
 
 All expectations are exact Best-of-n expectations (embrm.bon's weights C(i-1, n-1) / C(N, n) over proxy ranks),
 vectorised over prompts, candidates, n and selection scores: pools are a padded (P, N_max) layout
-(``group_pools``); a prompt contributes to n only when n <= its pool size; ties in a selection score share the
-pick (block-averaged values, as in embrm.bon). The only Python loops are over dual-ascent iterations and distinct
-pool sizes.
+(``embrm.pools.group_pools``); a prompt contributes to n only when n <= its pool size; ties in a selection score
+share the pick (block-averaged values, as in embrm.bon). The only Python loops are over dual-ascent iterations and
+distinct pool sizes.
 """
 
 from __future__ import annotations
@@ -37,63 +37,16 @@ import polars as pl
 
 from embrm.bon import bon_weights, kl_bon
 from embrm.errors import EmbrmError
+from embrm.pools import Pools, group_pools, tie_average
 
-__all__ = ["Pools", "group_pools", "bon_weight_tensor", "pick_means", "proxy_points", "ProxyPoints",
+__all__ = ["bon_weight_tensor", "pick_means", "proxy_points", "ProxyPoints",
            "fit_multipliers", "Multipliers", "selection_scores", "composite_curves", "composite_study",
            "fit_proxy_reward", "n_grid", "plot_composite", "COMPONENTS"]
 
 COMPONENTS = ("bt", "bt_flip", "length")
 
 
-# ----------------------------------------------------------------------------- pools as a padded matrix
-
-@dataclass
-class Pools:
-    """Rows grouped into prompt pools: ``rows[p, j]`` is the j-th row of prompt ``keys[p]`` (padding: row 0,
-    ``valid`` False). Rows keep their input order within a pool; prompts are sorted by key."""
-
-    keys: np.ndarray
-    rows: np.ndarray
-    valid: np.ndarray
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self.valid.sum(axis=1)
-
-    def gather(self, values, fill: float = 0.0) -> np.ndarray:
-        """(P, N_max, ...) float64 matrix of per-row ``values`` ((n,) or (n, C)); padding cells hold ``fill``."""
-        v = np.asarray(values, dtype=np.float64)[self.rows]
-        v[~self.valid] = fill
-        return v
-
-    def locate(self, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """(pool, position) of every input row; -1 for rows outside the pools."""
-        pool = np.full(n_rows, -1, np.int64)
-        pos = np.full(n_rows, -1, np.int64)
-        p, j = np.nonzero(self.valid)
-        pool[self.rows[p, j]] = p
-        pos[self.rows[p, j]] = j
-        return pool, pos
-
-
-def group_pools(prompt_index, mask=None) -> Pools:
-    """Group rows by prompt key into a padded layout. ``mask`` (n,) bool keeps only the True rows."""
-    a = prompt_index.to_numpy() if isinstance(prompt_index, pl.Series) else np.asarray(prompt_index)
-    if a.ndim != 1:
-        raise EmbrmError(f"prompt_index: expected one prompt key per row, got shape {a.shape}")
-    rows = np.arange(a.shape[0]) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
-    if rows.size == 0:
-        raise EmbrmError("no rows left to group into pools (empty mask or table): check the prompt split")
-    keys, code = np.unique(a[rows], return_inverse=True)
-    order = np.argsort(code, kind="stable")
-    sizes = np.bincount(code)
-    pos = np.arange(rows.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    layout = np.zeros((keys.size, int(sizes.max())), np.int64)
-    valid = np.zeros(layout.shape, bool)
-    layout[code[order], pos] = rows[order]
-    valid[code[order], pos] = True
-    return Pools(keys, layout, valid)
-
+# ----------------------------------------------------------------------------- grids
 
 def n_grid(n_max: int, points: int = 16) -> np.ndarray:
     """About ``points`` log-spaced integers from 1 to n_max (both included)."""
@@ -119,24 +72,6 @@ def bon_weight_tensor(sizes, ns) -> tuple[np.ndarray, np.ndarray]:
     return W, contrib
 
 
-def _tie_average(sorted_scores: np.ndarray, vals: np.ndarray) -> np.ndarray:
-    """Replace ``vals`` (..., N, C) over runs of equal ``sorted_scores`` (..., N) by the run means (exact BoN
-    expectation under uniformly random tie-breaking)."""
-    eq = sorted_scores[..., 1:] == sorted_scores[..., :-1]
-    if not eq.any():
-        return vals
-    n, c = vals.shape[-2], vals.shape[-1]
-    start = np.ones(sorted_scores.shape, bool).reshape(-1, n)
-    start[:, 1:] = ~eq.reshape(-1, n - 1)
-    ids = np.cumsum(start.ravel()) - 1
-    count = np.bincount(ids)
-    flat = vals.reshape(-1, c)
-    out = np.empty_like(flat)
-    for j in range(c):
-        out[:, j] = (np.bincount(ids, weights=flat[:, j]) / count)[ids]
-    return out.reshape(vals.shape)
-
-
 def pick_means(scores, values, pools: Pools, ns, *, diagonal: bool = False, weights=None) -> np.ndarray:
     """Exact expected ``values`` at the Best-of-n pick, averaged over the prompts whose pool has >= n candidates.
 
@@ -151,7 +86,7 @@ def pick_means(scores, values, pools: Pools, ns, *, diagonal: bool = False, weig
     order = np.argsort(s, axis=-1)              # tie order is irrelevant: tied blocks are averaged below
     srt = np.take_along_axis(s, order, axis=-1)
     vals = np.take(values.reshape(P * N, C), order + (np.arange(P) * N)[None, :, None], axis=0)
-    vals = _tie_average(srt, vals)
+    vals = tie_average(srt, vals)
     count = contrib.sum(axis=0)
     if diagonal:
         if s.shape[0] != len(ns):

@@ -245,7 +245,7 @@ def _eval_scores(responses: pl.DataFrame, test_ids, proxies: dict, seed: int) ->
     pool; plus the BoN random/oracle references."""
     from embrm import metrics as M
     from embrm.bon import bon_curves
-    from embrm.train import gold_order_pairs
+    from embrm.evaluation import gold_order_pairs
 
     pairs = gold_order_pairs(responses, test_ids, seed=seed)
     if len(pairs) == 0:
@@ -264,7 +264,7 @@ def _per_category(responses, test_ids, category: np.ndarray, proxies: dict, moe,
     """One row per category (per row labels ``category``): held-out accuracy of every proxy on the category's
     test prompts, and the training pairs its expert saw."""
     from embrm import metrics as M
-    from embrm.train import gold_order_pairs
+    from embrm.evaluation import gold_order_pairs
 
     pairs = gold_order_pairs(responses, test_ids, seed=seed)
     pair_cat = category[pairs[:, 0]]

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from embrm.errors import EmbrmError
-from embrm.methods.composite import Pools, group_pools
+from embrm.pools import Pools, group_pools
 
 __all__ = ["tilted_policy", "KLCurves", "kl_optimum_curves", "fit_gao_rl", "default_betas", "policy_loss",
            "PolicyRun", "train_policy", "policy_study", "plot_policy"]

@@ -1,0 +1,180 @@
+"""What every command shares: option groups declared once, one-line errors, output formats, the command line.
+
+An option group is a dataclass whose fields carry their typer options; `@grouped(data=DataOptions, ...)` adds the
+fields to a command's options and hands the command one instance per group, so `embed`, `fit`, `score`, `bon-sim`
+and the methods take the same dataset and embedder options, spelled the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import shlex
+import sys
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional, get_type_hints
+
+import typer
+from rich.console import Console
+
+from embrm.data import Dataset
+from embrm.datasets import load_dataset
+from embrm.embed import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
+from embrm.errors import EmbrmError
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", help="text (tables) or json (machine-readable summary).")]
+CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Embedding cache root.")]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the results (JSON, Parquet, PNG) here.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds the prompt split, the simulated labels and the fit.")]
+WithExcludedOpt = Annotated[bool, typer.Option(
+    "--with-excluded", help="Also evaluate pools that keep the dataset's excluded responses (e.g. the hacking probes "
+                            "of alpaca-eval-models; they never label or train) and report how often each reward picks "
+                            "one.")]
+DatasetArg = Annotated[str, typer.Argument(
+    help="A named dataset (embrm datasets), a data file (.jsonl/.json/.parquet/.csv) or a dataset declaration "
+         "(.toml: path, columns, exclude).")]
+
+
+@dataclass
+class DataOptions:
+    """Where a dataset lives and, for data files, its columns and exclusion rule (a .toml declaration holds them
+    once)."""
+
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Where named datasets live (default: $EMBRM_DATA_DIR, else ~/.cache/embrm/data).")] = None
+    prompt_col: Annotated[Optional[str], typer.Option("--prompt-col", help="Prompt column of a data file.")] = None
+    response_col: Annotated[Optional[str], typer.Option("--response-col", help="Response column (pools).")] = None
+    gold_col: Annotated[Optional[str], typer.Option("--gold-col", help="Gold score column (pools).")] = None
+    response_key: Annotated[Optional[str], typer.Option(
+        "--response-key", help="Column telling a prompt's responses apart (e.g. model).")] = None
+    prompt_id_col: Annotated[Optional[str], typer.Option("--prompt-id-col", help="Prompt id column (pools).")] = None
+    chosen_col: Annotated[Optional[str], typer.Option("--chosen-col", help="Chosen column (pairs).")] = None
+    rejected_col: Annotated[Optional[str], typer.Option("--rejected-col", help="Rejected column (pairs).")] = None
+    exclude: Annotated[Optional[str], typer.Option(
+        "--exclude", help="COLUMN=REGEX: responses that never label, train or enter an evaluated pool "
+                          "(e.g. 'model=^NullModel$|_verbose$').")] = None
+
+    def load(self, source: str) -> Dataset:
+        columns = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("data_dir", "exclude")}
+        return load_dataset(source, self.data_dir, exclude=self.exclude, **columns)
+
+
+@dataclass
+class EmbedderOptions:
+    """Which embedder (and text template) makes the vectors; every command that may embed takes these."""
+
+    backend: Annotated[str, typer.Option(
+        "--backend", "-b", help="st (sentence-transformers) | hf (causal-LM hidden state) | openai (HTTP).")] = "st"
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Model id/path (default: packaged all-MiniLM-L6-v2; 'smollm2' = packaged SmolLM2-135M "
+                        "GGUF).")] = None
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="auto (bf16 where this CPU multiplies it fast) | float32 | bfloat16.")] = "auto"
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate texts to this many tokens.")] = None
+    layer: Annotated[int, typer.Option("--layer", help="hf: hidden layer to read (-1 = last).")] = -1
+    pooling: Annotated[str, typer.Option("--pooling", help="hf: last (last non-pad token) | mean_response.")] = "last"
+    template: Annotated[str, typer.Option("--template", help="Text sent to the model for each response.")] = \
+        DEFAULT_TEMPLATE
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="openai: endpoint base URL (.../v1).")] = None
+    api_key_env: Annotated[str, typer.Option(
+        "--api-key-env", help="openai: name of the env var holding the key.")] = "OPENAI_API_KEY"
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Texts per batch; each batch is one atomic cache part.")] = 64
+
+    def config(self) -> EmbedderConfig:
+        return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def embed(self, ds: Dataset, cache_dir: Path, fmt: Format) -> EmbedResult:
+        if self.batch_size < 1:
+            raise EmbrmError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        return self.config().embed(ds, cache_dir, progress=None if fmt == Format.text else False)
+
+
+def grouped(**groups: type):
+    """Add each option group's fields to a command's options; the command receives one instance per group."""
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for name, p in sig.parameters.items() if name not in groups]
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=get_type_hints(cls, include_extras=True)[f.name])
+                 for cls in groups.values() for f in fields(cls)]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for name, cls in groups.items():
+                kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
+            return fn(*args, **kwargs)
+
+        params = own + added
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+    return decorate
+
+
+def friendly(fn):
+    """Turn EmbrmError (and Ctrl-C) into one line on stderr and a non-zero exit, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EmbrmError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted: finished batches are cached; re-run the same command to resume")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The running command as a user would retype it (arguments and non-default options), for manifests."""
+    parts = ["embrm", *ctx.command_path.split()[1:]]  # the program name differs under test runners
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if value is None or source is None or source.name == "DEFAULT":
+            continue
+        value = value.value if isinstance(value, Enum) else value
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif isinstance(value, bool):
+            parts.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Comma lists and repeated options alike: ["a,b", "c"] -> ["a", "b", "c"]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def parse_numbers(values: list[str] | str | None, option: str, kind=float) -> list | None:
+    items = split_list([values] if isinstance(values, str) else values)
+    if not items:
+        return None
+    try:
+        return [kind(v) for v in items]
+    except ValueError:
+        raise EmbrmError(f"{option}: expected comma-separated {kind.__name__}s, got {','.join(items)!r}") from None
+
+
+def fmt(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))

@@ -1,0 +1,178 @@
+"""The further seeds' commands (`laser`, `moe`, `composite`, `policy`): each embeds through the shared embedder
+options, runs its registered method (embrm.methods.run_method: excluded responses dropped unless
+--with-excluded), prints its table and, with --out, writes summary.json, its frame as Parquet and its PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from embrm.cli.common import (CacheDirOpt, DataOptions, DatasetArg, EmbedderOptions, Format, FormatOpt, OutDirOpt,
+                              SeedOpt, WithExcludedOpt, command_line, friendly, grouped, out, parse_numbers,
+                              print_json, split_list)
+from embrm.methods import MethodResult, run_method
+
+NPairsOpt = Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")]
+BetaOpt = Annotated[float, typer.Option("--beta", help="Simulated BT annotator sharpness.")]
+
+
+def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOptions, cache_dir: Path, fmt: Format,
+         out_dir: Path | None, seed: int, with_excluded: bool, **params) -> MethodResult | None:
+    """Load, embed, run the method, write its files; None when the summary was printed as JSON."""
+    ds = data.load(dataset)
+    X = embedder.embed(ds, cache_dir, fmt).X
+    result = run_method(name, ds, X, seed=seed, with_excluded=with_excluded, **params)
+    if out_dir is not None:
+        result.write(out_dir, command=command_line(ctx))
+    if fmt == Format.json:
+        print_json(result.to_dict())
+        return None
+    return result
+
+
+@friendly
+@grouped(data=DataOptions, embedder=EmbedderOptions)
+def laser(
+    ctx: typer.Context, dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions,
+    arms: Annotated[Optional[List[str]], typer.Option(
+        "--arms", help="Comma-separated arms: bt, length, slice[:VALUE], noisy, moe (default: bt,length,slice).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="LinUCB exploration weight (0 = greedy).")] = 0.1,
+    n: Annotated[Optional[int], typer.Option("--n", help="Best-of-n size per prompt (default: the full pool).")] = None,
+    dim: Annotated[int, typer.Option("--dim", help="PCA dimension of the prompt contexts (0 = raw).")] = 32,
+    warmup: Annotated[int, typer.Option("--warmup", help="Rounds per arm played in turn before UCB.")] = 0,
+    test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts the bandit runs over.")] = 0.5,
+    n_pairs: NPairsOpt = 10_000, beta: BetaOpt = 10.0, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
+    out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+):
+    """LASeR: a LinUCB bandit picks one reward model (arm) per prompt for Best-of-n; regret and gold vs arms.
+
+    Example: embrm laser alpaca-eval-models --arms bt,length,slice:koala --alpha 0.1 --out runs/laser
+    """
+    r = _run(ctx, "laser", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
+             arms=split_list(arms) or None, alpha=alpha, n=n, test_size=test_size, n_pairs=n_pairs, beta=beta,
+             dim=dim or None, warmup=warmup)
+    if r is None:
+        return
+    s = r.summary
+    table = Table("pick by", "mean gold (all rounds)", "mean gold (last half)", "rounds played",
+                  title=f"LASeR on {r.dataset}: {s['n_rounds']} held-out prompts, Best-of-{n or 'pool'}")
+    for key, gold in s["mean_gold"].items():
+        played = s["choices"].get(key[4:], "") if key.startswith("arm:") else ""
+        table.add_row(key, f"{gold:.4f}", f"{s['mean_gold_last_half'][key]:.4f}", str(played))
+    out.print(table)
+    reg = s["regret"]
+    out.print(f"cumulative regret: vs best single arm ({s['best_arm_in_hindsight']}) {reg['vs_best_arm']:.3f}, "
+              f"vs per-prompt oracle arm {reg['vs_oracle']:.3f}; per round vs oracle "
+              f"{reg['per_round_vs_oracle_first_quarter']:.4f} (first quarter) -> "
+              f"{reg['per_round_vs_oracle_last_quarter']:.4f} (last quarter)")
+
+
+@friendly
+@grouped(data=DataOptions, embedder=EmbedderOptions)
+def moe(
+    ctx: typer.Context, dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions,
+    categories: Annotated[str, typer.Option(
+        "--categories", help="Category column (e.g. dataset), kmeans, or auto (dataset when present).")] = "auto",
+    n_clusters: Annotated[int, typer.Option("--n-clusters", help="k-means categories without a column.")] = 5,
+    routing: Annotated[str, typer.Option("--routing", help="soft (router probabilities) | hard (argmax).")] = "soft",
+    shrink: Annotated[float, typer.Option("--shrink", help="Pairs at which an expert gets half weight.")] = 200.0,
+    test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2,
+    n_pairs: NPairsOpt = 10_000, beta: BetaOpt = 10.0, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
+    out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+):
+    """DMoERM-style routed expert heads vs one head trained on everything, on held-out prompts.
+
+    Example: embrm moe alpaca-eval-models --categories dataset --out runs/moe
+    """
+    r = _run(ctx, "moe", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
+             categories=categories, n_clusters=n_clusters, n_pairs=n_pairs, beta=beta, test_size=test_size,
+             routing=routing, shrink=shrink)
+    if r is None:
+        return
+    s, refs = r.summary, r.summary["references"]
+    table = Table("reward", "pairwise acc", "spearman", f"BoN-{refs['bon_n']} gold", "BoN gain",
+                  title=f"MoE ({s['categories']}, {len(s['model']['categories'])} categories) on {r.dataset}: "
+                        f"{s['n_test_prompts']} held-out prompts")
+    for name, m in s["held_out"].items():
+        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['spearman']:.4f}", f"{m['bon_gold']:.4f}",
+                      f"{m['bon_gain']:.3f}")
+    table.add_row("random / oracle", "", "", f"{refs['random']:.4f} / {refs['oracle']:.4f}", "")
+    out.print(table)
+    cat = Table(*r.frame.columns, title="per category (held out)")
+    for row in r.frame.iter_rows():
+        cat.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    out.print(cat)
+    if s["router_accuracy"] is not None:
+        out.print(f"router accuracy on held-out prompts: {s['router_accuracy']:.3f}")
+
+
+@friendly
+@grouped(data=DataOptions, embedder=EmbedderOptions)
+def composite(
+    ctx: typer.Context, dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions,
+    components: Annotated[Optional[List[str]], typer.Option(
+        "--components", help="Comma list of bt | bt_flip | length (default bt,length).")] = None,
+    n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the smallest pool).")] = None,
+    k: Annotated[int, typer.Option("--ensemble", "-k", help="Linear BT members per learned component.")] = 5,
+    n_pairs: NPairsOpt = 10_000, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
+    out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+):
+    """Best-of-n with a constrained composite reward: fixed sum vs clipped vs Lagrangian (Moskovitz et al.).
+
+    Example: embrm composite alpaca-eval-models --components bt,length --out runs/composite
+    """
+    r = _run(ctx, "composite", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
+             components=split_list(components) or ["bt", "length"], n_max=n_max, n_pairs=n_pairs, k=k)
+    if r is None:
+        return
+    s = r.summary
+    names = s["components"]
+    table = Table("selection", "peak gold (n)", "gold at n_max", "drop", *[f"z {c} at n_max" for c in names],
+                  title=f"{r.dataset}: held-out Best-of-n, n = 1..{s['n'][-1]} "
+                        f"(random {s['random']:.3f}, oracle {s['oracle']:.3f})")
+    for method, m in s["methods"].items():
+        table.add_row(method, f"{m['peak_gold']:.3f} ({m['peak_n']})", f"{m['gold_at_n_max']:.3f}",
+                      f"{m['drop_from_peak']:.3f}", *[f"{m[f'z_{c}_at_n_max']:+.2f}" for c in names])
+    out.print(table)
+    out.print("thresholds (z): " + ", ".join(f"{c} {t:+.2f} (n* = {s['proxy_point_n'][c]})"
+                                             for c, t in s["thresholds"].items())
+              + "; multipliers at n_max: " + ", ".join(f"{c} {v:.3f}" for c, v in s["multipliers_at_n_max"].items()))
+
+
+@friendly
+@grouped(data=DataOptions, embedder=EmbedderOptions)
+def policy(
+    ctx: typer.Context, dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions,
+    betas: Annotated[Optional[List[str]], typer.Option(
+        "--betas", help="Comma list of KL-optimum temperatures (default: 31 log-spaced, 1e-3..1e3).")] = None,
+    dpo: Annotated[bool, typer.Option("--dpo/--no-dpo", help="Also train DPO and RPO softmax policies.")] = True,
+    rpo_weight: Annotated[float, typer.Option("--rpo-weight", help="Weight of RPO's SFT term.")] = 0.01,
+    epochs: Annotated[int, typer.Option("--epochs", help="DPO / RPO epochs.")] = 30,
+    dpo_beta: Annotated[float, typer.Option("--dpo-beta", help="DPO's beta (implicit reward scale).")] = 0.1,
+    label_beta: Annotated[float, typer.Option("--label-beta", help="Simulated BT annotator sharpness.")] = 1.0,
+    n_pairs: NPairsOpt = 10_000, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
+    out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+):
+    """Policy-side over-optimisation on pools: the KL-regularised optimum sweep and DPO / RPO training.
+
+    Example: embrm policy alpaca-eval-models --epochs 30 --rpo-weight 0.01 --out runs/policy
+    """
+    r = _run(ctx, "policy", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
+             betas=parse_numbers(betas, "--betas"), dpo=dpo, rpo_weight=rpo_weight, epochs=epochs,
+             dpo_beta=dpo_beta, n_pairs=n_pairs, label_beta=label_beta)
+    if r is None:
+        return
+    s = r.summary
+    table = Table("curve", "peak gold", "at (beta | n | epoch)", "KL at peak", "gold at end", "KL at end",
+                  title=f"{r.dataset}: held-out expected gold (random {s['random']:.3f}, oracle {s['oracle']:.3f})")
+    for name in ("kl_optimum", "bon", "dpo", "rpo"):
+        if name in s:
+            c = s[name]
+            table.add_row(name, f"{c['peak_gold']:.3f}", f"{c['peak_at']:g}", f"{c['peak_kl']:.2f}",
+                          f"{c['end_gold']:.3f}", f"{c['end_kl']:.2f}")
+    out.print(table)
+    ko = s["kl_optimum"]
+    out.print(f"Gao RL fit R(d) = d (a - b log d): a = {ko['gao_rl_alpha']:.3f}, b = {ko['gao_rl_beta']:.3f}")

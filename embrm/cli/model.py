@@ -1,0 +1,181 @@
+"""Commands over reward models: `fit` (train and save), `score` (every member's score), `bon-sim` (Best-of-n).
+
+All three walk embrm.pipeline: `fit` is pipeline.fit + save, `bon-sim` is load + pipeline.evaluate with the
+protocol saved in the model, so their numbers equal a study job's for the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from embrm.aggregate import AGGREGATIONS
+from embrm.cli.common import (CacheDirOpt, DataOptions, DatasetArg, EmbedderOptions, Format, FormatOpt, OutDirOpt,
+                              SeedOpt, WithExcludedOpt, command_line, fmt, friendly, grouped, out, parse_numbers,
+                              print_json)
+from embrm.errors import EmbrmError
+from embrm.evaluation import Evaluation, FitMetrics
+from embrm.persist import package_versions
+from embrm.pipeline import evaluate, fit as fit_model, load_model, model_embeddings, score as score_model
+from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
+
+ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by `embrm fit`.")]
+
+
+@dataclass
+class FitOptions:
+    """The learner and the annotator. Defaults are the default study's (`embrm run`)."""
+
+    head: Annotated[str, typer.Option("--head", help="linear | mlp | lgbm")] = "linear"
+    ensemble: Annotated[int, typer.Option("--ensemble", "-k", help="Number of members K.")] = 10
+    mode: Annotated[str, typer.Option(
+        "--mode", help="independent | bootstrap | shared_trunk (mlp) | linear_heads (linear).")] = "independent"
+    objective: Annotated[Optional[str], typer.Option("--objective", help="mlp/lgbm: bt | classification.")] = None
+    hidden: Annotated[Optional[str], typer.Option(
+        "--hidden", help="mlp: hidden widths (default 256,128 as the default study; Sun et al.: 1024,512).")] = None
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="mlp: maximum epochs (early stopping).")] = None
+    labels: Annotated[str, typer.Option(
+        "--labels", help="human (the dataset's pairs) | simulated (from gold) | auto.")] = "auto"
+    beta: Annotated[float, typer.Option(
+        "--beta", help="Simulated BT annotator: P(a>b) = sigmoid(beta (g_a - g_b) / std(gold)); the label error "
+                       "rate it gives depends on the pool (reported as label_accuracy).")] = 10.0
+    flip: Annotated[Optional[float], typer.Option(
+        "--flip", help="Instead of --beta: flip this share of correct labels (Coste et al.: 0.25).")] = None
+    n_pairs: Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")] = 2000
+    across_prompts: Annotated[bool, typer.Option(
+        "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.).")] = False
+    test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2
+
+    def protocol(self, seed: int, with_excluded: bool) -> Protocol:
+        if self.head not in DEFAULT_LEARNERS:
+            raise EmbrmError(f"--head {self.head!r}: use one of {', '.join(DEFAULT_LEARNERS)}")
+        learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode)
+        hidden = parse_numbers(self.hidden, "--hidden", int)
+        learner = learner.with_params(objective=self.objective, epochs=self.epochs,
+                                      hidden=tuple(hidden) if hidden else None)
+        labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
+        return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
+
+
+@friendly
+@grouped(options=FitOptions, data=DataOptions, embedder=EmbedderOptions)
+def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: DataOptions, embedder: EmbedderOptions,
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write (must not exist).")],
+        seed: SeedOpt = 0, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text):
+    """Train a K-member reward-model ensemble on embeddings (embedding what is missing) and save it.
+
+    Defaults are the default study's: 2,000 simulated BT(beta=10) pairs, 20 % of prompts held out, K = 10, MLP
+    256-128. Excluded responses (e.g. the hacking probes of alpaca-eval-models) never label or train.
+
+    Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
+    """
+    if out_dir.exists():
+        raise EmbrmError(f"{out_dir}: already exists: choose another --out or remove it")
+    protocol = options.protocol(seed, with_excluded=False)
+    ds = data.load(dataset)
+    emb = embedder.embed(ds, cache_dir, format)
+    fitted = fit_model(ds, emb.X, protocol, progress=None if format == Format.text else False)
+    fitted.save(out_dir, ds, emb.spec, emb.fingerprint, command=command_line(ctx))
+    if format == Format.json:
+        return print_json({"model_dir": str(out_dir), "label_accuracy": fitted.label_accuracy,
+                           **fitted.metrics.to_dict()})
+    print_fit_metrics(fitted.metrics, f"{protocol.learner.name} x{protocol.k} on {ds.name}: held-out "
+                                      f"{fitted.metrics.against}")
+    if fitted.label_accuracy is not None:
+        out.print(f"{fitted.n_train_pairs} training labels ({fitted.protocol.labels.name}), "
+                  f"{fitted.label_accuracy:.1%} agree with gold")
+    out.print(f"saved -> {out_dir}")
+
+
+def print_fit_metrics(m: FitMetrics, title: str) -> None:
+    table = Table("reward", "pairwise acc", "log-loss", "ECE", "spearman", title=title)
+    table.add_row("ensemble mean", fmt(m.accuracy), fmt(m.log_loss), fmt(m.ece), fmt(m.spearman))
+    accs = m.member_accuracy
+    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "")
+    table.add_row("length (longer is better)", fmt(m.length_accuracy), "", "", fmt(m.length_spearman))
+    table.add_row("random (expected)", "0.500", "", "", "0.000")
+    out.print(table)
+    out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
+
+
+@friendly
+@grouped(data=DataOptions)
+def score(model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
+          out_file: Annotated[Path, typer.Option("--out", "-o", help="Parquet: response_id + one column per "
+                                                                     "member.")],
+          cache_dir: CacheDirOpt = Path("cache")):
+    """Write every member's score for every response of a dataset to Parquet.
+
+    Example: embrm score models/mlp-flip25 alpaca-eval-models --out scores.parquet
+    """
+    model = load_model(model_dir)
+    ds = data.load(dataset)
+    frame = score_model(model, ds, model_embeddings(model, ds, cache_dir))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out_file)
+    out.print(f"{frame.width - 2} score columns for {len(frame)} responses -> {out_file}")
+
+
+@friendly
+@grouped(data=DataOptions)
+def bon_sim(
+    ctx: typer.Context, dataset: DatasetArg, data: DataOptions,
+    model_dir: Annotated[Path, typer.Option("--model", "-m", help="A model directory written by `embrm fit`.")],
+    agg: Annotated[Optional[str], typer.Option(
+        "--agg", help=f"Comma-separated aggregations of {', '.join(AGGREGATIONS)} (default: the model's).")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lam", help="UWO: mean - lam * variance.")] = None,
+    lcb_beta: Annotated[Optional[float], typer.Option("--lcb-beta", help="LCB: mean - beta * std.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Soft-min temperature.")] = None,
+    member: Annotated[Optional[int], typer.Option("--member", help="The member 'single' reports.")] = None,
+    n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the largest pool).")] = None,
+    prompts: Annotated[str, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] = "test",
+    with_excluded: WithExcludedOpt = False, out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"),
+    format: FormatOpt = Format.text,
+):
+    """Exact Best-of-n curves (n = 1..N) of a model's aggregations vs the length ruler and a random pick, vs KL.
+
+    Example: embrm bon-sim alpaca-eval-models --model models/mlp-flip25 --agg mean,min,uwo --out results/bon
+    """
+    model = load_model(model_dir)
+    ds = data.load(dataset)
+    if not ds.has_gold:
+        raise EmbrmError(f"{ds.source}: no gold scores: Best-of-n simulation needs a pool with a gold column")
+    changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, n_max=n_max,
+                   aggregations=tuple(a.strip() for a in agg.split(",") if a.strip()) if agg else None)
+    protocol = replace(model.protocol, with_excluded=with_excluded,
+                       **{k: v for k, v in changes.items() if v is not None})
+    result = evaluate(ds, model_embeddings(model, ds, cache_dir), model.ensemble, model.split, protocol,
+                      prompts=prompts)
+    extra = {"dataset": ds.name, "model_dir": str(model_dir), "prompts": prompts, "protocol": protocol.to_dict(),
+             "command": command_line(ctx), "packages": package_versions()}
+    if out_dir is not None:
+        result.write(out_dir, title=f"Best-of-n on {ds.name} ({prompts} prompts), {model_dir.name}", extra=extra)
+    if format == Format.json:
+        return print_json({**extra, **result.to_dict()})
+    print_bon(result)
+    if out_dir is not None:
+        out.print(f"curves, summary.json and plots -> {out_dir}")
+
+
+def print_bon(result: Evaluation) -> None:
+    for name, bon in result.bon.items():
+        rates = name != "pool"
+        table = Table("proxy", "gold@n_max", "gain", "pctile", "best n", "spearman", "gao a", "gao b",
+                      *(["excluded picked"] if rates else []),
+                      title=f"Best-of-n ({name}), n = 1..{bon.n_max} on {bon.n_prompts} prompts: random pick "
+                            f"(expected) {bon.random_at_n_max:.3f}, oracle {bon.oracle_at_n_max:.3f}")
+        for proxy, s in bon.proxies.items():
+            table.add_row(proxy, *(fmt(v) for v in (s.gold_at_n_max, s.gain_at_n_max, s.percentile_at_n_max,
+                                                    s.best_n, s.spearman, s.gao_alpha, s.gao_beta)),
+                          *([fmt(s.excluded_pick_rate)] if rates else []))
+        out.print(table)
+    if result.published:
+        t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
+                  title="Published reward models' best-of-N picks (same prompts; scored picks only)")
+        for p in result.published:
+            t.add_row(p.reward_model, str(p.n_prompts), *(fmt(v) for v in (p.gold, p.random, p.oracle, p.gain)))
+        out.print(t)

@@ -1,0 +1,45 @@
+"""`embrm run`: a whole study (embed, every job through embrm.pipeline, methods, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markdown import Markdown
+
+from embrm.cli.common import CacheDirOpt, Format, FormatOpt, command_line, friendly, out, print_json
+from embrm.errors import EmbrmError
+from embrm.experiment import run_study
+from embrm.study import load_study
+
+
+@friendly
+def run(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Argument(
+        help="A study TOML file (default: the default study; keys documented in embrm.study).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Results directory (default: results/<study name>).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Parallel jobs (default: all cores).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="local (worker processes) | ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="ray: cluster address (default: start a local Ray).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Where named datasets live.")] = None,
+    cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+):
+    """Run a whole study: embed (cached), fit every (dataset, noise, learner, seed), Best-of-n, report.md + plots.
+
+    Re-running resumes: finished jobs are kept. Example: embrm run            (the default study on the real pools)
+             embrm run studies/smollm2.toml --backend ray
+    """
+    study = load_study(config)
+    if backend not in ("local", "ray"):
+        raise EmbrmError(f"--backend {backend!r}: use local or ray")
+    out_dir = out_dir or Path("results") / study.name
+    result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, backend=backend,
+                       address=address, progress=None if format == Format.text else False, command=command_line(ctx))
+    if format == Format.json:
+        return print_json({"out_dir": str(out_dir), "findings": result.findings, "timings": result.timings})
+    out.print(Markdown("\n".join(f"- {f}" for f in result.findings)))
+    out.print(f"report -> {result.report_path}  ({result.timings['total']:.0f}s)")

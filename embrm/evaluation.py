@@ -1,0 +1,277 @@
+"""How a reward is judged on held-out prompts: pairwise metrics against the gold order (or human labels), and the
+exact Best-of-n curves of every proxy (aggregations, WARM, length) with one typed summary per proxy.
+
+Accuracy on pools is measured against the GOLD ORDER of held-out pairs, so label noise in training does not hide
+what a model learned. The random baseline is one figure: the expected gold of a uniformly random pick (the pool
+mean; gain 0 by definition), never a random draw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from embrm import metrics as M
+from embrm.aggregate import aggregate_all, standardize
+from embrm.bon import BonCurves, bon_curves, curves_frame, fit_gao
+from embrm.data import Dataset
+from embrm.errors import EmbrmError
+
+MAX_EVAL_PAIRS = 200_000
+
+
+def rows_of(responses: pl.DataFrame, prompt_ids) -> np.ndarray:
+    """(n,) bool: rows whose prompt is one of prompt_ids."""
+    return responses["prompt_id"].is_in([str(p) for p in prompt_ids]).to_numpy()
+
+
+# ----------------------------------------------------------------------------- pairwise metrics
+
+@dataclass
+class FitMetrics:
+    """Held-out pairwise metrics of the ensemble mean, its members and the length baseline (random: 0.5)."""
+
+    against: str  # "gold order" | "human labels"
+    n_test_pairs: int
+    n_test_prompts: int
+    accuracy: float
+    member_accuracy: list[float]
+    log_loss: float
+    ece: float
+    length_accuracy: float
+    spearman: float | None = None
+    length_spearman: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gold_order_pairs(responses: pl.DataFrame, prompt_ids, max_pairs: int = MAX_EVAL_PAIRS, seed: int = 0,
+                     usable: np.ndarray | None = None) -> np.ndarray:
+    """All within-prompt pairs of usable responses with different gold, better first, as row indices (m, 2)."""
+    keep = responses["scored"].to_numpy() if usable is None else usable
+    rows = (responses.with_row_index("row").filter(pl.Series(keep) & pl.col("prompt_id").is_in(list(prompt_ids)))
+            .select("row", "prompt_id", "gold"))
+    pairs = (rows.join(rows, on="prompt_id", suffix="_b").filter(pl.col("gold") > pl.col("gold_b"))
+             .select("row", "row_b").to_numpy().astype(np.int64))
+    if len(pairs) > max_pairs:
+        pairs = pairs[np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False)]
+    return pairs
+
+
+def held_out_pairs(ds: Dataset, test_prompts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Held-out pairs: gold order on pools (excluded responses left out), the human labels on pairwise data."""
+    from embrm.labels import pair_indices
+
+    if ds.has_gold:
+        return gold_order_pairs(ds.responses, test_prompts, seed=seed, usable=ds.usable), "gold order"
+    held = ds.pairs.filter(pl.col("prompt_id").is_in(test_prompts.tolist()))
+    return pair_indices(held, ds.responses), "human labels"
+
+
+def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, seed: int = 0) -> FitMetrics:
+    """Held-out metrics per member, for the ensemble mean, and for the length baseline."""
+    pairs, against = held_out_pairs(ds, test_prompts, seed)
+    if len(pairs) == 0:
+        raise EmbrmError(f"{ds.source}: no held-out pairs on the test prompts: use a larger --test-size")
+    scores = np.asarray(scores, np.float32).reshape(len(ds.responses), -1)
+    mean = scores.mean(axis=1)
+    length = M.length_reward(ds.responses)
+    out = FitMetrics(against, int(len(pairs)), int(len(test_prompts)), float(M.pairwise_accuracy(mean, pairs)),
+                     member_accuracies(scores, pairs),
+                     float(M.bt_log_loss(mean, pairs)), float(M.expected_calibration_error(mean, pairs)),
+                     float(M.pairwise_accuracy(length, pairs)))
+    if ds.has_gold:
+        rows = ds.usable & rows_of(ds.responses, test_prompts)
+        index = ds.responses["prompt_id"].filter(pl.Series(rows)).rank("dense").to_numpy().astype(np.int64) - 1
+        gold = ds.responses["gold"].to_numpy()[rows]
+        out.spearman = float(M.per_prompt_spearman(mean[rows], gold, index))
+        out.length_spearman = float(M.per_prompt_spearman(length[rows], gold, index))
+    return out
+
+
+def member_accuracies(scores: np.ndarray, pairs: np.ndarray) -> list[float]:
+    """Pairwise accuracy of every member column at once (ties count 0.5, as metrics.pairwise_accuracy)."""
+    margins = scores[pairs[:, 0]].astype(np.float64) - scores[pairs[:, 1]]
+    return [float(a) for a in ((margins > 0) + 0.5 * (margins == 0)).mean(axis=0)]
+
+
+# ----------------------------------------------------------------------------- proxies
+
+def ensemble_proxies(scores: np.ndarray, reference_rows: np.ndarray, aggregations, **params) -> dict:
+    """{aggregation: (n,) proxy} from member scores (n, K), standardised on reference_rows (bool mask)."""
+    ref = reference_rows if reference_rows.any() else None
+    return aggregate_all(standardize(scores, ref), aggregations, **params)
+
+
+def length_proxy(responses: pl.DataFrame) -> np.ndarray:
+    """Longer is better, z-scored so its proxy curve shares the members' scale (Best-of-n picks are unchanged)."""
+    length = M.length_reward(responses)
+    return (length - length.mean()) / (length.std() or 1.0)
+
+
+# ----------------------------------------------------------------------------- Best-of-n
+
+@dataclass
+class ProxySummary:
+    """One proxy's Best-of-n at n = N (the whole pool) and its over-optimisation shape."""
+
+    gold_at_n_max: float
+    gain_at_n_max: float
+    percentile_at_n_max: float
+    proxy_at_n_max: float
+    best_n: int
+    gold_at_best_n: float
+    spearman: float | None
+    gao_alpha: float | None
+    gao_beta: float | None
+    excluded_pick_rate: float | None = None  # share of prompts whose top pick is an excluded response
+
+
+@dataclass
+class BonResult:
+    """Exact Best-of-n curves of every proxy on one evaluated pool, and a summary per proxy.
+
+    random_at_n_max: expected gold of a uniformly random pick (the pool mean): THE random baseline."""
+
+    pool: str  # "pool" or "pool+<excluded>" (e.g. "pool+probes")
+    curves: BonCurves
+    proxies: dict[str, ProxySummary]
+    n_max: int
+    n_prompts: int
+    n_responses: int
+    random_at_n_max: float
+    oracle_at_n_max: float
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("pool", "n_max", "n_prompts", "n_responses", "random_at_n_max",
+                                            "oracle_at_n_max")}
+        d["aggregations"] = {name: asdict(s) for name, s in self.proxies.items()}
+        return d
+
+    def frame(self) -> pl.DataFrame:
+        """One row per (proxy, n): the curves, with this pool's name."""
+        return curves_frame(self.curves).with_columns(variant=pl.lit(self.pool))
+
+    def table(self) -> pl.DataFrame:
+        """One row per proxy: its summary at n = N."""
+        return pl.DataFrame([{"proxy": k, **asdict(v)} for k, v in self.proxies.items()])
+
+    def plot(self, path, *, title: str | None = None, references: dict | None = None) -> Path:
+        from embrm.plots import plot_bon
+
+        return plot_bon(self.curves, path, references=references, title=title)
+
+
+def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool: str = "pool",
+              n_max: int | None = None, excluded: np.ndarray | None = None) -> BonResult:
+    """Exact Best-of-n curves of every proxy on the scored rows where `rows`; with `excluded`, each proxy's
+    excluded pick rate at n = N too."""
+    rows = rows & responses["scored"].to_numpy()
+    if not rows.any():
+        raise EmbrmError("no scored responses on the evaluation prompts: evaluate on --prompts all, or use a pool "
+                         "with gold scores")
+    gold = responses["gold"].to_numpy().astype(np.float64)
+    pid = responses["prompt_id"].to_numpy()
+    curves = bon_curves(pid, proxies, gold, n_max, mask=rows)
+    _, rho = M.per_prompt_spearman(proxies, gold, pid, mask=rows, by_prompt=True)
+    rho = np.asarray(rho).reshape(len(rho), -1)
+    rates = excluded_pick_rates(pid, proxies, rows, excluded) if excluded is not None else {}
+    summaries = {}
+    for j, name in enumerate(curves.aggregations):
+        alpha, beta = fit_gao(curves.d, curves.gold[j] - curves.gold[j, 0]) if len(curves.n) >= 3 else (None, None)
+        best = int(np.nanargmax(curves.gold[j]))
+        summaries[name] = ProxySummary(
+            float(curves.gold[j, -1]), float(curves.gain[j, -1]), float(curves.percentile[j, -1]),
+            float(curves.proxy[j, -1]), int(curves.n[best]), float(curves.gold[j, best]),
+            float(np.nanmean(rho[:, j])) if np.isfinite(rho[:, j]).any() else None, alpha, beta, rates.get(name))
+    return BonResult(pool, curves, summaries, int(curves.n[-1]), int(len(curves.prompts)), int(rows.sum()),
+                     float(curves.random[-1]), float(curves.oracle[-1]))
+
+
+def excluded_pick_rates(prompt_ids: np.ndarray, proxies: dict, rows: np.ndarray, excluded: np.ndarray) -> dict:
+    """Share of evaluated prompts whose top-scored response (n = N) is an excluded one, per proxy."""
+    _, group = np.unique(prompt_ids[rows], return_inverse=True)
+    flagged = excluded[rows]
+    out = {}
+    for name, score in proxies.items():  # one lexsort per proxy: prompts ascending, score descending
+        s = np.asarray(score, np.float64)[rows]
+        order = np.lexsort((-s, group))
+        first = np.r_[True, group[order][1:] != group[order][:-1]]
+        out[name] = float(flagged[order][first].mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- published reward models
+
+@dataclass
+class PublishedPick:
+    """A published reward model's Best-of-N picks, scored where the pick has gold, beside random and oracle."""
+
+    reward_model: str
+    n_prompts: int
+    gold: float
+    random: float
+    oracle: float
+    gain: float | None
+
+
+def published_picks(responses: pl.DataFrame, eval_rows: np.ndarray, picks_file: Path) -> list[PublishedPick]:
+    """Published reward models' picks (columns prompt_id, pick_<model> = the picked response key) on the evaluated
+    prompts, with random (pool mean) and oracle (pool max) of the scored pool on those prompts."""
+    picks = pl.read_parquet(picks_file).with_columns(pl.col("prompt_id").cast(pl.Utf8))
+    pools = (responses.filter(pl.Series(eval_rows) & pl.col("scored")).group_by("prompt_id")
+             .agg(random=pl.col("gold").mean(), oracle=pl.col("gold").max()))
+    gold = responses.filter(pl.col("scored")).select("response_id", "gold")
+    out = []
+    for col in [c for c in picks.columns if c.startswith("pick_")]:
+        scored = (picks.select("prompt_id", response_id=pl.col("prompt_id") + ":" + pl.col(col).cast(pl.Utf8))
+                  .join(gold, on="response_id").join(pools, on="prompt_id"))
+        if scored.height == 0:
+            continue
+        g, r, o = (float(scored[c].mean()) for c in ("gold", "random", "oracle"))
+        out.append(PublishedPick(col.removeprefix("pick_"), scored.height, g, r, o, (g - r) / (o - r) if o > r else None))
+    return out
+
+
+# ----------------------------------------------------------------------------- all of it
+
+@dataclass
+class Evaluation:
+    """A model's held-out evaluation: pairwise metrics, Best-of-n per evaluated pool, published picks."""
+
+    metrics: FitMetrics
+    bon: dict[str, BonResult] = field(default_factory=dict)  # "pool" [, "pool+<excluded>"]
+    published: list[PublishedPick] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"metrics": self.metrics.to_dict(), "bon": {k: v.to_dict() for k, v in self.bon.items()},
+                "published_picks": [asdict(p) for p in self.published]}
+
+    def frame(self) -> pl.DataFrame:
+        """Every evaluated pool's curves, one row per (pool, proxy, n)."""
+        return pl.concat([b.frame() for b in self.bon.values()]) if self.bon else pl.DataFrame()
+
+    def write(self, out_dir, *, title: str | None = None, extra: dict | None = None) -> dict[str, Path]:
+        """curves.parquet, curves.csv, summary.json and, per evaluated pool, gold_vs_kl[_<pool>].png + gao_fit.png."""
+        from embrm.plots import plot_gao_fit
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        frame = self.frame()
+        paths = {"curves": out / "curves.parquet", "csv": out / "curves.csv", "summary": out / "summary.json"}
+        frame.write_parquet(paths["curves"])
+        frame.write_csv(paths["csv"])
+        paths["summary"].write_text(json.dumps({**(extra or {}), **self.to_dict()}, indent=2, default=str) + "\n")
+        refs = {p.reward_model: p.gold for p in self.published} or None
+        for name, result in self.bon.items():
+            stem = "gold_vs_kl" if name == "pool" else f"gold_vs_kl_{name.replace('+', '_')}"
+            paths[stem] = result.plot(out / f"{stem}.png", title=f"{title} ({name})" if title else name,
+                                      references=refs if name == "pool" else None)
+        if "pool" in self.bon:
+            paths["gao"] = plot_gao_fit(self.bon["pool"].curves, out / "gao_fit.png")
+        return paths

@@ -1,0 +1,230 @@
+"""The one path from a dataset to a result: split → labels → fit → score → aggregate → Best-of-n → metrics.
+
+    import embrm
+    ds = embrm.load_dataset("alpaca-eval-models")                   # hacking probes marked `excluded`
+    X = embrm.embed_dataset(ds).X
+    result = embrm.run_experiment(ds, X, embrm.Protocol(embrm.Learner("mlp")))
+    result.evaluation.bon["pool"].table()
+
+`embrm fit` is `fit` + save, `embrm bon-sim` is load + `evaluate`, a study job is `run_experiment`, and the methods
+take their split and labels from `split` and `training_pairs`: the same settings give the same numbers from
+every entry point. The split is by prompt (no prompt in both train and test) and is saved with the model.
+Excluded responses (a dataset's exclusion rule, e.g. reward-hacking probes) never label, never train and are not
+in the evaluated pool; Protocol.with_excluded adds a second pool that keeps them and reports their pick rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from embrm.data import Dataset
+from embrm.ensemble import RewardEnsemble, fit_ensemble
+from embrm.errors import EmbrmError
+from embrm.evaluation import (Evaluation, FitMetrics, best_of_n, ensemble_proxies, length_proxy, pairwise_metrics,
+                              published_picks, rows_of)
+from embrm.labels import pair_indices, simulate_pairs, split_prompts
+from embrm.persist import load_ensemble, save_ensemble
+from embrm.progress import Stages
+from embrm.protocol import LabelConfig, Protocol
+
+
+@dataclass(frozen=True)
+class Split:
+    """Prompt ids used for training and held out for evaluation."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"train_prompts": self.train.tolist(), "test_prompts": self.test.tolist()}
+
+
+def split(ds: Dataset, labels: LabelConfig, test_size: float, seed: int) -> Split:
+    """Split the prompts that can label (usable scored responses, or the human pairs' prompts) by seed."""
+    if labels.source == "human":
+        prompts = ds.pairs["prompt_id"]
+    else:
+        prompts = ds.responses.filter(pl.Series(ds.usable))["prompt_id"]
+    train, test = split_prompts(prompts.unique().sort().to_numpy(), test_size=test_size, seed=seed)
+    return Split(train, test)
+
+
+def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: int) -> pl.DataFrame:
+    """Labelled pairs on the given (training) prompts: the human pairs, or a simulated annotator's draws."""
+    if labels.source == "human":
+        return ds.pairs.filter(pl.col("prompt_id").is_in(prompts.tolist()))
+    return simulate_pairs(ds.responses, labels.n_pairs, beta=labels.beta, flip=labels.flip,
+                          within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name)
+
+
+def check_embeddings(ds: Dataset, X: np.ndarray) -> None:
+    if X.shape[0] != len(ds.responses):
+        raise EmbrmError(f"{X.shape[0]} embeddings for {len(ds.responses)} responses of {ds.name}: re-run "
+                         f"`embrm embed` on the same dataset")
+    if not np.isfinite(X).all():
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        raise EmbrmError(f"embeddings contain NaN/inf in {len(bad)} rows (first: response "
+                         f"{ds.responses['response_id'][int(bad[0])]}): re-embed with --dtype float32")
+
+
+@dataclass
+class FittedModel:
+    """A fitted ensemble with the protocol and split it came from, and its held-out pairwise metrics."""
+
+    ensemble: RewardEnsemble
+    protocol: Protocol
+    split: Split
+    metrics: FitMetrics
+    n_train_pairs: int
+    label_accuracy: float | None  # share of simulated labels that agree with gold (None for human labels)
+    dim: int
+
+    def manifest(self, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None) -> dict:
+        spec = ds.spec
+        return {"dataset": ds.name, "dataset_source": ds.source,
+                "dataset_spec": None if spec is None else asdict(spec),
+                "embedder": {"fingerprint": fingerprint, "spec": embed_spec}, "dim": self.dim,
+                "protocol": self.protocol.to_dict(), "split": self.split.to_dict(),
+                "n_train_pairs": self.n_train_pairs, "label_accuracy": self.label_accuracy,
+                "metrics": self.metrics.to_dict()}
+
+    def save(self, model_dir, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None,
+             **extra) -> Path:
+        return save_ensemble(model_dir, self.ensemble, {**self.manifest(ds, embed_spec, fingerprint), **extra})
+
+
+def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,
+        progress: bool | None = None) -> FittedModel:
+    """Split prompts, label the training prompts, fit K members, measure held-out pairwise metrics."""
+    check_embeddings(ds, X)
+    labels = protocol.labels.resolved(ds)
+    with Stages(f"fit {protocol.learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
+        parts = split(ds, labels, protocol.test_size, protocol.seed)
+        pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
+        stages.done("labels")
+        params = protocol.learner.head_params()
+        if protocol.learner.head == "lgbm" and threads:
+            params.setdefault("n_jobs", threads)
+        ensemble = fit_ensemble(X, pair_indices(pairs_df, ds.responses), head=protocol.learner.head, k=protocol.k,
+                                mode=protocol.learner.mode, pair_prompt_ids=pairs_df["prompt_id"].to_numpy(),
+                                seed=protocol.seed, **params)
+        stages.done("members")
+        metrics = pairwise_metrics(ds, ensemble.predict(X), parts.test, protocol.seed)
+        stages.done("held-out metrics")
+    agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
+    return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1])
+
+
+def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol) -> dict:
+    """Every reward evaluated: the aggregations of the members (standardised on the training prompts' usable
+    responses), WARM's weight-averaged model when there is one, and the length ruler."""
+    reference = rows_of(ds.responses, split_.train) & ~ds.excluded
+    out = ensemble_proxies(ensemble.predict(X), reference, protocol.aggregations, **protocol.aggregation_params())
+    if ensemble.warm_ is not None:
+        out["warm"] = ensemble.warm_.predict(X)
+    out["length"] = length_proxy(ds.responses)
+    return out
+
+
+def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
+             prompts: str = "test", metrics: FitMetrics | None = None) -> Evaluation:
+    """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
+    proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
+    published reward models' picks when it carries them."""
+    check_embeddings(ds, X)
+    if prompts not in ("test", "all"):
+        raise EmbrmError(f"--prompts must be test or all, got {prompts!r}")
+    evaluated = np.ones(len(ds.responses), bool) if prompts == "all" else rows_of(ds.responses, split_.test)
+    if not evaluated.any():
+        raise EmbrmError(f"none of the model's held-out prompts are in {ds.name}: pass --prompts all to evaluate on "
+                         f"every prompt")
+    if metrics is None:
+        test = split_.test if prompts == "test" else ds.responses["prompt_id"].unique().sort().to_numpy()
+        metrics = pairwise_metrics(ds, ensemble.predict(X), test, protocol.seed)
+    result = Evaluation(metrics)
+    if not ds.has_gold:
+        return result
+    scored = proxies(ds, X, ensemble, split_, protocol)
+    result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, n_max=protocol.n_max)
+    if protocol.with_excluded and ds.excluded.any():
+        result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
+                                                      n_max=protocol.n_max, excluded=ds.excluded)
+    if "published_picks" in ds.attachments:
+        result.published = published_picks(ds.responses, evaluated & ~ds.excluded, ds.attachments["published_picks"])
+    return result
+
+
+@dataclass
+class ExperimentResult:
+    """One experiment: the fitted model and its held-out evaluation."""
+
+    fit: FittedModel
+    evaluation: Evaluation
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"protocol": self.fit.protocol.to_dict(), "n_train_pairs": self.fit.n_train_pairs,
+                "label_accuracy": self.fit.label_accuracy, **self.evaluation.to_dict(), **self.extra}
+
+    def frame(self) -> pl.DataFrame:
+        return self.evaluation.frame()
+
+
+def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,
+                   progress: bool | None = None) -> ExperimentResult:
+    """fit, then evaluate on the held-out prompts."""
+    fitted = fit(ds, X, protocol, threads=threads, progress=progress)
+    return ExperimentResult(fitted, evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol,
+                                             metrics=fitted.metrics))
+
+
+# ----------------------------------------------------------------------------- saved models
+
+@dataclass
+class SavedModel:
+    """A model directory read back: the ensemble, its protocol and split, and the manifest."""
+
+    ensemble: RewardEnsemble
+    protocol: Protocol
+    split: Split
+    manifest: dict
+
+    @property
+    def embed_spec(self) -> dict:
+        spec = (self.manifest.get("embedder") or {}).get("spec")
+        if not spec:
+            raise EmbrmError("manifest.json: no embedder spec: re-fit the model with `embrm fit`")
+        return spec
+
+
+def load_model(model_dir) -> SavedModel:
+    ensemble, manifest = load_ensemble(model_dir)
+    if "protocol" not in manifest:
+        raise EmbrmError(f"{model_dir}/manifest.json: written by an older embrm (no protocol): re-fit the model")
+    split_ = manifest.get("split") or {}
+    return SavedModel(ensemble, Protocol.from_dict(manifest["protocol"]),
+                      Split(np.asarray(split_.get("train_prompts", []), dtype=str),
+                            np.asarray(split_.get("test_prompts", []), dtype=str)), manifest)
+
+
+def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
+    """The dataset's embeddings from the embedder the model was fitted on (all texts must be cached)."""
+    from embrm.embed import cached_embeddings
+
+    X = cached_embeddings(ds, model.embed_spec, cache_dir)
+    dim = model.manifest.get("dim")
+    if dim is not None and X.shape[1] != dim:
+        raise EmbrmError(f"the model was trained on {dim}-d embeddings but the cache holds {X.shape[1]}-d: use the "
+                         f"embedder the model was fitted with")
+    return X
+
+
+def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
+    """response_id, prompt_id and one column per member (member_0..member_{K-1})."""
+    scores = model.ensemble.predict(X)
+    return ds.responses.select("response_id", "prompt_id").with_columns(
+        pl.DataFrame(scores, schema=[f"member_{k}" for k in range(scores.shape[1])]))
