@@ -1,8 +1,30 @@
 """embrm: embed (prompt, response) texts once, then do reward-model research on a CPU.
 
-Python API (the CLI is a thin layer over it):
-    load_dataset / load_pairs / load_pool   -> Dataset (responses table [+ human pairs])
-    embed_dataset                           -> (n, d) float32 matrix aligned with dataset.responses
+    import embrm
+    ds = embrm.load_dataset("alpaca-eval-models")           # columns, excluded probes and attachments declared
+    X = embrm.EmbedderConfig().embed(ds).X                  # packaged MiniLM, cached to Parquet
+    result = embrm.run_experiment(ds, X, embrm.Protocol(embrm.Learner("mlp"), k=10))
+    result.evaluation.bon["pool"].table()                   # Best-of-n per proxy on held-out prompts
+
+The CLI (`embrm ...`) is a thin layer over these names; every command, study job and method walks
+embrm.pipeline.
 """
 
-__version__ = "0.1.0"
+from embrm.data import Dataset
+from embrm.datasets import DatasetSpec, Exclusion, load_dataset
+from embrm.embed import EmbedderConfig, cached_embeddings, embed_dataset
+from embrm.errors import EmbrmError
+from embrm.experiment import StudyResult, run_study
+from embrm.methods import REGISTRY as METHODS, MethodResult, run_method
+from embrm.pipeline import (ExperimentResult, FittedModel, evaluate, fit, load_model, run_experiment, split,
+                            training_pairs)
+from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
+from embrm.study import Study, load_study
+
+__version__ = "0.2.0"
+__all__ = [
+    "DEFAULT_LEARNERS", "Dataset", "DatasetSpec", "EmbedderConfig", "EmbrmError", "Exclusion", "ExperimentResult",
+    "FittedModel", "LabelConfig", "Learner", "METHODS", "MethodResult", "Protocol", "Study", "StudyResult",
+    "cached_embeddings", "embed_dataset", "evaluate", "fit", "load_dataset", "load_model", "load_study",
+    "run_experiment", "run_method", "run_study", "split", "training_pairs",
+]

@@ -25,7 +25,7 @@ def _scores(scores, name: str = "scores") -> np.ndarray:
 
 
 def _pairs(pairs, n: int) -> np.ndarray:
-    from embrm.heads import check_pairs
+    from embrm.heads.checks import check_pairs
 
     return check_pairs(pairs, n)
 

@@ -74,7 +74,6 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
 
     manifest: the caller's JSON-able extras, stored at the top level of manifest.json (keys may not clash with
     embrm's own: format, format_version, embrm_version, created, ensemble, members, packages, files)."""
-    from embrm import __version__
     from embrm.ensemble import _jsonable
 
     model_dir = Path(model_dir)
@@ -88,7 +87,7 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
     arrays, members = _arrays_of(ensemble)
     lgbm_files = [f"lgbm_member_{j}.txt" for j in range(ensemble.k)] if ensemble.head == "lgbm" else []
     doc = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "embrm_version": __version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "embrm_version": package_versions()["embrm"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "ensemble": ensemble.summary(), "members": members, "packages": package_versions(),
         "files": {"weights": "weights.npz", "lgbm": lgbm_files},

@@ -61,7 +61,8 @@ def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: 
                           within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name)
 
 
-def check_embeddings(ds: Dataset, X: np.ndarray) -> None:
+def check_aligned(ds: Dataset, X: np.ndarray) -> None:
+    """X has one finite row per response of ds."""
     if X.shape[0] != len(ds.responses):
         raise EmbrmError(f"{X.shape[0]} embeddings for {len(ds.responses)} responses of {ds.name}: re-run "
                          f"`embrm embed` on the same dataset")
@@ -100,7 +101,7 @@ class FittedModel:
 def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,
         progress: bool | None = None) -> FittedModel:
     """Split prompts, label the training prompts, fit K members, measure held-out pairwise metrics."""
-    check_embeddings(ds, X)
+    check_aligned(ds, X)
     labels = protocol.labels.resolved(ds)
     with Stages(f"fit {protocol.learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
         parts = split(ds, labels, protocol.test_size, protocol.seed)
@@ -135,7 +136,7 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
     proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
     published reward models' picks when it carries them."""
-    check_embeddings(ds, X)
+    check_aligned(ds, X)
     if prompts not in ("test", "all"):
         raise EmbrmError(f"--prompts must be test or all, got {prompts!r}")
     evaluated = np.ones(len(ds.responses), bool) if prompts == "all" else rows_of(ds.responses, split_.test)

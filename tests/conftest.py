@@ -48,7 +48,7 @@ def models_subset(tmp_path_factory):
 def renamed_pool(tmp_path_factory):
     """A directory holding a real pool file whose columns all have other names (12 prompts x 15 answers of the
     58-model pool, three of them reward-hacking probes), its dataset declaration `pool.toml` (columns and an
-    exclusion rule, given once), 60 real HH-RLHF pairs (`hh.jsonl`) and a cache where both are embedded."""
+    exclusion rule, given once; `subset` is AlpacaEval's source subset), 60 real HH-RLHF pairs (`hh.jsonl`) and a cache where both are embedded."""
     from embrm.datasets import load_dataset
     from embrm.embed import EmbedderConfig
 
@@ -58,7 +58,7 @@ def renamed_pool(tmp_path_factory):
     df = df.filter(pl.col("prompt_id").is_in(df["prompt_id"].unique().sort()[:12].to_list())
                    & pl.col("model").is_in(models))
     df.select(qid="prompt_id", system="model", question="instruction", answer=pl.col("output").str.slice(0, 200),
-              score="gold_winprob_vs_gpt4turbo").write_parquet(root / "pool.parquet")
+              score="gold_winprob_vs_gpt4turbo", subset="dataset").write_parquet(root / "pool.parquet")
     (root / "pool.toml").write_text(DECLARATION)
     lines = gzip.open(DATA_DIR / "hh_rlhf_harmless_base_test.jsonl.gz", "rt").read().splitlines()[:60]
     (root / "hh.jsonl").write_text("\n".join(lines) + "\n")

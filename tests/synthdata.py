@@ -1,6 +1,13 @@
-"""Synthetic preference pairs with a known linear gold, shared by the ensemble and persistence tests."""
+"""Synthetic data with a known gold, shared by several test modules: preference pairs over a linear gold, and a
+small pool file with a warm cache."""
 
 import numpy as np
+import polars as pl
+
+from embrm.cache import EmbeddingCache, text_keys
+from embrm.datasets import load_dataset
+from embrm.embed import DEFAULT_TEMPLATE, cache_spec, render
+from embrm.embedders import make_embedder
 
 
 def synthetic_pairs(n=1000, d=16, n_pairs=2000, seed=0, prompt_size=10):
@@ -12,3 +19,20 @@ def synthetic_pairs(n=1000, d=16, n_pairs=2000, seed=0, prompt_size=10):
     a, b = a[a != b], b[a != b]
     pairs = np.where((gold[a] > gold[b])[:, None], np.stack([a, b], 1), np.stack([b, a], 1)).astype(np.int64)
     return X, pairs, (np.minimum(a, b) // prompt_size).astype(str)
+
+
+def pool_file_with_cache(tmp_path):
+    """A 12-prompt x 6-response Parquet pool, and a cache dir already holding (synthetic) vectors for its texts
+    under the default embedder's fingerprint, so the CLI takes the warm path (no model load)."""
+    rng = np.random.default_rng(0)
+    rows = [{"prompt_id": f"q{p}", "prompt": f"Question {p}: how do I cook dish number {p}?",
+             "response": "Step. " * (1 + r) + f"Use ingredient {r}.", "gold": float(r + rng.normal())}
+            for p in range(12) for r in range(6)]
+    path = tmp_path / "pool.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    ds = load_dataset(path)
+    keys = text_keys(render(ds.responses)[0])
+    X = rng.standard_normal((len(keys), 384)).astype(np.float32)
+    X[:, 0] += ds.responses["gold"].to_numpy()  # a learnable direction
+    EmbeddingCache(tmp_path / "cache", cache_spec(make_embedder("st"), DEFAULT_TEMPLATE)).write_part(keys, X)
+    return path, tmp_path / "cache"

@@ -11,6 +11,7 @@ from embrm.errors import EmbrmError
 from embrm.methods.composite import composite_curves, fit_multipliers, pick_means, proxy_points, selection_scores
 from embrm.pools import group_pools
 from realdata import needs_data
+from synthdata import pool_file_with_cache
 
 KNEE, PEN = 0.5, 2.0  # gold = q + h - PEN * relu(h - KNEE)^2 peaks in h at KNEE + 1 / (2 PEN) = 0.75
 
@@ -94,36 +95,11 @@ def test_bad_input_is_a_one_line_error():
         fit_multipliers(Z, pi, [0.0, 0.0], weights=[1.0])
 
 
-def pool_file_with_cache(tmp_path):
-    """A 12-prompt x 6-response Parquet pool, and a cache dir already holding (synthetic) vectors for its texts
-    under the default embedder's fingerprint, so the CLI takes the warm path (no model load)."""
-    from embrm.cache import EmbeddingCache, text_keys
-    from embrm.datasets import load_dataset
-    from embrm.embed import DEFAULT_TEMPLATE, cache_spec, render
-    from embrm.embedders import make_embedder
-
-    rng = np.random.default_rng(0)
-    rows = [{"prompt_id": f"q{p}", "prompt": f"Question {p}: how do I cook dish number {p}?",
-             "response": "Step. " * (1 + r) + f"Use ingredient {r}.", "gold": float(r + rng.normal())}
-            for p in range(12) for r in range(6)]
-    path = tmp_path / "pool.parquet"
-    pl.DataFrame(rows).write_parquet(path)
-    ds = load_dataset(path)
-    keys = text_keys(render(ds.responses)[0])
-    X = rng.standard_normal((len(keys), 384)).astype(np.float32)
-    X[:, 0] += ds.responses["gold"].to_numpy()  # a learnable direction
-    EmbeddingCache(tmp_path / "cache", cache_spec(make_embedder("st"), DEFAULT_TEMPLATE)).write_part(keys, X)
-    return path, tmp_path / "cache"
-
-
 def test_composite_cli_writes_outputs(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from embrm.methods.cli_composite_policy import register
+    from embrm.cli import app
 
-    app = typer.Typer()
-    register(app)
     out = tmp_path / "out"
     path, cache = pool_file_with_cache(tmp_path)
     res = CliRunner().invoke(app, ["composite", str(path), "--components", "bt,length",
@@ -135,7 +111,7 @@ def test_composite_cli_writes_outputs(tmp_path):
                                                                                      "lagrangian"}
     curves = pl.read_parquet(out / "curves.parquet")
     assert {"z_bt", "z_length", "lam_length", "kl"} <= set(curves.columns)
-    assert (out / "gold_vs_kl.png").stat().st_size > 1000
+    assert (out / "composite.png").stat().st_size > 1000
     bad = CliRunner().invoke(app, ["composite", str(path), "--components", "nope", "--cache-dir", str(cache)])
     assert bad.exit_code == 2 and "unknown component" in bad.output
 

@@ -4,13 +4,17 @@ import numpy as np
 import polars as pl
 import pytest
 
+from typer.testing import CliRunner
+
+from embrm.cli import app
+from embrm.data import Dataset
 from embrm.errors import EmbrmError
 from embrm.heads import LinearBT
 from embrm.labels import pair_indices, simulate_pairs, split_prompts
 from embrm.methods.moe import MoEReward, moe_study
 from embrm.metrics import pairwise_accuracy
 from embrm.evaluation import gold_order_pairs
-from tests.realdata import needs_data
+from realdata import needs_data
 
 
 def category_pool(P=240, N=8, dim=16, n_cat=3, same_direction=False, seed=0):
@@ -97,7 +101,8 @@ def test_hard_routing_is_one_hot_and_bad_input_is_named():
 
 def test_moe_study_summary_and_per_category_frame():
     df, X = category_pool()
-    summary, frame = moe_study(df, X, categories="category", n_pairs=2500, test_size=0.3, seed=0)
+    ds = Dataset("categories", df.with_columns(excluded=pl.lit(False)))
+    summary, frame = moe_study(ds, X, categories="category", n_pairs=2500, test_size=0.3, seed=0)
     h = summary["held_out"]
     assert h["moe"]["accuracy"] > h["single"]["accuracy"] + 0.15
     assert h["moe"]["bon_gold"] > h["single"]["bon_gold"] and summary["router_accuracy"] > 0.95
@@ -105,31 +110,22 @@ def test_moe_study_summary_and_per_category_frame():
     assert (frame["acc_moe"] > frame["acc_single"]).all()
     json.dumps(summary)
     with pytest.raises(EmbrmError, match="no column"):
-        moe_study(df, X, categories="topic")
+        moe_study(ds, X, categories="topic")
 
 
 @needs_data
-def test_cli_moe_on_a_real_pool(tmp_path_factory, tmp_path):
-    import typer
-    from typer.testing import CliRunner
-
-    from embrm.methods.cli_laser_moe import register
-    from tests.test_laser import real_pool
-
-    path, cache = real_pool(tmp_path_factory)
-    app = typer.Typer()
-    register(app)
+def test_cli_moe_on_a_real_pool(renamed_pool, tmp_path):
     out = tmp_path / "moe"
-    common = ["--n-pairs", "600", "--cache-dir", str(cache), "--dtype", "float32"]
-    res = CliRunner().invoke(app, ["moe", str(path), "--test-size", "0.25", *common, "--out", str(out),
+    common = [str(renamed_pool / "pool.toml"), "--n-pairs", "600", "--cache-dir", str(renamed_pool / "cache"),
+              "--dtype", "float32"]
+    res = CliRunner().invoke(app, ["moe", *common, "--categories", "subset", "--test-size", "0.25", "--out", str(out),
                                    "--format", "json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["categories"] == "dataset" and summary["n_test_prompts"] == 4
+    assert summary["categories"] == "subset" and summary["n_test_prompts"] == 3 and not summary["with_excluded"]
     assert set(summary["model"]["categories"]) <= {"helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
-    for name in ("moe", "single", "length"):
-        assert 0 <= summary["held_out"][name]["accuracy"] <= 1
+    assert {"moe", "single", "length"} == set(summary["held_out"])
     assert pl.read_parquet(out / "per_category.parquet").height >= 1
-    text = CliRunner().invoke(app, ["moe", str(path), "--categories", "kmeans", "--n-clusters", "2", *common])
+    text = CliRunner().invoke(app, ["moe", *common, "--categories", "kmeans", "--n-clusters", "2"])
     assert text.exit_code == 0, text.output
     assert "cluster" in text.stdout and "held-out prompts" in text.stdout

@@ -127,14 +127,11 @@ def test_bad_input_is_a_one_line_error():
 
 
 def test_policy_cli_writes_outputs(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from embrm.methods.cli_composite_policy import register
-    from tests.test_composite import pool_file_with_cache
+    from embrm.cli import app
+    from synthdata import pool_file_with_cache
 
-    app = typer.Typer()
-    register(app)
     path, cache = pool_file_with_cache(tmp_path)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["policy", str(path), "--betas", "0.01,0.1,1,10", "--epochs", "3",
@@ -145,7 +142,7 @@ def test_policy_cli_writes_outputs(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rpo_weight"] == 0.2 and {"kl_optimum", "bon", "dpo", "rpo"} <= set(summary)
     curves = pl.read_parquet(out / "curves.parquet")
-    assert curves.filter(pl.col("curve") == "dpo").height == 4 and (out / "gold_vs_kl.png").exists()
+    assert curves.filter(pl.col("curve") == "dpo").height == 4 and (out / "policy.png").exists()
     bad = CliRunner().invoke(app, ["policy", str(path), "--betas", "x", "--cache-dir", str(cache)])
     assert bad.exit_code == 2 and "--betas" in bad.output
 

@@ -26,7 +26,3 @@ for command in (methods.laser, methods.moe, methods.composite, methods.policy):
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

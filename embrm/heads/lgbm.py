@@ -70,7 +70,7 @@ class LGBMReward:
         """Fit on pairs (m, 2) of row indices into X (column 0 = preferred). prompt_ids is accepted and unused."""
         import lightgbm as lgb
 
-        from embrm.heads import check_embeddings, check_pairs
+        from embrm.heads.checks import check_embeddings, check_pairs
 
         if self.objective not in ("classification", "bt"):
             raise EmbrmError(f"LightGBM objective must be 'classification' or 'bt', got {self.objective!r}")
@@ -106,7 +106,7 @@ class LGBMReward:
 
     def predict(self, X) -> np.ndarray:
         """Rewards (n,) float32: the raw score (logit)."""
-        from embrm.heads import check_embeddings, check_fitted
+        from embrm.heads.checks import check_embeddings, check_fitted
 
         check_fitted(self, "booster_")
         X = check_embeddings(X)

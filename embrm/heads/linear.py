@@ -42,7 +42,7 @@ class LinearBT:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        from embrm.heads import check_embeddings, check_pairs
+        from embrm.heads.checks import check_embeddings, check_pairs
 
         if not (np.isfinite(self.C) and self.C > 0):
             raise EmbrmError(f"LinearBT C must be a positive number, got {self.C}")
@@ -61,7 +61,7 @@ class LinearBT:
 
     def predict(self, X) -> np.ndarray:
         """Rewards (n,) float32 = X @ coef_."""
-        from embrm.heads import check_embeddings, check_fitted
+        from embrm.heads.checks import check_embeddings, check_fitted
 
         check_fitted(self, "coef_")
         X = check_embeddings(X)

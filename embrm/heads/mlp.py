@@ -538,7 +538,7 @@ class MLPReward:
 
     def fit(self, X, pairs, prompt_ids=None) -> "MLPReward":
         """Fit on pairs (m, 2) of row indices into X; prompt_ids (m,) makes the validation split by prompt."""
-        from embrm.heads import check_embeddings, check_group_ids, check_pairs
+        from embrm.heads.checks import check_embeddings, check_group_ids, check_pairs
         from embrm.labels import split_pairs
 
         self._check_params()
@@ -578,7 +578,7 @@ class MLPReward:
         return self._forward(X, last_hidden=True)
 
     def _forward(self, X, last_hidden: bool) -> np.ndarray:
-        from embrm.heads import check_embeddings, check_fitted
+        from embrm.heads.checks import check_embeddings, check_fitted
 
         check_fitted(self, "params_")
         X = check_embeddings(X)

@@ -37,6 +37,8 @@ import polars as pl
 
 from embrm.bon import bon_weights, kl_bon
 from embrm.errors import EmbrmError
+from embrm.pipeline import split, training_pairs
+from embrm.protocol import LabelConfig
 from embrm.pools import Pools, group_pools, tie_average
 
 __all__ = ["bon_weight_tensor", "pick_means", "proxy_points", "ProxyPoints",
@@ -253,10 +255,9 @@ def fit_proxy_reward(ds, X, train_ids, *, n_pairs: int = 10_000, beta: float | N
     """A linear Bradley-Terry ensemble's mean reward (n,) trained on simulated pairs from the TRAINING prompts
     (annotator: ``beta`` or ``flip``), and those pairs."""
     from embrm.ensemble import fit_ensemble
-    from embrm.labels import pair_indices, simulate_pairs
+    from embrm.labels import pair_indices
 
-    pairs = simulate_pairs(ds.responses, n_pairs, beta=None if flip is not None else beta, flip=flip,
-                           prompt_ids=train_ids, seed=seed, name=ds.name)
+    pairs = training_pairs(ds, LabelConfig("simulated", beta, flip, n_pairs).resolved(ds), train_ids, seed)
     idx = pair_indices(pairs, ds.responses)
     ens = fit_ensemble(X, idx, head="linear", k=k, pair_prompt_ids=pairs["prompt_id"].to_numpy(), seed=seed)
     return ens.predict(X).mean(axis=1).astype(np.float64), pairs
@@ -288,12 +289,11 @@ def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max:
 
     Components: ``bt`` (linear BT ensemble mean, BT annotator beta = 10), ``bt_flip`` (the same learner on labels
     with 25 % flips, other seed), ``length`` (log(1 + characters)); each z-scored on the training rows."""
-    from embrm.labels import split_prompts
-
     if not ds.has_gold:
         raise EmbrmError(f"{ds.name}: no gold scores: the composite study needs a pool with a gold column")
     names = list(components)
-    train_ids, test_ids = split_prompts(ds.responses["prompt_id"], test_size=test_size, seed=seed)
+    parts = split(ds, LabelConfig("simulated", n_pairs=n_pairs), test_size, seed)
+    train_ids, test_ids = parts.train, parts.test
     pid = ds.responses["prompt_id"].cast(pl.Utf8)
     train = pid.is_in(pl.Series(train_ids).implode()).to_numpy()
     gold = ds.responses["gold"].cast(pl.Float64).fill_null(np.nan).to_numpy()

@@ -31,6 +31,9 @@ import numpy as np
 import polars as pl
 
 from embrm.errors import EmbrmError
+from embrm.methods.moe import MoEReward, prompt_means
+from embrm.pipeline import check_aligned, split
+from embrm.protocol import LabelConfig
 
 __all__ = ["LinUCBResult", "linucb_select", "prompt_contexts", "prompt_means", "arm_reward_matrix", "laser_study",
            "laser_experiment", "train_arms", "default_arms", "plot_regret"]
@@ -133,16 +136,6 @@ def linucb_select(contexts, arm_rewards, alpha: float = 0.1, seed: int = 0, *, l
 
 # ----------------------------------------------------------------------------- contexts and arm rewards
 
-def prompt_means(prompt_index, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct prompt keys (as str) and the (P, d) mean of X's rows per prompt (one sparse matmul)."""
-    from scipy import sparse
-
-    keys, inv = np.unique(np.asarray(prompt_index).astype(str), return_inverse=True)
-    G = sparse.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(keys), len(inv)))
-    counts = np.bincount(inv, minlength=len(keys)).astype(np.float64)
-    return keys, np.asarray(G @ np.asarray(X, np.float64)) / counts[:, None]
-
-
 def prompt_contexts(prompt_index, X, *, dim: int | None = 32, bias: bool = True, prompt_X=None,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One bandit context per prompt: ``(keys (P,) str sorted, contexts (P, d'))``.
@@ -151,7 +144,7 @@ def prompt_contexts(prompt_index, X, *, dim: int | None = 32, bias: bool = True,
     embedding (e.g. of the prompt text, repeated on its rows) used instead of the mean response embedding.
     dim: PCA components (whitened, scaled by 1/sqrt(dim)); None or 0 keeps the raw mean vectors. bias: append 1.
     """
-    from embrm.heads import check_embeddings
+    from embrm.heads.checks import check_embeddings
 
     X = check_embeddings(X if prompt_X is None else prompt_X, "prompt_X" if prompt_X is not None else "embeddings")
     if len(np.asarray(prompt_index)) != len(X):
@@ -369,8 +362,6 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
             noisy = simulate_pairs(responses, n_pairs, flip=0.25, prompt_ids=train_ids, seed=seed + 1)
             col = LinearBT().fit(X, pair_indices(noisy, responses)).predict(X)
         else:  # moe
-            from embrm.methods.moe import MoEReward
-
             pidx = responses["prompt_id"].cast(pl.Utf8).to_numpy()
             cats = responses[slice_col].cast(pl.Utf8).to_numpy() if slice_col in responses.columns else None
             col = MoEReward(random_state=seed).fit(X, pairs, pidx, categories=cats).predict(X, pidx)
@@ -383,20 +374,18 @@ def laser_experiment(ds, X, *, arms=None, alpha: float = 0.1, n: int | None = No
                      test_size: float = 0.5, n_pairs: int = 10_000, beta: float = 10.0, dim: int | None = 32,
                      warmup: int = 0, slice_col: str = "dataset") -> tuple[dict, pl.DataFrame]:
     """End to end on a pool: split prompts (seeded), train the arms on the training prompts (``train_arms``), run
-    LASeR over the held-out prompts (``laser_study``). ds: a Dataset or a responses table; X: aligned embeddings."""
-    from embrm.labels import split_prompts
-
-    responses = getattr(ds, "responses", ds)
-    if len(np.asarray(X)) != len(responses):
-        raise EmbrmError(f"{len(np.asarray(X))} embeddings for {len(responses)} responses: embed this dataset first")
-    scored = responses.filter(pl.col("gold").is_not_null())["prompt_id"].cast(pl.Utf8).unique().sort()
-    train_ids, test_ids = split_prompts(scored.to_numpy(), test_size=test_size, seed=seed)
+    LASeR over the held-out prompts (``laser_study``). ds: a Dataset; X: aligned embeddings. The split is
+    embrm.pipeline's."""
+    check_aligned(ds, np.asarray(X))
+    responses = ds.responses
+    parts = split(ds, LabelConfig("simulated", beta, None, n_pairs), test_size, seed)
+    train_ids, test_ids = parts.train, parts.test
     names, S = train_arms(responses, X, arms or default_arms(responses), train_ids, seed=seed, n_pairs=n_pairs,
                           beta=beta, slice_col=slice_col)
     test = responses["prompt_id"].cast(pl.Utf8).is_in(test_ids.tolist()).to_numpy()
     summary, trace = laser_study(responses.filter(pl.Series(test)), np.asarray(X)[test], S[test], names,
                                  alpha=alpha, n=n, seed=seed, dim=dim, warmup=warmup)
-    summary.update(dataset=getattr(ds, "name", "responses"), test_size=test_size, n_pairs=n_pairs, beta=beta,
+    summary.update(dataset=ds.name, test_size=test_size, n_pairs=n_pairs, beta=beta,
                    n_train_prompts=int(len(train_ids)), setting="arms trained on the other prompts of this pool; "
                    "the bandit runs over held-out prompts")
     return summary, trace

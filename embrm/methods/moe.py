@@ -27,14 +27,25 @@ import numpy as np
 import polars as pl
 
 from embrm.errors import EmbrmError
+from embrm.pipeline import check_aligned, split, training_pairs
+from embrm.protocol import LabelConfig
 
 __all__ = ["MoEReward", "moe_study"]
 
 
+def prompt_means(prompt_index, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct prompt keys (as str) and the (P, d) mean of X's rows per prompt (one sparse matmul)."""
+    from scipy import sparse
+
+    keys, inv = np.unique(np.asarray(prompt_index).astype(str), return_inverse=True)
+    G = sparse.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(keys), len(inv)))
+    counts = np.bincount(inv, minlength=len(keys)).astype(np.float64)
+    return keys, np.asarray(G @ np.asarray(X, np.float64)) / counts[:, None]
+
+
 def _prompt_level(prompt_index, X, prompt_X=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keys (P,) str, row -> prompt position (n,), prompt embeddings (P, d))."""
-    from embrm.heads import check_embeddings
-    from embrm.methods.laser import prompt_means
+    from embrm.heads.checks import check_embeddings
 
     pidx = np.asarray(prompt_index).astype(str)
     E = check_embeddings(X if prompt_X is None else prompt_X, "embeddings" if prompt_X is None else "prompt_X")
@@ -180,7 +191,7 @@ class MoEReward:
 
     def expert_scores(self, X) -> np.ndarray:
         """(n, C + 1) float64: each category's shrunk expert score e_c(x), then the global head's score."""
-        from embrm.heads import check_embeddings
+        from embrm.heads.checks import check_embeddings
 
         X = check_embeddings(X)
         g = self.global_.predict(X).astype(np.float64)
@@ -292,21 +303,20 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
     """Fit MoEReward and one global head of the same type on simulated pairs (BT annotator, beta) over the training
     prompts; compare them (and the length baseline when the pool has texts) on held-out prompts.
 
-    ds: a Dataset or a responses table (prompt_id, response_id, gold, scored). categories: a column name, "auto"
+    ds: a Dataset (split and labels from embrm.pipeline). categories: a column name, "auto"
     (`dataset` when present) or "kmeans". Returns (summary dict, per-category frame; categories are the given
     labels, or the router's k-means clusters)."""
-    from embrm.heads import check_embeddings
-    from embrm.labels import pair_indices, simulate_pairs, split_prompts
+    from embrm.labels import pair_indices
     from embrm.metrics import length_reward
 
-    responses = getattr(ds, "responses", ds)
     X = check_embeddings(X)
-    if len(X) != len(responses):
-        raise EmbrmError(f"{len(X)} embeddings for {len(responses)} responses: embed this dataset first")
+    check_aligned(ds, X)
+    responses = ds.responses
     col = resolve_categories(responses, categories)
-    scored = responses.filter(pl.col("scored"))["prompt_id"].unique().sort()
-    train_ids, test_ids = split_prompts(scored.to_numpy(), test_size=test_size, seed=seed)
-    pairs = pair_indices(simulate_pairs(responses, n_pairs, beta=beta, prompt_ids=train_ids, seed=seed), responses)
+    labels = LabelConfig("simulated", beta, None, n_pairs)
+    parts = split(ds, labels, test_size, seed)
+    train_ids, test_ids = parts.train, parts.test
+    pairs = pair_indices(training_pairs(ds, labels, train_ids, seed), responses)
     pidx = responses["prompt_id"].cast(pl.Utf8).to_numpy()
     labels = None if col is None else responses[col].cast(pl.Utf8).fill_null("none").to_numpy()
     moe = MoEReward(n_clusters, random_state=seed, **moe_params).fit(X, pairs, pidx, categories=labels)
@@ -317,7 +327,7 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
     routed = moe.predict_category(X, pidx)
     frame = _per_category(responses, test_ids, routed if labels is None else labels, proxies, moe, seed)
     summary = {
-        "method": "moe", "dataset": getattr(ds, "name", "responses"), "categories": col or "kmeans",
+        "method": "moe", "dataset": ds.name, "categories": col or "kmeans",
         "seed": seed, "n_pairs": int(len(pairs)), "beta": beta, "test_size": test_size,
         "n_train_prompts": int(len(train_ids)), "n_test_prompts": int(len(test_ids)),
         "held_out": metrics, "references": refs,

@@ -36,6 +36,8 @@ import numpy as np
 import polars as pl
 
 from embrm.errors import EmbrmError
+from embrm.pipeline import split, training_pairs
+from embrm.protocol import LabelConfig
 from embrm.pools import Pools, group_pools
 
 __all__ = ["tilted_policy", "KLCurves", "kl_optimum_curves", "fit_gao_rl", "default_betas", "policy_loss",
@@ -274,12 +276,14 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
     reference (KL = log n - (n-1)/n), and (``dpo``) DPO and RPO (``rpo_weight``) trajectories per epoch.
     Returns (JSON-able summary, tidy frame: curve, param (beta | n | epoch), kl, d, gold, proxy, losses)."""
     from embrm.bon import bon_curves
-    from embrm.labels import pair_indices, simulate_pairs, split_prompts
+    from embrm.labels import pair_indices
     from embrm.methods.composite import fit_proxy_reward
 
     if not ds.has_gold:
         raise EmbrmError(f"{ds.name}: no gold scores: the policy study needs a pool with a gold column")
-    train_ids, test_ids = split_prompts(ds.responses["prompt_id"], test_size=test_size, seed=seed)
+    labels = LabelConfig("simulated", label_beta, None, n_pairs)
+    parts = split(ds, labels, test_size, seed)
+    train_ids, test_ids = parts.train, parts.test
     pid = ds.responses["prompt_id"].cast(pl.Utf8)
     gold = ds.responses["gold"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     train = pid.is_in(pl.Series(train_ids).implode()).to_numpy() & np.isfinite(gold)
@@ -301,8 +305,8 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
                "evaluated_on": "held-out prompts (proxy and policy trained on training prompts)"}
     if dpo:
         summary["dpo_beta"], summary["rpo_weight"], summary["epochs"] = dpo_beta, rpo_weight, epochs
-        test_pairs = simulate_pairs(ds.responses, max(n_pairs // 4, 1), beta=label_beta, prompt_ids=test_ids,
-                                    seed=seed + 1, name=ds.name)
+        test_pairs = training_pairs(ds, LabelConfig("simulated", label_beta, None, max(n_pairs // 4, 20)), test_ids,
+                                    seed + 1)
         tr_pools, te_pools = group_pools(pid.to_numpy(), train), group_pools(pid.to_numpy(), test)
         for name, w in (("dpo", 0.0), ("rpo", rpo_weight)):
             run = train_policy(X, tr_pools, pair_indices(pairs, ds.responses), te_pools, gold,
