@@ -1,4 +1,4 @@
-"""Content-addressed Parquet embedding cache (DESIGN.md §5).
+"""Content-addressed Parquet embedding cache.
 
     <root>/<model-slug>-<fingerprint[:16]>/
         fingerprint.json          the embedder spec + template that defines every vector here (+ dim once known)

@@ -50,6 +50,16 @@ class Dataset:
         """(n,) bool: scored and not excluded: the rows that may label, train and be evaluated."""
         return self.responses["scored"].to_numpy() & ~self.excluded
 
+    def filter(self, predicate: pl.Expr, name: str | None = None) -> "Dataset":
+        """A subset of the responses (e.g. some prompts and models), keeping the dataset's facts; human pairs
+        keep only pairs whose two responses survive."""
+        responses = self.responses.filter(predicate)
+        pairs = self.pairs
+        if pairs is not None:
+            kept = responses["response_id"].implode()
+            pairs = pairs.filter(pl.col("chosen_id").is_in(kept) & pl.col("rejected_id").is_in(kept))
+        return replace(self, name=name or self.name, responses=responses, pairs=pairs)
+
     def without_excluded(self) -> "Dataset":
         """The same dataset without its excluded rows (align embeddings with `X[~ds.excluded]`)."""
         if not self.excluded.any():

@@ -45,6 +45,7 @@ class Split:
 
 def split(ds: Dataset, labels: LabelConfig, test_size: float, seed: int) -> Split:
     """Split the prompts that can label (usable scored responses, or the human pairs' prompts) by seed."""
+    labels = labels.resolved(ds)
     if labels.source == "human":
         prompts = ds.pairs["prompt_id"]
     else:
@@ -55,6 +56,7 @@ def split(ds: Dataset, labels: LabelConfig, test_size: float, seed: int) -> Spli
 
 def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: int) -> pl.DataFrame:
     """Labelled pairs on the given (training) prompts: the human pairs, or a simulated annotator's draws."""
+    labels = labels.resolved(ds)
     if labels.source == "human":
         return ds.pairs.filter(pl.col("prompt_id").is_in(prompts.tolist()))
     return simulate_pairs(ds.responses, labels.n_pairs, beta=labels.beta, flip=labels.flip,

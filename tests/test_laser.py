@@ -99,7 +99,7 @@ def test_seeded_and_greedy_differs():
 
 
 def test_arm_reward_matrix_is_the_exact_best_of_n():
-    # prompt "a" is DESIGN.md's test vector: proxy (.1,.5,.3,.9), gold (1,2,0,-1), n=2 -> 1/6
+    # prompt "a", worked by hand: proxy (.1,.5,.3,.9), gold (1,2,0,-1), n=2 -> 1/6
     prompt = np.array(["a"] * 4 + ["b"] * 3)
     gold = np.array([1, 2, 0, -1, 5, 1, np.nan])
     S = np.array([[.1, 0], [.5, 1], [.3, 2], [.9, 3], [3, 0], [1, 1], [9, 9]])

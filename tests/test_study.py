@@ -49,6 +49,8 @@ def test_digest_changes_with_what_shapes_a_result():
     ({"noise": [{"beta": 1, "flip": 0.1}]}, "exactly one of beta"),
     ({"noise": [{"flip": 0.7}]}, "must be in [0, 0.5)"),
     ({"datasets": ["no-such-set"]}, "neither a named dataset"),
+    ({"datasets": [{"path": "x.csv", "exclude": {"column": "m"}}]}, "one of pattern"),
+    ({"probes": True}, "unknown key 'probes'"),
     ({"labels": {"n_pairs": 5}}, "too few"),
     ({"embedder": {"backend": "tf"}}, "backend = 'tf' is not allowed"),
     ({"seeds": []}, "seeds is empty"),
@@ -72,3 +74,18 @@ def test_bad_toml_is_one_error(tmp_path):
 def test_shipped_studies_are_valid(path):
     study = load_study(path)
     assert jobs_of(study)
+
+
+def test_a_datasets_table_declares_a_file_in_place(tmp_path):
+    (tmp_path / "pool.csv").write_text("q,a,s,m\nx,1,0.5,ok\nx,2,0.1,bad\n")
+    (tmp_path / "s.toml").write_text('human_pairs = []\n[[datasets]]\npath = "pool.csv"\nname = "mine"\n'
+                                     'columns = { prompt = "q", response = "a", gold = "s", response_key = "m" }\n'
+                                     'exclude = { column = "m", values = ["bad"], name = "probes" }\n')
+    study = load_study(tmp_path / "s.toml")
+    (spec,) = study.datasets
+    assert spec.source == str(tmp_path / "pool.csv") and spec.label == "mine" and spec.exclude.name == "probes"
+    assert {j.key.split("/")[0] for j in jobs_of(study)} == {"mine"}
+    job = jobs_of(study)[0]
+    protocol = job.protocol(study)
+    assert protocol.labels.n_pairs == 2000 and protocol.k == 10 and protocol.with_excluded
+    assert protocol.learner == job.learner and protocol.seed == job.seed

@@ -3,8 +3,8 @@
     result = linucb_select(contexts, arm_rewards, alpha=0.1, seed=0)         # the bandit alone (pure, testable)
     summary, trace = laser_study(responses, X, scores, ["bt", "length"], alpha=0.1, n=None, seed=0)
 
-The bandit (DESIGN.md §3). Prompts arrive one per round in a seeded random order. Round t sees the prompt's context
-c (d,), scores every arm at once, ``ucb_k = c . theta_k + alpha * sqrt(c^T A_k^-1 c)``, plays the argmax (exact
+The bandit (LinUCB, Li et al. 2010, as LASeR uses it). Prompts arrive one per round in a seeded random order.
+Round t sees the prompt's context c (d,), scores every arm at once, ``ucb_k = c . theta_k + alpha * sqrt(c^T A_k^-1 c)``, plays the argmax (exact
 ties broken uniformly at random, seeded), observes the reward r of that arm only, and updates that arm's ridge
 statistics ``A_k += c c^T``, ``b_k += r c`` (A_k starts at lam * I). Optionally the first ``warmup`` rounds per arm
 play the arms in turn (default 0: pure LinUCB; with one noisy warm-up sample an arm can also be written off).

@@ -1,0 +1,63 @@
+"""Datasets carry their own facts: the registry's exclusion rules and attachments, declaration files, options."""
+
+import polars as pl
+import pytest
+
+from embrm.datasets import ALPACA_PROBES, Exclusion, dataset_spec, load_dataset, read_declaration
+from embrm.errors import EmbrmError
+from realdata import DATA_DIR, needs_data
+
+
+@needs_data
+def test_the_registry_declares_the_probes_and_the_published_picks(monkeypatch):
+    monkeypatch.delenv("EMBRM_DATA_DIR", raising=False)  # the data dir given as an argument must be enough
+    ds = load_dataset("alpaca-eval-models", DATA_DIR)
+    probes = ds.responses.filter("excluded")["model"].unique().sort().to_list()
+    assert ds.exclusion == "probes" and set(probes) == {"NullModel", "gpt4_gamed", "alpaca-7b_verbose",
+                                                        "gpt-3.5-turbo-1106_verbose"}
+    assert not ds.usable[ds.excluded].any() and ds.usable.sum() == ds.responses["scored"].sum() - len(probes) * 400
+    assert len(ds.without_excluded().responses) == len(ds.responses) - 1600
+    bon16 = load_dataset("alpaca-eval-bon16", DATA_DIR)
+    assert bon16.attachments["published_picks"].is_relative_to(DATA_DIR) and not bon16.excluded.any()
+
+
+def test_a_declaration_maps_columns_and_excludes_once(tmp_path):
+    pl.DataFrame({"q": ["a", "a", "b", "b"], "ans": ["x", "y", "z", "w"], "s": [1.0, 2.0, 0.5, 0.1],
+                  "who": ["m1", "hack", "m1", "hack"]}).write_csv(tmp_path / "pool.csv")
+    (tmp_path / "d.toml").write_text('[dataset]\npath = "pool.csv"\nname = "mine"\n'
+                                     '[dataset.columns]\nprompt = "q"\nresponse = "ans"\ngold = "s"\n'
+                                     'response_key = "who"\n[dataset.exclude]\ncolumn = "who"\nvalues = ["hack"]\n')
+    ds = load_dataset(tmp_path / "d.toml")
+    assert ds.name == "mine" and ds.exclusion == "excluded"
+    assert ds.responses.filter("excluded")["response_id"].str.ends_with(":hack").all() and ds.excluded.sum() == 2
+    # options on top of a declaration win; a file with options equals the declaration
+    same = load_dataset(tmp_path / "pool.csv", prompt_col="q", response_col="ans", gold_col="s", response_key="who",
+                        exclude="who=^hack$")
+    assert same.responses.drop("excluded").equals(ds.responses.drop("excluded")) and same.excluded.sum() == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[dataset]\ncolumns = {prompt = "q"}\n', "needs path"),
+    ('[dataset]\npath = "p.csv"\ncolumns = {question = "q"}\n', "map roles"),
+    ('[dataset]\npath = "p.csv"\nexclude = {column = "m"}\n', "one of pattern"),
+    ('[dataset]\npath = "p.csv"\nexclude = {column = "m", pattern = "("}\n', "not a regular expression"),
+    ('[data]\npath = "p.csv"\n', "one [dataset] table"),
+    ('[dataset\n', "not valid TOML"),
+])
+def test_bad_declarations_are_one_line_errors(tmp_path, text, message):
+    (tmp_path / "d.toml").write_text(text)
+    with pytest.raises(EmbrmError, match=None) as e:
+        read_declaration(tmp_path / "d.toml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_exclusion_options_and_errors(tmp_path):
+    assert Exclusion.parse("model=^a$|b") == Exclusion("model", "^a$|b")
+    with pytest.raises(EmbrmError, match="COLUMN=REGEX"):
+        Exclusion.parse("model")
+    with pytest.raises(EmbrmError, match="knows its columns"):
+        dataset_spec("alpaca-eval-models", prompt_col="x")
+    with pytest.raises(EmbrmError, match="unknown dataset"):
+        dataset_spec("no-such-set")
+    frame = pl.DataFrame({"model": ["NullModel", "x_verbose", "gpt4", None]})
+    assert ALPACA_PROBES.mask(frame, "f").to_list() == [True, True, False, False]
