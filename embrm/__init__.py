@@ -15,9 +15,18 @@ from embrm.datasets import DatasetSpec, Exclusion, load_dataset
 from embrm.embed import EmbedderConfig, cached_embeddings, embed_dataset
 from embrm.errors import EmbrmError
 from embrm.experiment import StudyResult, run_study
-from embrm.methods import REGISTRY as METHODS, MethodResult, run_method
-from embrm.pipeline import (ExperimentResult, FittedModel, evaluate, fit, load_model, run_experiment, split,
-                            training_pairs)
+from embrm.methods import REGISTRY as METHODS
+from embrm.methods import MethodResult, run_method
+from embrm.pipeline import (
+                            ExperimentResult,
+                            FittedModel,
+                            evaluate,
+                            fit,
+                            load_model,
+                            run_experiment,
+                            split,
+                            training_pairs,
+)
 from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
 from embrm.study import Study, load_study
 

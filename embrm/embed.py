@@ -15,6 +15,7 @@ import polars as pl
 
 from embrm.cache import EmbeddingCache, text_keys
 from embrm.data import Dataset
+from embrm.embedders import make_embedder
 from embrm.errors import EmbrmError
 from embrm.progress import Progress
 
@@ -60,8 +61,6 @@ class EmbedderConfig:
     batch_size: int = 64
 
     def build(self):
-        from embrm.embedders import make_embedder
-
         if self.backend == "openai":
             options = dict(base_url=self.base_url, api_key_env=self.api_key_env)
         else:
@@ -96,7 +95,7 @@ def cache_spec(embedder, template: str) -> dict:
 
 
 def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
-                batch_size: int = 64, progress: bool | None = None) -> tuple[list[str], int]:
+                batch_size: int = 64, progress: bool | None = None, label: str = "embed") -> tuple[list[str], int]:
     """Embed the texts whose keys the cache lacks, one atomic part per batch. Returns (keys, n_embedded)."""
     keys = text_keys(texts)
     # One representative row per missing key; longest first, so similar lengths share a batch (less padding)
@@ -107,7 +106,7 @@ def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_s
     if todo.is_empty():
         return keys, 0
     rows = todo["row"].to_numpy()
-    with Progress(len(rows), "embed", "texts", progress) as bar:
+    with Progress(len(rows), label, "texts", progress) as bar:
         for lo in range(0, len(rows), batch_size):
             batch = rows[lo:lo + batch_size]
             out = embedder.embed([texts[i] for i in batch],
@@ -125,8 +124,6 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
 
     A warm call (everything cached) never loads the model.
     """
-    from embrm.embedders import make_embedder
-
     start = time.perf_counter()
     responses = data.responses if isinstance(data, Dataset) else data
     embedder = embedder if embedder is not None else make_embedder()
@@ -134,8 +131,9 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
         raise EmbrmError(f"--batch-size must be >= 1 (got {batch_size})")
     texts, starts = render(responses, template)
     cache = EmbeddingCache(cache_dir, cache_spec(embedder, template))
+    name = data.name if isinstance(data, Dataset) else "responses"
     keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, label=f"embed {name}")
     X = cache.lookup(keys)
     n_unique = len(set(keys))
     return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],

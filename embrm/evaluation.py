@@ -20,6 +20,8 @@ from embrm.aggregate import aggregate_all, standardize
 from embrm.bon import BonCurves, bon_curves, curves_frame, fit_gao
 from embrm.data import Dataset
 from embrm.errors import EmbrmError
+from embrm.labels import pair_indices
+from embrm.plots import plot_bon, plot_gao_fit
 
 MAX_EVAL_PAIRS = 200_000
 
@@ -65,8 +67,6 @@ def gold_order_pairs(responses: pl.DataFrame, prompt_ids, max_pairs: int = MAX_E
 
 def held_out_pairs(ds: Dataset, test_prompts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """Held-out pairs: gold order on pools (excluded responses left out), the human labels on pairwise data."""
-    from embrm.labels import pair_indices
-
     if ds.has_gold:
         return gold_order_pairs(ds.responses, test_prompts, seed=seed, usable=ds.usable), "gold order"
     held = ds.pairs.filter(pl.col("prompt_id").is_in(test_prompts.tolist()))
@@ -162,8 +162,6 @@ class BonResult:
         return pl.DataFrame([{"proxy": k, **asdict(v)} for k, v in self.proxies.items()])
 
     def plot(self, path, *, title: str | None = None, references: dict | None = None) -> Path:
-        from embrm.plots import plot_bon
-
         return plot_bon(self.curves, path, references=references, title=title)
 
 
@@ -258,8 +256,6 @@ class Evaluation:
 
     def write(self, out_dir, *, title: str | None = None, extra: dict | None = None) -> dict[str, Path]:
         """curves.parquet, curves.csv, summary.json and, per evaluated pool, gold_vs_kl[_<pool>].png + gao_fit.png."""
-        from embrm.plots import plot_gao_fit
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         frame = self.frame()

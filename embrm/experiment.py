@@ -82,7 +82,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
                "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub))
-    result.methods = _run_methods(study, spec, cache_dir, data_dir, out)
+    result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
@@ -93,16 +93,17 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     return result
 
 
-def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path) -> list[MethodResult]:
+def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None,
+                 ) -> list[MethodResult]:
     """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
     if not study.methods or not study.datasets:
         return []
     ds = load_dataset(study.datasets[0], data_dir)
     X = cached_embeddings(ds, spec, cache_dir)
     results = []
-    with Progress(len(study.methods), "methods", "methods") as bar:
+    with Progress(len(study.methods), "methods", "methods", progress) as bar:
         for name in study.methods:
-            result = run_method(name, ds, X, seed=study.seeds[0])
+            result = run_method(name, ds, X, seed=study.seeds[0], progress=False)
             result.write(out / "methods" / name)
             results.append(result)
             bar.advance()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.heads.checks import check_pairs
+from embrm.pools import avg_ranks, group_pools, score_columns
 
 
 def _scores(scores, name: str = "scores") -> np.ndarray:
@@ -25,8 +27,6 @@ def _scores(scores, name: str = "scores") -> np.ndarray:
 
 
 def _pairs(pairs, n: int) -> np.ndarray:
-    from embrm.heads.checks import check_pairs
-
     return check_pairs(pairs, n)
 
 
@@ -79,8 +79,6 @@ def per_prompt_spearman(scores, gold, prompt_index, *, mask=None, min_responses:
     Returns the mean rho over the prompts that have one: a float (an (A,) array for several columns). With
     return_per_prompt (one column): (mean, {prompt: rho}). With by_prompt: (prompts (P,), rho (P,) or (P, A), NaN
     where undefined), prompts in the order of ``embrm.bon.bon_curves(...).prompts``."""
-    from embrm.pools import avg_ranks, group_pools, score_columns
-
     gl = np.asarray(gold, dtype=np.float64)
     if gl.ndim != 1:
         raise EmbrmError(f"gold must be 1-D (one score per response); got shape {gl.shape}")

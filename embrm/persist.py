@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from embrm.ensemble import RewardEnsemble, _jsonable
 from embrm.errors import EmbrmError
+from embrm.heads import LGBMReward, LinearBT, MLPReward
 
 FORMAT = "embrm-reward-ensemble"
 FORMAT_VERSION = 1
@@ -74,8 +76,6 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
 
     manifest: the caller's JSON-able extras, stored at the top level of manifest.json (keys may not clash with
     embrm's own: format, format_version, embrm_version, created, ensemble, members, packages, files)."""
-    from embrm.ensemble import _jsonable
-
     model_dir = Path(model_dir)
     extra = dict(manifest or {})
     clash = [k for k in extra if k in RESERVED]
@@ -126,9 +126,6 @@ def _corrupt(model_dir: Path, what: str) -> EmbrmError:
 
 def load_ensemble(model_dir):
     """Read a model directory written by save_ensemble: returns (RewardEnsemble, manifest dict)."""
-    from embrm.ensemble import RewardEnsemble
-    from embrm.heads import LGBMReward, LinearBT, MLPReward
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise EmbrmError(f"model dir {model_dir} does not exist: fit one first (embrm fit) or fix the path")

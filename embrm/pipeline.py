@@ -22,10 +22,19 @@ import numpy as np
 import polars as pl
 
 from embrm.data import Dataset
+from embrm.embed import cached_embeddings
 from embrm.ensemble import RewardEnsemble, fit_ensemble
 from embrm.errors import EmbrmError
-from embrm.evaluation import (Evaluation, FitMetrics, best_of_n, ensemble_proxies, length_proxy, pairwise_metrics,
-                              published_picks, rows_of)
+from embrm.evaluation import (
+    Evaluation,
+    FitMetrics,
+    best_of_n,
+    ensemble_proxies,
+    length_proxy,
+    pairwise_metrics,
+    published_picks,
+    rows_of,
+)
 from embrm.labels import pair_indices, simulate_pairs, split_prompts
 from embrm.persist import load_ensemble, save_ensemble
 from embrm.progress import Stages
@@ -216,8 +225,6 @@ def load_model(model_dir) -> SavedModel:
 
 def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
     """The dataset's embeddings from the embedder the model was fitted on (all texts must be cached)."""
-    from embrm.embed import cached_embeddings
-
     X = cached_embeddings(ds, model.embed_spec, cache_dir)
     dim = model.manifest.get("dim")
     if dim is not None and X.shape[1] != dim:

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from embrm.plots import plot_bon
+
 BASELINES = ("length",)  # rulers beside every reward (the random pick is its own row: an expectation)
 
 
@@ -172,8 +174,6 @@ def mean_curves(curves: pl.DataFrame, **where) -> pl.DataFrame:
 def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: Path, learner: str,
                noise: str) -> list[Path]:
     """One gold-vs-KL figure per (dataset, pool variant), for one learner and noise, averaged over seeds."""
-    from embrm.plots import plot_bon
-
     paths = []
     for (dataset, variant), _ in bon.group_by(["dataset", "variant"], maintain_order=True):
         mc = mean_curves(curves, dataset=dataset, variant=variant, learner=learner, noise=noise)

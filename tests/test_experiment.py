@@ -113,7 +113,7 @@ def test_the_cli_and_a_one_job_study_give_identical_numbers(setup, tmp_path):
     """`embrm fit` + `embrm bon-sim` with the study's settings reproduce its job exactly (metrics and curves)."""
     study = load_study(setup / "study.toml")
     study.seeds, study.human_pairs, study.methods, study.learners = [1], [], [], study.learners[1:]
-    result = run_study(study, tmp_path / "one", cache_dir=setup / "cache", workers=1, progress=False)
+    run_study(study, tmp_path / "one", cache_dir=setup / "cache", workers=1, progress=False)
     (job,) = jobs_of(study)
     run = json.loads(result_paths(tmp_path / "one" / "jobs", job, study)[0].read_text())
     curves = pl.read_parquet(result_paths(tmp_path / "one" / "jobs", job, study)[1]).drop("key")

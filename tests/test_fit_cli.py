@@ -1,9 +1,7 @@
 """`embrm fit`, `embrm score` and `embrm bon-sim` end to end on a real pool file whose columns all have other names,
 declared once in a dataset file (with an exclusion rule for the hacking probes), and the real MiniLM."""
 
-import gzip
 import json
-import shutil
 
 import numpy as np
 import polars as pl
@@ -15,7 +13,7 @@ from embrm.datasets import load_dataset
 from embrm.persist import load_ensemble
 from embrm.pipeline import split, training_pairs
 from embrm.protocol import LabelConfig, Protocol
-from realdata import DATA_DIR, needs_data
+from realdata import needs_data
 
 pytestmark = needs_data
 runner = CliRunner()

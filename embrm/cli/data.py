@@ -9,9 +9,21 @@ import typer
 from rich.table import Table
 
 from embrm.cache import EmbeddingCache, list_caches
-from embrm.cli.common import (CacheDirOpt, DataOptions, DatasetArg, EmbedderOptions, Format, FormatOpt, err,
-                              friendly, grouped, out, print_json)
-from embrm.datasets import REGISTRY, data_dir as resolve_data_dir
+from embrm.cli.common import (
+    CacheDirOpt,
+    DataOptions,
+    DatasetArg,
+    EmbedderOptions,
+    Format,
+    FormatOpt,
+    err,
+    friendly,
+    grouped,
+    out,
+    print_json,
+)
+from embrm.datasets import REGISTRY
+from embrm.datasets import data_dir as resolve_data_dir
 from embrm.errors import EmbrmError
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]

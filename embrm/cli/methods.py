@@ -10,9 +10,24 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from embrm.cli.common import (CacheDirOpt, DataOptions, DatasetArg, EmbedderOptions, Format, FormatOpt, OutDirOpt,
-                              SeedOpt, WithExcludedOpt, command_line, friendly, grouped, out, parse_numbers,
-                              print_json, split_list)
+from embrm.cli.common import (
+    CacheDirOpt,
+    DataOptions,
+    DatasetArg,
+    EmbedderOptions,
+    Format,
+    FormatOpt,
+    OutDirOpt,
+    SeedOpt,
+    WithExcludedOpt,
+    command_line,
+    friendly,
+    grouped,
+    out,
+    parse_numbers,
+    print_json,
+    split_list,
+)
 from embrm.methods import MethodResult, run_method
 
 NPairsOpt = Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")]
@@ -24,7 +39,8 @@ def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOpti
     """Load, embed, run the method, write its files; None when the summary was printed as JSON."""
     ds = data.load(dataset)
     X = embedder.embed(ds, cache_dir, fmt).X
-    result = run_method(name, ds, X, seed=seed, with_excluded=with_excluded, **params)
+    result = run_method(name, ds, X, seed=seed, with_excluded=with_excluded,
+                        progress=None if fmt == Format.text else False, **params)
     if out_dir is not None:
         result.write(out_dir, command=command_line(ctx))
     if fmt == Format.json:

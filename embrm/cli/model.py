@@ -14,13 +14,30 @@ import typer
 from rich.table import Table
 
 from embrm.aggregate import AGGREGATIONS
-from embrm.cli.common import (CacheDirOpt, DataOptions, DatasetArg, EmbedderOptions, Format, FormatOpt, OutDirOpt,
-                              SeedOpt, WithExcludedOpt, command_line, fmt, friendly, grouped, out, parse_numbers,
-                              print_json)
+from embrm.cli.common import (
+    CacheDirOpt,
+    DataOptions,
+    DatasetArg,
+    EmbedderOptions,
+    Format,
+    FormatOpt,
+    OutDirOpt,
+    SeedOpt,
+    WithExcludedOpt,
+    command_line,
+    fmt,
+    friendly,
+    grouped,
+    out,
+    parse_numbers,
+    print_json,
+)
 from embrm.errors import EmbrmError
 from embrm.evaluation import Evaluation, FitMetrics
 from embrm.persist import package_versions
-from embrm.pipeline import evaluate, fit as fit_model, load_model, model_embeddings, score as score_model
+from embrm.pipeline import evaluate, load_model, model_embeddings
+from embrm.pipeline import fit as fit_model
+from embrm.pipeline import score as score_model
 from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
 
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by `embrm fit`.")]

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.special import expit
 
 from embrm.errors import EmbrmError
+from embrm.heads.checks import check_embeddings, check_fitted, check_pairs
 
 
 class LGBMReward:
@@ -70,8 +71,6 @@ class LGBMReward:
         """Fit on pairs (m, 2) of row indices into X (column 0 = preferred). prompt_ids is accepted and unused."""
         import lightgbm as lgb
 
-        from embrm.heads.checks import check_embeddings, check_pairs
-
         if self.objective not in ("classification", "bt"):
             raise EmbrmError(f"LightGBM objective must be 'classification' or 'bt', got {self.objective!r}")
         if self.n_estimators < 1:
@@ -106,8 +105,6 @@ class LGBMReward:
 
     def predict(self, X) -> np.ndarray:
         """Rewards (n,) float32: the raw score (logit)."""
-        from embrm.heads.checks import check_embeddings, check_fitted
-
         check_fitted(self, "booster_")
         X = check_embeddings(X)
         if X.shape[1] != self.booster_.num_feature():

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.heads.checks import check_embeddings, check_fitted, check_pairs
 
 
 class LinearBT:
@@ -42,8 +43,6 @@ class LinearBT:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        from embrm.heads.checks import check_embeddings, check_pairs
-
         if not (np.isfinite(self.C) and self.C > 0):
             raise EmbrmError(f"LinearBT C must be a positive number, got {self.C}")
         X = check_embeddings(X)
@@ -61,8 +60,6 @@ class LinearBT:
 
     def predict(self, X) -> np.ndarray:
         """Rewards (n,) float32 = X @ coef_."""
-        from embrm.heads.checks import check_embeddings, check_fitted
-
         check_fitted(self, "coef_")
         X = check_embeddings(X)
         if X.shape[1] != len(self.coef_):

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
 from embrm.hardware import fast_bf16
+from embrm.heads.checks import check_embeddings, check_fitted, check_group_ids, check_pairs
+from embrm.labels import split_pairs
 
 OBJECTIVES = ("bt", "classification")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -538,9 +540,6 @@ class MLPReward:
 
     def fit(self, X, pairs, prompt_ids=None) -> "MLPReward":
         """Fit on pairs (m, 2) of row indices into X; prompt_ids (m,) makes the validation split by prompt."""
-        from embrm.heads.checks import check_embeddings, check_group_ids, check_pairs
-        from embrm.labels import split_pairs
-
         self._check_params()
         X = check_embeddings(X)
         pairs = check_pairs(pairs, len(X))
@@ -578,8 +577,6 @@ class MLPReward:
         return self._forward(X, last_hidden=True)
 
     def _forward(self, X, last_hidden: bool) -> np.ndarray:
-        from embrm.heads.checks import check_embeddings, check_fitted
-
         check_fitted(self, "params_")
         X = check_embeddings(X)
         if X.shape[1] != self.params_[0].shape[0]:

@@ -31,6 +31,7 @@ from embrm.methods.laser import laser_experiment, plot_regret
 from embrm.methods.moe import moe_study
 from embrm.methods.policy import plot_policy, policy_study
 from embrm.methods.sections import composite_section, generic_section, policy_section
+from embrm.progress import Stages
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class MethodResult:
 
 
 def run_method(name: str, ds: Dataset, X: np.ndarray, *, seed: int = 0, with_excluded: bool = False,
-               **params) -> MethodResult:
+               progress: bool | None = None, **params) -> MethodResult:
     """Run one registered method on a dataset and its aligned embeddings."""
     if name not in REGISTRY:
         raise EmbrmError(f"unknown method {name!r}: use one of {', '.join(REGISTRY)}")
@@ -124,7 +125,9 @@ def run_method(name: str, ds: Dataset, X: np.ndarray, *, seed: int = 0, with_exc
         X = np.asarray(X)[~ds.excluded]
         ds = ds.without_excluded()
     start = time.perf_counter()
-    summary, frame = REGISTRY[name].study(ds, X, seed=seed, **params)
+    with Stages(f"{name} on {ds.name}", 1, progress) as stage:
+        summary, frame = REGISTRY[name].study(ds, X, seed=seed, **params)
+        stage.done(name)
     summary["with_excluded"] = with_excluded
     return MethodResult(REGISTRY[name], ds.name, summary, frame, time.perf_counter() - start)
 

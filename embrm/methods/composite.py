@@ -36,10 +36,14 @@ import numpy as np
 import polars as pl
 
 from embrm.bon import bon_weights, kl_bon
+from embrm.ensemble import fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.labels import pair_indices
+from embrm.metrics import length_reward
 from embrm.pipeline import split, training_pairs
-from embrm.protocol import LabelConfig
+from embrm.plots import pyplot, save_figure
 from embrm.pools import Pools, group_pools, tie_average
+from embrm.protocol import LabelConfig
 
 __all__ = ["bon_weight_tensor", "pick_means", "proxy_points", "ProxyPoints",
            "fit_multipliers", "Multipliers", "selection_scores", "composite_curves", "composite_study",
@@ -254,9 +258,6 @@ def fit_proxy_reward(ds, X, train_ids, *, n_pairs: int = 10_000, beta: float | N
                      flip: float | None = None, k: int = 5, seed: int = 0) -> tuple[np.ndarray, pl.DataFrame]:
     """A linear Bradley-Terry ensemble's mean reward (n,) trained on simulated pairs from the TRAINING prompts
     (annotator: ``beta`` or ``flip``), and those pairs."""
-    from embrm.ensemble import fit_ensemble
-    from embrm.labels import pair_indices
-
     pairs = training_pairs(ds, LabelConfig("simulated", beta, flip, n_pairs).resolved(ds), train_ids, seed)
     idx = pair_indices(pairs, ds.responses)
     ens = fit_ensemble(X, idx, head="linear", k=k, pair_prompt_ids=pairs["prompt_id"].to_numpy(), seed=seed)
@@ -264,8 +265,6 @@ def fit_proxy_reward(ds, X, train_ids, *, n_pairs: int = 10_000, beta: float | N
 
 
 def _component_columns(ds, X, train_ids, names, *, n_pairs: int, k: int, seed: int) -> np.ndarray:
-    from embrm.metrics import length_reward
-
     bad = [c for c in names if c not in COMPONENTS]
     if bad or not names:
         raise EmbrmError(f"unknown component {bad[0] if bad else '(none)'}: use a comma list of "
@@ -339,8 +338,6 @@ def plot_composite(frame: pl.DataFrame, path, *, thresholds: dict | None = None,
     """PNG: held-out gold vs KL(BoN) per method (random / oracle dashed) and each component's mean standardised
     value at the pick vs n (colour: component, line style: method; ``thresholds`` {name: t} as thin horizontal
     lines). Returns the written path."""
-    from embrm.plots import pyplot, save_figure
-
     plt = pyplot()
 
     comps = [c[2:] for c in frame.columns if c.startswith("z_")]

@@ -30,9 +30,17 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from embrm.aggregate import standardize
+from embrm.bon import bon_curves
+from embrm.ensemble import fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.heads import LinearBT
+from embrm.heads.checks import check_embeddings
+from embrm.labels import pair_indices, simulate_pairs
 from embrm.methods.moe import MoEReward, prompt_means
+from embrm.metrics import length_reward
 from embrm.pipeline import check_aligned, split
+from embrm.plots import pyplot, save_figure
 from embrm.protocol import LabelConfig
 
 __all__ = ["LinUCBResult", "linucb_select", "prompt_contexts", "prompt_means", "arm_reward_matrix", "laser_study",
@@ -144,8 +152,6 @@ def prompt_contexts(prompt_index, X, *, dim: int | None = 32, bias: bool = True,
     embedding (e.g. of the prompt text, repeated on its rows) used instead of the mean response embedding.
     dim: PCA components (whitened, scaled by 1/sqrt(dim)); None or 0 keeps the raw mean vectors. bias: append 1.
     """
-    from embrm.heads.checks import check_embeddings
-
     X = check_embeddings(X if prompt_X is None else prompt_X, "prompt_X" if prompt_X is not None else "embeddings")
     if len(np.asarray(prompt_index)) != len(X):
         raise EmbrmError(f"prompt_index has {len(np.asarray(prompt_index))} entries for {len(X)} embedding rows: "
@@ -171,8 +177,6 @@ def arm_reward_matrix(prompt_index, scores, gold, n: int | None = None, *, extra
     way (e.g. an ensemble). Returns dict: prompts (P,) str, bon (P, M) expected gold, extra {name: (P,)},
     mean (P,) pool mean gold (random pick), max (P,) pool max gold (oracle response), pool_size (P,).
     """
-    from embrm.bon import bon_curves
-
     S = np.asarray(scores, dtype=np.float64)
     if S.ndim != 2:
         raise EmbrmError(f"scores must be (n_responses, M) arm scores, got shape {S.shape}")
@@ -198,8 +202,6 @@ def arm_reward_matrix(prompt_index, scores, gold, n: int | None = None, *, extra
 
 def _ensemble_proxy(S: np.ndarray) -> np.ndarray:
     """Average-score ensemble: the mean of the arms' scores, each z-scored over the given rows."""
-    from embrm.aggregate import standardize
-
     return standardize(S.astype(np.float64)).mean(axis=1)
 
 
@@ -275,8 +277,6 @@ def _summary(res: LinUCBResult, arms: dict, names: list[str], **params) -> dict:
 
 def plot_regret(trace: pl.DataFrame, path, *, title: str | None = None):
     """PNG: cumulative regret of LASeR vs the best single arm and vs the per-prompt oracle arm, by round."""
-    from embrm.plots import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     t = trace["round"].to_numpy() + 1
@@ -327,11 +327,6 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
     noisy       one linear BT head on a different label set: the same prompts, labels flipped with prob. 0.25
     moe         embrm.methods.moe.MoEReward (routed experts) on the bt pairs
     """
-    from embrm.ensemble import fit_ensemble
-    from embrm.heads import LinearBT
-    from embrm.labels import pair_indices, simulate_pairs
-    from embrm.metrics import length_reward
-
     bad = [a for a in arms if a.split(":", 1)[0] not in ARM_KINDS]
     if bad:
         raise EmbrmError(f"unknown arm {bad[0]!r}: use {', '.join(ARM_KINDS)} (slice:VALUE for one category)")

@@ -26,7 +26,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from embrm import metrics as M
+from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
+from embrm.evaluation import gold_order_pairs
+from embrm.heads import HEADS, LinearBT, check_embeddings, check_pairs
+from embrm.labels import pair_indices, split_pairs
+from embrm.metrics import length_reward
 from embrm.pipeline import check_aligned, split, training_pairs
 from embrm.protocol import LabelConfig
 
@@ -45,8 +51,6 @@ def prompt_means(prompt_index, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _prompt_level(prompt_index, X, prompt_X=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keys (P,) str, row -> prompt position (n,), prompt embeddings (P, d))."""
-    from embrm.heads.checks import check_embeddings
-
     pidx = np.asarray(prompt_index).astype(str)
     E = check_embeddings(X if prompt_X is None else prompt_X, "embeddings" if prompt_X is None else "prompt_X")
     if pidx.shape != (len(E),):
@@ -102,8 +106,6 @@ class MoEReward:
     # ------------------------------------------------------------------------- fitting
 
     def _check_params(self) -> None:
-        from embrm.heads import HEADS
-
         if self.head not in HEADS:
             raise EmbrmError(f"unknown expert head {self.head!r}: use one of {', '.join(HEADS)}")
         if self.routing not in ("soft", "hard"):
@@ -116,8 +118,6 @@ class MoEReward:
             raise EmbrmError(f"n_clusters must be >= 1, got {self.n_clusters}")
 
     def _new_head(self):
-        from embrm.heads import HEADS
-
         params = dict(self.head_params or {})
         if self.head != "linear":
             params.setdefault("random_state", self.random_state)
@@ -156,9 +156,6 @@ class MoEReward:
         """Fit on pairs (m, 2) of row indices into X (column 0 preferred). prompt_index: (n,) prompt key per row;
         categories: optional (n,) category per row (constant within a prompt; None = k-means); prompt_X:
         optional (n, d_p) prompt embedding per row (default: the mean response embedding of the row's prompt)."""
-        from embrm.heads import LinearBT, check_embeddings, check_pairs
-        from embrm.labels import split_pairs
-
         self._check_params()
         X = check_embeddings(X)
         pairs = check_pairs(pairs, len(X))
@@ -191,8 +188,6 @@ class MoEReward:
 
     def expert_scores(self, X) -> np.ndarray:
         """(n, C + 1) float64: each category's shrunk expert score e_c(x), then the global head's score."""
-        from embrm.heads.checks import check_embeddings
-
         X = check_embeddings(X)
         g = self.global_.predict(X).astype(np.float64)
         raw = np.stack([g if e is None else e.predict(X).astype(np.float64) for e in self.experts_], axis=1)
@@ -254,10 +249,6 @@ def resolve_categories(responses: pl.DataFrame, categories: str | None) -> str |
 def _eval_scores(responses: pl.DataFrame, test_ids, proxies: dict, seed: int) -> tuple[dict, dict]:
     """Held-out metrics per proxy: pairwise accuracy vs gold order, per-prompt Spearman, BoN gold at the full
     pool; plus the BoN random/oracle references."""
-    from embrm import metrics as M
-    from embrm.bon import bon_curves
-    from embrm.evaluation import gold_order_pairs
-
     pairs = gold_order_pairs(responses, test_ids, seed=seed)
     if len(pairs) == 0:
         raise EmbrmError("no held-out pairs with different gold on the test prompts: use a larger --test-size")
@@ -274,9 +265,6 @@ def _eval_scores(responses: pl.DataFrame, test_ids, proxies: dict, seed: int) ->
 def _per_category(responses, test_ids, category: np.ndarray, proxies: dict, moe, seed: int) -> pl.DataFrame:
     """One row per category (per row labels ``category``): held-out accuracy of every proxy on the category's
     test prompts, and the training pairs its expert saw."""
-    from embrm import metrics as M
-    from embrm.evaluation import gold_order_pairs
-
     pairs = gold_order_pairs(responses, test_ids, seed=seed)
     pair_cat = category[pairs[:, 0]]
     test = responses["prompt_id"].is_in(list(test_ids)).to_numpy()
@@ -306,9 +294,6 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
     ds: a Dataset (split and labels from embrm.pipeline). categories: a column name, "auto"
     (`dataset` when present) or "kmeans". Returns (summary dict, per-category frame; categories are the given
     labels, or the router's k-means clusters)."""
-    from embrm.labels import pair_indices
-    from embrm.metrics import length_reward
-
     X = check_embeddings(X)
     check_aligned(ds, X)
     responses = ds.responses

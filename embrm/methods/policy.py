@@ -35,10 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
+from embrm.labels import pair_indices
+from embrm.methods.composite import fit_proxy_reward
 from embrm.pipeline import split, training_pairs
-from embrm.protocol import LabelConfig
+from embrm.plots import pyplot, save_figure
 from embrm.pools import Pools, group_pools
+from embrm.protocol import LabelConfig
 
 __all__ = ["tilted_policy", "KLCurves", "kl_optimum_curves", "fit_gao_rl", "default_betas", "policy_loss",
            "PolicyRun", "train_policy", "policy_study", "plot_policy"]
@@ -275,10 +279,6 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
     HELD-OUT prompts: the KL-optimum sweep over ``betas`` with the Gao RL fit, Best-of-n on the same proxy for
     reference (KL = log n - (n-1)/n), and (``dpo``) DPO and RPO (``rpo_weight``) trajectories per epoch.
     Returns (JSON-able summary, tidy frame: curve, param (beta | n | epoch), kl, d, gold, proxy, losses)."""
-    from embrm.bon import bon_curves
-    from embrm.labels import pair_indices
-    from embrm.methods.composite import fit_proxy_reward
-
     if not ds.has_gold:
         raise EmbrmError(f"{ds.name}: no gold scores: the policy study needs a pool with a gold column")
     labels = LabelConfig("simulated", label_beta, None, n_pairs)
@@ -333,8 +333,6 @@ def _curve_summary(frame: pl.DataFrame, end: int) -> dict:
 def plot_policy(frame: pl.DataFrame, path, *, gao_rl: tuple[float, float] | None = None, title: str | None = None):
     """PNG: held-out gold vs KL for the KL-optimum sweep (with Gao's RL fit, gold gain shifted by the pool mean),
     Best-of-n and the DPO / RPO training trajectories; and KL per epoch of DPO / RPO. Returns the written path."""
-    from embrm.plots import pyplot, save_figure
-
     plt = pyplot()
 
     fig, (ax_g, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
