@@ -204,6 +204,12 @@ def excluded_pick_rates(prompt_ids: np.ndarray, proxies: dict, rows: np.ndarray,
     return out
 
 
+def excluded_indicator(gold: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """1.0 for excluded rows, 0.0 for the others, NaN where gold is missing: evaluated IN PLACE OF gold, any
+    expected-gold estimator (Best-of-n, a tilted policy) gives the expected share of excluded picks instead."""
+    return np.where(np.isfinite(np.asarray(gold, np.float64)), np.asarray(excluded, np.float64), np.nan)
+
+
 # ----------------------------------------------------------------------------- published reward models
 
 @dataclass

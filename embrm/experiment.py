@@ -198,7 +198,7 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
     noises = [n.name for n in study.noise]
     lines = [f"# embrm study `{study.name}`", "",
              f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members · "
-             f"embedder {study.embedder} · {study.labels['n_pairs']} simulated pairs per job · "
+             f"embedder {_embedder_text(study)} · {study.labels['n_pairs']} simulated pairs per job · "
              f"{len(study.seeds)} seeds, mean ± 95 % interval over seeds.", "",
              "Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
              f"evaluated on held-out prompts ({study.test_size:.0%} of prompts, split per seed). Best-of-n is the exact "
@@ -233,6 +233,11 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
     lines += [R.md_table(["learner", "mean seconds per job (fit + evaluation)"],
                          [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
     return "\n".join(lines)
+
+
+def _embedder_text(study: Study) -> str:
+    e = study.embedder
+    return f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
 
 
 def _excluded_rates(bon: pl.DataFrame, dataset: str, variant: str) -> str:

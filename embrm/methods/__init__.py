@@ -90,11 +90,16 @@ class MethodResult:
         return self.method.name
 
     def to_dict(self) -> dict:
-        return {"method": self.name, "dataset": self.dataset, "seconds": self.seconds, **self.summary}
+        return {**self.summary, "method": self.name, "dataset": self.dataset, "seconds": self.seconds}
 
     def markdown(self) -> str:
-        return (f"### {self.name}\n\n{self.method.description}. Ran in {self.seconds:.1f} s.\n\n"
+        text = (f"### {self.name}\n\n{self.method.description}. Ran in {self.seconds:.1f} s.\n\n"
                 f"{self.method.section(self.summary)}")
+        rates = self.summary.get("excluded_pick_rate")
+        if rates:
+            text += ("\n\nShare of evaluated prompts whose pick is an excluded response (excluded_pick_rate): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()) + ".")
+        return text
 
     def plot(self, path) -> Path | None:
         if self.method.plot is None:

@@ -38,6 +38,7 @@ import polars as pl
 from embrm.bon import bon_weights, kl_bon
 from embrm.ensemble import fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.evaluation import excluded_indicator
 from embrm.labels import pair_indices
 from embrm.metrics import length_reward
 from embrm.pipeline import split, training_pairs
@@ -306,7 +307,13 @@ def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max:
                            mask=train & np.isfinite(gold), steps=steps)
     frame = composite_curves(Z, gold, pid.to_numpy(), thresholds=pp.thresholds, multipliers=mult,
                              weights=weights, mask=~train, names=names)
-    return _summary(ds, names, pp, mult, frame, len(train_ids), len(test_ids), seed), frame
+    summary = _summary(ds, names, pp, mult, frame, len(train_ids), len(test_ids), seed)
+    if ds.excluded.any():  # the same selections, scored by "is the pick excluded" instead of gold
+        share = composite_curves(Z, excluded_indicator(gold, ds.excluded), pid.to_numpy(), thresholds=pp.thresholds,
+                                 multipliers=mult, weights=weights, mask=~train, names=names)
+        last = share.filter(pl.col("n") == share["n"].max())
+        summary["excluded_pick_rate"] = dict(zip(last["method"].to_list(), last["gold"].to_list()))
+    return summary, frame
 
 
 def _summary(ds, names, pp: ProxyPoints, mult: Multipliers, frame: pl.DataFrame, n_train: int, n_test: int,

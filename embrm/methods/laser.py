@@ -34,6 +34,7 @@ from embrm.aggregate import standardize
 from embrm.bon import bon_curves
 from embrm.ensemble import fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.evaluation import excluded_indicator
 from embrm.heads import LinearBT
 from embrm.heads.checks import check_embeddings
 from embrm.labels import pair_indices, simulate_pairs
@@ -365,6 +366,18 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
     return names, np.stack(cols, axis=1)
 
 
+def _excluded_picks(responses: pl.DataFrame, S: np.ndarray, names: list[str], excluded: np.ndarray,
+                    trace: pl.DataFrame, n: int | None) -> dict:
+    """Expected share of prompts whose Best-of-n pick is an excluded response: per arm, and for LASeR's choices."""
+    gold = responses["gold"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    flag = excluded_indicator(gold, excluded)
+    share = arm_reward_matrix(responses["prompt_id"].cast(pl.Utf8).to_numpy(), S, flag, n)
+    order = np.argsort(share["prompts"])  # the pools' order is not sorted: look the rounds' prompts up through it
+    rows = order[np.searchsorted(share["prompts"][order], trace["prompt_id"].to_numpy().astype(str))]
+    picked = share["bon"][rows, trace["arm_index"].to_numpy()]
+    return {"laser": float(picked.mean()), **{f"arm:{a}": float(share["bon"][:, j].mean()) for j, a in enumerate(names)}}
+
+
 def laser_experiment(ds, X, *, arms=None, alpha: float = 0.1, n: int | None = None, seed: int = 0,
                      test_size: float = 0.5, n_pairs: int = 10_000, beta: float = 10.0, dim: int | None = 32,
                      warmup: int = 0, slice_col: str = "dataset") -> tuple[dict, pl.DataFrame]:
@@ -380,6 +393,9 @@ def laser_experiment(ds, X, *, arms=None, alpha: float = 0.1, n: int | None = No
     test = responses["prompt_id"].cast(pl.Utf8).is_in(test_ids.tolist()).to_numpy()
     summary, trace = laser_study(responses.filter(pl.Series(test)), np.asarray(X)[test], S[test], names,
                                  alpha=alpha, n=n, seed=seed, dim=dim, warmup=warmup)
+    if ds.excluded[test].any():
+        summary["excluded_pick_rate"] = _excluded_picks(responses.filter(pl.Series(test)), S[test], names,
+                                                        ds.excluded[test], trace, n)
     summary.update(dataset=ds.name, test_size=test_size, n_pairs=n_pairs, beta=beta,
                    n_train_prompts=int(len(train_ids)), setting="arms trained on the other prompts of this pool; "
                    "the bandit runs over held-out prompts")

@@ -29,7 +29,7 @@ import polars as pl
 from embrm import metrics as M
 from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
-from embrm.evaluation import gold_order_pairs
+from embrm.evaluation import excluded_pick_rates, gold_order_pairs
 from embrm.heads import HEADS, LinearBT, check_embeddings, check_pairs
 from embrm.labels import pair_indices, split_pairs
 from embrm.metrics import length_reward
@@ -319,4 +319,7 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
         "router_accuracy": None if labels is None else _router_accuracy(pidx, routed, labels, test_ids),
         "model": moe.summary(), "per_category": frame.to_dicts(),
     }
+    if ds.excluded.any():
+        rows = ds.responses["scored"].to_numpy() & responses["prompt_id"].is_in(test_ids.tolist()).to_numpy()
+        summary["excluded_pick_rate"] = excluded_pick_rates(pidx, proxies, rows, ds.excluded)
     return summary, frame

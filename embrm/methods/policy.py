@@ -37,6 +37,7 @@ import polars as pl
 
 from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
+from embrm.evaluation import excluded_indicator
 from embrm.labels import pair_indices
 from embrm.methods.composite import fit_proxy_reward
 from embrm.pipeline import split, training_pairs
@@ -319,6 +320,12 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
             summary[name] = _curve_summary(h.rename({"epoch": "param"}), h.height - 1) | {
                 "final_heldout_dpo_loss": float(h["heldout_dpo_loss"][-1]),
                 "final_pair_accuracy": float(h["pair_accuracy"][-1])}
+    if ds.excluded.any():  # expected share of excluded picks: the same policies, scored by the exclusion flag
+        flag = excluded_indicator(gold, ds.excluded)
+        kx = kl_optimum_curves(pid.to_numpy(), reward, flag, betas, mask=test)
+        bx = bon_curves(pid.to_numpy(), reward, flag, mask=test, dtype=np.float64)
+        summary["excluded_pick_rate"] = {"kl_optimum (largest KL)": float(kx.gold[int(np.argmax(kx.kl))]),
+                                         "bon (n = N)": float(bx.gold[0, n_all - 1])}
     return summary, pl.concat(frames, how="diagonal_relaxed")
 
 

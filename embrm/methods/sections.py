@@ -36,6 +36,8 @@ def generic_section(s: dict) -> str:
     scalars = {k: v for k, v in s.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     parts = [_fmt_dict(scalars)]
     for key, value in s.items():
+        if key == "excluded_pick_rate":  # MethodResult.markdown states it for every method
+            continue
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             cols = list(dict.fromkeys(c for v in value.values() for c, x in v.items() if isinstance(x, (int, float))))
             parts.append(f"**{key}**\n\n" + _table(value, cols))
