@@ -252,7 +252,8 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
         raise EmbrmError(f"{where}: needs path = a data file (relative to the declaration) or a named dataset")
     source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
     columns = doc.get("columns", {})
-    if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str) for k, v in columns.items()):
+    if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str)
+                                            for k, v in columns.items()):
         raise EmbrmError(f"{where} columns: map roles ({', '.join(COLUMN_ROLES)}) to column names (strings)")
     return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
                        _exclusion_from(doc.get("exclude"), f"{where} exclude"))

@@ -238,7 +238,8 @@ def published_picks(responses: pl.DataFrame, eval_rows: np.ndarray, picks_file: 
         if scored.height == 0:
             continue
         g, r, o = (float(scored[c].mean()) for c in ("gold", "random", "oracle"))
-        out.append(PublishedPick(col.removeprefix("pick_"), scored.height, g, r, o, (g - r) / (o - r) if o > r else None))
+        gain = (g - r) / (o - r) if o > r else None
+        out.append(PublishedPick(col.removeprefix("pick_"), scored.height, g, r, o, gain))
     return out
 
 

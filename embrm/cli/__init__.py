@@ -8,7 +8,8 @@ import typer
 from embrm.cli import data, methods, model, study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Embed (prompt, response) texts once; fit reward-model ensembles and simulate Best-of-N on a CPU.")
+                  help="Embed (prompt, response) texts once; fit reward-model ensembles and simulate Best-of-N "
+                       "on a CPU.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check the embedding cache.")
 app.add_typer(cache_app, name="cache")
 

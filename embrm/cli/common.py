@@ -82,7 +82,8 @@ class EmbedderOptions:
                         "GGUF).")] = None
     dtype: Annotated[str, typer.Option(
         "--dtype", help="auto (bf16 where this CPU multiplies it fast) | float32 | bfloat16.")] = "auto"
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate texts to this many tokens.")] = None
+    max_length: Annotated[Optional[int], typer.Option(
+        "--max-length", help="Truncate texts to this many tokens.")] = None
     layer: Annotated[int, typer.Option("--layer", help="hf: hidden layer to read (-1 = last).")] = -1
     pooling: Annotated[str, typer.Option("--pooling", help="hf: last (last non-pad token) | mean_response.")] = "last"
     template: Annotated[str, typer.Option("--template", help="Text sent to the model for each response.")] = \

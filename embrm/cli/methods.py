@@ -54,7 +54,8 @@ def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOpti
 def laser(
     ctx: typer.Context, dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions,
     arms: Annotated[Optional[List[str]], typer.Option(
-        "--arms", help="Comma-separated arms: bt, length, slice[:VALUE], noisy, moe (default: bt,length,slice).")] = None,
+        "--arms", help="Comma-separated arms: bt, length, slice[:VALUE], noisy, moe (default: bt,length,slice).")
+    ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="LinUCB exploration weight (0 = greedy).")] = 0.1,
     n: Annotated[Optional[int], typer.Option("--n", help="Best-of-n size per prompt (default: the full pool).")] = None,
     dim: Annotated[int, typer.Option("--dim", help="PCA dimension of the prompt contexts (0 = raw).")] = 32,

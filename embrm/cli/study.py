@@ -21,7 +21,8 @@ def run(
         help="A study TOML file (default: the default study; keys documented in embrm.study).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Results directory (default: results/<study name>).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Parallel jobs (default: all cores).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", "-j", help="Parallel jobs (default: all cores).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="local (worker processes) | ray.")] = "local",
     address: Annotated[Optional[str], typer.Option(
         "--address", help="ray: cluster address (default: start a local Ray).")] = None,

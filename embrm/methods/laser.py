@@ -4,8 +4,8 @@
     summary, trace = laser_study(responses, X, scores, ["bt", "length"], alpha=0.1, n=None, seed=0)
 
 The bandit (LinUCB, Li et al. 2010, as LASeR uses it). Prompts arrive one per round in a seeded random order.
-Round t sees the prompt's context c (d,), scores every arm at once, ``ucb_k = c . theta_k + alpha * sqrt(c^T A_k^-1 c)``, plays the argmax (exact
-ties broken uniformly at random, seeded), observes the reward r of that arm only, and updates that arm's ridge
+Round t sees the prompt's context c (d,), scores every arm at once,
+``ucb_k = c . theta_k + alpha * sqrt(c^T A_k^-1 c)``, plays the argmax (exact ties broken uniformly at random, seeded), observes the reward r of that arm only, and updates that arm's ridge
 statistics ``A_k += c c^T``, ``b_k += r c`` (A_k starts at lam * I). Optionally the first ``warmup`` rounds per arm
 play the arms in turn (default 0: pure LinUCB; with one noisy warm-up sample an arm can also be written off).
 ``A_k^-1`` is kept directly with the Sherman-Morrison update ``A^-1 -= (A^-1 c)(A^-1 c)^T / (1 + c^T A^-1 c)``,
@@ -375,7 +375,8 @@ def _excluded_picks(responses: pl.DataFrame, S: np.ndarray, names: list[str], ex
     order = np.argsort(share["prompts"])  # the pools' order is not sorted: look the rounds' prompts up through it
     rows = order[np.searchsorted(share["prompts"][order], trace["prompt_id"].to_numpy().astype(str))]
     picked = share["bon"][rows, trace["arm_index"].to_numpy()]
-    return {"laser": float(picked.mean()), **{f"arm:{a}": float(share["bon"][:, j].mean()) for j, a in enumerate(names)}}
+    per_arm = share["bon"].mean(axis=0)
+    return {"laser": float(picked.mean()), **{f"arm:{a}": float(per_arm[j]) for j, a in enumerate(names)}}
 
 
 def laser_experiment(ds, X, *, arms=None, alpha: float = 0.1, n: int | None = None, seed: int = 0,
