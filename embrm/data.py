@@ -64,7 +64,7 @@ class Dataset:
         """The same dataset without its excluded rows (align embeddings with `X[~ds.excluded]`)."""
         if not self.excluded.any():
             return self
-        return replace(self, responses=self.responses.filter(~pl.col("excluded")), exclusion="")
+        return replace(self.filter(~pl.col("excluded")), exclusion="")
 
     @property
     def kind(self) -> str:

@@ -94,6 +94,7 @@ class FittedModel:
     n_train_pairs: int
     label_accuracy: float | None  # share of simulated labels that agree with gold (None for human labels)
     dim: int
+    scores: np.ndarray = field(repr=False)  # (n, K) member scores on the dataset it was fitted on (not saved)
 
     def manifest(self, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None) -> dict:
         spec = ds.spec
@@ -125,17 +126,20 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads:
                                 mode=protocol.learner.mode, pair_prompt_ids=pairs_df["prompt_id"].to_numpy(),
                                 seed=protocol.seed, **params)
         stages.done("members")
-        metrics = pairwise_metrics(ds, ensemble.predict(X), parts.test, protocol.seed)
+        scores = ensemble.predict(X)
+        metrics = pairwise_metrics(ds, scores, parts.test, protocol.seed)
         stages.done("held-out metrics")
     agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
-    return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1])
+    return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1],
+                       scores)
 
 
-def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol) -> dict:
-    """Every reward evaluated: the aggregations of the members (standardised on the training prompts' usable
+def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
+            protocol: Protocol) -> dict:
+    """Every reward evaluated: the aggregations of the member scores (standardised on the training prompts' usable
     responses), WARM's weight-averaged model when there is one, and the length ruler."""
     reference = rows_of(ds.responses, split_.train) & ~ds.excluded
-    out = ensemble_proxies(ensemble.predict(X), reference, protocol.aggregations, **protocol.aggregation_params())
+    out = ensemble_proxies(scores, reference, protocol.aggregations, **protocol.aggregation_params())
     if ensemble.warm_ is not None:
         out["warm"] = ensemble.warm_.predict(X)
     out["length"] = length_proxy(ds.responses)
@@ -143,10 +147,11 @@ def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split,
 
 
 def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
-             prompts: str = "test", metrics: FitMetrics | None = None) -> Evaluation:
+             prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None) -> Evaluation:
     """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
     proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
-    published reward models' picks when it carries them."""
+    published reward models' picks when it carries them. `metrics` and `scores` (the members' predictions on X)
+    are reused when the caller already has them."""
     check_aligned(ds, X)
     if prompts not in ("test", "all"):
         raise EmbrmError(f"--prompts must be test or all, got {prompts!r}")
@@ -154,13 +159,14 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not evaluated.any():
         raise EmbrmError(f"none of the model's held-out prompts are in {ds.name}: pass --prompts all to evaluate on "
                          f"every prompt")
+    scores = ensemble.predict(X) if scores is None else scores
     if metrics is None:
         test = split_.test if prompts == "test" else ds.responses["prompt_id"].unique().sort().to_numpy()
-        metrics = pairwise_metrics(ds, ensemble.predict(X), test, protocol.seed)
+        metrics = pairwise_metrics(ds, scores, test, protocol.seed)
     result = Evaluation(metrics)
     if not ds.has_gold:
         return result
-    scored = proxies(ds, X, ensemble, split_, protocol)
+    scored = proxies(ds, X, ensemble, scores, split_, protocol)
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, n_max=protocol.n_max)
     if protocol.with_excluded and ds.excluded.any():
         result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
@@ -176,11 +182,10 @@ class ExperimentResult:
 
     fit: FittedModel
     evaluation: Evaluation
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"protocol": self.fit.protocol.to_dict(), "n_train_pairs": self.fit.n_train_pairs,
-                "label_accuracy": self.fit.label_accuracy, **self.evaluation.to_dict(), **self.extra}
+                "label_accuracy": self.fit.label_accuracy, **self.evaluation.to_dict()}
 
     def frame(self) -> pl.DataFrame:
         return self.evaluation.frame()
@@ -191,7 +196,7 @@ def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), 
     """fit, then evaluate on the held-out prompts."""
     fitted = fit(ds, X, protocol, threads=threads, progress=progress)
     return ExperimentResult(fitted, evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol,
-                                             metrics=fitted.metrics))
+                                             metrics=fitted.metrics, scores=fitted.scores))
 
 
 # ----------------------------------------------------------------------------- saved models

@@ -60,9 +60,9 @@ from embrm.datasets import REGISTRY, DatasetSpec, dataset_spec, spec_from_table
 from embrm.embed import EmbedderConfig
 from embrm.ensemble import MODES
 from embrm.errors import EmbrmError
+from embrm.methods import REGISTRY as METHODS
 from embrm.protocol import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, HEADS, LabelConfig, Learner, Protocol
 
-METHODS = ("laser", "moe", "composite", "policy")
 HEAD_PARAMS = {
     "linear": {"C": (int, float)},
     "mlp": {"hidden": list, "epochs": int, "objective": str, "lr": float, "batch_size": int, "patience": int,
@@ -85,7 +85,8 @@ class Noise:
 class Study:
     name: str = "default"
     seeds: list = field(default_factory=lambda: [0, 1, 2])
-    datasets: list = field(default_factory=lambda: [DatasetSpec("alpaca-eval-models"), DatasetSpec("alpaca-eval-bon16")])
+    datasets: list = field(default_factory=lambda: [DatasetSpec("alpaca-eval-models"),
+                                                    DatasetSpec("alpaca-eval-bon16")])
     human_pairs: list = field(default_factory=lambda: [DatasetSpec("hh-rlhf-harmless-test")])
     test_size: float = 0.2
     k: int = 10

@@ -98,8 +98,6 @@ class EmbedderOptions:
         return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
 
     def embed(self, ds: Dataset, cache_dir: Path, fmt: Format) -> EmbedResult:
-        if self.batch_size < 1:
-            raise EmbrmError(f"--batch-size must be >= 1 (got {self.batch_size})")
         return self.config().embed(ds, cache_dir, progress=None if fmt == Format.text else False)
 
 
