@@ -1,23 +1,33 @@
-"""Content-addressed Parquet embedding cache.
+"""Content-addressed Parquet embedding cache whose every byte read back is checked.
 
     <root>/<model-slug>-<fingerprint[:16]>/
-        fingerprint.json          the embedder spec + template that defines every vector here (+ dim once known)
-        part-<time>-<uid>.parquet immutable parts: key, embedding (fixed-size float32 list), n_tokens, truncated
+        fingerprint.json           the embedder spec + template that defines every vector here
+        manifest.json              the parts that make up the cache: name, rows, bytes, CRC-32, SHA-256 (+ its digest)
+        part-<time>-<uid>.parquet  immutable parts: key, embedding (fixed-size float32 list), n_tokens, truncated,
+                                   response_cut; Parquet page checksums on
+        quarantine/                files `embrm cache verify --repair` took out of use (never deleted)
 
-One directory per fingerprint, so a key (blake2b-128 of the exact text sent to the model) is unambiguous. Parts are
-written to a temporary name and renamed, so a killed run loses at most the part in flight; `compact` merges parts
-(write the merged part first, then remove the old ones, and readers keep the first copy of a key, so a crash
-between the two steps is harmless). Labels and gold scores never live here: they join on `key`.
+One directory per fingerprint, so a key (blake2b-128 of the exact text sent to the model) is unambiguous.
+Only parts listed in the manifest exist for readers: a part is written to a temporary name, renamed, then listed
+(one atomic manifest replace), so a killed run loses at most the batch in flight and leaves at most a temp file or
+an unlisted part, which the next writer removes. Every read checks the whole file's size and CRC-32 against the
+manifest (any flipped byte, truncation or swapped file is refused; about 4 GB/s) and Parquet's page checksums;
+`verify` also checks SHA-256, the footer and the values. Labels and gold scores never live here: they join on
+`key`. Writers take an exclusive lock on `.lock`; readers need none (parts are immutable, the manifest is replaced
+atomically).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +37,11 @@ import pyarrow.parquet as pq
 
 from embrm.errors import EmbrmError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
+MANIFEST_FILE = "manifest.json"
+PART_GLOB = "part-*.parquet"
+COLUMNS = ("key", "embedding", "n_tokens", "truncated", "response_cut")
 
 
 def canonical_json(obj) -> str:
@@ -52,6 +65,101 @@ def _slug(spec: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model.rstrip("/").split("/")[-1])[:48] or "embedder"
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the new one, never a partial one."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    """One listed part: what its bytes must be."""
+
+    name: str
+    rows: int
+    bytes: int
+    crc32: int
+    sha256: str
+
+    @classmethod
+    def of(cls, name: str, rows: int, data: bytes) -> PartEntry:
+        return cls(name, rows, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
+
+    def check(self, data: bytes, strong: bool = False) -> str | None:
+        """What is wrong with these bytes, or None. The CRC catches every accidental change (any burst of up to
+        32 bits, truncation); `strong` adds SHA-256 against deliberate edits (verify)."""
+        if len(data) != self.bytes:
+            return f"{len(data)} bytes where the manifest lists {self.bytes} (truncated or replaced)"
+        if zlib.crc32(data) != self.crc32 or (strong and hashlib.sha256(data).hexdigest() != self.sha256):
+            return "checksum mismatch (the file changed after it was written)"
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    fingerprint: str
+    dim: int | None = None
+    parts: tuple[PartEntry, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        body = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint, "dim": self.dim,
+                "parts": [asdict(p) for p in self.parts]}
+        return json.dumps({**body, "digest": _digest(body)}, indent=1).encode()
+
+    @classmethod
+    def parse(cls, path: Path) -> Manifest:
+        """Raises EmbrmError for anything but an intact manifest (truncated, edited, wrong schema)."""
+        try:
+            doc = json.loads(path.read_bytes())
+            body = {k: doc[k] for k in ("schema_version", "fingerprint", "dim", "parts")}
+            ok = doc["digest"] == _digest(body) and body["schema_version"] == SCHEMA_VERSION
+            parts = tuple(PartEntry(**p) for p in body["parts"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise EmbrmError(f"{path}: corrupt or edited manifest: run `embrm cache verify --repair "
+                             f"{path.parent}` (it re-lists the parts that pass every check)")
+        return cls(body["fingerprint"], body["dim"], parts)
+
+
+def _digest(body: dict) -> str:
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def read_identity(path: Path) -> tuple[dict, str]:
+    """(spec, fingerprint) from a cache directory's fingerprint.json, checked against itself and the dir name."""
+    fp_file = path / FINGERPRINT_FILE
+    try:
+        doc = json.loads(fp_file.read_bytes())
+        spec, fingerprint = doc["spec"], doc["fingerprint"]
+        ok = isinstance(spec, dict) and fingerprint == fingerprint_of(spec) and path.name.endswith(fingerprint[:16])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise EmbrmError(f"{fp_file}: corrupt or edited fingerprint file: run `embrm cache verify --repair {path}` "
+                         f"(it restores the file from the parts)")
+    return spec, fingerprint
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+
+
+class CorruptPart(EmbrmError):
+    """A listed part that cannot be trusted; `problem` says why (verify lists it, repair quarantines it)."""
+
+    def __init__(self, path: Path, problem: str, cache_path: Path):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}: run `embrm cache verify --repair {cache_path}`, then `embrm embed` "
+                         f"to re-embed what it drops")
+
+
 @dataclass
 class CacheInfo:
     path: str
@@ -62,64 +170,99 @@ class CacheInfo:
     n_vectors: int
     n_unique: int
     bytes: int
+    n_truncated: int  # cached texts cut to the embedder's window
+    n_response_cut: int  # ... of which the response itself lost tokens
+    n_leftover: int  # temp files and unlisted parts (an interrupted run); the next `embed` removes them
 
 
 class EmbeddingCache:
     """The cache directory of one embedder fingerprint under a cache root."""
 
     def __init__(self, root: str | Path, spec: dict):
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise EmbrmError(f"{root}: is a file, not a cache directory: pass a directory as --cache-dir")
         self.spec = spec
         self.fingerprint = fingerprint_of(spec)
-        self.path = Path(root) / f"{_slug(spec)}-{self.fingerprint[:16]}"
+        self.path = root / f"{_slug(spec)}-{self.fingerprint[:16]}"
+        self._manifest: Manifest | None = None
+        self._tables: dict[str, pa.Table] = {}  # verified parts read by this instance (parts are immutable)
         self._index: pl.DataFrame | None = None  # key -> (part, row), built lazily
-        self._check_fingerprint_file()
+        self._locked = False
+        if (self.path / FINGERPRINT_FILE).exists():
+            _, stored = read_identity(self.path)
+            if stored != self.fingerprint:
+                raise EmbrmError(f"{self.path}: written by another embedder (fingerprint {stored[:16]}): "
+                                 f"use another --cache-dir or remove it")
 
     @classmethod
-    def open(cls, path: str | Path) -> "EmbeddingCache":
+    def open(cls, path: str | Path) -> EmbeddingCache:
         """Open an existing cache directory (for info/verify) from its fingerprint.json."""
         path = Path(path)
-        fp_file = path / FINGERPRINT_FILE
-        if not fp_file.exists():
+        if not (path / FINGERPRINT_FILE).is_file():
             raise EmbrmError(f"{path}: not an embrm cache directory (no {FINGERPRINT_FILE}): "
                              f"pass a directory listed by `embrm cache info`")
-        spec = json.loads(fp_file.read_text())["spec"]
+        spec, _ = read_identity(path)
         cache = cls(path.parent, spec)
         cache.path = path
         return cache
 
-    # ------------------------------------------------------------------ metadata
+    # ------------------------------------------------------------------ manifest
 
-    def _check_fingerprint_file(self) -> None:
-        fp_file = self.path / FINGERPRINT_FILE
-        if not fp_file.exists():
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            file = self.path / MANIFEST_FILE
+            if file.exists():
+                self._manifest = Manifest.parse(file)
+            elif any(self.path.glob(PART_GLOB)):
+                raise EmbrmError(f"{self.path}: parts without a manifest (a cache from embrm < 0.3): run `embrm "
+                                 f"cache verify --repair {self.path}` to check and list them")
+            else:
+                self._manifest = Manifest(self.fingerprint)
+        return self._manifest
+
+    def _commit(self, manifest: Manifest) -> None:
+        """Make `manifest` the cache's state (one atomic replace); readers of this instance start over."""
+        if not (self.path / FINGERPRINT_FILE).exists():
+            body = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint, "spec": self.spec}
+            write_atomic(self.path / FINGERPRINT_FILE, json.dumps(body, indent=2, sort_keys=True).encode())
+        write_atomic(self.path / MANIFEST_FILE, manifest.to_bytes())
+        self._manifest, self._index = manifest, None
+        self._tables = {k: v for k, v in self._tables.items() if k in {p.name for p in manifest.parts}}
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Exclusive writer lock (one writer at a time per cache; re-entrant within this instance). The manifest
+        is re-read under it, so a writer always extends the latest state."""
+        if self._locked:
+            yield
             return
-        try:
-            stored = json.loads(fp_file.read_text())
-        except json.JSONDecodeError:
-            raise EmbrmError(f"{fp_file}: corrupt fingerprint file: delete {self.path} and re-embed") from None
-        if stored.get("fingerprint") != self.fingerprint:
-            raise EmbrmError(f"{self.path}: written by another embedder ({stored.get('spec', {}).get('model')}, "
-                             f"fingerprint {str(stored.get('fingerprint'))[:16]}): use another --cache-dir or remove it")
+        import fcntl  # POSIX; imported here so that reading a cache needs nothing platform-specific
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._locked, self._manifest, self._index = True, None, None
+            try:
+                yield
+            finally:
+                self._locked = False
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def dim(self) -> int | None:
-        fp_file = self.path / FINGERPRINT_FILE
-        return json.loads(fp_file.read_text()).get("dim") if fp_file.exists() else None
-
-    def _write_fingerprint(self, dim: int) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        known = self.dim
-        if known is not None and known != dim:
-            raise EmbrmError(f"{self.path}: holds {known}-d vectors but the model gave {dim}-d: "
-                             f"the model changed under the same name; use another --cache-dir")
-        if known is None:
-            body = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint, "dim": dim, "spec": self.spec}
-            tmp = self.path / f".{FINGERPRINT_FILE}.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
-            tmp.replace(self.path / FINGERPRINT_FILE)
+        return self.manifest().dim
 
     def parts(self) -> list[Path]:
-        return sorted(self.path.glob("part-*.parquet")) if self.path.exists() else []
+        """The listed parts (the only ones readers use)."""
+        return [self.path / p.name for p in self.manifest().parts]
+
+    def leftovers(self) -> list[Path]:
+        """Temp files and unlisted parts: what an interrupted write or merge leaves behind."""
+        if not self.path.is_dir():
+            return []
+        listed = {p.name for p in self.manifest().parts}
+        return sorted([p for p in self.path.glob(PART_GLOB) if p.name not in listed] + list(self.path.glob(".*.tmp")))
 
     def _metadata(self, dim: int) -> dict[bytes, bytes]:
         meta = {"schema_version": str(SCHEMA_VERSION), "fingerprint": self.fingerprint, "dim": str(dim),
@@ -131,8 +274,8 @@ class EmbeddingCache:
     # ------------------------------------------------------------------ writing
 
     def write_part(self, keys: list[str], vectors: np.ndarray, n_tokens: np.ndarray | None = None,
-                   truncated: np.ndarray | None = None) -> Path:
-        """Append one immutable part atomically (temp file + rename)."""
+                   truncated: np.ndarray | None = None, response_cut: np.ndarray | None = None) -> Path:
+        """Append one immutable part: temp file, rename, then list it in the manifest."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
         if n != len(keys):
@@ -141,41 +284,58 @@ class EmbeddingCache:
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise EmbrmError(f"the model returned non-finite values for key {keys[bad]} (and maybe others): "
                              f"try --dtype float32; nothing was written for this batch")
-        self._write_fingerprint(dim)
-        n_tokens = np.full(n, -1, np.int32) if n_tokens is None else np.asarray(n_tokens, np.int32)
-        truncated = np.zeros(n, bool) if truncated is None else np.asarray(truncated, bool)
+        flags = [np.zeros(n, bool) if f is None else np.asarray(f, bool) for f in (truncated, response_cut)]
         table = pa.table({
             "key": pa.array(keys, pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
-            "n_tokens": pa.array(n_tokens),
-            "truncated": pa.array(truncated),
+            "n_tokens": pa.array(np.full(n, -1, np.int32) if n_tokens is None else np.asarray(n_tokens, np.int32)),
+            "truncated": pa.array(flags[0]),
+            "response_cut": pa.array(flags[1]),
         }).replace_schema_metadata(self._metadata(dim))
+        return self._add_part(table, dim)
+
+    def _add_part(self, table: pa.Table, dim: int, replaces: tuple[PartEntry, ...] = ()) -> Path:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd", write_page_checksum=True, write_statistics=False)
+        data = sink.getvalue().to_pybytes()
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.path / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        tmp.replace(self.path / name)
-        self._index = None
+        with self.writing():
+            manifest = self.manifest()
+            if manifest.dim is not None and manifest.dim != dim:
+                raise EmbrmError(f"{self.path}: holds {manifest.dim}-d vectors but the model gave {dim}-d: "
+                                 f"the model changed under the same name; use another --cache-dir")
+            write_atomic(self.path / name, data)
+            kept = tuple(p for p in manifest.parts if p not in replaces)
+            self._commit(Manifest(self.fingerprint, dim, kept + (PartEntry.of(name, len(table), data),)))
         return self.path / name
 
     # ------------------------------------------------------------------ reading
 
-    def _read_part(self, part: Path, columns=None) -> pa.Table:
+    def read_part(self, entry: PartEntry, strong: bool = False) -> pa.Table:
+        """A listed part, refused unless its bytes are exactly those listed and its pages pass their checksums."""
+        if not strong and entry.name in self._tables:
+            return self._tables[entry.name]
+        path = self.path / entry.name
         try:
-            table = pq.read_table(part, columns=columns)
-        except Exception as e:  # truncated / not parquet
-            raise EmbrmError(f"{part}: unreadable cache part ({str(e).splitlines()[0][:120]}): "
-                             f"run `embrm cache verify --repair {self.path}` then re-embed") from None
-        meta = pq.read_schema(part).metadata or {}
-        if meta.get(b"embrm.fingerprint", b"").decode() != self.fingerprint:
-            raise EmbrmError(f"{part}: written by another embedder: run `embrm cache verify --repair {self.path}`")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptPart(path, "listed in the manifest but missing", self.path) from None
+        except IsADirectoryError:
+            raise CorruptPart(path, "a directory where a cache part belongs", self.path) from None
+        if (problem := entry.check(data, strong)) is not None:
+            raise CorruptPart(path, problem, self.path)
+        table = parse_part(data, self.fingerprint)
+        if isinstance(table, str):
+            raise CorruptPart(path, table, self.path)
+        self._tables[entry.name] = table
         return table
 
     def index(self) -> pl.DataFrame:
         """key -> (part number, row in part); the first copy of a key wins."""
         if self._index is None:
-            frames = [pl.DataFrame({"key": self._read_part(p, ["key"]).column("key").to_numpy(zero_copy_only=False)})
+            frames = [pl.DataFrame({"key": self.read_part(p).column("key").to_numpy(zero_copy_only=False)})
                       .with_columns(part=pl.lit(i, pl.Int32), row=pl.int_range(pl.len(), dtype=pl.Int64))
-                      for i, p in enumerate(self.parts())]
+                      for i, p in enumerate(self.manifest().parts)]
             empty = pl.DataFrame(schema={"key": pl.Utf8, "part": pl.Int32, "row": pl.Int64})
             self._index = pl.concat(frames).unique("key", keep="first", maintain_order=True) if frames else empty
         return self._index
@@ -192,71 +352,98 @@ class EmbeddingCache:
         dim = col.type.list_size
         return col.flatten().to_numpy(zero_copy_only=True).reshape(len(col), dim)
 
-    def lookup(self, keys: list[str]) -> np.ndarray:
-        """(len(keys), d) float32 aligned with keys; every key must be present."""
-        dim = self.dim
+    def _gather(self, keys: list[str], column: str) -> np.ndarray:
+        """One column (per-row values, or the (n, d) vectors) aligned with keys; every key must be present."""
         where = pl.DataFrame({"key": keys}).with_row_index("pos").join(self.index(), on="key", how="left")
         if where["part"].null_count():
             first = where.filter(pl.col("part").is_null())["key"][0]
             raise EmbrmError(f"{self.path}: key {first} is not cached: run `embrm embed` first")
-        out = np.empty((len(keys), dim or 0), np.float32)
-        parts = self.parts()
-        for part_no, group in where.group_by("part"):  # one read per part file, not per row
-            vectors = self.part_matrix(self._read_part(parts[part_no[0]], ["embedding"]))
-            if vectors.shape[1] != dim:
-                raise EmbrmError(f"{parts[part_no[0]]}: {vectors.shape[1]}-d vectors in a {dim}-d cache: "
-                                 f"run `embrm cache verify --repair {self.path}`")
-            out[group["pos"].to_numpy()] = vectors[group["row"].to_numpy()]
-        return out
+        entries, out = self.manifest().parts, None
+        for (part_no,), group in where.group_by("part"):  # one read per part file, not per row
+            table = self.read_part(entries[part_no])
+            values = self.part_matrix(table) if column == "embedding" else _column(table, column)
+            if out is None:
+                out = np.empty((len(keys), *values.shape[1:]), values.dtype)
+            out[group["pos"].to_numpy()] = values[group["row"].to_numpy()]
+        return out if out is not None else np.empty((0, self.dim or 0), np.float32)
+
+    def lookup(self, keys: list[str]) -> np.ndarray:
+        """(len(keys), d) float32 aligned with keys; every key must be present."""
+        X = self._gather(keys, "embedding")
+        if X.shape[1] != self.dim:
+            raise EmbrmError(f"{self.path}: {X.shape[1]}-d vectors in a {self.dim}-d cache: "
+                             f"run `embrm cache verify --repair {self.path}`")
+        return X
+
+    def flags(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(truncated, response_cut) aligned with keys: which texts lost tokens to the embedder's window."""
+        return self._gather(keys, "truncated"), self._gather(keys, "response_cut")
 
     # ------------------------------------------------------------------ maintenance
 
-    def compact(self) -> None:
-        """Merge all parts into one (a warm read is then one zero-copy file read)."""
-        parts = self.parts()
-        if len(parts) <= 1:
+    def settle(self) -> None:
+        """After a run: remove what interrupted runs left (temp files, unlisted parts) and merge all parts into one
+        (a warm read is then one file). A no-op, and no write, when the cache is already one clean part."""
+        if len(self.manifest().parts) <= 1 and not self.leftovers():
             return
+        with self.writing():
+            manifest = self.manifest()
+            for leftover in self.leftovers():
+                if leftover.is_file():
+                    leftover.unlink()
+            if len(manifest.parts) > 1:
+                self._merge(manifest)
+
+    compact = settle
+
+    def _merge(self, manifest: Manifest) -> None:
+        """Write the merged part and list it alone (one manifest replace), then delete the old parts; a crash
+        anywhere leaves either the old listing or the new one, plus files the next settle() removes."""
+        tables = [self.read_part(p) for p in manifest.parts]
         index = self.index()
-        tables = [self._read_part(p) for p in parts]
-        merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
         offsets = np.cumsum([0] + [len(t) for t in tables])
         take = offsets[index["part"].to_numpy()] + index["row"].to_numpy()
-        merged = merged.take(pa.array(take)).combine_chunks()
-        vectors = self.part_matrix(merged)
-        self.write_part(merged.column("key").to_pylist(), vectors, merged.column("n_tokens").to_numpy(),
-                        merged.column("truncated").to_numpy(zero_copy_only=False))
-        for p in parts:
-            p.unlink()
-        self._index = None
+        merged = pa.concat_tables([_complete(t) for t in tables]).take(pa.array(take)).combine_chunks()
+        self._add_part(merged.replace_schema_metadata(self._metadata(manifest.dim)), manifest.dim,
+                       replaces=manifest.parts)
+        for p in manifest.parts:
+            (self.path / p.name).unlink(missing_ok=True)
 
     def info(self) -> CacheInfo:
-        parts = self.parts()
-        n_vectors = sum(pq.read_metadata(p).num_rows for p in parts)
-        return CacheInfo(str(self.path), self.fingerprint, self.spec, self.dim, len(parts), n_vectors,
-                         len(self.index()), sum(p.stat().st_size for p in parts))
+        manifest = self.manifest()
+        index = self.index()
+        keys = index["key"].to_list()
+        truncated, response_cut = self.flags(keys) if keys else (np.zeros(0, bool), np.zeros(0, bool))
+        return CacheInfo(str(self.path), self.fingerprint, self.spec, manifest.dim, len(manifest.parts),
+                         sum(p.rows for p in manifest.parts), len(index), sum(p.bytes for p in manifest.parts),
+                         int(truncated.sum()), int(response_cut.sum()), len(self.leftovers()))
 
-    def verify(self, repair: bool = False) -> list[str]:
-        """Check every part fully; return one line per problem. repair=True deletes bad parts and temp files."""
-        problems, bad = [], []
-        for tmp in self.path.glob(".*.tmp"):
-            problems.append(f"{tmp}: leftover temporary file from an interrupted write")
-            bad.append(tmp)
-        for part in self.parts():
-            try:
-                table = self._read_part(part)
-                vectors = self.part_matrix(table)
-                if vectors.shape[1] != self.dim:
-                    raise EmbrmError(f"{vectors.shape[1]}-d vectors in a {self.dim}-d cache")
-                if not np.isfinite(vectors).all():
-                    raise EmbrmError("non-finite values")
-            except EmbrmError as e:
-                problems.append(f"{part}: {str(e).split(': ', 1)[-1] if str(e).startswith(str(part)) else e}")
-                bad.append(part)
-        if repair:
-            for p in bad:
-                p.unlink(missing_ok=True)
-            self._index = None
-        return problems
+
+def parse_part(data: bytes, fingerprint: str) -> pa.Table | str:
+    """The part's table (page checksums verified), or what is wrong with it."""
+    try:
+        table = pq.read_table(pa.py_buffer(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as e:
+        return f"unreadable Parquet ({str(e).splitlines()[0][:120]})"
+    meta = table.schema.metadata or {}
+    if meta.get(b"embrm.fingerprint", b"").decode() != fingerprint:
+        return "written by another embedder (footer fingerprint differs)"
+    if table.column_names[:2] != ["key", "embedding"] or not pa.types.is_fixed_size_list(table.schema.field(1).type):
+        return f"not an embrm cache part (columns {table.column_names})"
+    return table
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    if name not in table.column_names:  # parts written before the column existed
+        return np.zeros(len(table), bool)
+    return table.column(name).to_numpy(zero_copy_only=False)
+
+
+def _complete(table: pa.Table) -> pa.Table:
+    """A part's table with every column of today's schema (older parts lack response_cut) and no metadata."""
+    if "response_cut" not in table.column_names:
+        table = table.append_column("response_cut", pa.array(np.zeros(len(table), bool)))
+    return table.select(list(COLUMNS)).replace_schema_metadata(None)
 
 
 def list_caches(root: str | Path) -> list[EmbeddingCache]:

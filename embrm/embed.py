@@ -7,7 +7,7 @@ DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,26 @@ class EmbedResult:
     fingerprint: str
     spec: dict
     seconds: float
+    n_truncated: int = 0  # texts cut to the embedder's window (the prompt's start goes first)
+    n_response_cut: int = 0  # ... of which the response itself lost tokens (longer than the window)
+    indistinguishable: list[str] = field(default_factory=list)  # prompt ids whose distinct responses got one vector
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("n_texts", "n_unique", "n_embedded", "n_cached", "dim", "cache_dir", "fingerprint", "seconds")}
+                ("n_texts", "n_unique", "n_embedded", "n_cached", "dim", "cache_dir", "fingerprint", "seconds",
+                 "n_truncated", "n_response_cut", "indistinguishable")}
+
+    def warnings(self) -> list[str]:
+        """What a researcher must know about these vectors, one line each."""
+        lines = []
+        if self.n_response_cut:
+            lines.append(f"{self.n_response_cut} of {self.n_texts} responses lost tokens to the embedder's window "
+                         f"(their ends are not seen): a longer --max-length or another model sees them")
+        if self.indistinguishable:
+            shown = ", ".join(self.indistinguishable[:5]) + (" ..." if len(self.indistinguishable) > 5 else "")
+            lines.append(f"{len(self.indistinguishable)} prompt(s) whose different responses all got the same vector "
+                         f"(no reward can tell them apart): {shown}")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,7 @@ def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_s
             .unique("key", keep="first", maintain_order=True).join(cache.index(), on="key", how="anti")
             .sort("length", descending=True, maintain_order=True))
     if todo.is_empty():
+        cache.settle()  # a resumed run with nothing left still merges the parts of the killed one
         return keys, 0
     rows = todo["row"].to_numpy()
     with Progress(len(rows), label, "texts", progress) as bar:
@@ -111,9 +128,10 @@ def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_s
             batch = rows[lo:lo + batch_size]
             out = embedder.embed([texts[i] for i in batch],
                                  [response_starts[i] for i in batch] if response_starts else None)
-            cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated)
+            cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated,
+                             getattr(out, "response_cut", None))
             bar.advance(len(batch))
-    cache.compact()
+    cache.settle()
     return keys, len(rows)
 
 
@@ -135,9 +153,25 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
                                    progress=progress, label=f"embed {name}")
     X = cache.lookup(keys)
+    truncated, response_cut = cache.flags(keys)
     n_unique = len(set(keys))
     return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
-                       str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3))
+                       str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3),
+                       int(truncated.sum()), int(response_cut.sum()), indistinguishable_prompts(responses, X))
+
+
+def indistinguishable_prompts(responses: pl.DataFrame, X: np.ndarray) -> list[str]:
+    """Prompts with at least two different responses whose vectors are all identical: every reward ties on them
+    (e.g. a long prompt pushed the responses out of the embedder's window). Exact: each row is compared with the
+    first row of its prompt."""
+    if len(responses) == 0:
+        return []
+    first = (responses.select("prompt_id").with_row_index("row")
+             .with_columns(first=pl.col("row").first().over("prompt_id"))["first"].to_numpy())
+    same = (X == X[first]).all(axis=1)
+    rows = (responses.select("prompt_id", "response").with_columns(same=pl.Series(same))
+            .group_by("prompt_id").agg(pl.col("response").n_unique().alias("texts"), pl.col("same").all()))
+    return rows.filter((pl.col("texts") > 1) & pl.col("same"))["prompt_id"].sort().to_list()
 
 
 def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> np.ndarray:

@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from embrm.cache import EmbeddingCache
+from embrm.cache import EmbeddingCache, text_keys
+from embrm.cache_check import verify
 from embrm.cli import app
 from embrm.data import load_pool
-from embrm.embed import cache_spec, embed_dataset, render
+from embrm.embed import cache_spec, embed_dataset, embed_texts, render
 from embrm.embedders import make_embedder
 from realdata import DATA_DIR, needs_data
 
@@ -83,30 +84,61 @@ def test_template_is_part_of_the_fingerprint(pool_file, embedder, cold):
     assert a.n_embedded == 0 and a.cache_dir != b.cache_dir and b.n_embedded == 20
 
 
-def test_killed_run_resumes_and_matches_an_uninterrupted_run(pool_file, tmp_path, cold):
+def _parts(cache_dir):
+    return len(list(cache_dir.glob("*/part-*.parquet")))
+
+
+def test_killed_runs_resume_merge_and_match_an_uninterrupted_run(pool_file, tmp_path, cold):
+    """SIGKILLs at several points (mid-run, during start-up, mid-run again), then one completed run: at most the
+    batch in flight is lost each time, the cache ends as one merged part that verifies, and the vectors match."""
+    cache_dir = tmp_path / "killed"
     env = {**os.environ, "EMBRM_DATA_DIR": str(DATA_DIR)}
     cmd = [sys.executable, "-m", "embrm.cli", "embed", str(pool_file), "--prompt-col", "instruction",
            "--response-col", "output", "--gold-col", "gold_winprob_vs_gpt4turbo", "--response-key", "model",
-           "--dtype", "bfloat16", "--batch-size", "16", "--cache-dir", str(tmp_path / "killed"), "--format", "json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((tmp_path / "killed").glob("*/part-*.parquet"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_parts = len(list((tmp_path / "killed").glob("*/part-*.parquet")))
-    assert n_parts >= 3, "the run should have been killed part-way"
+           "--dtype", "bfloat16", "--batch-size", "16", "--cache-dir", str(cache_dir), "--format", "json"]
+    for wait_for_parts, delay in ((3, None), (None, 1.0), (2, None)):
+        before = _parts(cache_dir)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + (delay or 120)
+        while time.time() < deadline and (wait_for_parts is None or _parts(cache_dir) < before + wait_for_parts):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    n_parts = _parts(cache_dir)
+    assert n_parts >= 4, "the runs should have been killed part-way"
     resumed = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
     assert 0 < resumed["n_embedded"] < resumed["n_unique"]
-    assert resumed["n_cached"] >= n_parts * 16 - 16  # at most the batch in flight was lost
+    assert resumed["n_cached"] >= (n_parts - 2) * 16  # at most the batch in flight was lost per kill
     ds = load(pool_file)
     embedder = make_embedder("st", dtype="bfloat16")
-    X_resumed = embed_dataset(ds, embedder, cache_dir=tmp_path / "killed", progress=False).X
+    X_resumed = embed_dataset(ds, embedder, cache_dir=cache_dir, progress=False).X
     X_clean = cold[1].X
     cos = (X_resumed * X_clean).sum(1) / np.linalg.norm(X_resumed, axis=1) / np.linalg.norm(X_clean, axis=1)
     assert cos.min() > 0.999
-    cache = EmbeddingCache(tmp_path / "killed", cache_spec(embedder, "{prompt}\n\n{response}"))
-    assert cache.verify() == [] and len(cache.parts()) == 1  # compacted after the finished run
+    cache = EmbeddingCache(cache_dir, cache_spec(embedder, "{prompt}\n\n{response}"))
+    assert verify(cache.path) == [] and len(cache.parts()) == 1 and _parts(cache_dir) == 1
+
+
+class _Refuses:
+    """An embedder for runs that must find everything cached."""
+
+    def embed(self, texts, response_starts=None):
+        raise AssertionError("nothing should be embedded")
+
+
+def test_a_resumed_run_with_nothing_missing_still_merges(tmp_path):
+    """A run killed after its last batch but before the merge left many parts; the next run embeds nothing and
+    must still merge them (a warm read of one part is many times faster than of 150)."""
+    cache = EmbeddingCache(tmp_path, {"backend": "test", "model": "m", "template": "{prompt}{response}"})
+    texts = [f"text {i}" for i in range(9)]
+    keys = text_keys(texts)
+    X = np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)
+    for lo in range(0, 9, 3):
+        cache.write_part(keys[lo:lo + 3], X[lo:lo + 3])
+    (cache.path / ".part-killed.parquet.tmp").write_bytes(b"half a part")
+    assert embed_texts(texts, _Refuses(), cache) == (keys, 0)
+    assert len(cache.parts()) == 1 and verify(cache.path) == []
+    np.testing.assert_array_equal(cache.lookup(keys), X)
 
 
 def test_cli_embed_json_summary_and_cache_commands(pool_file, tmp_path, cold):

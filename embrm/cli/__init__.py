@@ -4,10 +4,39 @@
 from __future__ import annotations
 
 import typer
+from typer._click import exceptions as click  # typer vendors click; its errors live here
+from typer.core import TyperGroup
 
 from embrm.cli import data, methods, model, study
+from embrm.cli.common import error_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one `error:` line and exit 2, like every other
+    error, instead of click's multi-line panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.NoArgsIsHelpError as e:
+            print(e.ctx.get_help() if e.ctx else str(e))
+            raise SystemExit(2) from None
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "embrm"
+            error_line(f"{e.format_message()} (see `{command} --help`)")
+            raise SystemExit(2) from None
+        except click.ClickException as e:
+            error_line(e.format_message())
+            raise SystemExit(e.exit_code) from None
+        except typer.Abort:
+            error_line("aborted")
+            raise SystemExit(130) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Embed (prompt, response) texts once; fit reward-model ensembles and simulate Best-of-N "
                        "on a CPU.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check the embedding cache.")

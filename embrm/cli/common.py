@@ -123,14 +123,25 @@ def grouped(**groups: type):
     return decorate
 
 
+def error_line(message: str) -> None:
+    """One line on stderr; the message is printed verbatim (no rich markup: `[[learners]]` and `embrm[hf]` stay)."""
+    err.print("[bold red]error:[/] ", end="")
+    err.print(" ".join(str(message).split()), markup=False, highlight=False, soft_wrap=True)
+
+
 def friendly(fn):
-    """Turn EmbrmError (and Ctrl-C) into one line on stderr and a non-zero exit, never a traceback."""
+    """Turn EmbrmError, OS errors (a path that is a directory, unreadable, on a full disk) and Ctrl-C into one line
+    on stderr and a non-zero exit, never a traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except EmbrmError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            error_line(str(e))
+            raise typer.Exit(2)
+        except OSError as e:
+            where = e.filename or "a file"
+            error_line(f"{where}: {e.strerror or type(e).__name__}: check the path and its permissions")
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print("interrupted: finished batches are cached; re-run the same command to resume")

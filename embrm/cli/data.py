@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from embrm.cache import EmbeddingCache, list_caches
+from embrm.cache import EmbeddingCache
+from embrm.cache_check import cache_dirs, verify
+from embrm.cache_check import repair as repair_cache
 from embrm.cli.common import (
     CacheDirOpt,
     DataOptions,
@@ -66,50 +68,51 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
               f"({result.n_texts} rows, {result.dim}-d) in {result.seconds:.1f}s -> {result.cache_dir}")
 
 
-def _caches(path: Path):
-    if (path / "fingerprint.json").exists():
-        return [EmbeddingCache.open(path)]
-    if not path.exists():
-        raise EmbrmError(f"{path}: no such cache directory: pass --cache-dir used by `embrm embed`")
-    return list_caches(path)
-
-
 @friendly
 def cache_info(path: CachePathArg = Path("cache"), format: FormatOpt = Format.text):
-    """Show each embedder's cache: model, fingerprint, dim, vectors, parts, size.
+    """Show each embedder's cache: model, dim, vectors, parts, size, truncated texts, leftovers.
 
     Example: embrm cache info cache/
     """
-    infos = [c.info() for c in _caches(path)]
+    infos = [EmbeddingCache.open(p).info() for p in cache_dirs(path)]
     if format == Format.json:
         return print_json([i.__dict__ for i in infos])
-    table = Table("directory", "model", "dim", "vectors", "parts", "MB", title=f"embedding caches in {path}")
+    table = Table("directory", "dim", "vectors", "parts", "MB", "cut (response)", "leftovers",
+                  title=f"embedding caches in {path}")
     for i in infos:
-        table.add_row(Path(i.path).name, str(i.spec.get("model")), str(i.dim), str(i.n_unique), str(i.n_parts),
-                      f"{i.bytes / 1e6:.1f}")
+        table.add_row(Path(i.path).name, str(i.dim), str(i.n_unique), str(i.n_parts), f"{i.bytes / 1e6:.1f}",
+                      f"{i.n_truncated} ({i.n_response_cut})", str(i.n_leftover))
     out.print(table)
 
 
 @friendly
 def cache_verify(path: CachePathArg = Path("cache"),
-                 repair: Annotated[bool, typer.Option("--repair", help="Delete corrupt parts and leftover temp "
-                                                                       "files.")] = False,
+                 repair: Annotated[bool, typer.Option(
+                     "--repair", help="Move parts that fail a check to quarantine/ (never deleted), restore "
+                                      "fingerprint.json and the manifest from intact parts, remove temp files.")] = False,
                  format: FormatOpt = Format.text):
-    """Read every part fully; report truncated/corrupt parts (exit 1), and delete them with --repair.
+    """Check every byte of each cache (checksums, footer, values); report problems (exit 1), fix them with --repair.
 
-    Example: embrm cache verify cache/ --repair   (then re-run `embrm embed` to re-embed the lost rows)
+    Example: embrm cache verify cache/ --repair   (then re-run `embrm embed` to re-embed what was dropped)
     """
-    problems = [p for c in _caches(path) for p in c.verify(repair=repair)]
+    dirs = cache_dirs(path)
+    problems = [p for d in dirs for p in verify(d)]
+    reports = [repair_cache(d) for d in dirs] if repair and problems else []
     if format == Format.json:
-        print_json({"ok": not problems, "problems": problems, "repaired": repair})
+        print_json({"ok": not problems, "problems": problems, "repaired": [r.__dict__ for r in reports]})
     else:
         for p in problems:
-            err.print(f"[red]bad:[/] {p}", highlight=False, soft_wrap=True)
+            err.print(f"bad: {p}", markup=False, highlight=False, soft_wrap=True)
+        for r in reports:
+            for line in r.notes + [f"quarantined {q}" for q in r.quarantined] + [f"removed {t}" for t in r.removed]:
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            if r.vectors_dropped:
+                out.print(f"{r.vectors_dropped} vectors dropped from {r.path}: re-run `embrm embed` to re-embed them",
+                          markup=False, highlight=False)
         if not problems:
-            out.print("cache OK")
-        elif repair:
-            out.print(f"removed {len(problems)} bad file(s): re-run `embrm embed` to re-embed their rows")
-        else:
-            err.print("run `embrm cache verify --repair` to delete them, then `embrm embed` to re-embed their rows")
+            out.print(f"cache OK ({len(dirs)} cache director{'y' if len(dirs) == 1 else 'ies'}, every part checked)")
+        elif not repair:
+            err.print("run `embrm cache verify --repair` to set them aside, then `embrm embed` to re-embed their rows",
+                      markup=False)
     if problems and not repair:
         raise typer.Exit(1)
