@@ -127,9 +127,10 @@ def test_spec_is_complete_and_needs_no_model(tiny_dir):
     spec = emb.spec()
     assert emb._model is None and spec == json.loads(json.dumps(spec))
     assert {k: spec[k] for k in ("backend", "model", "layer", "pooling", "padding_side", "max_length", "append_eos",
-                                 "dtype")} == {"backend": "hf", "model": str(tiny_dir), "layer": -2,
-                                               "pooling": "mean_response", "padding_side": "left",
-                                               "max_length": 64, "append_eos": True, "dtype": "float32"}
+                                 "dtype", "truncation")} == {"backend": "hf", "model": str(tiny_dir), "layer": -2,
+                                                             "pooling": "mean_response", "padding_side": "left",
+                                                             "max_length": 64, "append_eos": True,
+                                                             "dtype": "float32", "truncation": "prompt_first"}
     assert make_embedder("hf", "smollm2").spec()["model"].startswith("HuggingFaceTB/SmolLM2-135M-Instruct (gguf Q4_1")
     assert make_embedder("hf", "SmolLM2-135M-Instruct").spec() == make_embedder("hf").spec()
 

@@ -40,7 +40,7 @@ def test_spec_without_loading_the_model():
     assert emb._model is None  # spec never loads weights (a warm cache run must stay model-free)
     assert spec == json.loads(json.dumps(spec))
     assert spec["model"] == CANONICAL_MINILM and spec["max_length"] == 256 and spec["normalize"] is True
-    assert spec["dtype"] == "float32" and spec["backend"] == "st"
+    assert spec["dtype"] == "float32" and spec["backend"] == "st" and spec["truncation"] == "prompt_first"
     # every alias of the packaged model gives the same (machine-independent) spec
     for alias in (None, DEFAULT_MODEL, CANONICAL_MINILM):
         assert make_embedder("st", alias, dtype="float32").spec() == spec
@@ -55,6 +55,7 @@ def test_real_texts_shape_dtype_norm(fp32, fp32_batch, texts):
     assert b.vectors.shape == (len(texts), 384) and b.vectors.dtype == np.float32 and b.vectors.flags.c_contiguous
     np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1.0, atol=1e-5)
     assert b.n_tokens.dtype == np.int32 and b.truncated.dtype == bool
+    assert b.response_cut.dtype == bool and not b.response_cut.any()  # no response starts: nothing known
     assert (b.truncated == (b.n_tokens > 256)).all() and not b.truncated.all()
     assert fp32.dim == 384
     # spec unchanged by loading; rows independent of batch composition

@@ -3,7 +3,8 @@
     emb = make_embedder("st")                       # packaged all-MiniLM-L6-v2, offline
     emb = make_embedder("hf", "smollm2", layer=-1)  # SmolLM2-135M GGUF, last-token pooling
     emb = make_embedder("openai", "text-embedding-3-small", dimensions=256)
-    batch = emb.embed(texts)                        # EmbedBatch(vectors, n_tokens, truncated)
+    batch = emb.embed(texts)                        # EmbedBatch(vectors, n_tokens, truncated, response_cut)
+    batch = emb.embed(texts, response_starts)       # too long: st/hf cut the prompt's start, not the response
 """
 
 from __future__ import annotations

@@ -26,14 +26,18 @@ class EmbedBatch:
     vectors: np.ndarray  # (n, d) float32, C-contiguous
     n_tokens: np.ndarray  # (n,) int32: tokens of the full text (before truncation); -1 if unknown
     truncated: np.ndarray  # (n,) bool: the text was cut to max_length
+    response_cut: np.ndarray  # (n,) bool: the response itself lost tokens (not only the prompt)
 
     @classmethod
-    def build(cls, vectors, n_tokens, truncated) -> "EmbedBatch":
-        """Coerce to the documented dtypes/layout (one copy at most)."""
+    def build(cls, vectors, n_tokens, truncated, response_cut=None) -> "EmbedBatch":
+        """Coerce to the documented dtypes/layout (one copy at most). `response_cut` defaults to all False, for
+        backends that never cut (or cannot tell)."""
+        truncated = np.asarray(truncated, dtype=bool)
         return cls(
             np.ascontiguousarray(vectors, dtype=np.float32),
             np.asarray(n_tokens, dtype=np.int32),
-            np.asarray(truncated, dtype=bool),
+            truncated,
+            np.zeros(truncated.shape, bool) if response_cut is None else np.asarray(response_cut, dtype=bool),
         )
 
 
@@ -51,7 +55,9 @@ class Embedder(ABC):
 
     @abstractmethod
     def embed(self, texts: list[str], response_starts: list[int] | None = None) -> EmbedBatch:
-        """Embed texts (loads the model on first call). `response_starts` is only used by response pooling."""
+        """Embed texts (loads the model on first call). `response_starts` (the char offset where each text's
+        response begins) lets local backends cut a too-long text's prompt rather than its response, and is
+        used by response pooling."""
 
     @property
     @abstractmethod
@@ -164,24 +170,125 @@ def dtype_kwargs(name: str) -> dict:
 # ------------------------------------------------------------------------------------------------ tokens
 
 
-def token_counter(tokenizer):
-    """texts -> (n,) int32 token counts with special tokens, never truncated.
-
-    Uses a private copy of the fast tokenizer's Rust backend so the model's own truncation settings (which
-    transformers mutates on every call) are untouched, and no "sequence too long" warning is printed.
-    """
+def private_backend(tokenizer):
+    """A private copy of a fast tokenizer's Rust backend, without truncation or padding: transformers mutates
+    the model's own on every call. None for a slow tokenizer."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        from tokenizers import Tokenizer
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
 
-        tk = Tokenizer.from_str(backend.to_str())
-        tk.no_truncation()
-        tk.no_padding()
+    tk = Tokenizer.from_str(backend.to_str())
+    tk.no_truncation()
+    tk.no_padding()
+    return tk
+
+
+def token_counter(tokenizer):
+    """texts -> (n,) int32 token counts with special tokens, never truncated (and no "sequence too long"
+    warning printed)."""
+    tk = private_backend(tokenizer)
+    if tk is not None:
         encode = getattr(tk, "encode_batch_fast", tk.encode_batch)  # _fast skips offsets: cheaper
         return lambda texts: np.fromiter((len(e) for e in encode(texts)), np.int32, len(texts))
     return lambda texts: np.fromiter(
         (len(x) for x in tokenizer(texts, truncation=False, verbose=False)["input_ids"]), np.int32, len(texts)
     )
+
+
+def check_starts(texts: list[str], response_starts) -> np.ndarray:
+    """(n,) int64 response offsets, each within its text."""
+    starts = np.asarray(list(response_starts), dtype=np.int64).reshape(-1)
+    if len(starts) != len(texts):
+        raise EmbrmError(f"got {len(starts)} response_starts for {len(texts)} texts: pass one char offset per text")
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    bad = np.flatnonzero((starts < 0) | (starts > lengths))
+    if len(bad):
+        i = int(bad[0])
+        raise EmbrmError(f"response_starts[{i}]={starts[i]} is outside text {i} (length {lengths[i]}): pass 0..len")
+    return starts
+
+
+class PromptFirst:
+    """Prompt-first truncation of (prompt, response) texts longer than the model's window (in tokens).
+
+    Keeps the whole response part (text[start:], i.e. the response and any template tail) and as much of the END
+    of the prompt part as fits (a reward model must see the response; a right cut would keep only the prompt). A
+    response too long for that keeps its start, and the prompt keeps its last PROMPT_FLOOR of the window (or all of
+    it, if shorter): a reward judges an answer to a question, so the question never disappears entirely. The two parts are tokenized
+    separately and cut at token boundaries (character offsets); the joined text is recounted and trimmed again
+    where re-tokenisation at the junction adds a token. The model's own right truncation stays as a safety net.
+    """
+
+    ROUNDS = 3  # recount rounds; one is almost always enough (junction effects are a token or two)
+    PROMPT_FLOOR = 0.25  # share of the window the prompt's end keeps when the response alone would fill it
+
+    def __init__(self, tokenizer, window: int, extra: int = 0, model: str = ""):
+        self._tk = private_backend(tokenizer)
+        self.window, self._extra, self._model = window, extra, model
+        specials = getattr(tokenizer, "num_special_tokens_to_add", lambda pair: 0)(pair=False)
+        self.budget = window - extra - specials  # tokens of text (both parts) that fit
+
+    def count(self, texts: list[str]) -> np.ndarray:
+        """Tokens the model sees for each text (special tokens and `extra` included), never truncated."""
+        encode = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)
+        return np.fromiter((len(e) for e in encode(texts)), np.int64, len(texts)) + self._extra
+
+    def cut(self, texts: list[str], starts: np.ndarray, n_tokens: np.ndarray):
+        """(texts, starts, response_cut): rows with n_tokens > window are cut, their response starts shifted."""
+        texts, starts = list(texts), np.array(starts, dtype=np.int64)
+        response_cut = np.zeros(len(texts), bool)
+        rows = np.flatnonzero(np.asarray(n_tokens) > self.window)
+        if not len(rows) or self.budget < 1:  # nothing to cut, or a window too small to hold any text
+            return texts, starts, response_cut
+        if self._tk is None:
+            raise EmbrmError(f"cutting long texts prompt-first needs character offsets, which the slow tokenizer of "
+                             f"{self._model} lacks: use a model with a fast tokenizer or shorter texts")
+        sub, sub_starts = [texts[r] for r in rows], starts[rows]
+        new, new_starts, response_cut[rows] = self._cut_rows(sub, sub_starts)
+        for i, r in enumerate(rows):
+            texts[r] = new[i]
+        starts[rows] = new_starts
+        return texts, starts, response_cut
+
+    def _cut_rows(self, texts: list[str], starts: np.ndarray):
+        p_ends = self._token_ends([t[:s] for t, s in zip(texts, starts)])
+        r_ends = self._token_ends([t[s:] for t, s in zip(texts, starts)])
+        n_p = np.fromiter(map(len, p_ends), np.int64, len(texts))
+        n_r = np.fromiter(map(len, r_ends), np.int64, len(texts))
+        floor = np.minimum(n_p, int(self.budget * self.PROMPT_FLOOR))
+        keep_r = np.minimum(n_r, self.budget - floor)
+        keep_p = np.minimum(n_p, self.budget - keep_r)
+        joined, excess, todo = [("", 0)] * len(texts), np.zeros(len(texts), np.int64), np.arange(len(texts))
+        for round_ in range(self.ROUNDS + 1):
+            for i in todo:
+                joined[i] = _join(texts[i], starts[i], p_ends[i], r_ends[i], keep_p[i], keep_r[i])
+            excess[todo] = np.maximum(self.count([joined[i][0] for i in todo]) - self.window, 0)
+            todo = np.flatnonzero(excess)
+            if round_ == self.ROUNDS or not len(todo):
+                break
+            from_prompt = np.minimum(excess[todo], keep_p[todo])  # junction tokens come out of the prompt first
+            keep_p[todo] -= from_prompt
+            keep_r[todo] = np.maximum(keep_r[todo] - (excess[todo] - from_prompt), np.minimum(n_r[todo], 1))
+        new_starts = np.fromiter((s for _, s in joined), np.int64, len(texts))
+        # still over after the rounds: the model's right cut takes the response's last tokens
+        return [t for t, _ in joined], new_starts, (keep_r < n_r) | (excess > 0)
+
+    def _token_ends(self, parts: list[str]) -> list[np.ndarray]:
+        """Character end of each token of each part (no special tokens)."""
+        encs = self._tk.encode_batch(parts, add_special_tokens=False)
+        return [np.array(e.offsets, dtype=np.int64).reshape(-1, 2)[:, 1] for e in encs]
+
+
+def _join(text: str, start: int, p_ends: np.ndarray, r_ends: np.ndarray, keep_p: int, keep_r: int):
+    """(kept text, its response start): the last keep_p prompt tokens + the first keep_r response tokens.
+
+    The prompt is cut at the end of its last dropped token (whitespace before the first kept token stays, so a
+    byte-level BPE keeps its " word" token); the response at the end of its last kept token."""
+    n_p, n_r = len(p_ends), len(r_ends)
+    head = 0 if keep_p == n_p else start if keep_p == 0 else int(p_ends[n_p - keep_p - 1])
+    end = len(text) if keep_r == n_r else start + (int(r_ends[keep_r - 1]) if keep_r else 0)
+    return text[head:end], start - head
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

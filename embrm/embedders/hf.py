@@ -18,8 +18,10 @@ from embrm.embedders.base import (
     SPEC_VERSION,
     EmbedBatch,
     Embedder,
+    PromptFirst,
     check_choice,
     check_positive_int,
+    check_starts,
     check_texts,
     dtype_kwargs,
     l2_normalize,
@@ -74,11 +76,13 @@ class HFEmbedder(Embedder):
       layer          index into hidden_states (0 = embeddings, -1 = last, after the final norm)
       pooling        "last": the last non-padding token (found from the attention mask, so either padding side
                      works); "mean": all tokens; "mean_response": tokens overlapping the response, i.e. whose
-                     character span ends after response_starts[i] (special/EOS tokens excluded; a row whose
-                     response was truncated away falls back to all its tokens)
+                     character span ends after response_starts[i] (special/EOS tokens excluded; an empty
+                     response falls back to all the text's tokens)
       append_eos     append the tokenizer's EOS token id after truncation, so the last token has seen the text
       padding_side   "right" | "left" (position ids come from the attention mask, so both give the same vectors)
-      max_length     tokens kept, EOS included (default 512, as Sun et al.); longer texts are cut on the right
+      max_length     tokens kept, EOS included (default 512, as Sun et al.); a longer text with a response start
+                     loses the start of its prompt, not its response (base.PromptFirst); one without is cut on
+                     the right
       dtype, device, batch_size, revision, normalize (L2 in float32, default False)
     """
 
@@ -132,7 +136,7 @@ class HFEmbedder(Embedder):
             "padding_side": self.padding_side,
             "position_ids": "from_attention_mask",
             "max_length": self.max_length,
-            "truncation_side": "right",
+            "truncation": "prompt_first",  # base.PromptFirst; texts without response_starts: right side
             "dtype": self.dtype,
             "normalize": self.normalize,
         }
@@ -168,6 +172,7 @@ class HFEmbedder(Embedder):
         self._forward_kw = {"use_cache": False} if "use_cache" in params else {}
         self._positions = "position_ids" in params
         self._pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+        self._prompt_first = PromptFirst(tok, self.max_length, extra=int(self.append_eos), model=self.model_id)
         return model
 
     def _check_loaded(self, tok, model) -> None:
@@ -193,21 +198,21 @@ class HFEmbedder(Embedder):
     def embed(self, texts: list[str], response_starts: list[int] | None = None) -> EmbedBatch:
         texts = check_texts(texts)
         want_response = self.pooling == "mean_response"
-        if want_response and (response_starts is None or len(response_starts) != len(texts)):
+        if want_response and response_starts is None:
             raise EmbrmError("pooling='mean_response' needs response_starts (one char offset per text)")
+        starts = None if response_starts is None else check_starts(texts, response_starts)
         self._load()
         if not texts:
             return EmbedBatch.build(np.zeros((0, self.dim)), [], [])
-        enc = self._tok(
-            texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
-            return_offsets_mapping=want_response, verbose=False,
-        )
-        n_eos = int(self.append_eos)
-        n_tokens = np.fromiter(map(len, enc["input_ids"]), np.int64, len(texts)) + n_eos
-        kept = np.minimum(n_tokens, self.max_length)
+        enc = self._encode(texts)
+        n_tokens = self._lengths(enc)  # of the full texts, EOS included
+        response_cut = None
+        if starts is not None:
+            cut, starts, response_cut = self._prompt_first.cut(texts, starts, n_tokens)
+            self._replace_rows(enc, cut, np.flatnonzero(n_tokens > self.max_length))
+        kept = np.minimum(self._lengths(enc), self.max_length)  # right cut: safety net / no response_starts
         if not kept.all():
             raise EmbrmError(f"text {int(np.argmin(kept))} has no tokens: drop empty texts or pass append_eos=True")
-        starts = np.asarray(response_starts, dtype=np.int64) if want_response else None
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort(kept, kind="stable")  # similar lengths together: little padding
         for s in range(0, len(order), self.batch_size):
@@ -215,7 +220,27 @@ class HFEmbedder(Embedder):
             vectors[rows] = self._embed_rows(enc, rows, kept[rows], starts)
         if self.normalize:
             l2_normalize(vectors)
-        return EmbedBatch.build(vectors, n_tokens, n_tokens > self.max_length)
+        return EmbedBatch.build(vectors, n_tokens, n_tokens > self.max_length, response_cut)
+
+    def _encode(self, texts: list[str]):
+        return self._tok(
+            texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
+            return_offsets_mapping=self.pooling == "mean_response", verbose=False,
+        )
+
+    def _lengths(self, enc) -> np.ndarray:
+        ids = enc["input_ids"]
+        return np.fromiter(map(len, ids), np.int64, len(ids)) + int(self.append_eos)
+
+    def _replace_rows(self, enc, texts: list[str], rows: np.ndarray) -> None:
+        """Re-tokenize the rows whose text was cut (in place, so untouched rows keep their tokens)."""
+        if not len(rows):
+            return
+        sub = self._encode([texts[r] for r in rows])
+        for key in ("input_ids", "offset_mapping"):
+            if key in enc:
+                for i, r in enumerate(rows):
+                    enc[key][r] = sub[key][i]
 
     def _embed_rows(self, enc, rows: np.ndarray, kept: np.ndarray, starts) -> np.ndarray:
         import torch
@@ -271,8 +296,8 @@ class HFEmbedder(Embedder):
         ]
         weights, _ = self._pad(flags, kept, False, bool)
         empty = ~weights.any(1)
-        weights[empty] = mask[empty]  # response truncated away (or empty): use the whole text
+        weights[empty] = mask[empty]  # empty response (or cut away on the right, without prompt-first): whole text
         return weights
 
     def close(self) -> None:
-        self._model = self._tok = None
+        self._model = self._tok = self._prompt_first = None

@@ -12,7 +12,9 @@ from embrm.embedders.base import (
     SPEC_VERSION,
     EmbedBatch,
     Embedder,
+    PromptFirst,
     check_positive_int,
+    check_starts,
     check_texts,
     dtype_kwargs,
     l2_normalize,
@@ -87,7 +89,7 @@ class STEmbedder(Embedder):
             "pooling": "model",  # the model's own Pooling module
             "normalize": self.normalize,
             "max_length": self.max_length or self._default_max_length(),  # None: model default, unknown offline
-            "truncation_side": "right",
+            "truncation": "prompt_first",  # base.PromptFirst; texts without response_starts: right side
             "dtype": self.dtype,
         }
 
@@ -145,6 +147,7 @@ class STEmbedder(Embedder):
             model.max_seq_length = self.max_length
         self._cut_at = model.max_seq_length
         self._count = token_counter(model.tokenizer)
+        self._prompt_first = PromptFirst(model.tokenizer, self._cut_at, model=self.model_id)
         self._model = model
         return model
 
@@ -156,25 +159,30 @@ class STEmbedder(Embedder):
 
     def embed(self, texts: list[str], response_starts: list[int] | None = None) -> EmbedBatch:
         texts = check_texts(texts)
-        model = self._load()
+        self._load()
         if not texts:
             return EmbedBatch.build(np.zeros((0, self.dim)), [], [])
-        counting = self._count_async(texts)
-        vectors = model.encode(
+        if response_starts is None:
+            return self._encode(texts, self._count_async(texts), None)
+        starts = check_starts(texts, response_starts)
+        n_tokens = self._count(texts)  # needed before the forward pass: it decides which texts to cut
+        cut, _, response_cut = self._prompt_first.cut(texts, starts, n_tokens)
+        return self._encode(cut, _done(n_tokens), response_cut)
+
+    def _encode(self, texts: list[str], counting: Future, response_cut) -> EmbedBatch:
+        vectors = self._model.encode(
             texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
         ).astype(np.float32, copy=False)
         n_tokens = counting.result()
         if self.normalize:
             l2_normalize(vectors)
-        return EmbedBatch.build(vectors, n_tokens, n_tokens > self._cut_at)
+        return EmbedBatch.build(vectors, n_tokens, n_tokens > self._cut_at, response_cut)
 
     def _count_async(self, texts: list[str]) -> Future:
         """Overlap counting with the GPU; on CPU count first, as a concurrent tokenizer would
         preempt torch's OpenMP threads (measured: 10 % slower on 16 cores vs 3-5 % sequential)."""
         if not self.device.startswith("cuda"):
-            done = Future()
-            done.set_result(self._count(texts))
-            return done
+            return _done(self._count(texts))
         if self._counter is None:
             self._counter = ThreadPoolExecutor(1, thread_name_prefix="embrm-token-count")
         return self._counter.submit(self._count, texts)
@@ -182,4 +190,10 @@ class STEmbedder(Embedder):
     def close(self) -> None:
         if self._counter is not None:
             self._counter.shutdown(wait=True)
-        self._model = self._count = self._counter = None
+        self._model = self._count = self._counter = self._prompt_first = None
+
+
+def _done(value) -> Future:
+    done = Future()
+    done.set_result(value)
+    return done
