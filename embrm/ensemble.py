@@ -30,10 +30,14 @@ import numpy as np
 
 from embrm.errors import EmbrmError
 from embrm.heads import HEADS, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
+from embrm.heads.checks import SEED, Integer, Number, check_params, check_value
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_stack
 from embrm.labels import split_pairs
 
 MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
+# Ensembles in the literature have 5-20 members; every member is a full fit (and K scores per response), so K is
+# bounded where a study still finishes: 256 members of the default MLP take ~25x the default study's fit time.
+K = Integer(1, 256)
 
 
 def member_seeds(seed: int, k: int) -> list[int]:
@@ -152,8 +156,8 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
         raise EmbrmError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
     if mode not in MODES:
         raise EmbrmError(f"unknown ensemble mode {mode!r}: use one of {', '.join(MODES)}")
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise EmbrmError(f"K must be >= 1 (the number of ensemble members), got {k}")
+    check_value("k (ensemble size)", k, K)
+    check_value("seed", seed, SEED)
     if mode == "shared_trunk" and head != "mlp":
         raise EmbrmError("mode shared_trunk trains an MLP trunk with K linear heads: use head='mlp'")
     if mode == "linear_heads" and head != "linear":
@@ -162,15 +166,19 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
         raise EmbrmError("pass seed= to fit_ensemble (it derives every member's random_state), not random_state")
     if "val_fraction" in head_params:  # MLPReward-style spelling of the same thing
         val_fraction = head_params.pop("val_fraction")
+    check_value("val_fraction", val_fraction, Number(0, 1, hi_open=True))
+    check_value("linear_C", linear_C, LinearBT.PARAMS["C"])
     k = int(k)
     X = check_embeddings(X)
     pairs = check_pairs(pairs, len(X))
     pp = check_group_ids(pair_prompt_ids, len(pairs))
     seeds = member_seeds(seed, k)
     try:
-        proto = HEADS[head](**head_params)
+        lgbm_threads = {"n_jobs": head_params.get("n_jobs") or 2} if head == "lgbm" else {}  # per member
+        proto = HEADS[head](**{**head_params, **lgbm_threads})
     except TypeError as e:
         raise EmbrmError(f"bad parameter for head {head!r}: {e}") from None
+    check_params(proto.get_params(), HEADS[head].PARAMS, f"head {head!r}")  # before any member trains
 
     if mode in ("bootstrap", "linear_heads", "shared_trunk"):
         splits = [dict(zip(("train", "val"), bootstrap_split(len(pairs), s, pp))) for s in seeds]
@@ -188,7 +196,6 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
         info.update(trunk_best_epoch=trunk.best_epoch_, trunk_epochs=trunk.n_epochs_, dtype=trunk.dtype_)
         head_params = {**head_params, "linear_C": linear_C}
     elif head == "mlp":
-        proto._check_params()
         hidden = tuple(int(h) for h in proto.hidden)
         inits = ([init_params(X.shape[1], hidden, seed)] * k if warm
                  else [init_params(X.shape[1], hidden, s) for s in seeds])
@@ -208,10 +215,7 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
     else:
         members = []
         for s, sd in zip(splits, seeds):
-            params = {**proto.get_params(), "random_state": sd}
-            if head == "lgbm":
-                params["n_jobs"] = params.get("n_jobs") or 2
-            members.append(HEADS[head](**params).fit(X, pairs[s["train"]]))
+            members.append(HEADS[head](**{**proto.get_params(), "random_state": sd}).fit(X, pairs[s["train"]]))
 
     ens = RewardEnsemble(head, mode, members, seeds, splits, trunk=trunk, warm=warm_model,
                          head_params=head_params, info=info)

@@ -24,7 +24,8 @@ import polars as pl
 from embrm import report as R
 from embrm.datasets import load_dataset
 from embrm.embed import cached_embeddings, embed_dataset
-from embrm.jobs import result_paths, run_jobs
+from embrm.errors import EmbrmError
+from embrm.jobs import check_run_options, result_paths, run_jobs, write_atomic
 from embrm.methods import MethodResult, render_methods, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
@@ -49,25 +50,46 @@ class StudyResult:
 
 def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict]:
     """Embed every dataset of the study (cached texts are not re-embedded). Returns (cache spec, seconds per
-    dataset)."""
+    dataset). Every dataset is loaded and checked first, so a bad one fails before the cache is touched."""
     embedder = study.embedder.build()
+    loaded = {spec: load_dataset(spec, data_dir) for spec in dict.fromkeys([*study.datasets, *study.human_pairs])}
+    for spec in study.human_pairs:
+        if loaded[spec].pairs is None:
+            raise EmbrmError(f"{spec.source}: listed in human_pairs but has no pairs (chosen/rejected columns): move "
+                             f"it to datasets")
+    for spec in study.datasets:
+        if not loaded[spec].has_gold:
+            raise EmbrmError(f"{spec.source}: listed in datasets but has no gold scores (simulated labels need them): "
+                             f"declare its gold column, or move a pairwise file to human_pairs")
     spec, seconds = None, {}
-    for dataset in dict.fromkeys([*study.datasets, *study.human_pairs]):
-        res = embed_dataset(load_dataset(dataset, data_dir), embedder, cache_dir=cache_dir,
-                            template=study.embedder.template, batch_size=study.embedder.batch_size, progress=progress)
+    for dataset, ds in loaded.items():
+        res = embed_dataset(ds, embedder, cache_dir=cache_dir, template=study.embedder.template,
+                            batch_size=study.embedder.batch_size, progress=progress)
         spec, seconds[dataset.label] = res.spec, res.seconds
     return spec, seconds
+
+
+def check_dir_option(path: Path, option: str) -> None:
+    """A directory this run will write under (it may not exist yet): refused up front when it, or the nearest of
+    its parents that exists, is not a directory, so that no work is lost to a bad path."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise EmbrmError(f"{option} {path}: {existing} is a file, not a directory: choose another {option}")
 
 
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
               backend: str = "local", address: str | None = None, progress: bool | None = None,
               command: str | None = None) -> StudyResult:
-    """Run (or resume) a study and write its results directory and report."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(os.cpu_count() or 1, 8)
+    """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
+    and cache_dir; both are checked, and every dataset loaded, before anything is written."""
+    out, cache_dir = Path(out_dir), Path(cache_dir)
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    check_run_options(workers, backend)
+    check_dir_option(out, "--out")
+    check_dir_option(cache_dir, "--cache-dir")
     t0 = time.perf_counter()
     spec, embed_seconds = embed_all(study, cache_dir, data_dir, progress)
+    out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
     results = run_jobs(study, jobs, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
@@ -77,7 +99,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     curves = _curves(curve_files, results)
     fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
     for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
-        frame.write_parquet(out / f"{name}.parquet")
+        write_atomic(out / f"{name}.parquet", frame.write_parquet)
     timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
                "workers": workers, "backend": backend}
@@ -86,10 +108,11 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
-    (out / "study.json").write_text(json.dumps({
-        "study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
-        "timings": timings}, indent=2, default=str) + "\n")
-    result.report_path.write_text(render_report(study, result, plots, command))
+    manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
+                           "timings": timings}, indent=2, default=str) + "\n"
+    write_atomic(out / "study.json", lambda tmp: tmp.write_text(manifest))
+    report = render_report(study, result, plots, command)
+    write_atomic(result.report_path, lambda tmp: tmp.write_text(report))
     return result
 
 

@@ -3,16 +3,22 @@
     results = run_jobs(study, jobs, out_dir / "jobs", spec, cache_dir, workers=2)            # local processes
     results = run_jobs(study, jobs, out_dir / "jobs", spec, cache_dir, backend="ray")        # a local Ray, or address=
 
-A job's result is one JSON file (metrics, per-proxy Best-of-n summaries) and one Parquet file (curves), written
-atomically under `jobs/`; a job whose files exist with the same digest is not run again, so an interrupted study
-resumes where it stopped. Workers read embeddings from the Parquet cache themselves (zero-copy) instead of being
-sent them, and run single-threaded so that W workers use W cores.
+A job's result is one JSON file (metrics, per-proxy Best-of-n summaries) and one Parquet file (curves), each written
+atomically (a temporary file renamed over it) under `jobs/`, the JSON last; a job whose files exist with the same
+digest and read back whole is not run again, so an interrupted study resumes where it stopped (a damaged result
+is reported in one line and its job runs again). Workers read embeddings from the Parquet cache themselves
+(zero-copy) instead of being sent them, run single-threaded so that W workers use W cores, and end with the
+process that started them, even when it is SIGKILLed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -23,11 +29,14 @@ import polars as pl
 from embrm.datasets import DatasetSpec, load_dataset
 from embrm.embed import cached_embeddings
 from embrm.errors import EmbrmError
+from embrm.heads.checks import Integer, OneOf, check_value
 from embrm.pipeline import run_experiment
 from embrm.progress import Progress
 from embrm.study import Job, Study
 
 RESULT_VERSION = 3
+BACKENDS = OneOf(("local", "ray"))
+WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
 
 # ----------------------------------------------------------------------------- one job (runs in a worker)
@@ -53,12 +62,11 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
         raise EmbrmError(f"{job.dataset.label}: human_pairs needs a pairwise dataset (chosen/rejected)")
     X = _embeddings(job.dataset, data_dir, spec_json, str(cache_dir))
     result = run_experiment(ds, X, job.protocol(study), threads=threads, progress=False)
-    out = result.to_dict()
+    out, frame = result.to_dict(), result.frame()
     out.update(key=job.key, kind=job.kind, dataset=job.dataset.label, learner=job.learner.name,
                head=job.learner.head, mode=job.learner.mode, seed=job.seed,
                noise=job.noise.name if job.noise else "human", seconds=time.perf_counter() - start,
-               version=RESULT_VERSION)
-    frame = result.frame()
+               version=RESULT_VERSION, curves_rows=frame.height)  # a resume checks the curves file against it
     return {"result": out, "curves": None if frame.is_empty() else frame.to_dict(as_series=False)}
 
 
@@ -69,17 +77,26 @@ def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
     return jobs_dir / f"{stem}.json", jobs_dir / f"{stem}.parquet"
 
 
+def write_atomic(path: Path, write) -> None:
+    """write(tmp), then rename tmp over path: readers and a resumed run see the old file or the whole new one, never
+    a part, even when this process is killed midway (a killed write leaves only a hidden .tmp file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only there when write or rename failed
+
+
 def save_result(jobs_dir: Path, job: Job, study: Study, out: dict) -> None:
-    """Curves first, then the JSON (written last, atomically): a JSON on disk means a complete job."""
+    """Curves first, then the JSON (written last): a JSON on disk means a complete job."""
     jpath, cpath = result_paths(jobs_dir, job, study)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     if out["curves"] is not None:
-        tmp = cpath.with_suffix(".parquet.tmp")
-        pl.DataFrame(out["curves"]).with_columns(key=pl.lit(job.key)).write_parquet(tmp)
-        os.replace(tmp, cpath)
-    tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out["result"], indent=1, default=_json_default))
-    os.replace(tmp, jpath)
+        frame = pl.DataFrame(out["curves"]).with_columns(key=pl.lit(job.key))
+        write_atomic(cpath, frame.write_parquet)
+    text = json.dumps(out["result"], indent=1, default=_json_default)
+    write_atomic(jpath, lambda tmp: tmp.write_text(text))
 
 
 def _json_default(v):
@@ -91,22 +108,47 @@ def _json_default(v):
 
 
 def load_result(jobs_dir: Path, job: Job, study: Study) -> dict | None:
-    jpath, _ = result_paths(jobs_dir, job, study)
+    """The job's stored result, or None when the job must run: no result yet, one from another embrm version, or
+    a damaged one (truncated, unreadable: reported in one line on stderr; the job runs again)."""
+    jpath, cpath = result_paths(jobs_dir, job, study)
     if not jpath.exists():
         return None
     try:
-        result = json.loads(jpath.read_text())
-    except json.JSONDecodeError:
+        result = json.loads(jpath.read_text(encoding="utf-8"))
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _damaged(jpath, job, e)
+    if result.get("version") != RESULT_VERSION:
         return None
-    return result if result.get("version") == RESULT_VERSION else None
+    rows = result.get("curves_rows")
+    try:
+        found = pl.read_parquet(cpath).height if cpath.exists() else 0
+    except (OSError, pl.exceptions.PolarsError) as e:
+        return _damaged(cpath, job, e)
+    if rows is not None and found != rows:
+        return _damaged(cpath, job, f"{found} curve rows, {rows} expected")
+    return result
+
+
+def _damaged(path: Path, job: Job, why) -> None:
+    why = " ".join(str(why).split())[:200] or type(why).__name__
+    print(f"{path}: damaged result ({why}): running job {job.key} again", file=sys.stderr, flush=True)
+    return None
 
 
 # ----------------------------------------------------------------------------- executors
+
+def check_run_options(workers: int, backend: str) -> None:
+    check_value("backend (--backend)", backend, BACKENDS)
+    check_value("workers (--workers)", workers, WORKERS)
+
 
 def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_dir, *, data_dir=None, workers: int = 2,
              backend: str = "local", address: str | None = None, progress: bool | None = None) -> list[dict]:
     """Run the jobs not already done (resume), with a progress display; returns every job's result."""
     jobs_dir = Path(jobs_dir)
+    check_run_options(workers, backend)
     results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study)) is not None}
     todo = [j for j in jobs if j.key not in results]
     args = (json.dumps(spec, sort_keys=True), str(cache_dir), None if data_dir is None else str(data_dir))
@@ -114,10 +156,8 @@ def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_di
     with Progress(len(todo), label, "jobs", progress) as bar:
         if backend == "ray":
             done = _run_ray(study, todo, args, workers, address, bar)
-        elif backend == "local":
-            done = _run_local(study, todo, args, workers, bar)
         else:
-            raise EmbrmError(f"--backend {backend!r}: use local or ray")
+            done = _run_local(study, todo, args, workers, bar)
         for job, out in done:
             save_result(jobs_dir, job, study, out)
             results[job.key] = out["result"]
@@ -134,15 +174,49 @@ def _run_local(study, todo, args, workers, bar):
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_end_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(run_job, job, study, *args): job for job in todo}
         bar.set_description(f"{min(workers, len(todo))} running")
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 job = pending.pop(fut)
-                yield job, fut.result()
+                yield job, _outcome(fut, job)
             bar.set_description(f"{min(workers, len(pending))} running")
+
+
+def _outcome(fut, job: Job) -> dict:
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        return fut.result()
+    except BrokenProcessPool:
+        raise EmbrmError(f"a worker process died (killed, or out of memory?) while running {job.key}: finished "
+                         f"jobs are kept; re-run to resume, with fewer --workers if memory is short") from None
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _end_with_parent(parent: int) -> None:
+    """Every worker's initializer: the worker ends when the process that started it does. A SIGKILLed parent runs
+    no cleanup; its workers would wait on their task queue for ever (the issue saw them alive 120 s later), and
+    with them the multiprocessing resource tracker, which exits only when the last process holding its pipe has.
+    On Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG; strictly when the parent THREAD
+    that started it ends: the one running run_jobs, which outlives the pool); a watchdog thread covers other
+    systems and the moments before prctl."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="embrm-watch-parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is re-parented (to init or a subreaper)
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _run_ray(study, todo, args, workers, address, bar):

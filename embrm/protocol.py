@@ -12,20 +12,79 @@ from dataclasses import asdict, dataclass, field, replace
 
 from embrm.aggregate import AGGREGATIONS
 from embrm.data import Dataset
-from embrm.ensemble import MODES
+from embrm.ensemble import MODES, K
 from embrm.errors import EmbrmError
+from embrm.heads import HEADS as HEAD_CLASSES
+from embrm.heads.checks import SEED, Integer, Number, check_params, check_value, shown
 
 HEADS = ("linear", "mlp", "lgbm")
 DEFAULT_AGGREGATIONS = ("mean", "min", "median", "uwo", "lcb", "single")
+LABEL_SOURCES = ("auto", "human", "simulated")
+
+# The bounds of an experiment's values: every entry point (`embrm fit`, `embrm bon-sim`, a study job, the Python API)
+# builds a Protocol, so these are checked once here. Upper bounds refuse what cannot finish on a CPU.
+RULES = {
+    "k": K,  # see embrm.ensemble
+    "seed": SEED,
+    "test_size": Number(0, 1, lo_open=True, hi_open=True),  # both sides need prompts
+    "lam": Number(),  # UWO / LCB: any finite weight (0 = the mean; < 0 rewards disagreement)
+    "lcb_beta": Number(),
+    "temperature": Number(0, lo_open=True),  # soft-min divides by it
+    "n_max": Integer(1, 1_000_000, none=True),  # Best-of-n's largest n (<= the pool: checked with the data)
+    # 500x the default 2,000 labels (more than any of the papers reproduced); pairs and their difference vectors
+    # must fit in memory: 10^6 pairs x 384 dims x 2 (mirrored) float32 is 3 GB for the linear head already
+    "n_pairs": Integer(20, 1_000_000),  # fewer than 20 cannot be split for early stopping
+    "beta": Number(0, lo_open=True),  # BT annotator: 0 would be coin flips, < 0 prefers the worse response
+    "flip": Number(0, 0.5, hi_open=True),  # 0.5 is coin flips, above it the labels invert
+}
+SHOWN_AS = {"k": "k (ensemble size)", "n_max": "n_max (largest n of Best-of-n)"}
+
+
+def _check(obj, names: tuple[str, ...]) -> None:
+    for name in names:
+        check_value(SHOWN_AS.get(name, name), getattr(obj, name), RULES[name])
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise EmbrmError(f"{name} must be true or false, got {shown(value)}")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(allowed)}")
+
+
+def _frozen_params(params) -> tuple:
+    """(key, value) pairs (or a dict) as sorted pairs with lists as tuples: hashable, one spelling."""
+    items = params.items() if isinstance(params, dict) else params
+    try:
+        return tuple(sorted(((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items), key=lambda kv: kv[0]))
+    except (TypeError, ValueError):
+        raise EmbrmError(f"learner params must be (key, value) pairs or a dict, got {shown(params)}") from None
 
 
 @dataclass(frozen=True)
 class Learner:
-    """A reward head, an ensemble mode and the head's parameters (sorted (key, value) pairs: hashable)."""
+    """A reward head, an ensemble mode and the head's parameters (sorted (key, value) pairs: hashable).
+
+    The parameters are checked with the head's own rules (embrm.heads: e.g. hidden widths, num_leaves >= 2);
+    random_state is not one of them: the Protocol's seed derives every member's."""
 
     head: str = "linear"
     mode: str = "independent"
     params: tuple = ()
+
+    def __post_init__(self):
+        _check_choice("head", self.head, HEADS)
+        _check_choice("mode", self.mode, MODES)
+        if self.mode == "shared_trunk" and self.head != "mlp":
+            raise EmbrmError("mode shared_trunk needs head = mlp (an MLP trunk with K linear heads)")
+        if self.mode == "linear_heads" and self.head != "linear":
+            raise EmbrmError("mode linear_heads needs head = linear (K linear heads on the frozen embeddings)")
+        object.__setattr__(self, "params", _frozen_params(self.params))
+        rules = {k: r for k, r in HEAD_CLASSES[self.head].PARAMS.items() if k != "random_state"}
+        check_params(dict(self.params), rules, f"head {self.head}")
 
     @property
     def name(self) -> str:
@@ -33,12 +92,10 @@ class Learner:
         return self.head + suffix[self.mode]
 
     def head_params(self) -> dict:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.params}
+        return dict(self.params)
 
     def with_params(self, **params) -> "Learner":
-        merged = {**dict(self.params), **{k: v for k, v in params.items() if v is not None}}
-        return replace(self, params=tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                                 for k, v in merged.items())))
+        return replace(self, params={**dict(self.params), **{k: v for k, v in params.items() if v is not None}})
 
     def to_dict(self) -> dict:
         return {"head": self.head, "mode": self.mode, **self.head_params()}
@@ -67,6 +124,14 @@ class LabelConfig:
     n_pairs: int = 2000
     within_prompt: bool = True
 
+    def __post_init__(self):
+        _check_choice("labels source (--labels)", self.source, LABEL_SOURCES)
+        _check(self, ("n_pairs",))
+        for name in ("beta", "flip"):  # None: not this annotator
+            if getattr(self, name) is not None:
+                _check(self, (name,))
+        _check_bool("within_prompt", self.within_prompt)
+
     @property
     def name(self) -> str:
         if self.source == "human":
@@ -77,15 +142,11 @@ class LabelConfig:
         source = self.source
         if source == "auto":
             source = "human" if ds.pairs is not None else "simulated"
-        if source not in ("human", "simulated"):
-            raise EmbrmError(f"--labels must be human, simulated or auto (got {self.source!r})")
         if source == "human" and ds.pairs is None:
             raise EmbrmError(f"{ds.source}: --labels human needs a pairwise dataset (chosen/rejected columns)")
         if source == "simulated" and not ds.has_gold:
             raise EmbrmError(f"{ds.source}: all gold scores are null: simulated labels need a gold column "
                              f"(--gold-col), or use --labels human on a pairwise file")
-        if self.n_pairs < 20:
-            raise EmbrmError(f"n_pairs = {self.n_pairs} is too few: use 20 or more")
         return LabelConfig(source, None if self.flip is not None else self.beta, self.flip, self.n_pairs,
                            self.within_prompt)
 
@@ -109,17 +170,14 @@ class Protocol:
     n_max: int | None = None
 
     def __post_init__(self):
-        if self.learner.head not in HEADS:
-            raise EmbrmError(f"head {self.learner.head!r}: use one of {', '.join(HEADS)}")
-        if self.learner.mode not in MODES:
-            raise EmbrmError(f"mode {self.learner.mode!r}: use one of {', '.join(MODES)}")
-        if not 0 < self.test_size < 1:
-            raise EmbrmError(f"test_size = {self.test_size} must be between 0 and 1")
-        if self.k < 1:
-            raise EmbrmError(f"k = {self.k} must be >= 1")
-        bad = [a for a in self.aggregations if a not in AGGREGATIONS]
-        if bad:
-            raise EmbrmError(f"aggregation {bad[0]!r}: use any of {', '.join(AGGREGATIONS)}")
+        if not isinstance(self.learner, Learner) or not isinstance(self.labels, LabelConfig):
+            raise EmbrmError("Protocol(learner=Learner(...), labels=LabelConfig(...)): got "
+                             f"{type(self.learner).__name__} and {type(self.labels).__name__}")
+        _check(self, ("k", "seed", "test_size", "lam", "lcb_beta", "temperature", "n_max"))
+        _check_aggregations(self.aggregations)
+        object.__setattr__(self, "aggregations", tuple(self.aggregations))
+        check_value("member", self.member, Integer(0, self.k - 1))  # the member 'single' reports: one of the K
+        _check_bool("with_excluded", self.with_excluded)
 
     def aggregation_params(self) -> dict:
         return {"lam": self.lam, "beta": self.lcb_beta, "temperature": self.temperature, "member": self.member}
@@ -131,10 +189,24 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Protocol":
-        d = dict(d)
-        learner = dict(d.pop("learner"))
-        head, mode = learner.pop("head"), learner.pop("mode")
-        d["learner"] = Learner(head, mode).with_params(**learner)
-        d["labels"] = LabelConfig(**d["labels"])
-        d["aggregations"] = tuple(d["aggregations"])
-        return cls(**d)
+        """The Protocol of to_dict() (e.g. a saved model's manifest); a damaged one is an EmbrmError."""
+        try:
+            d = dict(d)
+            learner = dict(d.pop("learner"))
+            head, mode = learner.pop("head"), learner.pop("mode")
+            d["learner"] = Learner(head, mode, learner)
+            d["labels"] = LabelConfig(**d["labels"])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EmbrmError(f"a saved protocol is damaged ({type(e).__name__}: {e}): re-fit the model") from None
+
+
+def _check_aggregations(aggregations) -> None:
+    """A non-empty list of distinct names from embrm.aggregate."""
+    if isinstance(aggregations, str) or not isinstance(aggregations, (list, tuple)) or not aggregations:
+        raise EmbrmError(f"aggregations must be a non-empty list of {', '.join(AGGREGATIONS)}, "
+                         f"got {shown(aggregations)}")
+    for a in aggregations:
+        _check_choice("aggregation", a, AGGREGATIONS)
+    if len(set(aggregations)) < len(aggregations):
+        raise EmbrmError(f"aggregations {shown(list(aggregations))} name one twice: list each once")

@@ -2,10 +2,11 @@
 
 A study is a TOML file (every key optional; the defaults below are the default study) and expands into a grid of
 independent jobs, one per (dataset, noise, learner, seed) on pools and one per (dataset, learner, seed) on human
-pairs. Validation happens before any work: an unknown key, a wrong type, an unknown head / mode / aggregation or a
-dataset that does not exist is one error naming the key and the allowed values.
+pairs. Validation happens before any work: an unknown key, a wrong type, a value out of its bounds (the same rules as
+`embrm fit`: embrm.protocol and the heads hold them), an unknown head / mode / aggregation or a dataset that does not
+exist is one error naming the file, the key and the allowed values.
 
-    name = "default"
+    name = "default"            # a plain name (letters, digits, . _ -): results go to results/<name> by default
     seeds = [0, 1, 2]
     datasets = ["alpaca-eval-models", "alpaca-eval-bon16"]      # pools with gold: labels are simulated
     human_pairs = ["hh-rlhf-harmless-test"]                      # pairwise data: pairwise accuracy on human labels
@@ -30,7 +31,8 @@ dataset that does not exist is one error naming the key and the allowed values.
     beta = 10.0
 
     [[learners]]                # head = "linear" | "mlp" | "lgbm"; mode = "independent" | "bootstrap" |
-    head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters
+    head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters, with the
+                                # head's own bounds (embrm.heads: PARAMS); one learner per head + mode
     mode = "independent"
     hidden = [256, 128]
 
@@ -51,27 +53,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
-from embrm.aggregate import AGGREGATIONS
-from embrm.datasets import REGISTRY, DatasetSpec, dataset_spec, spec_from_table
-from embrm.embed import EmbedderConfig
-from embrm.ensemble import MODES
-from embrm.errors import EmbrmError
-from embrm.methods import REGISTRY as METHODS
-from embrm.protocol import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, HEADS, LabelConfig, Learner, Protocol
+import polars as pl
 
-HEAD_PARAMS = {
-    "linear": {"C": (int, float)},
-    "mlp": {"hidden": list, "epochs": int, "objective": str, "lr": float, "batch_size": int, "patience": int,
-            "dtype": str, "weight_decay": float},
-    "lgbm": {"n_estimators": int, "learning_rate": float, "num_leaves": int, "objective": str,
-             "min_child_samples": int, "colsample_bytree": float},
-}
+from embrm.datasets import REGISTRY, DatasetSpec, dataset_spec, spec_from_table
+from embrm.embed import EmbedderConfig, render
+from embrm.errors import EmbrmError
+from embrm.heads.checks import SEED, Integer, check_value, shown
+from embrm.methods import REGISTRY as METHODS
+from embrm.protocol import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
+
 EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
                  "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int}
+# A name that becomes a file or directory name (the study's results/<name>, a noise's or dataset's part of a job's
+# file name): no path separators, no '.'/'..', nothing a file system or a shell treats specially.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+EMBED_BATCH = Integer(1, 65_536)  # texts per embedding batch (one cache part each)
+MAX_JOBS = 10_000  # at ~10 s a job on 8 cores, a day of work: a bigger grid is a mistake or several studies
 
 
 @dataclass(frozen=True)
@@ -152,19 +155,23 @@ def load_study(path: str | Path | None = None) -> Study:
     if path is None:
         return Study()
     path = Path(path)
-    if not path.exists():
-        raise EmbrmError(f"{path}: no such study file")
+    if not path.is_file():
+        raise EmbrmError(f"{path}: " + ("is a directory, not a study file" if path.is_dir() else "no such study file"))
     try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise EmbrmError(f"{path}: not valid TOML ({e})") from None
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise EmbrmError(f"{path}: not UTF-8 text (byte {e.start}): save the study file as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:  # its message ends with "(at line L, column C)"
+        raise EmbrmError(f"{path}: not valid TOML: {e}") from None
+    if not doc:
+        raise EmbrmError(f"{path}: the study file is empty: give at least one key (see embrm.study), or run "
+                         f"`embrm run` without a file for the default study")
     return study_from_dict(doc, str(path), path.parent)
 
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "methods": list, "embedder": dict,
-       "labels": dict,
-       "noise": list, "learners": list}
+       "labels": dict, "noise": list, "learners": list}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float}
 
@@ -179,13 +186,13 @@ def _typed(where: str, key: str, value, kind):
         ok = isinstance(value, kinds)
     if not ok:
         names = " or ".join(k.__name__ for k in kinds)
-        raise EmbrmError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
+        raise EmbrmError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {shown(value)}")
     return value
 
 
 def _check_keys(where: str, doc: dict, allowed: dict) -> dict:
     if not isinstance(doc, dict):
-        raise EmbrmError(f"{where}: expected a table, got {type(doc).__name__}")
+        raise EmbrmError(f"{where}: expected a table, got {type(doc).__name__} {shown(doc)}")
     for key in doc:
         if key not in allowed:
             raise EmbrmError(f"{where}: unknown key '{key}': allowed keys are {', '.join(allowed)}")
@@ -194,7 +201,41 @@ def _check_keys(where: str, doc: dict, allowed: dict) -> dict:
 
 def _one_of(where: str, key: str, value, allowed) -> None:
     if value not in allowed:
-        raise EmbrmError(f"{where}: {key} = {value!r} is not allowed: use one of {', '.join(map(str, allowed))}")
+        raise EmbrmError(f"{where}: {key} = {shown(value)} is not allowed: use one of {', '.join(map(str, allowed))}")
+
+
+def _checked(where: str, build):
+    """build() (a Learner, LabelConfig, Protocol...: they hold the rules), its error prefixed with where the values
+    came from."""
+    try:
+        return build()
+    except EmbrmError as e:
+        raise EmbrmError(f"{where}: {e}") from None
+
+
+def _plain_name(where: str, key: str, value) -> str:
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or value in (".", ".."):
+        raise EmbrmError(f"{where}: {key} = {shown(value)} must be a plain name (1-100 letters, digits, '.', '_', "
+                         f"'-'; not '.' or '..'): it names files under the results directory")
+    return value
+
+
+def _distinct(where: str, key: str, values: list) -> None:
+    seen = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            raise EmbrmError(f"{where}: {key} #{i + 1} repeats {shown(v)}: give each entry once")
+        seen.add(v)
+
+
+def _distinct_learners(where: str, learners: list[Learner]) -> None:
+    """Results are kept per learner name (head + mode): two learners with one name would overwrite each other."""
+    names = [l.name for l in learners]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise EmbrmError(f"{where} [[learners]] #{i + 1}: a second {name!r} learner (same head and mode as "
+                             f"#{names.index(name) + 1}): results are kept per learner, so put other parameters "
+                             f"in another study")
 
 
 def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> Study:
@@ -212,11 +253,10 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
         if key in doc:
             setattr(study, key, [_dataset(f"{where}: {key}[{i}]", v, base) for i, v in enumerate(doc[key])])
     if "embedder" in doc:
-        options = _check_keys(f"{where} [embedder]", doc["embedder"], EMBEDDER_KEYS)
-        _one_of(f"{where} [embedder]", "backend", options.get("backend", "st"), ("st", "hf", "openai"))
-        study.embedder = EmbedderConfig(**options)
+        study.embedder = _embedder(f"{where} [embedder]", doc["embedder"])
     if "labels" in doc:
         study.labels = {**study.labels, **_check_keys(f"{where} [labels]", doc["labels"], LABEL_KEYS)}
+        _checked(f"{where} [labels]", lambda: LabelConfig("simulated", **study.labels))
     if "noise" in doc:
         study.noise = [_noise(f"{where} [[noise]] #{i + 1}", n) for i, n in enumerate(doc["noise"])]
     if "learners" in doc:
@@ -228,68 +268,75 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
 def _dataset(where: str, entry, base: Path) -> DatasetSpec:
     """A name, a data file, a declaration file (.toml), or an in-place declaration table."""
     if isinstance(entry, dict):
-        return spec_from_table(entry, where, base)
-    if not isinstance(entry, str):
+        spec = spec_from_table(entry, where, base)
+    elif not isinstance(entry, str):
         raise EmbrmError(f"{where}: give a dataset name, a file path or a table (path, columns, exclude)")
-    if entry not in REGISTRY and not Path(entry).exists() and (base / entry).exists():
-        entry = str(base / entry)  # a file beside the study file
-    try:
-        return dataset_spec(entry)
-    except EmbrmError:
-        raise EmbrmError(f"{where}: {entry!r} is neither a named dataset, an existing file nor a declaration") from None
+    else:
+        if entry not in REGISTRY and not Path(entry).exists() and (base / entry).exists():
+            entry = str(base / entry)  # a file beside the study file
+        spec = _checked(where, lambda: dataset_spec(entry))  # its error says what a name, a file, a .toml is
+    if spec.source not in REGISTRY and not Path(spec.source).is_file():
+        what = "a directory" if Path(spec.source).is_dir() else "not an existing file"
+        raise EmbrmError(f"{where}: {spec.source!r} is {what}: give a named dataset ({', '.join(REGISTRY)}) or a "
+                         f"data file")
+    _plain_name(where, "name", spec.label)
+    return spec
+
+
+def _embedder(where: str, doc) -> EmbedderConfig:
+    """The [embedder] table, checked now by building the embedder (no model is loaded) and rendering the
+    template once, so that a bad option fails before any work."""
+    options = _check_keys(where, doc, EMBEDDER_KEYS)
+    _one_of(where, "backend", options.get("backend", "st"), ("st", "hf", "openai"))
+    if "batch_size" in options:  # embed_dataset refuses < 1 too, but only once the study runs, without the file
+        _checked(where, lambda: check_value("batch_size", options["batch_size"], EMBED_BATCH))
+    config = _checked(where, lambda: EmbedderConfig(**options))
+    _checked(where, config.build)
+    _checked(where, lambda: render(pl.DataFrame({"prompt": ["p"], "response": ["r"]}), config.template))
+    return config
 
 
 def _noise(where: str, doc) -> Noise:
     doc = _check_keys(where, doc, NOISE_KEYS)
     if ("beta" in doc) == ("flip" in doc):
         raise EmbrmError(f"{where}: give exactly one of beta (Bradley-Terry annotator) or flip (flip rate)")
-    if "flip" in doc and not 0 <= doc["flip"] < 0.5:
-        raise EmbrmError(f"{where}: flip = {doc['flip']} must be in [0, 0.5)")
-    if "beta" in doc and not doc["beta"] > 0:
-        raise EmbrmError(f"{where}: beta = {doc['beta']} must be > 0")
+    _checked(where, lambda: LabelConfig("simulated", doc.get("beta"), doc.get("flip")))
     name = doc.get("name") or (f"bt{doc['beta']:g}" if "beta" in doc else f"flip{doc['flip']:g}")
-    return Noise(name, doc.get("beta"), doc.get("flip"))
+    return Noise(_plain_name(where, "name", name), doc.get("beta"), doc.get("flip"))
 
 
 def _learner(where: str, doc) -> Learner:
+    """head, mode and the head's own parameters (its rules: embrm.heads)."""
     if not isinstance(doc, dict) or "head" not in doc:
-        raise EmbrmError(f"{where}: needs head = one of {', '.join(HEADS)}")
-    _one_of(where, "head", doc["head"], HEADS)
-    head = doc["head"]
-    allowed = {"head": str, "mode": str, **HEAD_PARAMS[head]}
-    doc = _check_keys(where, doc, allowed)
-    mode = doc.get("mode", "independent")
-    _one_of(where, "mode", mode, MODES)
-    if mode == "shared_trunk" and head != "mlp":
-        raise EmbrmError(f"{where}: mode shared_trunk needs head = mlp")
-    if mode == "linear_heads" and head != "linear":
-        raise EmbrmError(f"{where}: mode linear_heads needs head = linear")
-    params = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in doc.items()
-                          if k not in ("head", "mode")))
-    return Learner(head, mode, params)
+        raise EmbrmError(f"{where}: needs head = one of linear, mlp, lgbm (and optionally mode and the head's "
+                         f"parameters)")
+    params = {k: v for k, v in doc.items() if k not in ("head", "mode")}
+    return _checked(where, lambda: Learner(doc["head"], doc.get("mode", "independent"), params))
 
 
 def _validate(study: Study, where: str) -> None:
-    for spec in [*study.datasets, *study.human_pairs]:
-        if spec.source not in REGISTRY and not Path(spec.source).exists():
-            raise EmbrmError(f"{where}: dataset {spec.source!r} is neither a named dataset ({', '.join(REGISTRY)}) "
-                             f"nor an existing file")
+    """What needs the whole study: names, the grid, and the values every job's Protocol shares."""
+    _plain_name(where, "name", study.name)
     labels = [d.label for d in study.datasets] + [d.label for d in study.human_pairs]
     if len(set(labels)) != len(labels):
         raise EmbrmError(f"{where}: two datasets share a name ({', '.join(labels)}): give each a distinct name")
-    for agg in study.aggregations:
-        _one_of(where, "aggregations entry", agg, AGGREGATIONS)
+    for i, seed in enumerate(study.seeds):
+        _checked(f"{where}: seeds[{i}]", partial(check_value, "seed", seed, SEED))
+    _distinct(where, "seeds", study.seeds)
+    _distinct(where, "[[noise]] name", [n.name for n in study.noise])
+    _distinct_learners(where, study.learners)
     for method in study.methods:
         _one_of(where, "methods entry", method, METHODS)
+    _distinct(where, "methods", study.methods)
+    _checked(where, lambda: Protocol(k=study.k, test_size=study.test_size, aggregations=tuple(study.aggregations),
+                                     lam=study.lam, lcb_beta=study.lcb_beta, with_excluded=study.with_excluded))
     if not study.seeds:
         raise EmbrmError(f"{where}: seeds is empty: give at least one seed (three or more for intervals)")
     if not study.learners or (not study.datasets and not study.human_pairs):
         raise EmbrmError(f"{where}: nothing to run: give at least one learner and one dataset")
     if study.datasets and not study.noise:
         raise EmbrmError(f"{where}: pools need at least one [[noise]] annotator")
-    if not 0 < study.test_size < 1:
-        raise EmbrmError(f"{where}: test_size = {study.test_size} must be between 0 and 1")
-    if study.k < 1:
-        raise EmbrmError(f"{where}: k = {study.k} must be >= 1")
-    if study.labels.get("n_pairs", 1) < 20:
-        raise EmbrmError(f"{where} [labels]: n_pairs = {study.labels['n_pairs']} is too few (>= 20)")
+    n_jobs = len(jobs_of(study))
+    if n_jobs > MAX_JOBS:
+        raise EmbrmError(f"{where}: {n_jobs} jobs (datasets x noise x learners x seeds): at most {MAX_JOBS} in one "
+                         f"study: split it into several")

@@ -99,8 +99,18 @@ def test_shared_trunk_and_linear_heads_and_lgbm():
 
 def test_ensemble_errors():
     X, pairs, pp = synthetic(n=200, n_pairs=300)
-    with pytest.raises(EmbrmError, match="K must be >= 1"):
+    with pytest.raises(EmbrmError, match=r"k \(ensemble size\) must be an integer in \[1, 256\], got 0"):
         fit_ensemble(X, pairs, k=0)
+    with pytest.raises(EmbrmError, match=r"k \(ensemble size\) must be an integer in \[1, 256\], got 100000"):
+        fit_ensemble(X, pairs, k=100_000)  # refused before any member trains
+    with pytest.raises(EmbrmError, match=r"seed must be an integer in \[0, 4294967295\], got -1"):
+        fit_ensemble(X, pairs, seed=-1)
+    with pytest.raises(EmbrmError, match=r"num_leaves must be an integer in \[2, 131072\], got 1"):
+        fit_ensemble(X, pairs, head="lgbm", num_leaves=1)
+    with pytest.raises(EmbrmError, match=r"hidden must be a list of 1 to 8 positive integers"):
+        fit_ensemble(X, pairs, head="mlp", hidden=("a",))
+    with pytest.raises(EmbrmError, match=r"val_fraction must be a number in \[0, 1\)"):
+        fit_ensemble(X, pairs, val_fraction=1.0)
     with pytest.raises(EmbrmError, match="unknown ensemble mode"):
         fit_ensemble(X, pairs, mode="bagging")
     with pytest.raises(EmbrmError, match="head='mlp'"):

@@ -84,11 +84,31 @@ def test_an_interrupted_study_resumes_without_rerunning_finished_jobs(setup):
     assert result.fits.height == len(jobs)
 
 
+def test_a_damaged_job_result_is_run_again(setup, capsys):
+    """A truncated curves file or JSON (a kill, a full disk, a copy cut short) is not a finished job: the resume
+    says so in one line per file and runs that job again; no temporary file is left behind."""
+    study = load_study(setup / "study.toml")
+    study.seeds, study.human_pairs, study.methods, study.learners = [0], [], [], study.learners[:1]
+    out = setup / "damaged"
+    run_study(study, out, cache_dir=setup / "cache", workers=1, progress=False)
+    (job,) = jobs_of(study)
+    jpath, cpath = result_paths(out / "jobs", job, study)
+    whole = cpath.read_bytes()
+    for damage in (lambda: cpath.write_bytes(whole[: len(whole) // 2]), lambda: jpath.write_text('{"key": "')):
+        damage()
+        capsys.readouterr()
+        result = run_study(study, out, cache_dir=setup / "cache", workers=1, progress=False)
+        lines = [l for l in capsys.readouterr().err.splitlines() if "damaged result" in l]
+        assert len(lines) == 1 and f"running job {job.key} again" in lines[0]
+        assert result.curves.height == json.loads(jpath.read_text())["curves_rows"] > 0
+    assert not [p for p in (out / "jobs").iterdir() if p.name.endswith(".tmp")]
+
+
 def test_bad_config_is_rejected_before_any_work(setup, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('aggregations = ["mean", "best"]\n')
     result = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "'best' is not allowed" in result.output
+    assert result.exit_code == 2 and "\"best\" is not allowed" in result.output
     assert not (tmp_path / "r").exists()
 
 

@@ -133,3 +133,32 @@ def test_bad_inputs():
     m = LinearBT().fit(X, tr)
     with pytest.raises(EmbrmError, match="dim 8 but this head was fitted on dim 16"):
         m.predict(X[:, :8])
+
+
+@pytest.mark.parametrize("est, message", [
+    (LinearBT(C=0), r"C must be a finite number > 0, got 0"),
+    (LinearBT(C=float("nan")), r"C must be a finite number > 0, got NaN"),
+    (LinearBT(max_iter=0), r"max_iter must be an integer in \[1, 100000\], got 0"),
+    (LinearBT(random_state=-1), r"random_state must be an integer in \[0, 4294967295\] or None, got -1"),
+    (MLPReward(hidden=("a",)), r'hidden must be a list of 1 to 8 positive integers \(each <= 8192\), got \["a"\]'),
+    (MLPReward(hidden=()), r"hidden must be a list"),
+    (MLPReward(hidden=(8, 0)), r"got \[8, 0\]"),
+    (MLPReward(hidden=8), r"hidden must be a list"),
+    (MLPReward(epochs=0), r"epochs must be an integer in \[1, 10000\], got 0"),
+    (MLPReward(lr=0.0), r"lr must be a number in \(0, 1\], got 0.0"),
+    (MLPReward(batch_size=0), r"batch_size must be an integer in \[1, 10000000\] or None, got 0"),
+    (MLPReward(patience=True), r"patience must be an integer .* got true"),
+    (MLPReward(dtype="int8"), r'dtype must be one of "auto", "float32", "bfloat16", "float16", got "int8"'),
+    (LGBMReward(num_leaves=1), r"num_leaves must be an integer in \[2, 131072\], got 1"),
+    (LGBMReward(n_estimators=100_000), r"n_estimators must be an integer in \[1, 10000\], got 100000"),
+    (LGBMReward(learning_rate=0), r"learning_rate must be a number in \(0, 1\], got 0"),
+    (LGBMReward(colsample_bytree=1.5), r"colsample_bytree must be a number in \(0, 1\], got 1.5"),
+    (LGBMReward(min_child_samples=0), r"min_child_samples must be an integer in \[1, 1000000\], got 0"),
+    (LGBMReward(objective="rank"), r'objective must be one of "classification", "bt", got "rank"'),
+])
+def test_heads_check_their_params_in_one_line(est, message):
+    """Python API users get the same one-line errors as `embrm fit` and studies (one rule per parameter)."""
+    X, tr, _, _ = synthetic(n=100, n_pairs=100)
+    with pytest.raises(EmbrmError, match=message) as e:
+        est.fit(X, tr)
+    assert "\n" not in str(e.value)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from embrm.errors import EmbrmError
+from embrm.jobs import write_atomic
 from embrm.study import Study, jobs_of, load_study, study_from_dict
 
 
@@ -42,20 +43,23 @@ def test_digest_changes_with_what_shapes_a_result():
 @pytest.mark.parametrize("doc, message", [
     ({"seed": [1]}, "unknown key 'seed': allowed keys are name, seeds"),
     ({"k": "ten"}, "key 'k' must be int"),
-    ({"aggregations": ["mean", "max"]}, "'max' is not allowed: use one of mean, min, median"),
-    ({"learners": [{"head": "forest"}]}, "head = 'forest' is not allowed: use one of linear, mlp, lgbm"),
+    ({"aggregations": ["mean", "max"]}, "aggregation = \"max\" is not allowed: use one of mean, min, median"),
+    ({"learners": [{"head": "forest"}]}, "head = \"forest\" is not allowed: use one of linear, mlp, lgbm"),
     ({"learners": [{"head": "linear", "hidden": [4]}]}, "unknown key 'hidden'"),
     ({"learners": [{"head": "lgbm", "mode": "shared_trunk"}]}, "shared_trunk needs head = mlp"),
     ({"noise": [{"beta": 1, "flip": 0.1}]}, "exactly one of beta"),
-    ({"noise": [{"flip": 0.7}]}, "must be in [0, 0.5)"),
-    ({"datasets": ["no-such-set"]}, "neither a named dataset"),
+    ({"noise": [{"flip": 0.7}]}, "flip must be a number in [0, 0.5), got 0.7"),
+    ({"datasets": ["no-such-set"]}, "datasets[0]: unknown dataset 'no-such-set': use one of"),
+    ({"datasets": ["adir"]}, "datasets[0]: 'adir' is a directory"),
     ({"datasets": [{"path": "x.csv", "exclude": {"column": "m"}}]}, "one of pattern"),
     ({"probes": True}, "unknown key 'probes'"),
-    ({"labels": {"n_pairs": 5}}, "too few"),
-    ({"embedder": {"backend": "tf"}}, "backend = 'tf' is not allowed"),
+    ({"labels": {"n_pairs": 5}}, "[labels]: n_pairs must be an integer in [20, 1000000], got 5"),
+    ({"embedder": {"backend": "tf"}}, "backend = \"tf\" is not allowed"),
     ({"seeds": []}, "seeds is empty"),
 ])
-def test_bad_configs_name_the_key_and_the_allowed_values(doc, message):
+def test_bad_configs_name_the_key_and_the_allowed_values(doc, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
     with pytest.raises(EmbrmError, match=None) as e:
         study_from_dict(doc, "s.toml")
     assert message in str(e.value) and str(e.value).startswith("s.toml")
@@ -89,3 +93,24 @@ def test_a_datasets_table_declares_a_file_in_place(tmp_path):
     protocol = job.protocol(study)
     assert protocol.labels.n_pairs == 2000 and protocol.k == 10 and protocol.with_excluded
     assert protocol.learner == job.learner and protocol.seed == job.seed
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "result.json"
+    path.write_text("old")
+
+    def killed_midway(tmp):
+        tmp.write_text("a part of the new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomic(path, killed_midway)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    write_atomic(path, lambda tmp: tmp.write_text("new"))
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "..", ".", "a/b", "a\\b", "", "x" * 101])
+def test_a_study_name_never_leaves_the_results_directory(name):
+    with pytest.raises(EmbrmError, match="must be a plain name"):
+        study_from_dict({"name": name}, "s.toml")

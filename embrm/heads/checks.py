@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
+from dataclasses import dataclass
+
 import numpy as np
 
 from embrm.errors import EmbrmError
@@ -68,3 +73,102 @@ def check_group_ids(ids, m: int, name: str = "pair_prompt_ids") -> np.ndarray | 
 def check_fitted(est, attr: str) -> None:
     if getattr(est, attr, None) is None:
         raise EmbrmError(f"this {type(est).__name__} is not fitted yet: call fit(X, pairs) first")
+
+
+# ----------------------------------------------------------------------------- parameter rules
+# Every parameter of a head (and of a Protocol) has one rule; the head checks it when it fits, and
+# embrm.protocol checks a Learner's parameters with the same rules when an experiment is described, so `embrm fit`,
+# a study and the Python API refuse the same values with the same message.
+
+MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence, torch.manual_seed and LightGBM all take it; member seeds are uint32
+
+
+def shown(value) -> str:
+    """A value as a user wrote it (JSON/TOML spelling: ["a"], "x", 1.5), for error messages."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Integer:
+    lo: int
+    hi: int
+    none: bool = False  # None is allowed too (e.g. batch_size=None: full batch)
+
+    def ok(self, v) -> bool:
+        return (v is None and self.none) or (is_int(v) and self.lo <= v <= self.hi)
+
+    def __str__(self) -> str:
+        return f"an integer in [{self.lo}, {self.hi}]" + (" or None" if self.none else "")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite real number in an interval (open at an end where lo_open / hi_open)."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v) -> bool:
+        return is_number(v) and (self.lo < v if self.lo_open else self.lo <= v) and \
+            (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if math.isinf(self.hi):
+            return "a finite number" + ("" if math.isinf(self.lo) else f" {'>' if self.lo_open else '>='} {self.lo:g}")
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple
+
+    def ok(self, v) -> bool:
+        return isinstance(v, str) and v in self.values
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(map(shown, self.values))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Layer widths: a non-empty list of positive integers."""
+    max_layers: int
+    max_width: int
+
+    def ok(self, v) -> bool:
+        return isinstance(v, (list, tuple)) and 1 <= len(v) <= self.max_layers and \
+            all(is_int(h) and 1 <= h <= self.max_width for h in v)
+
+    def __str__(self) -> str:
+        return f"a list of 1 to {self.max_layers} positive integers (each <= {self.max_width})"
+
+
+SEED = Integer(0, MAX_SEED)
+RANDOM_STATE = Integer(0, MAX_SEED, none=True)  # a head's random_state (None: 0)
+
+
+def check_value(name: str, value, rule):
+    """value, or a one-line EmbrmError naming the parameter, what is allowed and what was given."""
+    if not rule.ok(value):
+        raise EmbrmError(f"{name} must be {rule}, got {shown(value)}")
+    return value
+
+
+def check_params(params: dict, rules: dict, owner: str) -> None:
+    """Every parameter known to `owner` (a head's name) and allowed by its rule."""
+    for name, value in params.items():
+        if name not in rules:
+            raise EmbrmError(f"unknown key {name!r}: {owner} takes {', '.join(rules)}")
+        check_value(name, value, rules[name])

@@ -12,7 +12,15 @@ import warnings
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.heads.checks import check_embeddings, check_fitted, check_pairs
+from embrm.heads.checks import (
+    RANDOM_STATE,
+    Integer,
+    Number,
+    check_embeddings,
+    check_fitted,
+    check_pairs,
+    check_params,
+)
 
 
 class LinearBT:
@@ -30,6 +38,9 @@ class LinearBT:
     n_iter_ : solver iterations.
     """
 
+    PARAMS = {"C": Number(0, lo_open=True), "max_iter": Integer(1, 100_000),
+              "random_state": RANDOM_STATE}
+
     def __init__(self, C: float = 1.0, max_iter: int = 1000, random_state: int | None = 0):
         self.C = C
         self.max_iter = max_iter
@@ -43,8 +54,7 @@ class LinearBT:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        if not (np.isfinite(self.C) and self.C > 0):
-            raise EmbrmError(f"LinearBT C must be a positive number, got {self.C}")
+        check_params(self.get_params(), self.PARAMS, "LinearBT")
         X = check_embeddings(X)
         pairs = check_pairs(pairs, len(X))
         diff = X[pairs[:, 0]] - X[pairs[:, 1]]

@@ -33,7 +33,18 @@ import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
 from embrm.hardware import fast_bf16
-from embrm.heads.checks import check_embeddings, check_fitted, check_group_ids, check_pairs
+from embrm.heads.checks import (
+    RANDOM_STATE,
+    Integer,
+    Number,
+    OneOf,
+    Sizes,
+    check_embeddings,
+    check_fitted,
+    check_group_ids,
+    check_pairs,
+    check_params,
+)
 from embrm.labels import split_pairs
 
 OBJECTIVES = ("bt", "classification")
@@ -502,6 +513,12 @@ class MLPReward:
     val_history_, train_history_, best_epoch_, n_epochs_, dtype_.
     """
 
+    # Widths up to 8192 (8x Sun et al.'s 1024) and 8 layers; lr in (0, 1] (Adam moves a weight by ~lr a step)
+    PARAMS = {"hidden": Sizes(8, 8192), "objective": OneOf(OBJECTIVES), "lr": Number(0, 1, lo_open=True),
+              "epochs": Integer(1, 10_000), "batch_size": Integer(1, 10_000_000, none=True),
+              "patience": Integer(1, 10_000), "val_fraction": Number(0, 1, hi_open=True), "weight_decay": Number(0),
+              "dtype": OneOf(("auto", *DTYPES)), "random_state": RANDOM_STATE}
+
     def __init__(self, hidden=(1024, 512), objective: str = "bt", lr: float = 1e-3, epochs: int = 30,
                  batch_size: int | None = None, patience: int = 3, val_fraction: float = 0.2,
                  weight_decay: float = 0.0, dtype: str = "auto", random_state: int | None = 0):
@@ -521,18 +538,7 @@ class MLPReward:
                                               "val_fraction", "weight_decay", "dtype", "random_state")}
 
     def _check_params(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise EmbrmError(f"MLP objective must be 'bt' or 'classification', got {self.objective!r}")
-        hidden = tuple(self.hidden)
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise EmbrmError(f"MLP hidden sizes must be positive integers, got {self.hidden!r}")
-        if not (self.lr > 0 and self.epochs >= 1 and self.patience >= 1):
-            raise EmbrmError("MLP needs lr > 0, epochs >= 1 and patience >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise EmbrmError(f"batch_size must be >= 1 or None (full batch), got {self.batch_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise EmbrmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        resolve_dtype(self.dtype)
+        check_params(self.get_params(), self.PARAMS, "MLPReward")
 
     def train_kwargs(self) -> dict:
         return dict(objective=self.objective, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
@@ -594,4 +600,4 @@ class MLPReward:
         return forward_stack(X, [p[None] for p in params])[:, 0]
 
     def __repr__(self) -> str:
-        return f"MLPReward(hidden={tuple(self.hidden)}, objective={self.objective!r}, dtype={self.dtype!r})"
+        return f"MLPReward(hidden={self.hidden!r}, objective={self.objective!r}, dtype={self.dtype!r})"
