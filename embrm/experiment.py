@@ -42,15 +42,17 @@ class StudyResult:
     timings: dict
     findings: list
     methods: list[MethodResult] = field(default_factory=list)
+    embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
 
     @property
     def report_path(self) -> Path:
         return self.out_dir / "report.md"
 
 
-def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict]:
+def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict, dict]:
     """Embed every dataset of the study (cached texts are not re-embedded). Returns (cache spec, seconds per
-    dataset). Every dataset is loaded and checked first, so a bad one fails before the cache is touched."""
+    dataset, what the embedder's window did to each dataset's texts). Every dataset is loaded and checked first,
+    so a bad one fails before the cache is touched."""
     embedder = study.embedder.build()
     loaded = {spec: load_dataset(spec, data_dir) for spec in dict.fromkeys([*study.datasets, *study.human_pairs])}
     for spec in study.human_pairs:
@@ -61,12 +63,14 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[di
         if not loaded[spec].has_gold:
             raise EmbrmError(f"{spec.source}: listed in datasets but has no gold scores (simulated labels need them): "
                              f"declare its gold column, or move a pairwise file to human_pairs")
-    spec, seconds = None, {}
+    spec, seconds, facts = None, {}, {}
     for dataset, ds in loaded.items():
         res = embed_dataset(ds, embedder, cache_dir=cache_dir, template=study.embedder.template,
                             batch_size=study.embedder.batch_size, progress=progress)
         spec, seconds[dataset.label] = res.spec, res.seconds
-    return spec, seconds
+        facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
+                                                             "indistinguishable")}
+    return spec, seconds, facts
 
 
 def check_dir_option(path: Path, option: str) -> None:
@@ -88,7 +92,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     check_dir_option(out, "--out")
     check_dir_option(cache_dir, "--cache-dir")
     t0 = time.perf_counter()
-    spec, embed_seconds = embed_all(study, cache_dir, data_dir, progress)
+    spec, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress)
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
@@ -103,13 +107,13 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
                "workers": workers, "backend": backend}
-    result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub))
+    result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub), embedding=embedding)
     result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
     manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
-                           "timings": timings}, indent=2, default=str) + "\n"
+                           "timings": timings, "embedding": embedding}, indent=2, default=str) + "\n"
     write_atomic(out / "study.json", lambda tmp: tmp.write_text(manifest))
     report = render_report(study, result, plots, command)
     write_atomic(result.report_path, lambda tmp: tmp.write_text(report))
@@ -216,6 +220,23 @@ def _verdict(mean: float, half: float) -> str:
 
 # ----------------------------------------------------------------------------- report.md
 
+def _embedding_section(embedding: dict) -> list[str]:
+    """What the embedder's window did to the texts: a result built on responses it never saw must say so."""
+    if not embedding:
+        return []
+    rows = [[f"`{name}`", str(f["n_texts"]), str(f["n_truncated"]), str(f["n_response_cut"]),
+             str(len(f["indistinguishable"]))] for name, f in embedding.items()]
+    lines = ["## What the embedder saw", "", "Texts longer than the embedder's window lose the prompt's start first; "
+             "a response longer than the window (with a quarter of it kept for the prompt's end) loses its end. "
+             "Prompts whose different responses still got identical vectors cannot be ranked by any reward.", "",
+             R.md_table(["dataset", "texts", "cut to the window", "response lost tokens",
+                         "prompts with indistinguishable responses"], rows), ""]
+    tied = {name: f["indistinguishable"] for name, f in embedding.items() if f["indistinguishable"]}
+    lines += [f"- `{name}`: indistinguishable responses on prompt(s) {', '.join(ids[:10])}"
+              f"{' ...' if len(ids) > 10 else ''}" for name, ids in tied.items()]
+    return lines + ([""] if tied else [])
+
+
 def render_report(study: Study, result: StudyResult, plots: list[Path], command: str | None) -> str:
     bon, fits, pub, t = result.bon, result.fits, result.published, result.timings
     noises = [n.name for n in study.noise]
@@ -246,6 +267,7 @@ def render_report(study: Study, result: StudyResult, plots: list[Path], command:
                   R.fit_markdown(fits, dataset), ""]
     if result.methods:
         lines += [render_methods(result.methods), ""]
+    lines += _embedding_section(result.embedding)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## Timing", "", R.md_table(["stage", "seconds"], [
         ["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],

@@ -16,7 +16,7 @@ from embrm.cache import EmbeddingCache, text_keys
 from embrm.cache_check import verify
 from embrm.cli import app
 from embrm.data import load_pool
-from embrm.embed import cache_spec, embed_dataset, embed_texts, render
+from embrm.embed import cache_spec, embed_dataset, embed_texts, indistinguishable_prompts, render
 from embrm.embedders import make_embedder
 from realdata import DATA_DIR, needs_data
 
@@ -179,3 +179,11 @@ def test_cli_errors_are_one_line_without_traceback(args, message, tmp_path):
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_prompts_whose_responses_got_one_vector_are_named():
+    responses = pl.DataFrame({"prompt_id": ["a", "a", "b", "b", "c", "d", "d"],
+                              "response": ["x", "y", "x", "y", "x", "same", "same"]})
+    X = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [5, 5], [2, 2], [2, 2]], np.float32)
+    assert indistinguishable_prompts(responses, X) == ["a"]  # d: one text twice is not a loss
+    assert indistinguishable_prompts(responses.head(0), X[:0]) == []

@@ -67,6 +67,9 @@ def test_run_writes_tables_report_and_plots(setup):
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "± " in report and "## Pairwise accuracy" in report
     assert "random pick (expected)" in report and "probes picked at n = N" in report
+    assert "## What the embedder saw" in report and "| `renamed-pool` | 180 |" in report
+    embedding = json.loads((out / "study.json").read_text())["embedding"]
+    assert embedding["renamed-pool"]["n_texts"] == 180 and embedding["renamed-pool"]["indistinguishable"] == []
     assert any(p.suffix == ".png" and p.stat().st_size > 10_000 for p in out.iterdir())
     assert json.loads((out / "study.json").read_text())["command"].startswith("embrm run")
 
