@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import time
 import uuid
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embrm.errors import EmbrmError
+from embrm.files import write_atomic
 
 SCHEMA_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
@@ -63,16 +63,6 @@ def text_keys(texts: list[str]) -> list[str]:
 def _slug(spec: dict) -> str:
     model = str(spec.get("model", spec.get("backend", "embedder")))
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model.rstrip("/").split("/")[-1])[:48] or "embedder"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: readers see the old file or the new one, never a partial one."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------- manifest
@@ -225,8 +215,8 @@ class EmbeddingCache:
         """Make `manifest` the cache's state (one atomic replace); readers of this instance start over."""
         if not (self.path / FINGERPRINT_FILE).exists():
             body = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint, "spec": self.spec}
-            write_atomic(self.path / FINGERPRINT_FILE, json.dumps(body, indent=2, sort_keys=True).encode())
-        write_atomic(self.path / MANIFEST_FILE, manifest.to_bytes())
+            write_atomic(self.path / FINGERPRINT_FILE, json.dumps(body, indent=2, sort_keys=True), durable=True)
+        write_atomic(self.path / MANIFEST_FILE, manifest.to_bytes(), durable=True)
         self._manifest, self._index = manifest, None
         self._tables = {k: v for k, v in self._tables.items() if k in {p.name for p in manifest.parts}}
 
@@ -304,7 +294,7 @@ class EmbeddingCache:
             if manifest.dim is not None and manifest.dim != dim:
                 raise EmbrmError(f"{self.path}: holds {manifest.dim}-d vectors but the model gave {dim}-d: "
                                  f"the model changed under the same name; use another --cache-dir")
-            write_atomic(self.path / name, data)
+            write_atomic(self.path / name, data, durable=True)
             kept = tuple(p for p in manifest.parts if p not in replaces)
             self._commit(Manifest(self.fingerprint, dim, kept + (PartEntry.of(name, len(table), data),)))
         return self.path / name

@@ -32,9 +32,9 @@ from embrm.cache import (
     fingerprint_of,
     parse_part,
     read_identity,
-    write_atomic,
 )
 from embrm.errors import EmbrmError
+from embrm.files import write_atomic
 
 QUARANTINE = "quarantine"
 
@@ -161,7 +161,7 @@ def _restore_identity(path: Path) -> bool:
         spec = _footer_spec(part)
         if spec is not None and path.name.endswith(fingerprint_of(spec)[:16]):
             body = {"schema_version": SCHEMA_VERSION, "fingerprint": fingerprint_of(spec), "spec": spec}
-            write_atomic(path / FINGERPRINT_FILE, json.dumps(body, indent=2, sort_keys=True).encode())
+            write_atomic(path / FINGERPRINT_FILE, json.dumps(body, indent=2, sort_keys=True), durable=True)
             return True
     raise EmbrmError(f"{path / FINGERPRINT_FILE}: corrupt, and no part holds the embedder spec to restore it from: "
                      f"remove {path} and re-embed")

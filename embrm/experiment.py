@@ -25,7 +25,8 @@ from embrm import report as R
 from embrm.datasets import load_dataset
 from embrm.embed import cached_embeddings, embed_dataset
 from embrm.errors import EmbrmError
-from embrm.jobs import check_run_options, result_paths, run_jobs, write_atomic
+from embrm.files import write_atomic
+from embrm.jobs import check_run_options, result_paths, run_jobs
 from embrm.methods import MethodResult, render_methods, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
@@ -114,9 +115,9 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     timings["total"] = time.perf_counter() - t0
     manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
                            "timings": timings, "embedding": embedding}, indent=2, default=str) + "\n"
-    write_atomic(out / "study.json", lambda tmp: tmp.write_text(manifest))
+    write_atomic(out / "study.json", manifest)
     report = render_report(study, result, plots, command)
-    write_atomic(result.report_path, lambda tmp: tmp.write_text(report))
+    write_atomic(result.report_path, report)
     return result
 
 

@@ -29,6 +29,7 @@ import polars as pl
 from embrm.datasets import DatasetSpec, load_dataset
 from embrm.embed import cached_embeddings
 from embrm.errors import EmbrmError
+from embrm.files import write_atomic
 from embrm.heads.checks import Integer, OneOf, check_value
 from embrm.pipeline import run_experiment
 from embrm.progress import Progress
@@ -77,17 +78,6 @@ def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
     return jobs_dir / f"{stem}.json", jobs_dir / f"{stem}.parquet"
 
 
-def write_atomic(path: Path, write) -> None:
-    """write(tmp), then rename tmp over path: readers and a resumed run see the old file or the whole new one, never
-    a part, even when this process is killed midway (a killed write leaves only a hidden .tmp file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only there when write or rename failed
-
-
 def save_result(jobs_dir: Path, job: Job, study: Study, out: dict) -> None:
     """Curves first, then the JSON (written last): a JSON on disk means a complete job."""
     jpath, cpath = result_paths(jobs_dir, job, study)
@@ -96,7 +86,7 @@ def save_result(jobs_dir: Path, job: Job, study: Study, out: dict) -> None:
         frame = pl.DataFrame(out["curves"]).with_columns(key=pl.lit(job.key))
         write_atomic(cpath, frame.write_parquet)
     text = json.dumps(out["result"], indent=1, default=_json_default)
-    write_atomic(jpath, lambda tmp: tmp.write_text(text))
+    write_atomic(jpath, text)
 
 
 def _json_default(v):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from embrm.errors import EmbrmError
-from embrm.jobs import write_atomic
+from embrm.files import write_atomic
 from embrm.study import Study, jobs_of, load_study, study_from_dict
 
 
