@@ -74,6 +74,11 @@ class Exclusion:
             re.compile(pattern)
         except re.error as e:
             raise EmbrmError(f"{where}: pattern {pattern!r} is not a regular expression ({e})") from None
+        try:  # the rule runs in polars' engine, which lacks look-around and backreferences
+            pl.Series([""]).str.contains(pattern)
+        except pl.exceptions.PolarsError:
+            raise EmbrmError(f"{where}: pattern {pattern!r} uses look-around or a backreference, which the matcher "
+                             f"does not support: rewrite it without them") from None
         return cls(column, pattern, name)
 
 
@@ -194,9 +199,20 @@ def _download(info: DatasetInfo, target: Path) -> str | None:
     return "; ".join(reasons)
 
 
+def existing_data_dir(explicit: str | Path | None = None) -> Path:
+    """The data dir; one the user named (--data-dir, $EMBRM_DATA_DIR) must exist: a typo must not make a new
+    directory behind their back (only the default, ~/.cache/embrm/data, is created on download)."""
+    root = data_dir(explicit)
+    if (explicit or os.environ.get("EMBRM_DATA_DIR")) and not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise EmbrmError(f"data dir {root} {what} (from --data-dir or EMBRM_DATA_DIR): fix the path, or create the "
+                         f"directory to download named datasets into it")
+    return root
+
+
 def fetch(info: DatasetInfo, root: str | Path | None = None) -> Path:
     """Path of the dataset's file in the data dir, downloading it when absent and possible."""
-    root = data_dir(root)
+    root = existing_data_dir(root)
     path = root / info.path
     if not path.exists():
         why = _download(info, path)
@@ -248,8 +264,10 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
     for key in doc:
         if key not in allowed:
             raise EmbrmError(f"{where}: unknown key '{key}': allowed keys are {', '.join(sorted(allowed))}")
-    if not isinstance(doc.get("path"), str):
+    if not isinstance(doc.get("path"), str) or not doc["path"].strip():
         raise EmbrmError(f"{where}: needs path = a data file (relative to the declaration) or a named dataset")
+    if not isinstance(doc.get("name", ""), str):
+        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
     source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
     columns = doc.get("columns", {})
     if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str)
@@ -268,21 +286,33 @@ def _exclusion_from(doc, where: str) -> Exclusion | None:
                          f"(and optionally name)")
     pattern = doc.get("pattern")
     if pattern is None:
-        pattern = "^(" + "|".join(re.escape(str(v)) for v in doc["values"]) + ")$"
+        values = doc["values"]
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int)) for v in values):
+            raise EmbrmError(f"{where}: values must be a non-empty list of strings (the column values to exclude)")
+        pattern = "^(" + "|".join(re.escape(str(v)) for v in values) + ")$"
+    elif not isinstance(pattern, str) or not pattern:
+        raise EmbrmError(f"{where}: pattern must be a non-empty string (a regular expression)")
     return Exclusion.checked(doc["column"], pattern, str(doc.get("name", "excluded")), where)
 
 
 def read_declaration(path: str | Path) -> DatasetSpec:
     path = Path(path)
-    if not path.exists():
-        raise EmbrmError(f"{path}: no such dataset declaration file")
+    if not path.is_file():
+        what = " (it is a directory)" if path.exists() else ""
+        raise EmbrmError(f"{path}: no such dataset declaration file{what}")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EmbrmError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise EmbrmError(f"{path}: cannot read the declaration ({e.strerror or e}): check its permissions") from None
     if set(doc) != {"dataset"}:
         raise EmbrmError(f"{path}: a dataset declaration holds one [dataset] table (path, name, columns, exclude)")
-    return spec_from_table(doc["dataset"], f"{path} [dataset]", path.parent)
+    spec = spec_from_table(doc["dataset"], f"{path} [dataset]", path.parent)
+    if spec.source not in REGISTRY and not Path(spec.source).is_file():
+        raise EmbrmError(f"{path} [dataset] path: {spec.source} is not a file: fix the path (relative to the "
+                         f"declaration)")
+    return spec
 
 
 def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None = None, *,

@@ -61,9 +61,7 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[di
             raise EmbrmError(f"{spec.source}: listed in human_pairs but has no pairs (chosen/rejected columns): move "
                              f"it to datasets")
     for spec in study.datasets:
-        if not loaded[spec].has_gold:
-            raise EmbrmError(f"{spec.source}: listed in datasets but has no gold scores (simulated labels need them): "
-                             f"declare its gold column, or move a pairwise file to human_pairs")
+        loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
     spec, seconds, facts = None, {}, {}
     for dataset, ds in loaded.items():
         res = embed_dataset(ds, embedder, cache_dir=cache_dir, template=study.embedder.template,

@@ -105,9 +105,10 @@ class FittedModel:
                 "n_train_pairs": self.n_train_pairs, "label_accuracy": self.label_accuracy,
                 "metrics": self.metrics.to_dict()}
 
-    def save(self, model_dir, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None,
-             **extra) -> Path:
-        return save_ensemble(model_dir, self.ensemble, {**self.manifest(ds, embed_spec, fingerprint), **extra})
+    def save(self, model_dir, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None, *,
+             overwrite: bool = False, **extra) -> Path:
+        return save_ensemble(model_dir, self.ensemble, {**self.manifest(ds, embed_spec, fingerprint), **extra},
+                             overwrite=overwrite)
 
 
 def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,

@@ -77,12 +77,12 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total, rate="-", status=self.status)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self._bar is not None:
-            self._bar.__exit__(*exc)
+            self._bar.__exit__(exc_type, *exc)
             self._bar = None
-        elif self.mode == "lines" and self._printed != self.completed:
-            self._line()
+        elif self.mode == "lines" and self._printed != self.completed and exc_type is None:
+            self._line()  # the final count; after an error the error line alone is what the user needs
 
     def set_description(self, text: str) -> None:
         """Set the status shown after the counts (e.g. "2 running"; the label stays)."""

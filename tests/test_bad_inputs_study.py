@@ -211,7 +211,9 @@ CASES = [
     loaded("human_pairs_is_a_pool", 'datasets = []\nhuman_pairs = ["pool.csv"]\nmethods = []\n',
            r"pool\.csv: listed in human_pairs but has no pairs"),
     loaded("pool_without_gold", 'datasets = ["nogold.csv"]\nhuman_pairs = []\nmethods = []\n',
-           r"nogold\.csv: listed in datasets but has no gold scores"),
+           r"nogold\.csv: no gold scores: a study.s `datasets` entry"),
+    loaded("pairs_file_as_pool", 'datasets = ["pairs.jsonl"]\nhuman_pairs = []\nmethods = []\n',
+           r"pairs\.jsonl: a pairs file \(chosen/rejected\), but a study.s `datasets` entry .*needs a pool"),
     # `embrm run` options
     run_option("workers_zero", r"workers \(--workers\) must be an integer in \[1, 1024\], got 0", "--workers", "0"),
     run_option("workers_negative", r"--workers\) must be an integer in \[1, 1024\], got -1", "--workers", "-1"),
@@ -282,6 +284,8 @@ def root(tmp_path_factory) -> Path:
                          "response": [f"answer {i}" for i in range(40)], "gold": rng.random(40)})
     pool.write_csv(root / "pool.csv")
     pool.drop("gold").write_csv(root / "nogold.csv")
+    (root / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                                      '{"prompt": "q", "chosen": "c", "rejected": "d"}\n')
     (root / "adir").mkdir()
     (root / "afile").write_text("not a directory\n")
     (root / "cache").mkdir()

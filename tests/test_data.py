@@ -127,3 +127,65 @@ def test_bad_files_and_columns(tmp_path):
     (tmp_path / "trunc.parquet").write_bytes((tmp_path / "pool.parquet").read_bytes()[:40])
     with pytest.raises(EmbrmError, match="cannot read"):
         load_file(tmp_path / "trunc.parquet")
+
+
+def test_bom_crlf_and_iso_dates_load_as_the_text_they_are(tmp_path):
+    rows = ['{"prompt": "2020-01-01", "chosen": "a", "rejected": "b"}',
+            '{"prompt": "q", "chosen": "c", "rejected": "d"}']
+    (tmp_path / "p.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())
+    ds = load_file(tmp_path / "p.jsonl")
+    assert ds.responses["prompt"].to_list()[:2] == ["2020-01-01", "2020-01-01"] and len(ds.pairs) == 2
+    (tmp_path / "pool.csv").write_bytes("\ufeffprompt,response,gold\r\np,a,1\r\np,b,\r\n".encode())
+    pool = load_file(tmp_path / "pool.csv")
+    assert pool.responses["gold"].to_list() == [1.0, None] and pool.responses["scored"].to_list() == [True, False]
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("obj.jsonl", ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": {"x": 1}, "chosen": "b", '
+                   '"rejected": "c"}\n'), r"line 2: 'prompt' is an object, not text as on line 1"),
+    ("num.json", '[{"prompt": "a", "response": "b"}, {"prompt": "a", "response": 7}]',
+     r"row 2: 'response' is a number, not text as on row 1"),
+    ("blank.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": "a"}\n', r"line 2 is blank"),
+    ("empty.jsonl", "", r"the file is empty"),
+    ("latin.jsonl", b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', r"line 2 is not UTF-8"),
+    ("inf.csv", "prompt,response,gold\np,a,1\np,b,inf\n", r"row 2: gold 'gold' is inf: write a finite number"),
+    ("nan.jsonl", '{"prompt": "p", "response": "a", "gold": NaN}\n', r"line 1: gold 'gold' is nan"),
+    ("twice.csv", "prompt,chosen,rejected,chosen\np,a,b,c\n", r"column 'chosen' appears twice in the header"),
+    ("ragged.csv", "prompt,response\np,a\np,b,c\n", r"line 3 has another number of fields"),
+    ("top.json", "3", r"the top level is a number"),
+    ("notgz.jsonl.gz", "plain", r"not gzip-compressed"),
+])
+def test_malformed_files_name_the_file_and_line(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(EmbrmError, match=match) as e:
+        load_file(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_options_and_datasets_that_do_not_fit_are_refused(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    with pytest.raises(EmbrmError, match="--gold-col is for pools"):
+        load_file(tmp_path / "pairs.jsonl", gold_col="score")
+    with pytest.raises(EmbrmError, match="column 'chosen' is given as both chosen and rejected"):
+        load_file(tmp_path / "pairs.jsonl", rejected_col="chosen")
+    with pytest.raises(EmbrmError, match=r"pairs.jsonl: a pairs file \(chosen/rejected\), but bon needs a pool"):
+        load_file(tmp_path / "pairs.jsonl").require_pool("bon")
+    pl.DataFrame({"prompt": ["p", "p"], "response": ["a", "b"], "gold": [1.0, 2.0]}).write_csv(tmp_path / "one.csv")
+    with pytest.raises(EmbrmError, match=r"one.csv: only 1 prompt\(s\) with scored responses: bon needs at least 2"):
+        load_file(tmp_path / "one.csv").require_pool("bon")
+
+
+def test_an_unreadable_file_is_named_with_the_reason(tmp_path, monkeypatch):
+    """chmod 000 does not stop root, so the refusal is simulated where the bytes are read."""
+    from pathlib import Path
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(EmbrmError, match=r"p.jsonl: cannot read the file \(Permission denied\): check its permiss"):
+        load_file(path)

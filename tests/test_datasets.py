@@ -61,3 +61,24 @@ def test_exclusion_options_and_errors(tmp_path):
         dataset_spec("no-such-set")
     frame = pl.DataFrame({"model": ["NullModel", "x_verbose", "gpt4", None]})
     assert ALPACA_PROBES.mask(frame, "f").to_list() == [True, True, False, False]
+
+
+def test_a_named_data_dir_that_does_not_exist_is_never_created(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBRM_DATA_MIRROR", "http://127.0.0.1:9")
+    with pytest.raises(EmbrmError, match="data dir .*nowhere does not exist"):
+        load_dataset("hh-rlhf-harmless-test", tmp_path / "nowhere")
+    monkeypatch.setenv("EMBRM_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(EmbrmError, match="elsewhere does not exist .*EMBRM_DATA_DIR"):
+        load_dataset("hh-rlhf-harmless-test")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rules_the_matcher_cannot_run_and_roles_on_one_column_are_refused(tmp_path):
+    with pytest.raises(EmbrmError, match="look-around"):
+        Exclusion.parse("model=(?=a)b")
+    pl.DataFrame({"q": ["a", "b"], "ans": ["x", "y"]}).write_csv(tmp_path / "pool.csv")
+    with pytest.raises(EmbrmError, match="column 'q' is given as both prompt and response"):
+        load_dataset(tmp_path / "pool.csv", prompt_col="q", response_col="q")
+    (tmp_path / "d.toml").write_text('[dataset]\npath = "nope.csv"\n')
+    with pytest.raises(EmbrmError, match=r"d.toml \[dataset\] path: .*nope.csv is not a file"):
+        read_declaration(tmp_path / "d.toml")

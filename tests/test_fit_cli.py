@@ -123,7 +123,7 @@ def test_fit_on_human_pairs_measures_against_the_human_labels(renamed_pool, tmp_
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["-k", "0"], "k = 0 must be >= 1"),
+    (["-k", "0"], "k (ensemble size) must be"),
     (["--head", "forest"], "--head 'forest'"),
     (["--flip", "1.5"], "flip"),
     (["--hidden", "a,b"], "--hidden"),

@@ -95,3 +95,29 @@ def test_load_errors(tmp_path):
     np.savez(mlp / "weights.npz", **arrays)
     with pytest.raises(EmbrmError, match="corrupt"):
         load_ensemble(mlp)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a["coef"].__setitem__((0, 0), np.nan), "coef holds NaN or infinite weights"),
+    (lambda a: a.update(coef=a["coef"][:, :5]), r"coef has shape \(2, 5\), expected \(2, 12\)"),
+    (lambda a: a.update(coef=a["coef"][:1]), r"coef has shape \(1, 12\), expected \(2, 12\)"),
+    (lambda a: a["split_0_val"].__setitem__(0, -1), "split_0_val is not a list of pair positions"),
+])
+def test_every_loaded_array_is_checked_against_the_manifest(tmp_path, damage, message):
+    X, pairs, _ = synthetic()
+    path = save_ensemble(tmp_path / "m", fit_ensemble(X, pairs, k=2), {"dim": 12})
+    with np.load(path / "weights.npz") as z:
+        arrays = {n: z[n] for n in z.files}
+    damage(arrays)
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(EmbrmError, match=f"model dir .*m is corrupt .*{message}"):
+        load_ensemble(path)
+
+
+def test_overwrite_never_replaces_a_directory_that_is_not_a_model(tmp_path):
+    X, pairs, _ = synthetic()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(EmbrmError, match="not an embrm model dir: refusing to replace it"):
+        save_ensemble(tmp_path / "notes", fit_ensemble(X, pairs, k=2), {}, overwrite=True)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass, fields
@@ -188,3 +189,26 @@ def parse_numbers(values: list[str] | str | None, option: str, kind=float) -> li
 
 def fmt(v) -> str:
     return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace results already at --out (without it, a non-empty --out is refused).")]
+
+
+def check_out(path: Path | None, overwrite: bool, *, file: bool = False, option: str = "--out") -> None:
+    """Refuse an --out that cannot be written, or that holds earlier results unless --overwrite. Commands call it
+    before any work, so a bad --out never costs an embedding or a fit and results are never replaced silently."""
+    if path is None:
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest existing ancestor
+    if not parent.is_dir():
+        raise EmbrmError(f"{option} {path}: {parent} is a file, not a directory: choose another {option}")
+    if path.exists() and path.is_dir() == file:
+        want = "a file path (e.g. scores.parquet)" if file else "a directory"
+        raise EmbrmError(f"{option} {path} is a {'directory' if file else 'file'}: {option} takes {want}")
+    where = path if path.is_dir() else parent  # where the results will be written
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise EmbrmError(f"{option} {path}: cannot write into {where} (permission denied): choose another {option}")
+    if not overwrite and (path.is_file() or path.is_dir() and any(path.iterdir())):
+        raise EmbrmError(f"{option} {path} already exists and holds results: pass --overwrite to replace them, "
+                         f"or choose another {option}")

@@ -24,8 +24,7 @@ from embrm.cli.common import (
     out,
     print_json,
 )
-from embrm.datasets import REGISTRY
-from embrm.datasets import data_dir as resolve_data_dir
+from embrm.datasets import REGISTRY, existing_data_dir
 from embrm.errors import EmbrmError
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]
@@ -38,7 +37,7 @@ def datasets(data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help
 
     Example: embrm datasets --data-dir ../shared/data
     """
-    root = resolve_data_dir(data_dir)
+    root = existing_data_dir(data_dir)
     rows = [dict(name=i.name, kind=i.kind, present=(root / i.path).exists(), path=str(root / i.path),
                  description=i.description, source=i.source,
                  excluded=None if i.exclude is None else f"{i.exclude.name}: {i.exclude.column} ~ {i.exclude.pattern}")
@@ -65,7 +64,11 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
     if format == Format.json:
         return print_json({"dataset": ds.name, **result.summary()})
     out.print(f"{ds!r}\nembedded {result.n_embedded} new texts, {result.n_cached} from cache "
-              f"({result.n_texts} rows, {result.dim}-d) in {result.seconds:.1f}s -> {result.cache_dir}")
+              f"({result.n_texts} rows, {result.dim}-d) in {result.seconds:.1f}s -> {result.cache_dir}\n"
+              f"{result.n_truncated} texts cut to the embedder's window (prompt's start first), "
+              f"{result.n_response_cut} of them losing response tokens", markup=False, highlight=False)
+    for line in result.warnings():
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @friendly
@@ -74,15 +77,27 @@ def cache_info(path: CachePathArg = Path("cache"), format: FormatOpt = Format.te
 
     Example: embrm cache info cache/
     """
-    infos = [EmbeddingCache.open(p).info() for p in cache_dirs(path)]
+    infos = [_info(d) for d in cache_dirs(path)]
     if format == Format.json:
-        return print_json([i.__dict__ for i in infos])
+        return print_json([i if isinstance(i, dict) else i.__dict__ for i in infos])
     table = Table("directory", "dim", "vectors", "parts", "MB", "cut (response)", "leftovers",
                   title=f"embedding caches in {path}")
     for i in infos:
+        if isinstance(i, dict):
+            table.add_row(Path(i["path"]).name, "-", "-", "-", "-", "-", "-")
+            err.print(f"bad: {i['error']}", markup=False, highlight=False, soft_wrap=True)
+            continue
         table.add_row(Path(i.path).name, str(i.dim), str(i.n_unique), str(i.n_parts), f"{i.bytes / 1e6:.1f}",
                       f"{i.n_truncated} ({i.n_response_cut})", str(i.n_leftover))
     out.print(table)
+
+
+def _info(directory: Path):
+    """A cache's CacheInfo, or {path, error} for one that cannot be read (the listing goes on)."""
+    try:
+        return EmbeddingCache.open(directory).info()
+    except EmbrmError as e:
+        return {"path": str(directory), "error": str(e)}
 
 
 @friendly

@@ -18,8 +18,10 @@ from embrm.cli.common import (
     Format,
     FormatOpt,
     OutDirOpt,
+    OverwriteOpt,
     SeedOpt,
     WithExcludedOpt,
+    check_out,
     command_line,
     friendly,
     grouped,
@@ -28,16 +30,34 @@ from embrm.cli.common import (
     print_json,
     split_list,
 )
+from embrm.errors import EmbrmError
 from embrm.methods import MethodResult, run_method
+
+
+def _names(values: list[str] | None, option: str) -> list[str] | None:
+    """A comma list given but empty (e.g. --arms ,) is a slip, not a request for the default."""
+    names = split_list(values)
+    if values is not None and not names:
+        raise EmbrmError(f"{option}: give a comma-separated list, got {','.join(values)!r}")
+    return names or None
+
+
+def _numbers(values: list[str] | None, option: str) -> list[float] | None:
+    _names(values, option)
+    return parse_numbers(values, option)
+
 
 NPairsOpt = Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")]
 BetaOpt = Annotated[float, typer.Option("--beta", help="Simulated BT annotator sharpness.")]
 
 
 def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOptions, cache_dir: Path, fmt: Format,
-         out_dir: Path | None, seed: int, with_excluded: bool, **params) -> MethodResult | None:
-    """Load, embed, run the method, write its files; None when the summary was printed as JSON."""
+         out_dir: Path | None, overwrite: bool, seed: int, with_excluded: bool, **params) -> MethodResult | None:
+    """Check --out, load (a pool with gold, before anything is embedded), embed, run the method, write its files;
+    None when the summary was printed as JSON."""
+    check_out(out_dir, overwrite)
     ds = data.load(dataset)
+    ds.require_pool(name)
     X = embedder.embed(ds, cache_dir, fmt).X
     result = run_method(name, ds, X, seed=seed, with_excluded=with_excluded,
                         progress=None if fmt == Format.text else False, **params)
@@ -63,13 +83,16 @@ def laser(
     test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts the bandit runs over.")] = 0.5,
     n_pairs: NPairsOpt = 10_000, beta: BetaOpt = 10.0, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
     out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+    overwrite: OverwriteOpt = False,
 ):
     """LASeR: a LinUCB bandit picks one reward model (arm) per prompt for Best-of-n; regret and gold vs arms.
 
     Example: embrm laser alpaca-eval-models --arms bt,length,slice:koala --alpha 0.1 --out runs/laser
     """
-    r = _run(ctx, "laser", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
-             arms=split_list(arms) or None, alpha=alpha, n=n, test_size=test_size, n_pairs=n_pairs, beta=beta,
+    if dim < 0:
+        raise EmbrmError(f"--dim {dim}: give a PCA dimension >= 1, or 0 for the raw embeddings")
+    r = _run(ctx, "laser", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+             arms=_names(arms, "--arms"), alpha=alpha, n=n, test_size=test_size, n_pairs=n_pairs, beta=beta,
              dim=dim or None, warmup=warmup)
     if r is None:
         return
@@ -99,12 +122,13 @@ def moe(
     test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2,
     n_pairs: NPairsOpt = 10_000, beta: BetaOpt = 10.0, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
     out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+    overwrite: OverwriteOpt = False,
 ):
     """DMoERM-style routed expert heads vs one head trained on everything, on held-out prompts.
 
     Example: embrm moe alpaca-eval-models --categories dataset --out runs/moe
     """
-    r = _run(ctx, "moe", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
+    r = _run(ctx, "moe", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
              categories=categories, n_clusters=n_clusters, n_pairs=n_pairs, beta=beta, test_size=test_size,
              routing=routing, shrink=shrink)
     if r is None:
@@ -136,13 +160,14 @@ def composite(
     k: Annotated[int, typer.Option("--ensemble", "-k", help="Linear BT members per learned component.")] = 5,
     n_pairs: NPairsOpt = 10_000, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
     out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+    overwrite: OverwriteOpt = False,
 ):
     """Best-of-n with a constrained composite reward: fixed sum vs clipped vs Lagrangian (Moskovitz et al.).
 
     Example: embrm composite alpaca-eval-models --components bt,length --out runs/composite
     """
-    r = _run(ctx, "composite", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
-             components=split_list(components) or ["bt", "length"], n_max=n_max, n_pairs=n_pairs, k=k)
+    r = _run(ctx, "composite", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+             components=_names(components, "--components") or ["bt", "length"], n_max=n_max, n_pairs=n_pairs, k=k)
     if r is None:
         return
     s = r.summary
@@ -172,13 +197,14 @@ def policy(
     label_beta: Annotated[float, typer.Option("--label-beta", help="Simulated BT annotator sharpness.")] = 1.0,
     n_pairs: NPairsOpt = 10_000, seed: SeedOpt = 0, with_excluded: WithExcludedOpt = False,
     out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+    overwrite: OverwriteOpt = False,
 ):
     """Policy-side over-optimisation on pools: the KL-regularised optimum sweep and DPO / RPO training.
 
     Example: embrm policy alpaca-eval-models --epochs 30 --rpo-weight 0.01 --out runs/policy
     """
-    r = _run(ctx, "policy", dataset, data, embedder, cache_dir, format, out_dir, seed, with_excluded,
-             betas=parse_numbers(betas, "--betas"), dpo=dpo, rpo_weight=rpo_weight, epochs=epochs,
+    r = _run(ctx, "policy", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+             betas=_numbers(betas, "--betas"), dpo=dpo, rpo_weight=rpo_weight, epochs=epochs,
              dpo_beta=dpo_beta, n_pairs=n_pairs, label_beta=label_beta)
     if r is None:
         return

@@ -7,6 +7,7 @@ protocol saved in the model, so their numbers equal a study job's for the same s
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,8 +23,10 @@ from embrm.cli.common import (
     Format,
     FormatOpt,
     OutDirOpt,
+    OverwriteOpt,
     SeedOpt,
     WithExcludedOpt,
+    check_out,
     command_line,
     fmt,
     friendly,
@@ -31,14 +34,22 @@ from embrm.cli.common import (
     out,
     parse_numbers,
     print_json,
+    split_list,
 )
+from embrm.data import Dataset
 from embrm.errors import EmbrmError
 from embrm.evaluation import Evaluation, FitMetrics
-from embrm.persist import package_versions
-from embrm.pipeline import evaluate, load_model, model_embeddings
+from embrm.persist import check_replaceable, package_versions
+from embrm.pipeline import SavedModel, evaluate, load_model, model_embeddings
 from embrm.pipeline import fit as fit_model
 from embrm.pipeline import score as score_model
 from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
+
+
+class Prompts(str, Enum):
+    test = "test"
+    all = "all"
+
 
 ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by `embrm fit`.")]
 
@@ -72,6 +83,8 @@ class FitOptions:
             raise EmbrmError(f"--head {self.head!r}: use one of {', '.join(DEFAULT_LEARNERS)}")
         learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode)
         hidden = parse_numbers(self.hidden, "--hidden", int)
+        if self.hidden is not None and not hidden:
+            raise EmbrmError(f"--hidden {self.hidden!r}: give comma-separated layer widths, e.g. 256,128")
         learner = learner.with_params(objective=self.objective, epochs=self.epochs,
                                       hidden=tuple(hidden) if hidden else None)
         labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
@@ -82,7 +95,8 @@ class FitOptions:
 @grouped(options=FitOptions, data=DataOptions, embedder=EmbedderOptions)
 def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: DataOptions, embedder: EmbedderOptions,
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write (must not exist).")],
-        seed: SeedOpt = 0, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text):
+        seed: SeedOpt = 0, cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+        overwrite: OverwriteOpt = False):
     """Train a K-member reward-model ensemble on embeddings (embedding what is missing) and save it.
 
     Defaults are the default study's: 2,000 simulated BT(beta=10) pairs, 20 % of prompts held out, K = 10, MLP
@@ -90,13 +104,16 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
 
     Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
     """
-    if out_dir.exists():
-        raise EmbrmError(f"{out_dir}: already exists: choose another --out or remove it")
+    check_out(out_dir, overwrite)
+    if overwrite:
+        check_replaceable(out_dir)
     protocol = options.protocol(seed, with_excluded=False)
     ds = data.load(dataset)
+    _require_labels(ds, protocol)
     emb = embedder.embed(ds, cache_dir, format)
     fitted = fit_model(ds, emb.X, protocol, progress=None if format == Format.text else False)
-    fitted.save(out_dir, ds, emb.spec, emb.fingerprint, command=command_line(ctx))
+    # check_out refused earlier results unless --overwrite, so an existing --out here may be replaced
+    fitted.save(out_dir, ds, emb.spec, emb.fingerprint, overwrite=True, command=command_line(ctx))
     if format == Format.json:
         return print_json({"model_dir": str(out_dir), "label_accuracy": fitted.label_accuracy,
                            **fitted.metrics.to_dict()})
@@ -106,6 +123,36 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
         out.print(f"{fitted.n_train_pairs} training labels ({fitted.protocol.labels.name}), "
                   f"{fitted.label_accuracy:.1%} agree with gold")
     out.print(f"saved -> {out_dir}")
+
+
+def _require_labels(ds: Dataset, protocol: Protocol) -> None:
+    """Fail before embedding when the dataset cannot give the protocol's labels and a prompt split."""
+    source = protocol.labels.source
+    if source == "simulated" or (source == "auto" and ds.pairs is None):
+        ds.require_pool("fitting on simulated labels")
+        return
+    protocol.labels.resolved(ds)  # human labels need a pairs file
+    if ds.pairs["prompt_id"].n_unique() < 2:
+        raise EmbrmError(f"{ds.source}: the pairs are on only {ds.pairs['prompt_id'].n_unique()} prompt(s): a "
+                         f"prompt split needs at least 2")
+
+
+def _load_model(model_dir: Path) -> SavedModel:
+    """load_model, every manifest problem named with the model dir (an edited protocol, split or embedder)."""
+    try:
+        model = load_model(model_dir)
+        _ = model.embed_spec  # raises when the manifest lost its embedder: report it here, naming the model dir
+    except EmbrmError as e:
+        if str(model_dir) in str(e):
+            raise
+        raise EmbrmError(f"{model_dir}/manifest.json: {str(e).removeprefix('manifest.json: ')}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EmbrmError(f"{model_dir}/manifest.json: protocol or split is malformed ({type(e).__name__}: {e}): "
+                         f"refit the model (embrm fit)") from None
+    if model.protocol.k != model.ensemble.k:
+        raise EmbrmError(f"{model_dir}/manifest.json: the protocol says K = {model.protocol.k} but the ensemble holds "
+                         f"{model.ensemble.k} members: refit the model (embrm fit)")
+    return model
 
 
 def print_fit_metrics(m: FitMetrics, title: str) -> None:
@@ -124,16 +171,22 @@ def print_fit_metrics(m: FitMetrics, title: str) -> None:
 def score(model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
           out_file: Annotated[Path, typer.Option("--out", "-o", help="Parquet: response_id + one column per "
                                                                      "member.")],
-          cache_dir: CacheDirOpt = Path("cache")):
+          cache_dir: CacheDirOpt = Path("cache"), overwrite: OverwriteOpt = False):
     """Write every member's score for every response of a dataset to Parquet.
 
     Example: embrm score models/mlp-flip25 alpaca-eval-models --out scores.parquet
     """
-    model = load_model(model_dir)
+    check_out(out_file, overwrite, file=True)
+    model = _load_model(model_dir)
     ds = data.load(dataset)
     frame = score_model(model, ds, model_embeddings(model, ds, cache_dir))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")  # written whole, then renamed: never a half-written file
+    try:
+        frame.write_parquet(tmp)
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
     out.print(f"{frame.width - 2} score columns for {len(frame)} responses -> {out_file}")
 
 
@@ -149,28 +202,29 @@ def bon_sim(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Soft-min temperature.")] = None,
     member: Annotated[Optional[int], typer.Option("--member", help="The member 'single' reports.")] = None,
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the largest pool).")] = None,
-    prompts: Annotated[str, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] = "test",
-    with_excluded: WithExcludedOpt = False, out_dir: OutDirOpt = None, cache_dir: CacheDirOpt = Path("cache"),
-    format: FormatOpt = Format.text,
+    prompts: Annotated[Prompts, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] =
+    Prompts.test, with_excluded: WithExcludedOpt = False, out_dir: OutDirOpt = None,
+    cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text, overwrite: OverwriteOpt = False,
 ):
     """Exact Best-of-n curves (n = 1..N) of a model's aggregations vs the length ruler and a random pick, vs KL.
 
     Example: embrm bon-sim alpaca-eval-models --model models/mlp-flip25 --agg mean,min,uwo --out results/bon
     """
-    model = load_model(model_dir)
-    ds = data.load(dataset)
-    if not ds.has_gold:
-        raise EmbrmError(f"{ds.source}: no gold scores: Best-of-n simulation needs a pool with a gold column")
+    check_out(out_dir, overwrite)
+    model = _load_model(model_dir)
     changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, n_max=n_max,
-                   aggregations=tuple(a.strip() for a in agg.split(",") if a.strip()) if agg else None)
+                   aggregations=tuple(split_list([agg])) if agg is not None else None)
+    # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
     protocol = replace(model.protocol, with_excluded=with_excluded,
                        **{k: v for k, v in changes.items() if v is not None})
+    ds = data.load(dataset)
+    ds.require_pool("Best-of-n simulation")
     result = evaluate(ds, model_embeddings(model, ds, cache_dir), model.ensemble, model.split, protocol,
-                      prompts=prompts)
-    extra = {"dataset": ds.name, "model_dir": str(model_dir), "prompts": prompts, "protocol": protocol.to_dict(),
+                      prompts=prompts.value)
+    extra = {"dataset": ds.name, "model_dir": str(model_dir), "prompts": prompts.value, "protocol": protocol.to_dict(),
              "command": command_line(ctx), "packages": package_versions()}
     if out_dir is not None:
-        result.write(out_dir, title=f"Best-of-n on {ds.name} ({prompts} prompts), {model_dir.name}", extra=extra)
+        result.write(out_dir, title=f"Best-of-n on {ds.name} ({prompts.value} prompts), {model_dir.name}", extra=extra)
     if format == Format.json:
         return print_json({**extra, **result.to_dict()})
     print_bon(result)
