@@ -65,15 +65,24 @@ def cache_dirs(path: Path) -> list[Path]:
 
 
 def verify(path: Path) -> list[str]:
-    """One line per problem in one cache directory; [] when every byte checks out."""
+    """One line per problem in one cache directory; [] when every listed byte checks out. Leftovers of interrupted
+    runs are not problems (readers never see them): `leftovers` lists them."""
     try:
         cache = EmbeddingCache.open(path)
         manifest = cache.manifest()
     except EmbrmError as e:
         return [str(e)]
     problems = [_part_problem(cache, entry, manifest.dim) for entry in manifest.parts]
-    problems = [f"{cache.path / e.name}: {p}" for e, p in zip(manifest.parts, problems) if p]
-    return problems + [f"{p}: {_leftover_kind(p)}" for p in cache.leftovers()]
+    return [f"{cache.path / e.name}: {p}" for e, p in zip(manifest.parts, problems) if p]
+
+
+def leftovers(path: Path) -> list[str]:
+    """Temp files and unlisted parts, one line each: harmless (never read), removed by the next `embrm embed` or
+    by --repair."""
+    try:
+        return [f"{p}: {_leftover_kind(p)}" for p in EmbeddingCache.open(path).leftovers()]
+    except EmbrmError:  # a cache verify() already reports as broken
+        return []
 
 
 def repair(path: Path) -> RepairReport:
@@ -122,8 +131,8 @@ def _part_problem(cache: EmbeddingCache, entry: PartEntry, dim: int | None) -> s
 
 def _leftover_kind(path: Path) -> str:
     if path.name.endswith(".tmp"):
-        return "leftover temporary file from an interrupted write (removed by the next `embrm embed` or --repair)"
-    return "part not listed in the manifest (left by an interrupted run, or not written by embrm)"
+        return "temporary file of an interrupted write (never read; the next `embrm embed` or --repair removes it)"
+    return "part not in the manifest (an interrupted run's, or not embrm's; never read; the next `embrm embed` removes it, --repair quarantines it)"
 
 
 def _rebuild(cache: EmbeddingCache, report: RepairReport) -> Manifest:

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embrm.cache import MANIFEST_FILE, EmbeddingCache, list_caches, text_keys
-from embrm.cache_check import cache_dirs, repair, verify
+from embrm.cache_check import cache_dirs, leftovers, repair, verify
 from embrm.errors import EmbrmError
 
 SPEC = {"backend": "test", "model": "org/model-a", "dtype": "float32", "template": "{prompt}\n\n{response}"}
@@ -124,7 +124,7 @@ def test_unlisted_and_deleted_parts_are_noticed(tmp_path):
     forged.write_part(keys[:3], X[:3] + 1)  # same fingerprint, right format: still not part of this cache
     shutil.copy(forged.parts()[0], cache.path / "part-99999999999999999999-forged00.parquet")
     np.testing.assert_array_equal(EmbeddingCache(tmp_path, SPEC).lookup(keys), X)  # never read
-    assert any("not listed in the manifest" in p for p in verify(cache.path))
+    assert verify(cache.path) == [] and any("part not in the manifest" in n for n in leftovers(cache.path))
     cache.parts()[0].unlink()
     with pytest.raises(EmbrmError, match="listed in the manifest but missing"):
         EmbeddingCache(tmp_path, SPEC).lookup(keys)
@@ -138,8 +138,8 @@ def test_truncated_part_is_quarantined_never_deleted(tmp_path):
     bad = cache.parts()[1]
     bad.write_bytes(bad.read_bytes()[:100])  # a crash mid-copy / disk full
     (cache.path / ".part-x.parquet.tmp").write_bytes(b"partial")
-    problems = verify(cache.path)
-    assert len(problems) == 2 and any(str(bad) in p and "truncated" in p for p in problems)
+    (problem,) = verify(cache.path)  # the temp file is a leftover, not a problem
+    assert str(bad) in problem and "truncated" in problem and len(leftovers(cache.path)) == 1
     with pytest.raises(EmbrmError, match="cache verify --repair"):
         EmbeddingCache(tmp_path, SPEC).lookup(keys)
     report = repair(cache.path)
@@ -167,7 +167,7 @@ def test_repair_restores_fingerprint_and_rebuilds_an_edited_manifest_without_los
 def test_a_directory_named_like_a_part_and_a_file_given_as_cache(tmp_path):
     cache, _, _ = two_part_cache(tmp_path)
     (cache.path / "part-0-dir.parquet").mkdir()
-    assert any("part-0-dir.parquet" in p for p in verify(cache.path))
+    assert any("part-0-dir.parquet" in n for n in leftovers(cache.path))
     repair(cache.path)
     assert verify(cache.path) == [] and (cache.path / "quarantine" / "part-0-dir.parquet").is_dir()
     with pytest.raises(EmbrmError, match="a file, not an embrm cache"):
@@ -212,3 +212,18 @@ def test_info_and_listing(tmp_path):
     assert EmbeddingCache.open(cache.path).fingerprint == cache.fingerprint
     with pytest.raises(EmbrmError, match="not an embrm cache"):
         EmbeddingCache.open(tmp_path)
+
+
+def test_cli_verify_passes_with_a_note_on_leftovers_and_repair_clears_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from embrm.cli import app
+
+    cache, _, _ = two_part_cache(tmp_path)
+    (cache.path / ".part-killed.parquet.tmp").write_bytes(b"half")
+    res = CliRunner().invoke(app, ["cache", "verify", str(tmp_path)])
+    assert res.exit_code == 0 and "note: " in res.stdout and "cache OK" in res.stdout
+    res = CliRunner().invoke(app, ["cache", "verify", str(tmp_path), "--repair"])
+    assert res.exit_code == 0 and "removed" in res.stdout
+    assert leftovers(cache.path) == [] and "note: " not in CliRunner().invoke(app, ["cache", "verify",
+                                                                                  str(tmp_path)]).stdout

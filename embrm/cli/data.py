@@ -10,6 +10,7 @@ from rich.table import Table
 
 from embrm.cache import EmbeddingCache
 from embrm.cache_check import cache_dirs, verify
+from embrm.cache_check import leftovers as find_leftovers
 from embrm.cache_check import repair as repair_cache
 from embrm.cli.common import (
     CacheDirOpt,
@@ -112,12 +113,16 @@ def cache_verify(path: CachePathArg = Path("cache"),
     """
     dirs = cache_dirs(path)
     problems = [p for d in dirs for p in verify(d)]
-    reports = [repair_cache(d) for d in dirs] if repair and problems else []
+    notes = [n for d in dirs for n in find_leftovers(d)]
+    reports = [repair_cache(d) for d in dirs] if repair and (problems or notes) else []
     if format == Format.json:
-        print_json({"ok": not problems, "problems": problems, "repaired": [r.__dict__ for r in reports]})
+        print_json({"ok": not problems, "problems": problems, "leftovers": notes,
+                    "repaired": [r.__dict__ for r in reports]})
     else:
         for p in problems:
             err.print(f"bad: {p}", markup=False, highlight=False, soft_wrap=True)
+        for n in notes if not repair else []:
+            out.print(f"note: {n}", markup=False, highlight=False, soft_wrap=True)
         for r in reports:
             for line in r.notes + [f"quarantined {q}" for q in r.quarantined] + [f"removed {t}" for t in r.removed]:
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -125,7 +130,8 @@ def cache_verify(path: CachePathArg = Path("cache"),
                 out.print(f"{r.vectors_dropped} vectors dropped from {r.path}: re-run `embrm embed` to re-embed them",
                           markup=False, highlight=False)
         if not problems:
-            out.print(f"cache OK ({len(dirs)} cache director{'y' if len(dirs) == 1 else 'ies'}, every part checked)")
+            out.print(f"cache OK ({len(dirs)} cache director{'y' if len(dirs) == 1 else 'ies'}, every listed part "
+                      f"checked)")
         elif not repair:
             err.print("run `embrm cache verify --repair` to set them aside, then `embrm embed` to re-embed their rows",
                       markup=False)
