@@ -12,6 +12,7 @@ study, command, machine, package versions, timings), PNG plots and report.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -22,8 +23,9 @@ from pathlib import Path
 import polars as pl
 
 from embrm import report as R
+from embrm.data import Dataset
 from embrm.datasets import load_dataset
-from embrm.embed import cached_embeddings, embed_dataset
+from embrm.embed import EmbedResult, cached_embeddings, embed_dataset
 from embrm.errors import EmbrmError
 from embrm.files import write_atomic
 from embrm.jobs import check_run_options, result_paths, run_jobs
@@ -69,7 +71,21 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[di
         spec, seconds[dataset.label] = res.spec, res.seconds
         facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
                                                              "indistinguishable")}
+        facts[dataset.label]["inputs"] = inputs_digest(ds, res)
     return spec, seconds, facts
+
+
+def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
+    """What a job's result depends on beyond the study file: the vectors (the embedder's fingerprint, every
+    response's text key) and the data (response ids, gold, exclusion, human pairs). A resumed study re-runs a job
+    whose digest changed, e.g. after an embrm upgrade that changes the vectors or an edit of a data file."""
+    r = ds.responses
+    parts = [embedded.fingerprint, *embedded.keys, *r["response_id"].to_list(),
+             r["gold"].cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes().hex(),
+             r["excluded"].cast(pl.Int8).to_numpy().tobytes().hex()]
+    if ds.pairs is not None:
+        parts += [*ds.pairs["chosen_id"].to_list(), *ds.pairs["rejected_id"].to_list()]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
 
 
 def check_dir_option(path: Path, option: str) -> None:
@@ -96,6 +112,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     t1 = time.perf_counter()
     jobs = jobs_of(study)
     results = run_jobs(study, jobs, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
+                       inputs={label: facts["inputs"] for label, facts in embedding.items()},
                        backend=backend, address=address, progress=progress)
     t2 = time.perf_counter()
     curve_files = [c for j in jobs if (c := result_paths(out / "jobs", j, study)[1]).exists()]

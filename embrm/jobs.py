@@ -97,9 +97,10 @@ def _json_default(v):
     return str(v)
 
 
-def load_result(jobs_dir: Path, job: Job, study: Study) -> dict | None:
-    """The job's stored result, or None when the job must run: no result yet, one from another embrm version, or
-    a damaged one (truncated, unreadable: reported in one line on stderr; the job runs again)."""
+def load_result(jobs_dir: Path, job: Job, study: Study, inputs: str | None = None) -> dict | None:
+    """The job's stored result, or None when the job must run: no result yet, one from another embrm version, one
+    computed from other inputs (other vectors or data under the same names: `inputs` is their digest), or a damaged
+    one (truncated, unreadable: reported in one line on stderr; the job runs again)."""
     jpath, cpath = result_paths(jobs_dir, job, study)
     if not jpath.exists():
         return None
@@ -109,7 +110,7 @@ def load_result(jobs_dir: Path, job: Job, study: Study) -> dict | None:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return _damaged(jpath, job, e)
-    if result.get("version") != RESULT_VERSION:
+    if result.get("version") != RESULT_VERSION or result.get("inputs") != inputs:
         return None
     rows = result.get("curves_rows")
     try:
@@ -135,11 +136,15 @@ def check_run_options(workers: int, backend: str) -> None:
 
 
 def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_dir, *, data_dir=None, workers: int = 2,
-             backend: str = "local", address: str | None = None, progress: bool | None = None) -> list[dict]:
-    """Run the jobs not already done (resume), with a progress display; returns every job's result."""
-    jobs_dir = Path(jobs_dir)
+             backend: str = "local", address: str | None = None, progress: bool | None = None,
+             inputs: dict[str, str] | None = None) -> list[dict]:
+    """Run the jobs not already done (resume), with a progress display; returns every job's result. `inputs` maps
+    a dataset's label to the digest of its vectors and data (experiment.inputs_digest): a stored result computed
+    from other inputs is not reused."""
+    jobs_dir, inputs = Path(jobs_dir), inputs or {}
     check_run_options(workers, backend)
-    results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study)) is not None}
+    results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study, inputs.get(j.dataset.label)))
+               is not None}
     todo = [j for j in jobs if j.key not in results]
     args = (json.dumps(spec, sort_keys=True), str(cache_dir), None if data_dir is None else str(data_dir))
     label = f"jobs ({len(results)} of {len(jobs)} already done)" if results else "jobs"
@@ -149,6 +154,7 @@ def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_di
         else:
             done = _run_local(study, todo, args, workers, bar)
         for job, out in done:
+            out["result"]["inputs"] = inputs.get(job.dataset.label)
             save_result(jobs_dir, job, study, out)
             results[job.key] = out["result"]
             bar.advance()

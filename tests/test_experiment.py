@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -85,6 +86,26 @@ def test_an_interrupted_study_resumes_without_rerunning_finished_jobs(setup):
     result = run_study(study, out, cache_dir=setup / "cache", workers=1, progress=False)
     assert first.stat().st_mtime_ns == stamp and lost.exists()
     assert result.fits.height == len(jobs)
+
+
+def test_a_result_from_other_data_is_not_reused(setup, renamed_pool, tmp_path):
+    """Same study file, same names, other inputs (here one gold score edited in the pool file): the resumed study
+    runs the job again instead of reporting the old result."""
+    for name in ("pool.parquet", "pool.toml"):
+        shutil.copy(renamed_pool / name, tmp_path / name)
+    study = load_study(setup / "study.toml")
+    study.seeds, study.human_pairs, study.methods, study.learners = [0], [], [], study.learners[:1]
+    study.datasets = [replace(study.datasets[0], source=str(tmp_path / "pool.parquet"))]
+    first = run_study(study, tmp_path / "out", cache_dir=setup / "cache", workers=1, progress=False)
+    (job,) = jobs_of(study)
+    jpath = result_paths(tmp_path / "out" / "jobs", job, study)[0]
+    stamp = jpath.stat().st_mtime_ns
+    pool = pl.read_parquet(tmp_path / "pool.parquet")
+    pool.with_columns(score=pl.when(pl.int_range(pl.len()) == 0).then(0.999).otherwise("score")).write_parquet(
+        tmp_path / "pool.parquet")
+    again = run_study(study, tmp_path / "out", cache_dir=setup / "cache", workers=1, progress=False)
+    assert jpath.stat().st_mtime_ns != stamp
+    assert first.embedding["renamed-pool"]["inputs"] != again.embedding["renamed-pool"]["inputs"]
 
 
 def test_a_damaged_job_result_is_run_again(setup, capsys):

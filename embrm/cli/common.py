@@ -139,14 +139,14 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except EmbrmError as e:
             error_line(str(e))
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except OSError as e:
             where = e.filename or "a file"
             error_line(f"{where}: {e.strerror or type(e).__name__}: check the path and its permissions")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished batches are cached; re-run the same command to resume")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     return wrapper
 
 
