@@ -82,7 +82,7 @@ class PartEntry:
     def of(cls, name: str, rows: int, data: bytes) -> PartEntry:
         return cls(name, rows, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
 
-    def check(self, data: bytes, strong: bool = False) -> str | None:
+    def check(self, data: bytes | pa.Buffer, strong: bool = False) -> str | None:
         """What is wrong with these bytes, or None. The CRC catches every accidental change (any burst of up to
         32 bits, truncation); `strong` adds SHA-256 against deliberate edits (verify)."""
         if len(data) != self.bytes:
@@ -306,12 +306,13 @@ class EmbeddingCache:
         if not strong and entry.name in self._tables:
             return self._tables[entry.name]
         path = self.path / entry.name
+        if path.is_dir():
+            raise CorruptPart(path, "a directory where a cache part belongs", self.path)
         try:
-            data = path.read_bytes()
+            with pa.OSFile(str(path)) as f:  # one read into an Arrow buffer: checked, then parsed without a copy
+                data = f.read_buffer()
         except FileNotFoundError:
             raise CorruptPart(path, "listed in the manifest but missing", self.path) from None
-        except IsADirectoryError:
-            raise CorruptPart(path, "a directory where a cache part belongs", self.path) from None
         if (problem := entry.check(data, strong)) is not None:
             raise CorruptPart(path, problem, self.path)
         table = parse_part(data, self.fingerprint)
@@ -409,10 +410,11 @@ class EmbeddingCache:
                          int(truncated.sum()), int(response_cut.sum()), len(self.leftovers()))
 
 
-def parse_part(data: bytes, fingerprint: str) -> pa.Table | str:
+def parse_part(data: bytes | pa.Buffer, fingerprint: str) -> pa.Table | str:
     """The part's table (page checksums verified), or what is wrong with it."""
     try:
-        table = pq.read_table(pa.py_buffer(data), page_checksum_verification=True)
+        table = pq.read_table(pa.py_buffer(data) if isinstance(data, bytes) else data,
+                              page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
         return f"unreadable Parquet ({str(e).splitlines()[0][:120]})"
     meta = table.schema.metadata or {}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from embrm.cache import EmbeddingCache
 from embrm.cache_check import cache_dirs, verify
@@ -81,8 +81,8 @@ def cache_info(path: CachePathArg = Path("cache"), format: FormatOpt = Format.te
     infos = [_info(d) for d in cache_dirs(path)]
     if format == Format.json:
         return print_json([i if isinstance(i, dict) else i.__dict__ for i in infos])
-    table = Table("directory", "dim", "vectors", "parts", "MB", "cut (response)", "leftovers",
-                  title=f"embedding caches in {path}")
+    table = Table("dim", "vectors", "parts", "MB", "cut (response)", "leftovers", title=f"embedding caches in {path}")
+    table.columns.insert(0, Column("directory", overflow="fold"))
     for i in infos:
         if isinstance(i, dict):
             table.add_row(Path(i["path"]).name, "-", "-", "-", "-", "-", "-")
