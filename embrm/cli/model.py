@@ -85,10 +85,22 @@ class FitOptions:
         hidden = parse_numbers(self.hidden, "--hidden", int)
         if self.hidden is not None and not hidden:
             raise EmbrmError(f"--hidden {self.hidden!r}: give comma-separated layer widths, e.g. 256,128")
-        learner = learner.with_params(objective=self.objective, epochs=self.epochs,
-                                      hidden=tuple(hidden) if hidden else None)
-        labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
-        return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
+        try:
+            learner = learner.with_params(objective=self.objective, epochs=self.epochs,
+                                          hidden=tuple(hidden) if hidden else None)
+            labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
+            return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
+        except EmbrmError as e:  # the protocol names its field; a command-line user needs the option
+            field = str(e).split(" must be", 1)[0].split(" = ", 1)[0].split(": ")[-1]
+            if field not in FIT_OPTION:
+                raise
+            raise EmbrmError(f"{FIT_OPTION[field]}: {e}") from None
+
+
+# Protocol field (as its errors name it) -> the `embrm fit` option that sets it
+FIT_OPTION = {"seed": "--seed", "k (ensemble size)": "--ensemble", "flip": "--flip", "beta": "--beta",
+              "n_pairs": "--n-pairs", "test_size": "--test-size", "epochs": "--epochs",
+              "hidden": "--hidden", "objective": "--objective"}
 
 
 @friendly
