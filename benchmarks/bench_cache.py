@@ -35,13 +35,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_embed import cpu_flags  # noqa: E402
-
 from embrm.cache import EmbeddingCache, list_caches  # noqa: E402
 from embrm.cache_check import verify  # noqa: E402
 from embrm.datasets import load_dataset  # noqa: E402
 from embrm.embed import cached_embeddings  # noqa: E402
 from embrm.errors import EmbrmError  # noqa: E402
+from embrm.hardware import cpu_flags  # noqa: E402
 
 
 def _memoised(parse):

@@ -79,7 +79,7 @@ class PartEntry:
     sha256: str
 
     @classmethod
-    def of(cls, name: str, rows: int, data: bytes) -> PartEntry:
+    def of(cls, name: str, rows: int, data: bytes | pa.Buffer) -> PartEntry:
         return cls(name, rows, len(data), zlib.crc32(data), hashlib.sha256(data).hexdigest())
 
     def check(self, data: bytes | pa.Buffer, strong: bool = False) -> str | None:
@@ -287,7 +287,7 @@ class EmbeddingCache:
     def _add_part(self, table: pa.Table, dim: int, replaces: tuple[PartEntry, ...] = ()) -> Path:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd", write_page_checksum=True, write_statistics=False)
-        data = sink.getvalue().to_pybytes()
+        data = sink.getvalue()  # an Arrow buffer: checksummed and written without a copy
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         with self.writing():
             manifest = self.manifest()
@@ -343,32 +343,37 @@ class EmbeddingCache:
         dim = col.type.list_size
         return col.flatten().to_numpy(zero_copy_only=True).reshape(len(col), dim)
 
-    def _gather(self, keys: list[str], column: str) -> np.ndarray:
-        """One column (per-row values, or the (n, d) vectors) aligned with keys; every key must be present."""
+    def gather(self, keys: list[str], *columns: str) -> tuple[np.ndarray, ...]:
+        """Columns aligned with keys ("embedding" as the (n, d) float32 matrix, the flags as (n,) arrays), in one
+        pass: one join and one read per part file, not per row or per column. Every key must be present."""
         where = pl.DataFrame({"key": keys}).with_row_index("pos").join(self.index(), on="key", how="left")
         if where["part"].null_count():
             first = where.filter(pl.col("part").is_null())["key"][0]
             raise EmbrmError(f"{self.path}: key {first} is not cached: run `embrm embed` first")
-        entries, out = self.manifest().parts, None
-        for (part_no,), group in where.group_by("part"):  # one read per part file, not per row
+        empty = {"embedding": np.empty((0, self.dim or 0), np.float32)}
+        out = {c: empty.get(c, np.zeros(0, bool)) for c in columns}
+        entries = self.manifest().parts
+        for (part_no,), group in where.group_by("part"):
             table = self.read_part(entries[part_no])
-            values = self.part_matrix(table) if column == "embedding" else _column(table, column)
-            if out is None:
-                out = np.empty((len(keys), *values.shape[1:]), values.dtype)
-            out[group["pos"].to_numpy()] = values[group["row"].to_numpy()]
-        return out if out is not None else np.empty((0, self.dim or 0), np.float32)
+            pos, rows = group["pos"].to_numpy(), group["row"].to_numpy()
+            for c in columns:
+                values = self.part_matrix(table) if c == "embedding" else _column(table, c)
+                if len(out[c]) != len(keys):
+                    out[c] = np.empty((len(keys), *values.shape[1:]), values.dtype)
+                out[c][pos] = values[rows]
+        X = out.get("embedding")
+        if X is not None and len(keys) and X.shape[1] != self.dim:
+            raise EmbrmError(f"{self.path}: {X.shape[1]}-d vectors in a {self.dim}-d cache: "
+                             f"run `embrm cache verify --repair {self.path}`")
+        return tuple(out[c] for c in columns)
 
     def lookup(self, keys: list[str]) -> np.ndarray:
         """(len(keys), d) float32 aligned with keys; every key must be present."""
-        X = self._gather(keys, "embedding")
-        if X.shape[1] != self.dim:
-            raise EmbrmError(f"{self.path}: {X.shape[1]}-d vectors in a {self.dim}-d cache: "
-                             f"run `embrm cache verify --repair {self.path}`")
-        return X
+        return self.gather(keys, "embedding")[0]
 
     def flags(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(truncated, response_cut) aligned with keys: which texts lost tokens to the embedder's window."""
-        return self._gather(keys, "truncated"), self._gather(keys, "response_cut")
+        return self.gather(keys, "truncated", "response_cut")
 
     # ------------------------------------------------------------------ maintenance
 
@@ -404,7 +409,7 @@ class EmbeddingCache:
         manifest = self.manifest()
         index = self.index()
         keys = index["key"].to_list()
-        truncated, response_cut = self.flags(keys) if keys else (np.zeros(0, bool), np.zeros(0, bool))
+        truncated, response_cut = self.flags(keys)
         return CacheInfo(str(self.path), self.fingerprint, self.spec, manifest.dim, len(manifest.parts),
                          sum(p.rows for p in manifest.parts), len(index), sum(p.bytes for p in manifest.parts),
                          int(truncated.sum()), int(response_cut.sum()), len(self.leftovers()))

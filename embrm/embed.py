@@ -152,8 +152,7 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     name = data.name if isinstance(data, Dataset) else "responses"
     keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
                                    progress=progress, label=f"embed {name}")
-    X = cache.lookup(keys)
-    truncated, response_cut = cache.flags(keys)
+    X, truncated, response_cut = cache.gather(keys, "embedding", "truncated", "response_cut")
     n_unique = len(set(keys))
     return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
                        str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, content: bytes | str | Callable[[Path], None], *, durable: bool = False) -> None:
-    """Write `content` (bytes, text, or a function that writes the given temp path) to a hidden temp name beside
+    """Write `content` (bytes or any buffer, text, or a function that writes the given temp path) to a hidden temp name beside
     `path`, then rename it over `path`. `durable` also fsyncs the file before the rename (the cache's parts and
     manifest: a power cut must not leave a listed part that is empty). A failed or killed write leaves at most the
     temp file, which is removed here when the failure is an exception."""

@@ -36,3 +36,25 @@ def pool_file_with_cache(tmp_path):
     X[:, 0] += ds.responses["gold"].to_numpy()  # a learnable direction
     EmbeddingCache(tmp_path / "cache", cache_spec(make_embedder("st"), DEFAULT_TEMPLATE)).write_part(keys, X)
     return path, tmp_path / "cache"
+
+
+def tiny_llama(out, corpus: list[str], vocab_size: int, max_positions: int):
+    """A 2-layer Llama and a byte-level BPE tokenizer trained on `corpus` (no special tokens added; `<eos>` and
+    `<pad>` defined), saved to `out` like a hub checkpoint: the offline causal LM of the hf backend's tests."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=tk.get_vocab_size(), max_position_embeddings=max_positions,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaModel(config).save_pretrained(out)
+    return out

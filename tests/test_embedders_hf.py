@@ -7,12 +7,12 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast  # noqa: E402
+from transformers import AutoModel, PreTrainedTokenizerFast  # noqa: E402
 
 from embrm.embedders import make_embedder  # noqa: E402
 from embrm.embedders.hf import HFEmbedder  # noqa: E402
 from embrm.errors import EmbrmError  # noqa: E402
+from synthdata import tiny_llama  # noqa: E402
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -32,20 +32,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A 2-layer Llama + a byte-level BPE tokenizer trained on a few strings, saved like a hub checkpoint."""
-    out = tmp_path_factory.mktemp("tiny_llama")
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=tk.get_vocab_size(), max_position_embeddings=256,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaModel(config).save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny_llama"), CORPUS * 5, vocab_size=300, max_positions=256)
 
 
 @pytest.fixture(scope="module")

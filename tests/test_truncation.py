@@ -16,6 +16,7 @@ from embrm.embedders import EmbedBatch, make_embedder
 from embrm.embedders.base import PromptFirst
 from embrm.errors import EmbrmError
 from realdata import DATA_DIR
+from synthdata import tiny_llama
 
 RESPONSES = DATA_DIR / "alpaca_eval_models" / "responses.parquet"
 WORDS = ("review battery screen camera price delivery support warranty colour weight speaker charger keyboard "
@@ -162,23 +163,8 @@ HF_WINDOW = 40
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A 2-layer Llama + a byte-level BPE tokenizer (no special tokens added; EOS appended by embrm)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny_llama_trunc")
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator([PROMPT] + ANSWERS, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=tk.get_vocab_size(), max_position_embeddings=2048,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaModel(config).save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny_llama_trunc"), [PROMPT] + ANSWERS, vocab_size=600,
+                      max_positions=2048)
 
 
 @pytest.fixture(scope="module")
