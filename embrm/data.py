@@ -43,6 +43,7 @@ class Dataset:
     exclusion: str = ""  # what the `excluded` rows are (e.g. "probes"); empty when nothing is excluded
     attachments: dict[str, Path] = field(default_factory=dict)  # e.g. published reward models' picks
     spec: object = None  # the embrm.datasets.DatasetSpec it was loaded from (recorded in manifests and studies)
+    answer_source: str | None = None  # the column naming each answer's author (e.g. model), when the data has one
 
     @property
     def excluded(self) -> np.ndarray:

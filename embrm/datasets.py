@@ -7,6 +7,8 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     [dataset]
     path = "pool.jsonl"                  # relative to this file
     name = "my-pool"                     # optional (default: the file name)
+    answer_source = "model"              # optional: the column naming who wrote each answer (a model, a policy):
+                                         # the length-controlled gold holds it fixed (embrm.length.controlled_gold)
     [dataset.columns]                    # any of: prompt_id, prompt, response, gold, response_key, chosen, rejected
     prompt = "instruction"
     response = "output"
@@ -35,6 +37,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from embrm.data import Dataset, load_file, load_pairs, load_pool
@@ -90,6 +93,8 @@ class DatasetSpec:
     name: str | None = None
     columns: tuple = ()  # sorted (role, column) pairs, roles from COLUMN_ROLES
     exclude: Exclusion | None = None
+    answer_source: str | None = None  # the column naming each answer's author (e.g. model)
+    half: int = 0  # 0: every prompt; 1 or 2: one of two disjoint halves of the prompts (embrm run --replicate)
 
     @property
     def label(self) -> str:
@@ -111,6 +116,7 @@ class DatasetInfo:
     description: str = ""
     exclude: Exclusion | None = None
     attachments: tuple = ()  # (name, DatasetInfo) pairs fetched with the dataset
+    answer_source: str | None = None  # the column naming each answer's author
 
 
 # The published reward models' picks on the Best-of-16 pool (evaluated beside embrm's rewards).
@@ -144,7 +150,7 @@ REGISTRY: dict[str, DatasetInfo] = {
                          response_key="model"),
             description="400 prompts x 58 models' answers; gold = GPT-4-turbo win prob vs gpt4_1106_preview; "
                         "includes reward-hacking probes (NullModel, gpt4_gamed, *_verbose), excluded by default",
-            exclude=ALPACA_PROBES),
+            exclude=ALPACA_PROBES, answer_source="model"),
         DatasetInfo(
             "hh-rlhf-harmless-test", "hh_rlhf_harmless_base_test.jsonl.gz",
             "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03", "pairs",
@@ -258,7 +264,7 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
 
 def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpec:
     """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude."""
-    allowed = {"path", "name", "columns", "exclude"}
+    allowed = {"path", "name", "columns", "exclude", "answer_source"}
     if not isinstance(doc, dict):
         raise EmbrmError(f"{where}: expected a table with path, columns, exclude")
     for key in doc:
@@ -268,13 +274,15 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
         raise EmbrmError(f"{where}: needs path = a data file (relative to the declaration) or a named dataset")
     if not isinstance(doc.get("name", ""), str):
         raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    if not isinstance(doc.get("answer_source", ""), str):
+        raise EmbrmError(f"{where}: answer_source must be a column name (the column naming each answer's author)")
     source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
     columns = doc.get("columns", {})
     if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str)
                                             for k, v in columns.items()):
         raise EmbrmError(f"{where} columns: map roles ({', '.join(COLUMN_ROLES)}) to column names (strings)")
     return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
-                       _exclusion_from(doc.get("exclude"), f"{where} exclude"))
+                       _exclusion_from(doc.get("exclude"), f"{where} exclude"), doc.get("answer_source") or None)
 
 
 def _exclusion_from(doc, where: str) -> Exclusion | None:
@@ -328,12 +336,33 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
         loader = load_pool if info.kind == "pool" else load_pairs
         ds = loader(fetch(info, data_dir), name=spec.name or info.name, **info.columns)
         ds.attachments = {key: fetch(att, data_dir) for key, att in info.attachments}
-        rule = spec.exclude or info.exclude
+        rule, author = spec.exclude or info.exclude, spec.answer_source or info.answer_source
     else:
         ds = load_file(spec.source, name=spec.label, **spec.loader_options())
-        rule = spec.exclude
+        rule, author = spec.exclude, spec.answer_source
+    if author is not None:
+        if author not in ds.responses.columns:
+            raise EmbrmError(f"{ds.source}: answer_source column {author!r} is not in the data (columns: "
+                             f"{', '.join(ds.responses.columns)}): fix the declaration")
+        ds.answer_source = author
     if rule is not None:
         ds.responses = ds.responses.with_columns(excluded=rule.mask(ds.responses, ds.source))
         ds.exclusion = rule.name
+    if spec.half:
+        ds = half_of(ds, spec.half)
     ds.spec = spec
     return ds
+
+
+HALF_SEED = 20_260_101  # fixed: the two halves of a dataset are the same on every machine and run
+
+
+def half_of(ds: Dataset, half: int) -> Dataset:
+    """One of two disjoint halves of the dataset's prompts (a seeded permutation of the sorted prompt ids: half 1
+    the first floor(P / 2), half 2 the rest), for replication checks; human pairs keep the pairs of their half."""
+    if half not in (1, 2):
+        raise EmbrmError(f"half must be 1 or 2, got {half!r}")
+    prompts = ds.responses["prompt_id"].unique().sort().to_numpy()
+    order = np.random.default_rng(HALF_SEED).permutation(len(prompts))
+    mine = prompts[order[:len(prompts) // 2]] if half == 1 else prompts[order[len(prompts) // 2:]]
+    return ds.filter(pl.col("prompt_id").is_in(mine.tolist()))

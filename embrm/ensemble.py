@@ -15,6 +15,12 @@ Modes
     linear_heads  K linear BT heads directly on the frozen embeddings, each on its own bootstrap resample: the
                   frozen LLM is the shared encoder (Ahmed et al. with a frozen trunk). head must be "linear".
 
+With length_control="odin" (linear or MLP heads, modes independent / bootstrap) every member is trained as a
+quality head plus a length head on the BT loss of their sum (embrm.heads.odin, Chen et al. 2024); the member IS
+its quality head (a LinearBT or an MLPReward), so it is scored, saved and loaded as any other member.
+`length_correction` (embrm.length.LengthCorrection, set by embrm.pipeline for length_control="posthoc") removes
+each member's fitted length slope: predict then needs the responses' length feature.
+
 MLP members are trained together (one batched forward/backward for all K per step; see embrm.heads.mlp). With
 warm=True (default) they share ONE initialisation (from `seed`) and differ in split, batch order and data, and
 `warm_` holds their weight average (WARM, Rame et al.) beside the prediction ensemble. For linear heads weight
@@ -32,6 +38,7 @@ from embrm.errors import EmbrmError
 from embrm.heads import HEADS, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
 from embrm.heads.checks import SEED, Integer, Number, check_params, check_value
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_stack
+from embrm.heads.odin import ODIN_PARAMS, train_odin
 from embrm.labels import split_pairs
 
 MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
@@ -74,6 +81,7 @@ class RewardEnsemble:
         self.trunk, self.warm_ = trunk, warm
         self.head_params = dict(head_params or {})
         self.info = dict(info or {})
+        self.length_correction = None  # embrm.length.LengthCorrection over [members..., warm]: see predict
         self._stack = None
 
     @property
@@ -86,8 +94,23 @@ class RewardEnsemble:
     def __repr__(self) -> str:
         return f"RewardEnsemble(head={self.head!r}, mode={self.mode!r}, k={self.k}, warm={self.warm_ is not None})"
 
-    def predict(self, X) -> np.ndarray:
-        """Member scores (n, K) float32."""
+    def predict(self, X, length=None) -> np.ndarray:
+        """Member scores (n, K) float32; with a length correction, `length` (embrm.length.length_feature of the
+        responses, aligned with X) is required and each member's length slope is removed."""
+        raw = self._predict_raw(X)
+        return raw if self.length_correction is None else self._corrected(raw, length, 0)
+
+    def _corrected(self, raw: np.ndarray, length, first: int) -> np.ndarray:
+        if length is None:
+            raise EmbrmError("this ensemble removes a fitted length slope (length_control posthoc): pass "
+                             "length=embrm.length.length_feature(responses)")
+        length = np.asarray(length, np.float64)
+        if length.shape != (len(raw),):
+            raise EmbrmError(f"length has shape {length.shape}; expected ({len(raw)},): one value per response")
+        slopes = np.asarray(self.length_correction.slopes[first:first + raw.shape[1]], np.float64)
+        return (raw - length[:, None] * slopes).astype(np.float32)
+
+    def _predict_raw(self, X) -> np.ndarray:
         X = check_embeddings(X)
         if self.mode == "shared_trunk":
             F = self.trunk.transform(X)
@@ -105,12 +128,14 @@ class RewardEnsemble:
             return forward_stack(X, self.stacked_params())
         return np.stack([m.predict(X) for m in self.members], 1).astype(np.float32)
 
-    def predict_warm(self, X) -> np.ndarray:
-        """Rewards (n,) of the WARM weight-averaged model (MLP members with a shared initialisation only)."""
+    def predict_warm(self, X, length=None) -> np.ndarray:
+        """Rewards (n,) of the WARM weight-averaged model (MLP members with a shared initialisation only); its own
+        length slope is removed as the members' are (see predict)."""
         if self.warm_ is None:
             raise EmbrmError("this ensemble has no WARM model: fit head='mlp' with warm=True "
                              "(mode independent or bootstrap)")
-        return self.warm_.predict(X)
+        raw = self.warm_.predict(X)[:, None]
+        return (raw if self.length_correction is None else self._corrected(raw, length, self.k))[:, 0]
 
     def stacked_params(self) -> list[np.ndarray]:
         """MLP members' weights stacked (K, ...) per tensor."""
@@ -126,6 +151,7 @@ class RewardEnsemble:
             "splits": [{"n_train": int(len(s["train"])), "n_val": int(len(s["val"])),
                         "n_train_distinct": int(len(np.unique(s["train"])))} for s in self.splits],
             "info": _jsonable(self.info),
+            "length_correction": None if self.length_correction is None else self.length_correction.to_dict(),
         }
 
 
@@ -141,9 +167,44 @@ def _jsonable(obj):
     return obj
 
 
+# A linear head has no optimiser settings of its own (LinearBT is solved by L-BFGS): ODIN's linear heads take
+# these, which reached the planted optimum on the synthetic tests (embrm.heads.odin) in ~200 full-batch steps.
+LINEAR_ODIN = {"lr": 0.05, "epochs": 200, "patience": 10}
+
+
+def _odin_members(X, pairs, splits, seeds, proto, head, mode, warm, seed, odin: dict, length):
+    """ODIN members (embrm.heads.odin): each member is its quality head, as a LinearBT or an MLPReward."""
+    if head not in ("linear", "mlp") or mode not in ("independent", "bootstrap"):
+        raise EmbrmError("ODIN members need head linear or mlp with mode independent or bootstrap")
+    if length is None or np.shape(length) != (len(X),):
+        raise EmbrmError(f"ODIN needs the length feature of every row: length of shape ({len(X)},)")
+    check_params(odin, ODIN_PARAMS, "ODIN")
+    mlp = head == "mlp"
+    hidden = tuple(int(h) for h in proto.hidden) if mlp else ()
+    train = proto.train_kwargs() if mlp else LINEAR_ODIN
+    data = [MemberData(pairs[s["train"]], pairs[s["val"]], sd) for s, sd in zip(splits, seeds)]
+    res = train_odin(X, np.asarray(length, np.float64), data, hidden, init_seed=int(seed), **odin,
+                     **{k: train[k] for k in ("lr", "epochs", "patience", "weight_decay", "batch_size") if k in train})
+    q = res.quality
+    if mlp:
+        members = [MLPReward.from_params([p[j] for p in q], **{**proto.get_params(), "random_state": sd})
+                   for j, sd in enumerate(seeds)]
+        for j, m in enumerate(members):
+            m.best_epoch_, m.n_epochs_, m.dtype_ = res.best_epoch[j], res.n_epochs[j], "float32"
+    else:
+        members = [LinearBT.from_coef(q[0][j, :, 0], **{k: v for k, v in proto.get_params().items()
+                                                         if k != "random_state"}) for j in range(len(seeds))]
+    warm_model = (MLPReward.from_params([p.mean(0) for p in q], **{**proto.get_params(), "random_state": int(seed)})
+                  if mlp and warm else None)
+    info = {"odin": {**odin, "length_corr_quality": res.length_corr[:, 0], "length_corr_length": res.length_corr[:, 1]},
+            "best_epoch": res.best_epoch, "n_epochs": res.n_epochs, "train_seconds": res.seconds,
+            "warm_init": bool(warm)}
+    return members, warm_model, info
+
+
 def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "independent",
                  pair_prompt_ids=None, seed: int = 0, warm: bool = True, val_fraction: float = 0.2,
-                 linear_C: float = 1.0, **head_params) -> RewardEnsemble:
+                 linear_C: float = 1.0, odin: dict | None = None, length=None, **head_params) -> RewardEnsemble:
     """Fit K reward members on pairs (m, 2) of row indices into X (column 0 preferred).
 
     head: "linear" | "mlp" | "lgbm"; mode: see the module doc; pair_prompt_ids: one prompt id per pair (splits
@@ -188,7 +249,10 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
     info: dict = {}
     trunk = warm_model = None
 
-    if mode == "shared_trunk":
+    if odin is not None:
+        members, warm_model, info = _odin_members(X, pairs, splits, seeds, proto, head, mode, warm, seed, odin,
+                                                  length)
+    elif mode == "shared_trunk":
         trunk = MLPReward(**{**proto.get_params(), "val_fraction": val_fraction, "random_state": int(seed)})
         trunk.fit(X, pairs, pp)
         F = trunk.transform(X)

@@ -47,6 +47,9 @@ class FitMetrics:
     length_accuracy: float
     spearman: float | None = None
     length_spearman: float | None = None
+    length_correlation: float | None = None  # the ensemble mean's within-prompt Spearman with length (held out)
+    # per held-out prompt: prompt_id, pairs, correct (the ensemble mean; ties 0.5): the findings' intervals
+    per_prompt: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,14 +87,29 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
     out = FitMetrics(against, int(len(pairs)), int(len(test_prompts)), float(M.pairwise_accuracy(mean, pairs)),
                      member_accuracies(scores, pairs),
                      float(M.bt_log_loss(mean, pairs)), float(M.expected_calibration_error(mean, pairs)),
-                     float(M.pairwise_accuracy(length, pairs)))
+                     float(M.pairwise_accuracy(length, pairs)), per_prompt=_correct_by_prompt(ds, mean, pairs))
     if ds.has_gold:
         rows = ds.usable & rows_of(ds.responses, test_prompts)
         index = ds.responses["prompt_id"].filter(pl.Series(rows)).rank("dense").to_numpy().astype(np.int64) - 1
         gold = ds.responses["gold"].to_numpy()[rows]
         out.spearman = float(M.per_prompt_spearman(mean[rows], gold, index))
         out.length_spearman = float(M.per_prompt_spearman(length[rows], gold, index))
+        out.length_correlation = _finite(M.per_prompt_spearman(mean[rows], length[rows].astype(np.float64), index))
     return out
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _correct_by_prompt(ds: Dataset, scores: np.ndarray, pairs: np.ndarray) -> dict:
+    """Held-out pairs and the ones the reward orders as labelled (ties 0.5), per prompt (lists, JSON-able)."""
+    margin = scores[pairs[:, 0]].astype(np.float64) - scores[pairs[:, 1]]
+    prompts, index = np.unique(ds.responses["prompt_id"].to_numpy()[pairs[:, 0]], return_inverse=True)
+    correct = np.bincount(index, (margin > 0) + 0.5 * (margin == 0), len(prompts))
+    return {"prompt_id": prompts.tolist(), "pairs": np.bincount(index, minlength=len(prompts)).tolist(),
+            "correct": correct.tolist()}
 
 
 def member_accuracies(scores: np.ndarray, pairs: np.ndarray) -> list[float]:
@@ -130,15 +148,18 @@ class ProxySummary:
     gao_alpha: float | None
     gao_beta: float | None
     excluded_pick_rate: float | None = None  # share of prompts whose top pick is an excluded response
+    length_correlation: float | None = None  # mean within-prompt Spearman of the proxy with response length
 
 
 @dataclass
 class BonResult:
     """Exact Best-of-n curves of every proxy on one evaluated pool, and a summary per proxy.
 
+    The summary's "at n = N" figures are each prompt's whole pool (its top-scored response; ties averaged),
+    averaged over the prompts; `per_prompt` holds them per prompt (for intervals over prompts).
     random_at_n_max: expected gold of a uniformly random pick (the pool mean): THE random baseline."""
 
-    pool: str  # "pool" or "pool+<excluded>" (e.g. "pool+probes")
+    pool: str  # "pool", "pool-lc" (length-controlled gold) or "pool+<excluded>" (e.g. "pool+probes")
     curves: BonCurves
     proxies: dict[str, ProxySummary]
     n_max: int
@@ -146,10 +167,12 @@ class BonResult:
     n_responses: int
     random_at_n_max: float
     oracle_at_n_max: float
+    # prompt_id, random, oracle, pick {proxy: gold of its top pick}[, excluded {proxy: share of excluded top picks}]
+    per_prompt: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("pool", "n_max", "n_prompts", "n_responses", "random_at_n_max",
-                                            "oracle_at_n_max")}
+                                            "oracle_at_n_max", "per_prompt")}
         d["aggregations"] = {name: asdict(s) for name, s in self.proxies.items()}
         return d
 
@@ -166,41 +189,60 @@ class BonResult:
 
 
 def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool: str = "pool",
-              n_max: int | None = None, excluded: np.ndarray | None = None) -> BonResult:
-    """Exact Best-of-n curves of every proxy on the scored rows where `rows`; with `excluded`, each proxy's
-    excluded pick rate at n = N too."""
-    rows = rows & responses["scored"].to_numpy()
+              n_max: int | None = None, excluded: np.ndarray | None = None, gold: np.ndarray | None = None,
+              ) -> BonResult:
+    """Exact Best-of-n curves of every proxy on the scored rows where `rows`, judged by `gold` (default: the
+    table's; e.g. a length-controlled gold); with `excluded`, each proxy's excluded pick rate at n = N too."""
+    gold = responses["gold"].to_numpy().astype(np.float64) if gold is None else np.asarray(gold, np.float64)
+    rows = rows & responses["scored"].to_numpy() & np.isfinite(gold)
     if not rows.any():
         raise EmbrmError("no scored responses on the evaluation prompts: evaluate on --prompts all, or use a pool "
                          "with gold scores")
-    gold = responses["gold"].to_numpy().astype(np.float64)
     pid = responses["prompt_id"].to_numpy()
     curves = bon_curves(pid, proxies, gold, n_max, mask=rows)
     _, rho = M.per_prompt_spearman(proxies, gold, pid, mask=rows, by_prompt=True)
     rho = np.asarray(rho).reshape(len(rho), -1)
-    rates = excluded_pick_rates(pid, proxies, rows, excluded) if excluded is not None else {}
+    length_rho = M.per_prompt_spearman(proxies, M.length_reward(responses).astype(np.float64), pid, mask=rows)
+    per_prompt = top_picks(pid, proxies, gold, rows, excluded)
+    picks, rand, orc = per_prompt["pick"], np.mean(per_prompt["random"]), np.mean(per_prompt["oracle"])
     summaries = {}
     for j, name in enumerate(curves.aggregations):
         alpha, beta = fit_gao(curves.d, curves.gold[j] - curves.gold[j, 0]) if len(curves.n) >= 3 else (None, None)
         best = int(np.nanargmax(curves.gold[j]))
+        top = float(np.mean(picks[name]))
         summaries[name] = ProxySummary(
-            float(curves.gold[j, -1]), float(curves.gain[j, -1]), float(curves.percentile[j, -1]),
+            top, (top - rand) / (orc - rand) if orc > rand else float("nan"), float(curves.percentile[j, -1]),
             float(curves.proxy[j, -1]), int(curves.n[best]), float(curves.gold[j, best]),
-            float(np.nanmean(rho[:, j])) if np.isfinite(rho[:, j]).any() else None, alpha, beta, rates.get(name))
+            float(np.nanmean(rho[:, j])) if np.isfinite(rho[:, j]).any() else None, alpha, beta,
+            float(np.mean(per_prompt["excluded"][name])) if excluded is not None else None,
+            _finite(length_rho[j]))
     return BonResult(pool, curves, summaries, int(curves.n[-1]), int(len(curves.prompts)), int(rows.sum()),
-                     float(curves.random[-1]), float(curves.oracle[-1]))
+                     float(rand), float(orc), per_prompt)
 
 
-def excluded_pick_rates(prompt_ids: np.ndarray, proxies: dict, rows: np.ndarray, excluded: np.ndarray) -> dict:
-    """Share of evaluated prompts whose top-scored response (n = N) is an excluded one, per proxy."""
-    _, group = np.unique(prompt_ids[rows], return_inverse=True)
-    flagged = excluded[rows]
-    out = {}
-    for name, score in proxies.items():  # one lexsort per proxy: prompts ascending, score descending
+def top_picks(prompt_ids: np.ndarray, proxies: dict, gold: np.ndarray, rows: np.ndarray,
+              excluded: np.ndarray | None = None) -> dict:
+    """Best-of-n at n = N per prompt: each proxy's top-scored response of the prompt's whole pool (ties: their
+    mean, as a uniformly random pick among them), with the pool's mean (random) and best (oracle) gold, and with
+    `excluded` the share of the top picks that are excluded. Lists, JSON-able, prompts sorted."""
+    prompts, group = np.unique(prompt_ids[rows], return_inverse=True)
+    P, g = len(prompts), gold[rows]
+    count = np.bincount(group, minlength=P)
+    oracle = np.full(P, -np.inf)
+    np.maximum.at(oracle, group, g)
+    out = {"prompt_id": prompts.tolist(), "random": (np.bincount(group, g, P) / count).tolist(),
+           "oracle": oracle.tolist(), "pick": {}}
+    if excluded is not None:
+        out["excluded"] = {}
+    for name, score in proxies.items():
         s = np.asarray(score, np.float64)[rows]
-        order = np.lexsort((-s, group))
-        first = np.r_[True, group[order][1:] != group[order][:-1]]
-        out[name] = float(flagged[order][first].mean())
+        best = np.full(P, -np.inf)
+        np.maximum.at(best, group, s)
+        top = (s == best[group]).astype(np.float64)
+        n_top = np.bincount(group, top, P)
+        out["pick"][name] = (np.bincount(group, top * g, P) / n_top).tolist()
+        if excluded is not None:
+            out["excluded"][name] = (np.bincount(group, top * excluded[rows], P) / n_top).tolist()
     return out
 
 
@@ -250,12 +292,13 @@ class Evaluation:
     """A model's held-out evaluation: pairwise metrics, Best-of-n per evaluated pool, published picks."""
 
     metrics: FitMetrics
-    bon: dict[str, BonResult] = field(default_factory=dict)  # "pool" [, "pool+<excluded>"]
+    bon: dict[str, BonResult] = field(default_factory=dict)  # "pool", "pool-lc" [, "pool+<excluded>"]
     published: list[PublishedPick] = field(default_factory=list)
+    length_effect: dict | None = None  # the length-controlled gold's fit (embrm.length.ControlledGold.to_dict)
 
     def to_dict(self) -> dict:
         return {"metrics": self.metrics.to_dict(), "bon": {k: v.to_dict() for k, v in self.bon.items()},
-                "published_picks": [asdict(p) for p in self.published]}
+                "published_picks": [asdict(p) for p in self.published], "length_effect": self.length_effect}
 
     def frame(self) -> pl.DataFrame:
         """Every evaluated pool's curves, one row per (pool, proxy, n)."""

@@ -17,22 +17,25 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
 
 from embrm import report as R
+from embrm.augment import rrm_dataset
 from embrm.data import Dataset
 from embrm.datasets import load_dataset
 from embrm.embed import EmbedResult, cached_embeddings, embed_dataset
 from embrm.errors import EmbrmError
 from embrm.files import write_atomic
+from embrm.findings import Finding, findings, replication
 from embrm.jobs import check_run_options, result_paths, run_jobs
-from embrm.methods import MethodResult, render_methods, run_method
+from embrm.methods import MethodResult, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
 from embrm.study import Study, jobs_of
+from embrm.study_report import render_report
 
 
 @dataclass
@@ -43,9 +46,11 @@ class StudyResult:
     curves: pl.DataFrame
     published: pl.DataFrame
     timings: dict
-    findings: list
+    findings: list[Finding]
     methods: list[MethodResult] = field(default_factory=list)
     embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
+    length_effects: dict = field(default_factory=dict)  # per pool: the length-controlled gold's fit
+    replication: list[dict] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
 
     @property
     def report_path(self) -> Path:
@@ -65,7 +70,11 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[di
     for spec in study.datasets:
         loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
     spec, seconds, facts = None, {}, {}
+    rrm = any(learner.length_control == "rrm" for learner in study.learners)
     for dataset, ds in loaded.items():
+        if rrm:  # RRM's other-prompt answers under each prompt: texts of their own, embedded once
+            embed_dataset(rrm_dataset(ds), embedder, cache_dir=cache_dir, template=study.embedder.template,
+                          batch_size=study.embedder.batch_size, progress=progress)
         res = embed_dataset(ds, embedder, cache_dir=cache_dir, template=study.embedder.template,
                             batch_size=study.embedder.batch_size, progress=progress)
         spec, seconds[dataset.label] = res.spec, res.seconds
@@ -98,9 +107,11 @@ def check_dir_option(path: Path, option: str) -> None:
 
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
               backend: str = "local", address: str | None = None, progress: bool | None = None,
-              command: str | None = None) -> StudyResult:
+              command: str | None = None, replicate: bool | None = None) -> StudyResult:
     """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
-    and cache_dir; both are checked, and every dataset loaded, before anything is written."""
+    and cache_dir; both are checked, and every dataset loaded, before anything is written. replicate (default:
+    the study's `replicate`): run the study again on each of two disjoint halves of every dataset's prompts
+    (under out_dir/replication/half1, half2) and report which findings agree."""
     out, cache_dir = Path(out_dir), Path(cache_dir)
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     check_run_options(workers, backend)
@@ -123,9 +134,15 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
                "workers": workers, "backend": backend}
-    result = StudyResult(out, fits, bon, curves, pub, timings, findings(bon, fits, pub), embedding=embedding)
+    result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
+                         length_effects=_length_effects(results))
+    write_atomic(out / "findings.json", json.dumps([f.to_dict() for f in result.findings], indent=1) + "\n")
     result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
+    if study.replicate if replicate is None else replicate:
+        t3 = time.perf_counter()
+        result.replication = _replicate(study, out, cache_dir, data_dir, workers, backend, address, progress)
+        timings["replication"] = time.perf_counter() - t3
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
     manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
@@ -134,6 +151,25 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     report = render_report(study, result, plots, command)
     write_atomic(result.report_path, report)
     return result
+
+
+def _length_effects(results: list[dict]) -> dict:
+    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool)."""
+    return {r["dataset"]: r["length_effect"] for r in results if r.get("length_effect")}
+
+
+def _replicate(study: Study, out: Path, cache_dir, data_dir, workers, backend, address, progress) -> list[dict]:
+    """The study on each half of every dataset's prompts (no methods), and which findings agree."""
+    halves = []
+    for half in (1, 2):
+        sub = replace(study, datasets=[replace(d, half=half) for d in study.datasets],
+                      human_pairs=[replace(d, half=half) for d in study.human_pairs], methods=[], replicate=False)
+        halves.append(run_study(sub, out / "replication" / f"half{half}", cache_dir=cache_dir, data_dir=data_dir,
+                                workers=workers, backend=backend, address=address, progress=progress,
+                                replicate=False).findings)
+    rows = replication(*halves)
+    write_atomic(out / "replication.json", json.dumps(rows, indent=1) + "\n")
+    return rows
 
 
 def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None,
@@ -175,141 +211,3 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "packages": package_versions()}
-
-
-# ----------------------------------------------------------------------------- findings
-
-def findings(bon: pl.DataFrame, fits: pl.DataFrame, pub: pl.DataFrame) -> list[str]:
-    """Statements of the anchors' claims, each with the measured paired difference and a verdict."""
-    out = []
-    if bon.is_empty():
-        return out
-    variant = "pool"
-    for dataset in bon["dataset"].unique(maintain_order=True):
-        where = dict(dataset=dataset, variant=variant)
-        for a, b, claim in (("min", "mean", "worst-case (WCO, min) beats the ensemble mean"),
-                            ("uwo", "mean", "uncertainty-weighted (UWO) beats the ensemble mean"),
-                            ("mean", "single", "the ensemble mean beats a single member")):
-            if not {a, b} <= set(bon["proxy"].unique()):
-                continue
-            for noise in bon["noise"].unique(maintain_order=True):
-                m, h, n = R.paired(bon, a, b, "gain", noise=noise, **where)
-                if n:
-                    out.append(f"**{dataset}, {noise} labels** — Coste et al.: {claim}: gain difference "
-                               f"{R.fmt(m, h)} over {n} (learner, seed) pairs → {_verdict(m, h)}.")
-        m, h, n = R.paired(bon, "mean", "length", "gain", **where)
-        if n:
-            out.append(f"**{dataset}** — Sun et al.: an embedding-based ensemble (mean) beats the length-only reward: "
-                       f"gain difference {R.fmt(m, h)} over {n} pairs → {_verdict(m, h)}.")
-        mean = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant) & (pl.col("proxy") == "mean"))
-        if mean.height:
-            peaked = mean.filter(pl.col("best_n") < pl.col("n_max"))
-            drop = (peaked["gold_at_best_n"] - peaked["gold"]).mean() if peaked.height else 0.0
-            out.append(f"**{dataset}** — Gao et al.: over-optimisation (gold peaks before n = N for the ensemble mean): "
-                       f"in {peaked.height} of {mean.height} runs, by {drop:.3f} gold on average.")
-    noises = fits.filter(pl.col("noise") != "human")["noise"].unique(maintain_order=True).to_list()
-    for dataset in fits["dataset"].unique(maintain_order=True):
-        f = fits.filter(pl.col("dataset") == dataset)
-        if len(noises) >= 2:
-            a, b = (f.filter(pl.col("noise") == n).select("learner", "seed", pl.col("accuracy").alias(n)) for n in noises[:2])
-            d = a.join(b, on=["learner", "seed"])
-            m, h = R.interval((d[noises[0]] - d[noises[1]]).to_list())
-            if d.height:
-                out.append(f"**{dataset}** — Sun et al.: label noise costs accuracy: {noises[0]} minus {noises[1]} held-out "
-                           f"accuracy {R.fmt(m, h)} over {d.height} (learner, seed) pairs → {_verdict(m, h)}.")
-        m, h = R.interval((f["accuracy"] - 0.5).to_list())
-        out.append(f"**{dataset}** — the embeddings carry preference signal (held-out pairwise accuracy above chance, all "
-                   f"learners and labels): "
-                   f"{R.fmt(m + 0.5, h)} (chance 0.5) → {_verdict(m, h)}.")
-    return out
-
-
-def _verdict(mean: float, half: float) -> str:
-    if not (half == half):  # NaN: one seed
-        return "one seed only: no interval"
-    if mean - half > 0:
-        return "reproduced"
-    if mean + half < 0:
-        return "reversed here"
-    return "not reproduced (the 95 % interval includes 0)"
-
-
-# ----------------------------------------------------------------------------- report.md
-
-def _embedding_section(embedding: dict) -> list[str]:
-    """What the embedder's window did to the texts: a result built on responses it never saw must say so."""
-    if not embedding:
-        return []
-    rows = [[f"`{name}`", str(f["n_texts"]), str(f["n_truncated"]), str(f["n_response_cut"]),
-             str(len(f["indistinguishable"]))] for name, f in embedding.items()]
-    lines = ["## What the embedder saw", "", "Texts longer than the embedder's window lose the prompt's start first; "
-             "a response longer than the window (with a quarter of it kept for the prompt's end) loses its end. "
-             "Prompts whose different responses still got identical vectors cannot be ranked by any reward.", "",
-             R.md_table(["dataset", "texts", "cut to the window", "response lost tokens",
-                         "prompts with indistinguishable responses"], rows), ""]
-    tied = {name: f["indistinguishable"] for name, f in embedding.items() if f["indistinguishable"]}
-    lines += [f"- `{name}`: indistinguishable responses on prompt(s) {', '.join(ids[:10])}"
-              f"{' ...' if len(ids) > 10 else ''}" for name, ids in tied.items()]
-    return lines + ([""] if tied else [])
-
-
-def render_report(study: Study, result: StudyResult, plots: list[Path], command: str | None) -> str:
-    bon, fits, pub, t = result.bon, result.fits, result.published, result.timings
-    noises = [n.name for n in study.noise]
-    lines = [f"# embrm study `{study.name}`", "",
-             f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members · "
-             f"embedder {_embedder_text(study)} · {study.labels['n_pairs']} simulated pairs per job · "
-             f"{len(study.seeds)} seeds, mean ± 95 % interval over seeds.", "",
-             "Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
-             f"evaluated on held-out prompts ({study.test_size:.0%} of prompts, split per seed). Best-of-n is the exact "
-             "unbiased estimator over each held-out prompt's scored pool; `gold@N` is the expected gold of the pick "
-             "at n = N (the whole pool), `gain` = (gold − random) / (oracle − random). Members are standardised on "
-             "the training responses before aggregating. A dataset's excluded responses (on `alpaca-eval-models` its "
-             "reward-hacking probes NullModel, gpt4_gamed, *_verbose) never label, train or enter the evaluated "
-             "pool; `pool+<name>` puts them back and reports how often each reward picks one. `random pick "
-             "(expected)` is the pool mean, the expected gold of a uniformly random pick.", ""]
-    if result.findings:
-        lines += ["## Findings (computed from the tables below)", ""] + [f"- {f}" for f in result.findings] + [""]
-    for (dataset, variant), _ in (bon.group_by(["dataset", "variant"], maintain_order=True) if not bon.is_empty() else []):
-        lines += [f"## Best-of-n on `{dataset}` ({variant})", "", R.bon_markdown(bon, dataset, variant, noises), ""]
-        if variant != "pool":
-            lines += [_excluded_rates(bon, dataset, variant), ""]
-        if not pub.is_empty() and dataset in pub["dataset"].to_list() and variant == "pool":
-            lines += ["Published reward models' best-of-16 picks on the same held-out prompts (not trained on this "
-                      "pool: a different, harder setting):", "", R.published_markdown(pub, dataset), ""]
-    for dataset in fits["dataset"].unique(maintain_order=True):
-        against = fits.filter(pl.col("dataset") == dataset)["against"][0]
-        lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
-                  R.fit_markdown(fits, dataset), ""]
-    if result.methods:
-        lines += [render_methods(result.methods), ""]
-    lines += _embedding_section(result.embedding)
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    lines += ["## Timing", "", R.md_table(["stage", "seconds"], [
-        ["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
-        [f"{t['n_jobs']} jobs on {t['workers']} {t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
-        *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()],
-        ["total", f"{t.get('total', 0):.1f}"]]), ""]
-    per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
-    lines += [R.md_table(["learner", "mean seconds per job (fit + evaluation)"],
-                         [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
-    return "\n".join(lines)
-
-
-def _embedder_text(study: Study) -> str:
-    e = study.embedder
-    return f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
-
-
-def _excluded_rates(bon: pl.DataFrame, dataset: str, variant: str) -> str:
-    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant)
-                     & pl.col("excluded_pick_rate").is_not_null())
-    s = R.summarise(sub, ["learner", "proxy"], ["excluded_pick_rate"])
-    first = s["learner"][0]
-    rows = [[f"{r['proxy']} (baseline)" if r["proxy"] in R.BASELINES else f"{r['learner']} · {r['proxy']}",
-             R.fmt(r["excluded_pick_rate"], r["excluded_pick_rate_ci"])]
-            for r in s.iter_rows(named=True) if r["proxy"] not in R.BASELINES or r["learner"] == first]
-    what = variant.removeprefix("pool+")
-    return (f"Excluded responses ({what}) may game the judge that produced gold, so a pick of theirs can inflate "
-            f"gold here: read this table first. Share of held-out prompts whose top-scored answer (n = N) is one of "
-            f"the {what}:\n\n") + R.md_table(["reward · aggregation", f"{what} picked at n = N"], rows)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from embrm.augment import rrm_dataset
 from embrm.datasets import DatasetSpec, load_dataset
 from embrm.embed import cached_embeddings
 from embrm.errors import EmbrmError
@@ -35,7 +36,7 @@ from embrm.pipeline import run_experiment
 from embrm.progress import Progress
 from embrm.study import Job, Study
 
-RESULT_VERSION = 3
+RESULT_VERSION = 4  # 4: per-prompt records, length-controlled gold, length correlations
 BACKENDS = OneOf(("local", "ray"))
 WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
@@ -52,6 +53,12 @@ def _embeddings(spec: DatasetSpec, data_dir: str | None, embed_spec_json: str, c
     return cached_embeddings(_dataset(spec, data_dir), json.loads(embed_spec_json), cache_dir)
 
 
+@lru_cache(maxsize=8)
+def _augment(spec: DatasetSpec, data_dir: str | None, embed_spec_json: str, cache_dir: str) -> np.ndarray:
+    """Embeddings of RRM's augmentation texts (embrm.augment.rrm_dataset), cached by `embrm run` beforehand."""
+    return cached_embeddings(rrm_dataset(_dataset(spec, data_dir)), json.loads(embed_spec_json), cache_dir)
+
+
 def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: str | None, threads: int = 1) -> dict:
     """The job's experiment (embrm.pipeline.run_experiment). Returns {"result": JSON-able dict, "curves": columns}."""
     import torch
@@ -62,7 +69,9 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     if job.kind == "human" and ds.pairs is None:
         raise EmbrmError(f"{job.dataset.label}: human_pairs needs a pairwise dataset (chosen/rejected)")
     X = _embeddings(job.dataset, data_dir, spec_json, str(cache_dir))
-    result = run_experiment(ds, X, job.protocol(study), threads=threads, progress=False)
+    augment = (_augment(job.dataset, data_dir, spec_json, str(cache_dir)) if job.learner.length_control == "rrm"
+               else None)
+    result = run_experiment(ds, X, job.protocol(study), augment=augment, threads=threads, progress=False)
     out, frame = result.to_dict(), result.frame()
     out.update(key=job.key, kind=job.kind, dataset=job.dataset.label, learner=job.learner.name,
                head=job.learner.head, mode=job.learner.mode, seed=job.seed,

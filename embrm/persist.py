@@ -32,6 +32,7 @@ from embrm.ensemble import MODES, RewardEnsemble, _jsonable
 from embrm.errors import EmbrmError
 from embrm.heads import HEADS, LGBMReward, LinearBT, MLPReward
 from embrm.heads.checks import check_value
+from embrm.length import LengthCorrection
 
 FORMAT = "embrm-reward-ensemble"
 FORMAT_VERSION = 1
@@ -325,6 +326,17 @@ def _members(model_dir: Path, h: dict, arrays: dict):
     return [_lgbm_member(model_dir, name, dim, hp, h["seeds"][j]) for j, name in enumerate(names)], None, None
 
 
+def _length_correction(saved, ens: RewardEnsemble):
+    """The saved length correction (one slope per member, and WARM's last), checked against the ensemble."""
+    if saved is None:
+        return None
+    correction = LengthCorrection.from_dict(saved)
+    expected = ens.k + (ens.warm_ is not None)
+    if len(correction.slopes) != expected:
+        raise EmbrmError(f"length_correction has {len(correction.slopes)} slopes for {expected} scored models")
+    return correction
+
+
 def load_ensemble(model_dir):
     """Read a model directory written by save_ensemble: returns (RewardEnsemble, manifest dict). Every file is
     checked against the manifest (finite weights, shapes that fit K and dim): an edited or damaged model dir is a
@@ -340,6 +352,7 @@ def load_ensemble(model_dir):
         members, trunk, warm = _members(model_dir, h, arrays)
         ens = RewardEnsemble(h["head"], h["mode"], members, h["seeds"], splits, trunk=trunk, warm=warm,
                              head_params=h["head_params"], info=h["info"])
+        ens.length_correction = _length_correction(doc["ensemble"].get("length_correction"), ens)
     except (TypeError, ValueError, EmbrmError) as err:  # an edited head_params / mode the heads refuse
         if isinstance(err, EmbrmError) and str(err).startswith(f"model dir {model_dir} "):
             raise

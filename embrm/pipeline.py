@@ -11,6 +11,12 @@ take their split and labels from `split` and `training_pairs`: the same settings
 every entry point. The split is by prompt (no prompt in both train and test) and is saved with the model.
 Excluded responses (a dataset's exclusion rule, e.g. reward-hacking probes) never label, never train and are not
 in the evaluated pool; Protocol.with_excluded adds a second pool that keeps them and reports their pick rate.
+
+Length control (Learner.length_control): "posthoc" fits each member's length slope on the training prompts'
+responses and removes it; "odin" trains quality + length heads; "rrm" adds other prompts' answers as losers and
+ties, which are new (prompt, response) texts: their embeddings are passed as `augment`
+(`embed_dataset(rrm_dataset(ds)).X`; `embrm run` and `embrm fit` embed them). Pools are evaluated on their gold and
+on a length-controlled gold (embrm.length.controlled_gold), side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from embrm.augment import rrm_dataset, rrm_pairs
 from embrm.data import Dataset
 from embrm.embed import cached_embeddings
 from embrm.ensemble import RewardEnsemble, fit_ensemble
@@ -36,6 +43,7 @@ from embrm.evaluation import (
     rows_of,
 )
 from embrm.labels import pair_indices, simulate_pairs, split_prompts
+from embrm.length import LengthCorrection, controlled_gold, length_feature
 from embrm.persist import load_ensemble, save_ensemble
 from embrm.progress import Stages
 from embrm.protocol import LabelConfig, Protocol
@@ -111,28 +119,62 @@ class FittedModel:
                              overwrite=overwrite)
 
 
-def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,
-        progress: bool | None = None) -> FittedModel:
-    """Split prompts, label the training prompts, fit K members, measure held-out pairwise metrics."""
+def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
+        threads: int | None = None, progress: bool | None = None) -> FittedModel:
+    """Split prompts, label the training prompts, fit K members (with the learner's length control), measure
+    held-out pairwise metrics. `augment`: embeddings of rrm_dataset(ds), needed by length_control "rrm" only."""
     check_aligned(ds, X)
     labels = protocol.labels.resolved(ds)
-    with Stages(f"fit {protocol.learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
+    learner = protocol.learner
+    with Stages(f"fit {learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
         parts = split(ds, labels, protocol.test_size, protocol.seed)
         pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
         stages.done("labels")
-        params = protocol.learner.head_params()
-        if protocol.learner.head == "lgbm" and threads:
+        params = learner.head_params()
+        if learner.head == "lgbm" and threads:
             params.setdefault("n_jobs", threads)
-        ensemble = fit_ensemble(X, pair_indices(pairs_df, ds.responses), head=protocol.learner.head, k=protocol.k,
-                                mode=protocol.learner.mode, pair_prompt_ids=pairs_df["prompt_id"].to_numpy(),
-                                seed=protocol.seed, **params)
+        pairs, pair_prompts = pair_indices(pairs_df, ds.responses), pairs_df["prompt_id"].to_numpy()
+        X_fit, length = X, length_feature(ds.responses)
+        if learner.length_control == "rrm":
+            X_fit, pairs, pair_prompts = _with_rrm(ds, X, augment, pairs, pair_prompts, parts.train)
+        if learner.length_control == "odin":
+            params.update(odin=learner.odin_params(), length=length)
+        ensemble = fit_ensemble(X_fit, pairs, head=learner.head, k=protocol.k, mode=learner.mode,
+                                pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
+        if learner.length_control.startswith("posthoc"):
+            ensemble.length_correction = _posthoc(ds, X, ensemble, parts, length, learner.length_control)
         stages.done("members")
-        scores = ensemble.predict(X)
+        scores = ensemble.predict(X, length)
         metrics = pairwise_metrics(ds, scores, parts.test, protocol.seed)
         stages.done("held-out metrics")
     agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
     return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1],
                        scores)
+
+
+def _with_rrm(ds: Dataset, X: np.ndarray, augment, pairs: np.ndarray, pair_prompts: np.ndarray, train: np.ndarray):
+    """Embeddings and pairs with RRM's augmentation: rows of rrm_dataset(ds) appended after ds's rows."""
+    aug = rrm_dataset(ds)
+    if augment is None:
+        raise EmbrmError(f"length_control rrm trains on other prompts' answers under each prompt: pass augment="
+                         f"embed_dataset(rrm_dataset(ds)).X ({len(aug.responses)} texts)")
+    augment = np.asarray(augment, np.float32)
+    if augment.shape != (len(aug.responses), X.shape[1]):
+        raise EmbrmError(f"augment has shape {augment.shape}; rrm_dataset({ds.name}) needs "
+                         f"({len(aug.responses)}, {X.shape[1]}): embed it with the same embedder")
+    extra, extra_prompts = rrm_pairs(pairs, pair_prompts, aug.responses, train, len(X))
+    return (np.concatenate([X, augment]), np.concatenate([pairs, extra]),
+            np.concatenate([pair_prompts.astype(str), extra_prompts.astype(str)]))
+
+
+def _posthoc(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, parts: Split, length: np.ndarray, control: str):
+    """Each member's (and WARM's) length slope, fitted on the training prompts' responses only."""
+    raw = ensemble.predict(X)
+    if ensemble.warm_ is not None:
+        raw = np.column_stack([raw, ensemble.warm_.predict(X)])
+    rows = rows_of(ds.responses, parts.train) & ~ds.excluded
+    scope = "global" if control == "posthoc_global" else "prompt"
+    return LengthCorrection.fit(raw, length, ds.responses["prompt_id"].to_numpy(), rows, scope=scope)
 
 
 def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
@@ -142,7 +184,7 @@ def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.nda
     reference = rows_of(ds.responses, split_.train) & ~ds.excluded
     out = ensemble_proxies(scores, reference, protocol.aggregations, **protocol.aggregation_params())
     if ensemble.warm_ is not None:
-        out["warm"] = ensemble.warm_.predict(X)
+        out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
     out["length"] = length_proxy(ds.responses)
     return out
 
@@ -160,7 +202,7 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not evaluated.any():
         raise EmbrmError(f"none of the model's held-out prompts are in {ds.name}: pass --prompts all to evaluate on "
                          f"every prompt")
-    scores = ensemble.predict(X) if scores is None else scores
+    scores = ensemble.predict(X, length_feature(ds.responses)) if scores is None else scores
     if metrics is None:
         test = split_.test if prompts == "test" else ds.responses["prompt_id"].unique().sort().to_numpy()
         metrics = pairwise_metrics(ds, scores, test, protocol.seed)
@@ -169,6 +211,10 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
         return result
     scored = proxies(ds, X, ensemble, scores, split_, protocol)
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, n_max=protocol.n_max)
+    controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
+    result.length_effect = controlled.to_dict()
+    result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
+                                      n_max=protocol.n_max, gold=controlled.gold)
     if protocol.with_excluded and ds.excluded.any():
         result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
                                                       n_max=protocol.n_max, excluded=ds.excluded)
@@ -192,10 +238,10 @@ class ExperimentResult:
         return self.evaluation.frame()
 
 
-def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, threads: int | None = None,
-                   progress: bool | None = None) -> ExperimentResult:
+def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
+                   threads: int | None = None, progress: bool | None = None) -> ExperimentResult:
     """fit, then evaluate on the held-out prompts."""
-    fitted = fit(ds, X, protocol, threads=threads, progress=progress)
+    fitted = fit(ds, X, protocol, augment=augment, threads=threads, progress=progress)
     return ExperimentResult(fitted, evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol,
                                              metrics=fitted.metrics, scores=fitted.scores))
 
@@ -241,6 +287,6 @@ def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
 
 def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
     """response_id, prompt_id and one column per member (member_0..member_{K-1})."""
-    scores = model.ensemble.predict(X)
+    scores = model.ensemble.predict(X, length_feature(ds.responses))
     return ds.responses.select("response_id", "prompt_id").with_columns(
         pl.DataFrame(scores, schema=[f"member_{k}" for k in range(scores.shape[1])]))

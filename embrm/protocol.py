@@ -16,8 +16,16 @@ from embrm.ensemble import MODES, K
 from embrm.errors import EmbrmError
 from embrm.heads import HEADS as HEAD_CLASSES
 from embrm.heads.checks import SEED, Integer, Number, check_params, check_value, shown
+from embrm.heads.odin import ODIN_PARAMS
 
 HEADS = ("linear", "mlp", "lgbm")
+# How a learner controls for response length (see embrm.length, embrm.augment, embrm.heads.odin):
+#   none            the reward as trained
+#   posthoc         each member's within-prompt regression on length (training responses) subtracted
+#   posthoc_global  the same with one global regression (the prompt's mean length left in)
+#   odin            a quality head and a length head trained together (Chen et al. 2024); the quality head scores
+#   rrm             training pairs augmented with other prompts' answers as losers and ties (Liu et al. 2024)
+LENGTH_CONTROLS = ("none", "posthoc", "posthoc_global", "odin", "rrm")
 DEFAULT_AGGREGATIONS = ("mean", "min", "median", "uwo", "lcb", "single")
 LABEL_SOURCES = ("auto", "human", "simulated")
 
@@ -74,31 +82,44 @@ class Learner:
     head: str = "linear"
     mode: str = "independent"
     params: tuple = ()
+    length_control: str = "none"
 
     def __post_init__(self):
         _check_choice("head", self.head, HEADS)
         _check_choice("mode", self.mode, MODES)
+        _check_choice("length_control", self.length_control, LENGTH_CONTROLS)
+        if self.length_control == "odin" and (self.head == "lgbm" or self.mode not in ("independent", "bootstrap")):
+            raise EmbrmError("length_control odin trains a quality and a length head: it needs head = linear or mlp "
+                             "with mode = independent or bootstrap")
         if self.mode == "shared_trunk" and self.head != "mlp":
             raise EmbrmError("mode shared_trunk needs head = mlp (an MLP trunk with K linear heads)")
         if self.mode == "linear_heads" and self.head != "linear":
             raise EmbrmError("mode linear_heads needs head = linear (K linear heads on the frozen embeddings)")
         object.__setattr__(self, "params", _frozen_params(self.params))
         rules = {k: r for k, r in HEAD_CLASSES[self.head].PARAMS.items() if k != "random_state"}
+        if self.length_control == "odin":
+            rules.update(ODIN_PARAMS)
         check_params(dict(self.params), rules, f"head {self.head}")
 
     @property
     def name(self) -> str:
         suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads"}
-        return self.head + suffix[self.mode]
+        control = "" if self.length_control == "none" else "." + self.length_control.replace("_", "-")
+        return self.head + suffix[self.mode] + control
 
     def head_params(self) -> dict:
-        return dict(self.params)
+        """The head's parameters (ODIN's loss weights are odin_params)."""
+        return {k: v for k, v in self.params if k not in ODIN_PARAMS}
+
+    def odin_params(self) -> dict:
+        return {k: v for k, v in self.params if k in ODIN_PARAMS}
 
     def with_params(self, **params) -> "Learner":
         return replace(self, params={**dict(self.params), **{k: v for k, v in params.items() if v is not None}})
 
     def to_dict(self) -> dict:
-        return {"head": self.head, "mode": self.mode, **self.head_params()}
+        control = {} if self.length_control == "none" else {"length_control": self.length_control}
+        return {"head": self.head, "mode": self.mode, **control, **dict(self.params)}
 
 
 # The default study's learners; `embrm fit --head X` starts from DEFAULT_LEARNERS[X].
@@ -153,8 +174,9 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class Protocol:
-    """One fit → evaluate experiment. with_excluded: evaluate a second pool that keeps the dataset's excluded
-    responses (e.g. hacking probes; they never label or train) and report how often each reward picks one."""
+    """One fit → evaluate experiment. with_excluded (default on): where the dataset excludes responses (e.g. hacking
+    probes; they never label or train), evaluate a second pool that keeps them and report how often each reward
+    picks one."""
 
     learner: Learner = field(default_factory=Learner)
     labels: LabelConfig = field(default_factory=LabelConfig)
@@ -166,7 +188,7 @@ class Protocol:
     lcb_beta: float = 1.0  # LCB: mean - beta * std
     temperature: float = 1.0  # soft-min
     member: int = 0  # the member 'single' reports
-    with_excluded: bool = False
+    with_excluded: bool = True
     n_max: int | None = None
 
     def __post_init__(self):
@@ -194,7 +216,8 @@ class Protocol:
             d = dict(d)
             learner = dict(d.pop("learner"))
             head, mode = learner.pop("head"), learner.pop("mode")
-            d["learner"] = Learner(head, mode, learner)
+            control = learner.pop("length_control", "none")
+            d["learner"] = Learner(head, mode, learner, control)
             d["labels"] = LabelConfig(**d["labels"])
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:

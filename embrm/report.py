@@ -30,6 +30,7 @@ def fit_table(results: list[dict]) -> pl.DataFrame:
                      "accuracy": m["accuracy"], "member_accuracy": float(np.mean(m["member_accuracy"])),
                      "log_loss": m["log_loss"], "ece": m["ece"], "spearman": m.get("spearman"),
                      "length_accuracy": m["length_accuracy"], "length_spearman": m.get("length_spearman"),
+                     "length_correlation": m.get("length_correlation"),
                      "against": m["against"],
                      "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
                      "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
@@ -47,7 +48,8 @@ def bon_table(results: list[dict]) -> pl.DataFrame:
                              "percentile": a["percentile_at_n_max"], "best_n": a["best_n"],
                              "gold_at_best_n": a["gold_at_best_n"], "spearman": a["spearman"],
                              "gao_alpha": a["gao_alpha"], "gao_beta": a["gao_beta"],
-                             "excluded_pick_rate": a["excluded_pick_rate"], "n_max": s["n_max"],
+                             "excluded_pick_rate": a["excluded_pick_rate"],
+                             "length_correlation": a.get("length_correlation"), "n_max": s["n_max"],
                              "n_prompts": s["n_prompts"],
                              "random": s["random_at_n_max"], "oracle": s["oracle_at_n_max"]})
     return pl.DataFrame(rows, infer_schema_length=None)
@@ -136,18 +138,63 @@ def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str
     return md_table(header, rows)
 
 
+def _cells(stats_: pl.DataFrame, learner: str, proxy: str, noise: str, metric: str) -> str:
+    hit = stats_.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
+    return "-" if hit.is_empty() else fmt(hit[metric][0], hit[f"{metric}_ci"][0])
+
+
+def _reward_rows(sub: pl.DataFrame) -> list[tuple[str, str, str]]:
+    """(label, learner, proxy) per reward row: every learner's aggregations, the baselines once."""
+    first = sub["learner"][0]
+    pairs = sub.select("learner", "proxy").unique(maintain_order=True).iter_rows()
+    return [(f"{p} (baseline)" if p in BASELINES else f"{l} · {p}", l, p) for l, p in pairs
+            if p not in BASELINES or l == first]
+
+
+def length_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]) -> str:
+    """Rows: rewards; per noise: gain on gold, gain on length-controlled gold, within-prompt Spearman with length."""
+    both = bon.filter((pl.col("dataset") == dataset) & pl.col("variant").is_in(["pool", "pool-lc"]))
+    raw = summarise(both.filter(pl.col("variant") == "pool"), ["learner", "proxy", "noise"],
+                    ["gain", "length_correlation"])
+    lc = summarise(both.filter(pl.col("variant") == "pool-lc"), ["learner", "proxy", "noise"], ["gain"])
+    rows = [[label, *[c for n in noises for c in (_cells(raw, l, p, n, "gain"), _cells(lc, l, p, n, "gain"),
+                                                   _cells(raw, l, p, n, "length_correlation"))]]
+            for label, l, p in _reward_rows(both.filter(pl.col("variant") == "pool"))]
+    rows.append(["random pick (expected)", *["0 (by definition)", "0 (by definition)", "-"] * len(noises)])
+    header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in
+                                         ("gain", "gain, length-controlled gold", "Spearman with length")]
+    return md_table(header, rows)
+
+
+def excluded_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str]) -> str:
+    """Rows: rewards; per noise: share of prompts whose top pick is excluded, gain with them in and out of the pool."""
+    sub = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == variant))
+    rates = summarise(sub, ["learner", "proxy", "noise"], ["excluded_pick_rate", "gain"])
+    out = summarise(bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool")),
+                    ["learner", "proxy", "noise"], ["gain"])
+    what = variant.removeprefix("pool+")
+    rows = [[label, *[c for n in noises for c in (_cells(rates, l, p, n, "excluded_pick_rate"),
+                                                   _cells(rates, l, p, n, "gain"), _cells(out, l, p, n, "gain"))]]
+            for label, l, p in _reward_rows(sub)]
+    header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in
+                                         (f"{what} picked at n = N", f"gain, {what} in", f"gain, {what} out")]
+    return md_table(header, rows)
+
+
 def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
     sub = fits.filter(pl.col("dataset") == dataset)
     s = summarise(sub, ["learner", "noise"], ["accuracy", "member_accuracy", "spearman", "length_accuracy",
-                                              "label_accuracy"])
+                                              "label_accuracy", "length_correlation", "length_spearman"])
     rows = [[r["learner"], r["noise"], fmt(r["label_accuracy"], r["label_accuracy_ci"]), fmt(r["accuracy"], r["accuracy_ci"]),
-             fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"])]
+             fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"]),
+             fmt(r["length_correlation"], r["length_correlation_ci"])]
             for r in s.iter_rows(named=True)]
     base = s.row(0, named=True)
-    rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-", "-"])
-    rows.append(["random (expected)", "-", "-", "0.500", "-", "-"])
+    rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-",
+                 fmt(base["length_spearman"], base["length_spearman_ci"]), "1"])
+    rows.append(["random (expected)", "-", "-", "0.500", "-", "-", "-"])
     return md_table(["learner", "labels", "training labels agreeing with gold", "ensemble-mean accuracy",
-                     "mean member accuracy", "per-prompt Spearman"], rows)
+                     "mean member accuracy", "per-prompt Spearman with gold", "per-prompt Spearman with length"], rows)
 
 
 def published_markdown(pub: pl.DataFrame, dataset: str) -> str:

@@ -18,6 +18,8 @@ exist is one error naming the file, the key and the allowed values.
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
+    replicate = true            # run the study again on two disjoint halves of each dataset's prompts and report
+                                # which findings agree (`embrm run --replicate / --no-replicate` overrides)
 
     [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling,
     backend = "st"              # base_url, api_key_env, batch_size (the options of `embrm embed`)
@@ -32,9 +34,10 @@ exist is one error naming the file, the key and the allowed values.
 
     [[learners]]                # head = "linear" | "mlp" | "lgbm"; mode = "independent" | "bootstrap" |
     head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters, with the
-                                # head's own bounds (embrm.heads: PARAMS); one learner per head + mode
+                                # head's own bounds (embrm.heads: PARAMS); one learner per head + mode + control
     mode = "independent"
     hidden = [256, 128]
+    length_control = "odin"     # none | posthoc | posthoc_global | odin (+ lam_length, lam_quality, lam_orth) | rrm
 
 A `datasets` / `human_pairs` entry is a named dataset (`embrm datasets`), a data file or a dataset declaration
 (.toml, see embrm.datasets), or a table that declares a file in place (paths relative to the study file):
@@ -97,6 +100,7 @@ class Study:
     lam: float = 0.5
     lcb_beta: float = 1.0
     with_excluded: bool = True
+    replicate: bool = True
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     labels: dict = field(default_factory=lambda: {"n_pairs": 2000, "within_prompt": True})
@@ -170,7 +174,7 @@ def load_study(path: str | Path | None = None) -> Study:
 
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
-       "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "methods": list, "embedder": dict,
+       "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool, "methods": list, "embedder": dict,
        "labels": dict, "noise": list, "learners": list}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float}
@@ -233,7 +237,7 @@ def _distinct_learners(where: str, learners: list[Learner]) -> None:
     names = [l.name for l in learners]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise EmbrmError(f"{where} [[learners]] #{i + 1}: a second {name!r} learner (same head and mode as "
+            raise EmbrmError(f"{where} [[learners]] #{i + 1}: a second {name!r} learner (same head, mode and length control as "
                              f"#{names.index(name) + 1}): results are kept per learner, so put other parameters "
                              f"in another study")
 
@@ -242,7 +246,7 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
     """A validated Study; `base` is the study file's directory (dataset tables' paths are relative to it)."""
     doc = _check_keys(where, doc, TOP)
     study = Study()
-    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded"):
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate"):
         if key in doc:
             setattr(study, key, doc[key])
     for key in ("seeds", "aggregations", "methods"):
@@ -306,12 +310,13 @@ def _noise(where: str, doc) -> Noise:
 
 
 def _learner(where: str, doc) -> Learner:
-    """head, mode and the head's own parameters (its rules: embrm.heads)."""
+    """head, mode, length_control and the head's own parameters (its rules: embrm.heads)."""
     if not isinstance(doc, dict) or "head" not in doc:
-        raise EmbrmError(f"{where}: needs head = one of linear, mlp, lgbm (and optionally mode and the head's "
-                         f"parameters)")
-    params = {k: v for k, v in doc.items() if k not in ("head", "mode")}
-    return _checked(where, lambda: Learner(doc["head"], doc.get("mode", "independent"), params))
+        raise EmbrmError(f"{where}: needs head = one of linear, mlp, lgbm (and optionally mode, length_control and "
+                         f"the head's parameters)")
+    params = {k: v for k, v in doc.items() if k not in ("head", "mode", "length_control")}
+    return _checked(where, lambda: Learner(doc["head"], doc.get("mode", "independent"), params,
+                                           doc.get("length_control", "none")))
 
 
 def _validate(study: Study, where: str) -> None:

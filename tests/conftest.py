@@ -13,6 +13,7 @@ PROBES = ["NullModel", "gpt4_gamed", "alpaca-7b_verbose"]
 DECLARATION = """[dataset]
 path = "pool.parquet"
 name = "renamed-pool"
+answer_source = "system"
 [dataset.columns]
 prompt_id = "qid"
 prompt = "question"

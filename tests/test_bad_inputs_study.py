@@ -185,7 +185,7 @@ CASES = [
     learner("linear_C_zero", 'head = "linear"\nC = 0\n', r"C must be a finite number > 0, got 0"),
     learner("linear_C_nan", 'head = "linear"\nC = nan\n', r"C must be a finite number > 0, got NaN"),
     study("learners_repeated", VALID + '[[learners]]\nhead = "mlp"\nhidden = [8]\n[[learners]]\nhead = "mlp"\n',
-          r"\[\[learners\]\] #2: a second 'mlp' learner \(same head and mode as #1\)"),
+          r"\[\[learners\]\] #2: a second 'mlp' learner \(same head, mode and length control as #1\)"),
     # datasets and human_pairs
     study("dataset_missing", 'datasets = ["nope.csv"]\n', r"datasets\[0\]: .*nope\.csv' is not an existing file"),
     study("dataset_directory", 'datasets = ["adir"]\nhuman_pairs = []\n', r"datasets\[0\]: .*adir' is a directory"),

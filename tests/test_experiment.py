@@ -24,6 +24,7 @@ datasets = ["{root}/pool.toml"]
 human_pairs = ["{root}/hh.jsonl"]
 k = 3
 aggregations = ["mean", "min", "uwo", "single"]
+replicate = false
 [embedder]
 dtype = "float32"
 [labels]
@@ -52,15 +53,16 @@ def setup(renamed_pool, tmp_path_factory):
 def test_run_writes_tables_report_and_plots(setup):
     out = setup / "res"
     result = CliRunner().invoke(app, ["run", str(setup / "study.toml"), "--out", str(out), "--cache-dir",
-                                      str(setup / "cache"), "--workers", "2", "--format", "json"])
+                                      str(setup / "cache"), "--workers", "2", "--format", "json", "--replicate"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["timings"]["n_jobs"] == 2 * 2 + 2 * 2
     bon = pl.read_parquet(out / "bon_summary.parquet")
-    assert set(bon["variant"]) == {"pool", "pool+probes"} and set(bon["dataset"]) == {"renamed-pool"}
+    assert set(bon["variant"]) == {"pool", "pool-lc", "pool+probes"} and set(bon["dataset"]) == {"renamed-pool"}
     assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length"}
     assert bon.filter(pl.col("variant") == "pool+probes")["excluded_pick_rate"].null_count() == 0
-    assert bon.filter(pl.col("variant") == "pool")["excluded_pick_rate"].null_count() == bon.height // 2
+    assert bon.filter(pl.col("variant") != "pool+probes")["excluded_pick_rate"].null_count() == bon.height * 2 // 3
+    assert bon["length_correlation"].drop_nulls().len() > 0
     fits = pl.read_parquet(out / "fit_metrics.parquet")
     assert set(fits["against"]) == {"gold order", "human labels"} and fits.height == 8
     curves = pl.read_parquet(out / "bon_curves.parquet")
@@ -68,6 +70,15 @@ def test_run_writes_tables_report_and_plots(setup):
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "± " in report and "## Pairwise accuracy" in report
     assert "random pick (expected)" in report and "probes picked at n = N" in report
+    assert "gain, length-controlled gold" in report and "Fitted length effect" in report
+    # findings carry intervals over seeds and prompts; the halves of the prompts ran and were compared
+    found = json.loads((out / "findings.json").read_text())
+    assert found and all(f["verdict"] in ("reproduced", "reversed", "not reproduced (inconclusive)", "not measured")
+                         for f in found)
+    halves = json.loads((out / "replication.json").read_text())
+    assert halves and {"first", "second", "agreement"} <= set(halves[0])
+    assert (out / "replication" / "half1" / "report.md").exists() and "### Replication" in report
+    assert summary["replication"] == halves
     assert "## What the embedder saw" in report and "| `renamed-pool` | 180 |" in report
     embedding = json.loads((out / "study.json").read_text())["embedding"]
     assert embedding["renamed-pool"]["n_texts"] == 180 and embedding["renamed-pool"]["indistinguishable"] == []

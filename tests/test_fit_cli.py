@@ -53,15 +53,17 @@ def test_fit_saves_a_pickle_free_model_with_its_split_and_protocol(renamed_pool,
         assert w["coef"].shape == (3, 384)
 
 
-def test_excluded_responses_never_label_and_are_never_picked_unless_asked(renamed_pool, tmp_path):
+def test_excluded_responses_never_label_and_their_pick_rate_is_reported(renamed_pool, tmp_path):
     fit(renamed_pool, tmp_path / "m", "-k", "3", "--test-size", "0.5")
     out = tmp_path / "bon"
     invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir", renamed_pool / "cache",
-           "--out", out)
+           "--without-excluded", "--out", out)
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["bon"]) == ["pool"] and summary["bon"]["pool"]["n_responses"] == 6 * 12
-    invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir", renamed_pool / "cache",
-           "--with-excluded", "--out", tmp_path / "with")
+    assert list(summary["bon"]) == ["pool", "pool-lc"] and summary["bon"]["pool"]["n_responses"] == 6 * 12
+    result = invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "m", "--cache-dir",
+                    renamed_pool / "cache", "--out", tmp_path / "with")  # the default: probes reported too
+    assert "probes" in result.output and "picked" in result.output and "fitted with prompt and system" in \
+        " ".join(result.output.split())
     both = json.loads((tmp_path / "with" / "summary.json").read_text())["bon"]
     assert both["pool"] == summary["bon"]["pool"] and both["pool+probes"]["n_responses"] == 6 * 15
     rates = {k: v["excluded_pick_rate"] for k, v in both["pool+probes"]["aggregations"].items()}
@@ -104,7 +106,9 @@ def test_bon_sim_writes_curves_summary_and_plots(renamed_pool, tmp_path):
     test = json.loads((tmp_path / "mlp" / "manifest.json").read_text())["split"]["test_prompts"]
     assert pool["n_prompts"] == len(test) and pool["n_max"] == 12 and summary["command"].startswith("embrm bon-sim")
     curves = pl.read_parquet(out / "curves.parquet")
-    assert curves.height == 5 * 12 and (out / "curves.csv").exists()
+    assert set(curves["variant"]) == {"pool", "pool-lc", "pool+probes"} and (out / "curves.csv").exists()
+    curves = curves.filter(pl.col("variant") == "pool")
+    assert curves.height == 5 * 12
     assert (out / "gold_vs_kl.png").stat().st_size > 10_000 and (out / "gao_fit.png").exists()
     proxy = {a: curves.filter(pl.col("agg") == a)["proxy"].to_numpy() for a in ("mean", "min", "single")}
     assert not np.allclose(proxy["mean"], proxy["min"]) and not np.allclose(proxy["mean"], proxy["single"])

@@ -40,9 +40,9 @@ CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Embedding cache 
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the results (JSON, Parquet, PNG) here.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds the prompt split, the simulated labels and the fit.")]
 WithExcludedOpt = Annotated[bool, typer.Option(
-    "--with-excluded", help="Also evaluate pools that keep the dataset's excluded responses (e.g. the hacking probes "
-                            "of alpaca-eval-models; they never label or train) and report how often each reward picks "
-                            "one.")]
+    "--with-excluded/--without-excluded",
+    help="Also evaluate pools that keep the dataset's excluded responses (e.g. the hacking probes of "
+         "alpaca-eval-models; they never label or train) and report how often each reward picks one.")]
 DatasetArg = Annotated[str, typer.Argument(
     help="A named dataset (embrm datasets), a data file (.jsonl/.json/.parquet/.csv) or a dataset declaration "
          "(.toml: path, columns, exclude).")]

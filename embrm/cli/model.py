@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from embrm.aggregate import AGGREGATIONS
+from embrm.augment import rrm_dataset
 from embrm.cli.common import (
     CacheDirOpt,
     DataOptions,
@@ -77,11 +78,18 @@ class FitOptions:
     across_prompts: Annotated[bool, typer.Option(
         "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.).")] = False
     test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2
+    length_control: Annotated[str, typer.Option(
+        "--length-control", help="none | posthoc (remove each member's within-prompt length slope) | posthoc_global "
+                                 "| odin (quality + length heads; linear, mlp) | rrm (other prompts' answers as "
+                                 "losers and ties).")] = "none"
 
     def protocol(self, seed: int, with_excluded: bool) -> Protocol:
         if self.head not in DEFAULT_LEARNERS:
             raise EmbrmError(f"--head {self.head!r}: use one of {', '.join(DEFAULT_LEARNERS)}")
-        learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode)
+        try:
+            learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode, length_control=self.length_control)
+        except EmbrmError as e:
+            raise EmbrmError(f"--length-control / --mode: {e}") from None
         hidden = parse_numbers(self.hidden, "--hidden", int)
         if self.hidden is not None and not hidden:
             raise EmbrmError(f"--hidden {self.hidden!r}: give comma-separated layer widths, e.g. 256,128")
@@ -119,11 +127,12 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
     check_out(out_dir, overwrite)
     if overwrite:
         check_replaceable(out_dir)
-    protocol = options.protocol(seed, with_excluded=False)
+    protocol = options.protocol(seed, with_excluded=True)
     ds = data.load(dataset)
     _require_labels(ds, protocol)
     emb = embedder.embed(ds, cache_dir, format)
-    fitted = fit_model(ds, emb.X, protocol, progress=None if format == Format.text else False)
+    augment = embedder.embed(rrm_dataset(ds), cache_dir, format).X if protocol.learner.length_control == "rrm" else None
+    fitted = fit_model(ds, emb.X, protocol, augment=augment, progress=None if format == Format.text else False)
     # check_out refused earlier results unless --overwrite, so an existing --out here may be replaced
     fitted.save(out_dir, ds, emb.spec, emb.fingerprint, overwrite=True, command=command_line(ctx))
     if format == Format.json:
@@ -215,7 +224,7 @@ def bon_sim(
     member: Annotated[Optional[int], typer.Option("--member", help="The member 'single' reports.")] = None,
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the largest pool).")] = None,
     prompts: Annotated[Prompts, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] =
-    Prompts.test, with_excluded: WithExcludedOpt = False, out_dir: OutDirOpt = None,
+    Prompts.test, with_excluded: WithExcludedOpt = True, out_dir: OutDirOpt = None,
     cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text, overwrite: OverwriteOpt = False,
 ):
     """Exact Best-of-n curves (n = 1..N) of a model's aggregations vs the length ruler and a random pick, vs KL.
@@ -245,17 +254,29 @@ def bon_sim(
 
 
 def print_bon(result: Evaluation) -> None:
-    for name, bon in result.bon.items():
-        rates = name != "pool"
-        table = Table("proxy", "gold@n_max", "gain", "pctile", "best n", "spearman", "gao a", "gao b",
-                      *(["excluded picked"] if rates else []),
-                      title=f"Best-of-n ({name}), n = 1..{bon.n_max} on {bon.n_prompts} prompts: random pick "
-                            f"(expected) {bon.random_at_n_max:.3f}, oracle {bon.oracle_at_n_max:.3f}")
-        for proxy, s in bon.proxies.items():
-            table.add_row(proxy, *(fmt(v) for v in (s.gold_at_n_max, s.gain_at_n_max, s.percentile_at_n_max,
-                                                    s.best_n, s.spearman, s.gao_alpha, s.gao_beta)),
-                          *([fmt(s.excluded_pick_rate)] if rates else []))
-        out.print(table)
+    """One row per proxy: Best-of-N on the pool's gold, on its length-controlled gold, and with the excluded
+    responses (e.g. hacking probes) back in the pool; then the curves' shape."""
+    pool = result.bon.get("pool")
+    if pool is None:
+        return
+    lc = result.bon.get("pool-lc")
+    probes = next((b for name, b in result.bon.items() if name.startswith("pool+")), None)
+    what = probes.pool.removeprefix("pool+") if probes else ""
+    table = Table("proxy", "gold@N", "gain", *(["gain, length-controlled gold"] if lc else []),
+                  *([f"{what} picked", f"gain, {what} in"] if probes else []), "Spearman with length", "best n",
+                  title=f"Best-of-n, n = 1..{pool.n_max} on {pool.n_prompts} prompts: random pick (expected) "
+                        f"{pool.random_at_n_max:.3f}, oracle {pool.oracle_at_n_max:.3f}")
+    for proxy, s in pool.proxies.items():
+        extra = [fmt(lc.proxies[proxy].gain_at_n_max)] if lc else []
+        if probes:
+            extra += [fmt(probes.proxies[proxy].excluded_pick_rate), fmt(probes.proxies[proxy].gain_at_n_max)]
+        table.add_row(proxy, fmt(s.gold_at_n_max), fmt(s.gain_at_n_max), *extra, fmt(s.length_correlation),
+                      str(s.best_n))
+    out.print(table)
+    if result.length_effect:
+        e = result.length_effect
+        out.print(f"length-controlled gold: gold - {e['effect']:.3f} x log(1 + characters) (fitted with prompt"
+                  f"{' and ' + e['source'] if e.get('source') else ''} effects on {e['n_rows']} responses)")
     if result.published:
         t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
                   title="Published reward models' best-of-N picks (same prompts; scored picks only)")

@@ -27,6 +27,9 @@ def run(
         "--address", help="ray: cluster address (default: start a local Ray).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Where named datasets live.")] = None,
     cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text,
+    replicate: Annotated[Optional[bool], typer.Option(
+        "--replicate/--no-replicate", help="Also run the study on two disjoint halves of every dataset's prompts and "
+                                           "report which findings agree (default: the study's `replicate`).")] = None,
 ):
     """Run a whole study: embed (cached), fit every (dataset, noise, learner, seed), Best-of-n, report.md + plots.
 
@@ -36,8 +39,10 @@ def run(
     study = load_study(config)
     out_dir = out_dir or Path("results") / study.name  # the name is a plain name: this stays under results/
     result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, backend=backend,
-                       address=address, progress=None if format == Format.text else False, command=command_line(ctx))
+                       address=address, progress=None if format == Format.text else False, command=command_line(ctx),
+                       replicate=replicate)
     if format == Format.json:
-        return print_json({"out_dir": str(out_dir), "findings": result.findings, "timings": result.timings})
-    out.print(Markdown("\n".join(f"- {f}" for f in result.findings)))
+        return print_json({"out_dir": str(out_dir), "findings": [f.to_dict() for f in result.findings],
+                           "replication": result.replication, "timings": result.timings})
+    out.print(Markdown("\n".join(f"- {f.markdown()}" for f in result.findings)))
     out.print(f"report -> {result.report_path}  ({result.timings['total']:.0f}s)")

@@ -29,7 +29,7 @@ import polars as pl
 from embrm import metrics as M
 from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
-from embrm.evaluation import excluded_pick_rates, gold_order_pairs
+from embrm.evaluation import gold_order_pairs, top_picks
 from embrm.heads import HEADS, LinearBT, check_embeddings, check_pairs
 from embrm.labels import pair_indices, split_pairs
 from embrm.metrics import length_reward
@@ -321,5 +321,6 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
     }
     if ds.excluded.any():
         rows = ds.responses["scored"].to_numpy() & responses["prompt_id"].is_in(test_ids.tolist()).to_numpy()
-        summary["excluded_pick_rate"] = excluded_pick_rates(pidx, proxies, rows, ds.excluded)
+        shares = top_picks(pidx, proxies, responses["gold"].to_numpy().astype(np.float64), rows, ds.excluded)
+        summary["excluded_pick_rate"] = {k: float(np.mean(v)) for k, v in shares["excluded"].items()}
     return summary, frame

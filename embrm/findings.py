@@ -1,0 +1,236 @@
+"""A study's findings: the anchors' claims and the length-control questions, each measured from the jobs'
+per-prompt records with an interval over seeds AND held-out prompts (embrm.stats.paired_effect), and a verdict.
+
+    found = findings(results, fits, bon)           # results: the jobs' result dicts (embrm.jobs)
+    [f.markdown() for f in found]
+
+A claim is "reproduced" only when its 95 % interval excludes 0 in the claimed direction, "reversed" only when it
+excludes 0 the other way, otherwise "not reproduced (inconclusive)". Every comparison is paired: two aggregations of
+one reward, two rewards of one seed, or two annotators of one learner, on the same held-out prompts.
+`replication` compares the findings of two disjoint halves of the prompts (`embrm run --replicate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from embrm.stats import Effect, Unit, agreement, paired_effect
+
+CONSERVATIVE = ("min", "uwo", "lcb")  # Coste et al.'s conservative aggregations
+
+
+@dataclass
+class Finding:
+    """One claim about one dataset: its measured effect (None when no job measured it) and verdict."""
+
+    key: str  # stable across runs and halves: dataset | labels | claim
+    dataset: str
+    labels: str  # the annotators whose jobs it pools ("bt10", "all", ...)
+    source: str  # who claimed it (a paper) or "embrm" for the questions of this study
+    claim: str
+    measure: str  # what the effect is a difference of
+    direction: int  # +1: the claim says the effect is > 0; -1: < 0
+    effect: Effect | None
+    note: str = ""  # a descriptive finding (no test) says what it counted here
+
+    @property
+    def verdict(self) -> str:
+        return self.effect.verdict(self.direction) if self.effect is not None else "not measured"
+
+    def markdown(self) -> str:
+        head = f"**{self.dataset}, {self.labels} labels** — {self.source}: {self.claim}"
+        if self.effect is None:
+            return f"{head}: {self.note}"
+        e = self.effect
+        return (f"{head}: {self.measure} {e.estimate:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}] (effect size "
+                f"{e.effect_size:+.2f}; {e.n_seeds} seeds, {e.n_units} runs, {e.n_prompts} held-out prompts) "
+                f"→ **{self.verdict}**.")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("key", "dataset", "labels", "source", "claim", "measure", "direction",
+                                              "note", "verdict")} | {"effect": self.effect and self.effect.to_dict()}
+
+
+# ----------------------------------------------------------------------------- per-prompt records -> units
+
+def _records(results: list[dict], dataset: str, variant: str) -> list[dict]:
+    return [r for r in results if r["dataset"] == dataset and variant in (r.get("bon") or {})]
+
+
+def _bon_units(runs: list[tuple[dict, dict]], variant: str, a: str, b: str, measure: str) -> list[Unit]:
+    """One unit per (result_a, result_b) run pair: proxy a of result_a against proxy b of result_b, per prompt.
+    measure "gain": num = pick - random, den = oracle - random; "excluded": num = share of excluded picks."""
+    units = []
+    for ra, rb in runs:
+        pa, pb = ra["bon"][variant]["per_prompt"], rb["bon"][variant]["per_prompt"]
+        if a not in pa["pick"] or b not in pb["pick"] or pa["prompt_id"] != pb["prompt_id"]:
+            continue
+        if measure == "excluded":
+            if "excluded" not in pa:
+                continue
+            num_a, num_b = np.asarray(pa["excluded"][a]), np.asarray(pb["excluded"][b])
+            den = np.ones(len(num_a))
+        else:
+            random, oracle = np.asarray(pa["random"]), np.asarray(pa["oracle"])
+            num_a, num_b = np.asarray(pa["pick"][a]) - random, np.asarray(pb["pick"][b]) - random
+            den = oracle - random
+        name = ra["learner"] if ra is rb else f"{ra['learner']}/{rb['learner']}"
+        units.append(Unit(ra["seed"], f"{ra['noise']}/{name}", np.asarray(pa["prompt_id"]), num_a, num_b, den))
+    return units
+
+
+def _effect(units: list[Unit]) -> Effect | None:
+    units = [u for u in units if u.den.sum() > 0]
+    return paired_effect(units) if units else None
+
+
+def _same_job(results: list[dict], noise: str | None, learners=None) -> list[tuple[dict, dict]]:
+    return [(r, r) for r in results if (noise is None or r["noise"] == noise)
+            and (learners is None or r["learner"] in learners)]
+
+
+def _controlled_pairs(results: list[dict], variant_learner: str, base: str) -> list[tuple[dict, dict]]:
+    """(length-controlled run, plain run) of the same noise and seed."""
+    plain = {(r["noise"], r["seed"]): r for r in results if r["learner"] == base}
+    return [(r, plain[(r["noise"], r["seed"])]) for r in results
+            if r["learner"] == variant_learner and (r["noise"], r["seed"]) in plain]
+
+
+# ----------------------------------------------------------------------------- the claims
+
+def _aggregation_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+    out = []
+    pool = _records(results, dataset, "pool")
+    for a, b, claim in (("min", "mean", "worst-case (WCO, min) beats the ensemble mean"),
+                        ("uwo", "mean", "uncertainty-weighted (UWO) beats the ensemble mean"),
+                        ("mean", "single", "the ensemble mean beats a single member")):
+        for noise in noises:
+            effect = _effect(_bon_units(_same_job(pool, noise), "pool", a, b, "gain"))
+            if effect is not None:
+                out.append(Finding(f"{dataset}|{noise}|{a}-vs-{b}", dataset, noise, "Coste et al.", claim,
+                                   f"gain difference ({a} − {b})", +1, effect))
+    for variant, gold in (("pool", "gold"), ("pool-lc", "length-controlled gold")):
+        effect = _effect(_bon_units(_same_job(_records(results, dataset, variant), None), variant, "mean", "length",
+                                    "gain"))
+        if effect is not None:
+            out.append(Finding(f"{dataset}|all|mean-vs-length|{variant}", dataset, "all", "Sun et al.",
+                               f"an embedding-based ensemble (mean) beats the length-only reward on {gold}",
+                               "gain difference (mean − length)", +1, effect))
+    probes = [v for v in {v for r in results if r["dataset"] == dataset for v in r.get("bon") or {}}
+              if v.startswith("pool+")]
+    for variant in sorted(probes):
+        what = variant.removeprefix("pool+")
+        for agg in CONSERVATIVE:
+            effect = _effect(_bon_units(_same_job(_records(results, dataset, variant), None), variant, agg, "mean",
+                                        "excluded"))
+            if effect is not None:
+                out.append(Finding(f"{dataset}|all|{agg}-vs-mean|{what}", dataset, "all", "Coste et al.",
+                                   f"the conservative aggregation {agg} picks fewer {what} than the mean",
+                                   f"{what} pick-rate difference ({agg} − mean)", -1, effect))
+    return out
+
+
+def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]:
+    """Per length-controlled learner: does it beat length-only on length-controlled gold, beat its plain learner
+    there, and pick fewer probes than its plain learner?"""
+    out = []
+    learners = sorted({r["learner"] for r in results if r["dataset"] == dataset and "." in r["learner"]})
+    for learner in learners:
+        base = learner.split(".", 1)[0]
+        lc = _records(results, dataset, "pool-lc")
+        effect = _effect(_bon_units(_same_job(lc, None, {learner}), "pool-lc", "mean", "length", "gain"))
+        if effect is not None:
+            out.append(Finding(f"{dataset}|all|{learner}-vs-length|pool-lc", dataset, "all", "embrm",
+                               f"the length-controlled reward {learner} (mean) beats length-only on "
+                               f"length-controlled gold", "gain difference (mean − length)", +1, effect))
+        effect = _effect(_bon_units(_controlled_pairs(lc, learner, base), "pool-lc", "mean", "mean", "gain"))
+        if effect is not None:
+            out.append(Finding(f"{dataset}|all|{learner}-vs-{base}|pool-lc", dataset, "all", "embrm",
+                               f"length control ({learner}) beats the plain {base} on length-controlled gold",
+                               f"gain difference ({learner} − {base}, mean)", +1, effect))
+        for variant in sorted({v for r in results for v in r.get("bon") or {} if v.startswith("pool+")}):
+            what = variant.removeprefix("pool+")
+            runs = _controlled_pairs(_records(results, dataset, variant), learner, base)
+            effect = _effect(_bon_units(runs, variant, "mean", "mean", "excluded"))
+            if effect is not None:
+                out.append(Finding(f"{dataset}|all|{learner}-vs-{base}|{what}", dataset, "all", "embrm",
+                                   f"length control ({learner}) picks fewer {what} than the plain {base}",
+                                   f"{what} pick-rate difference ({learner} − {base}, mean)", -1, effect))
+    return out
+
+
+def _accuracy_units(runs: list[tuple[dict, dict]], chance: bool) -> list[Unit]:
+    units = []
+    for ra, rb in runs:
+        pa, pb = ra["metrics"].get("per_prompt"), rb["metrics"].get("per_prompt")
+        if not pa or not pb or pa["prompt_id"] != pb["prompt_id"]:
+            continue
+        pairs = np.asarray(pa["pairs"], np.float64)
+        num_b = 0.5 * pairs if chance else np.asarray(pb["correct"])
+        units.append(Unit(ra["seed"], f"{ra['noise']}/{ra['learner']}", np.asarray(pa["prompt_id"]),
+                          np.asarray(pa["correct"]), num_b, pairs))
+    return units
+
+
+def _accuracy_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+    out = []
+    runs = [r for r in results if r["dataset"] == dataset]
+    if len(noises) >= 2:
+        first = {(r["learner"], r["seed"]): r for r in runs if r["noise"] == noises[0]}
+        paired = [(first[(r["learner"], r["seed"])], r) for r in runs
+                  if r["noise"] == noises[1] and (r["learner"], r["seed"]) in first]
+        effect = _effect(_accuracy_units(paired, chance=False))
+        if effect is not None:
+            out.append(Finding(f"{dataset}|{noises[0]}-vs-{noises[1]}|noise-costs-accuracy", dataset,
+                               f"{noises[0]} vs {noises[1]}", "Sun et al.", "label noise costs accuracy",
+                               f"held-out accuracy difference ({noises[0]} − {noises[1]})", +1, effect))
+    effect = _effect(_accuracy_units([(r, r) for r in runs], chance=True))
+    if effect is not None:
+        out.append(Finding(f"{dataset}|all|above-chance", dataset, "all", "Sun et al.",
+                           "the embeddings carry preference signal (held-out pairwise accuracy above chance)",
+                           "accuracy − 0.5", +1, effect))
+    return out
+
+
+def _overoptimisation(bon: pl.DataFrame, dataset: str) -> Finding | None:
+    mean = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & (pl.col("proxy") == "mean"))
+    if not mean.height:
+        return None
+    peaked = mean.filter(pl.col("best_n") < pl.col("n_max"))
+    drop = (peaked["gold_at_best_n"] - peaked["gold"]).mean() if peaked.height else 0.0
+    return Finding(f"{dataset}|all|overoptimisation", dataset, "all", "Gao et al.",
+                   "over-optimisation: gold peaks before n = N for the ensemble mean", "", +1, None,
+                   f"in {peaked.height} of {mean.height} runs, by {drop:.3f} gold on average (descriptive)")
+
+
+def findings(results: list[dict], bon: pl.DataFrame) -> list[Finding]:
+    """Every claim the study's jobs can measure, dataset by dataset."""
+    out = []
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    for dataset in datasets:
+        runs = [r for r in results if r["dataset"] == dataset]
+        noises = list(dict.fromkeys(r["noise"] for r in runs if r["noise"] != "human"))
+        if runs and runs[0].get("bon"):
+            out += _aggregation_findings(runs, dataset, noises)
+            out += _length_control_findings(runs, dataset)
+            if (gao := _overoptimisation(bon, dataset)) is not None:
+                out.append(gao)
+        out += _accuracy_findings(runs, dataset, noises)
+    return out
+
+
+def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
+    """Per finding measured in both halves: the two verdicts and whether they agree (embrm.stats.agreement)."""
+    other = {f.key: f for f in second}
+    rows = []
+    for f in first:
+        g = other.get(f.key)
+        if f.effect is None or g is None or g.effect is None:
+            continue
+        rows.append({"key": f.key, "finding": f"{f.dataset}, {f.labels}: {f.claim}", "first": f.verdict,
+                     "second": g.verdict, "first_estimate": f.effect.estimate, "second_estimate": g.effect.estimate,
+                     "agreement": agreement(f.effect, g.effect, f.direction)})
+    return rows

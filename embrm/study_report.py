@@ -1,0 +1,140 @@
+"""report.md of a study: findings with their intervals and replication status, then per pool the Best-of-n
+tables on gold and on length-controlled gold, reward hacking, pairwise accuracy, methods, the embedder's window,
+plots and timing. Every number comes from the study's tables (embrm.report) and findings (embrm.findings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from embrm import report as R
+from embrm.methods import render_methods
+from embrm.study import Study
+
+SETTING = ("Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
+           "evaluated on held-out prompts ({test:.0%} of prompts, split per seed). Best-of-n is the exact unbiased "
+           "estimator over each held-out prompt's scored pool; `gold@N` is the gold of each held-out prompt's "
+           "top-scored response (n = N, the whole pool), averaged over prompts, and `gain` = (gold − random) / "
+           "(oracle − random). Members are standardised on the training responses before aggregating. A dataset's "
+           "excluded responses (on `alpaca-eval-models` its reward-hacking probes NullModel, gpt4_gamed, *_verbose) "
+           "never label, train or enter the evaluated pool; `pool+<name>` puts them back and reports how often each "
+           "reward picks one. `random pick (expected)` is the pool mean, the expected gold of a uniformly random pick. "
+           "Tables show the mean ± 95 % Student-t interval over seeds; findings use intervals over seeds AND "
+           "held-out prompts (below).")
+LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's within-prompt regression on length "
+                  "(fitted on the training responses; cf. arXiv 2409.17407), `.odin` trains a quality head and a "
+                  "length head together and scores with the quality head (Chen et al. 2024), `.rrm` adds other "
+                  "prompts' answers as losers and ties to the training pairs (Liu et al. 2024). Length-controlled "
+                  "gold, in the spirit of AlpacaEval's length-controlled win rate (Dubois et al. 2024), is the "
+                  "gold with a fitted length term removed: gold ~ prompt + answer source (where the pool names "
+                  "one) + effect × log(1 + characters).")
+
+
+def _findings_section(result) -> list[str]:
+    if not result.findings:
+        return []
+    method = next((f.effect.method for f in result.findings if f.effect is not None), "")
+    lines = ["## Findings", "", f"Each effect is a paired difference with its 95 % interval: {method} "
+             "A claim is **reproduced** only when the interval excludes 0 in the claimed direction, **reversed** "
+             "only when it excludes 0 the other way, otherwise not reproduced (inconclusive). Effect size: the "
+             "estimate over the standard deviation of the per-prompt differences.", ""]
+    lines += [f"- {f.markdown()}" for f in result.findings] + [""]
+    if result.replication is not None:
+        agree = sum(r["agreement"] == "agree" for r in result.replication)
+        lines += ["### Replication on two disjoint halves of the prompts", "",
+                  f"The whole study ran again on each half of every dataset's prompts (`replication/half1`, "
+                  f"`half2`); {agree} of {len(result.replication)} findings agree.", "",
+                  R.md_table(["finding", "first half", "second half", "agreement"],
+                             [[r["finding"], f"{r['first']} ({r['first_estimate']:+.3f})",
+                               f"{r['second']} ({r['second_estimate']:+.3f})", r["agreement"]]
+                              for r in result.replication]), ""]
+    return lines
+
+
+def _length_effect_line(effect: dict | None) -> str:
+    if not effect:
+        return ""
+    source = f" and answer source (`{effect['source']}`)" if effect.get("source") else ""
+    return (f"Fitted length effect: gold changes by {effect['effect']:+.3f} ± {1.96 * effect['stderr']:.3f} per unit "
+            f"of log(1 + characters), holding the prompt{source} fixed ({effect['n_rows']} responses, "
+            f"{effect['n_prompts']} prompts; within-prompt R² {effect['r2_within']:.2f}). The length-controlled "
+            f"gold removes this term.")
+
+
+def _pool_sections(result, noises: list[str]) -> list[str]:
+    bon, pub = result.bon, result.published
+    lines = []
+    for dataset in bon["dataset"].unique(maintain_order=True):
+        variants = bon.filter(pl.col("dataset") == dataset)["variant"].unique(maintain_order=True).to_list()
+        lines += [f"## Best-of-n on `{dataset}`: gold and length-controlled gold", "",
+                  _length_effect_line(result.length_effects.get(dataset)), "",
+                  R.length_markdown(bon, dataset, noises), "",
+                  "Gold@N and gain on gold, per aggregation:", "", R.bon_markdown(bon, dataset, "pool", noises), ""]
+        for variant in (v for v in variants if v.startswith("pool+")):
+            what = variant.removeprefix("pool+")
+            lines += [f"### Reward hacking on `{dataset}`: the {what}", "",
+                      f"The {what} may game the judge that produced gold, so a pick of theirs can inflate gold: share "
+                      f"of held-out prompts whose top-scored answer (n = N) is one of the {what}, and the gain with "
+                      f"them in and out of the pool.", "", R.excluded_markdown(bon, dataset, variant, noises), ""]
+        if not pub.is_empty() and dataset in pub["dataset"].to_list():
+            lines += ["Published reward models' best-of-16 picks on the same held-out prompts (not trained on this "
+                      "pool: a different, harder setting):", "", R.published_markdown(pub, dataset), ""]
+    return lines
+
+
+def _embedding_section(embedding: dict) -> list[str]:
+    """What the embedder's window did to the texts: a result built on responses it never saw must say so."""
+    if not embedding:
+        return []
+    rows = [[f"`{name}`", str(f["n_texts"]), str(f["n_truncated"]), str(f["n_response_cut"]),
+             str(len(f["indistinguishable"]))] for name, f in embedding.items()]
+    lines = ["## What the embedder saw", "", "Texts longer than the embedder's window lose the prompt's start first; "
+             "a response longer than the window (with a quarter of it kept for the prompt's end) loses its end. "
+             "Prompts whose different responses still got identical vectors cannot be ranked by any reward.", "",
+             R.md_table(["dataset", "texts", "cut to the window", "response lost tokens",
+                         "prompts with indistinguishable responses"], rows), ""]
+    tied = {name: f["indistinguishable"] for name, f in embedding.items() if f["indistinguishable"]}
+    lines += [f"- `{name}`: indistinguishable responses on prompt(s) {', '.join(ids[:10])}"
+              f"{' ...' if len(ids) > 10 else ''}" for name, ids in tied.items()]
+    return lines + ([""] if tied else [])
+
+
+def _timing_section(result) -> list[str]:
+    t, fits = result.timings, result.fits
+    rows = [["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
+            [f"{t['n_jobs']} jobs on {t['workers']} {t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
+            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()]]
+    if "replication" in t:
+        rows.append(["replication (the study on each half of the prompts)", f"{t['replication']:.1f}"])
+    rows.append(["total", f"{t.get('total', 0):.1f}"])
+    per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
+    return ["## Timing", "", R.md_table(["stage", "seconds"], rows), "",
+            R.md_table(["learner", "mean seconds per job (fit + evaluation)"],
+                       [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
+
+
+def render_report(study: Study, result, plots: list[Path], command: str | None) -> str:
+    fits = result.fits
+    noises = [n.name for n in study.noise]
+    lines = [f"# embrm study `{study.name}`", "",
+             f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members · "
+             f"embedder {_embedder_text(study)} · {study.labels['n_pairs']} simulated pairs per job.", "",
+             SETTING.format(test=study.test_size), "", LENGTH_CONTROL, ""]
+    lines += _findings_section(result)
+    if not result.bon.is_empty():
+        lines += _pool_sections(result, noises)
+    for dataset in fits["dataset"].unique(maintain_order=True):
+        against = fits.filter(pl.col("dataset") == dataset)["against"][0]
+        lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
+                  R.fit_markdown(fits, dataset), ""]
+    if result.methods:
+        lines += [render_methods(result.methods), ""]
+    lines += _embedding_section(result.embedding)
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    return "\n".join(lines + _timing_section(result))
+
+
+def _embedder_text(study: Study) -> str:
+    e = study.embedder
+    return f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
