@@ -98,7 +98,8 @@ class DatasetSpec:
 
     @property
     def label(self) -> str:
-        return self.name or (self.source if self.source in REGISTRY else Path(self.source).name)
+        base = self.name or (self.source if self.source in REGISTRY else Path(self.source).name)
+        return f"{base}.half{self.half}" if self.half else base
 
     def loader_options(self) -> dict:
         return {COLUMN_ROLES[role]: col for role, col in self.columns}

@@ -110,7 +110,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
               command: str | None = None, replicate: bool | None = None) -> StudyResult:
     """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
     and cache_dir; both are checked, and every dataset loaded, before anything is written. replicate (default:
-    the study's `replicate`): run the study again on each of two disjoint halves of every dataset's prompts
+    the study's `replicate`): run the study's pools again on each of two disjoint halves of their prompts
     (under out_dir/replication/half1, half2) and report which findings agree."""
     out, cache_dir = Path(out_dir), Path(cache_dir)
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
@@ -122,9 +122,13 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
-    results = run_jobs(study, jobs, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
-                       inputs={label: facts["inputs"] for label, facts in embedding.items()},
-                       backend=backend, address=address, progress=progress)
+    replicate = study.replicate if replicate is None else replicate
+    halves = replication_jobs(study) if replicate else []
+    inputs = {label: facts["inputs"] for label, facts in embedding.items()}
+    inputs |= {j.dataset.label: f"{inputs[replace(j.dataset, half=0).label]}:half{j.dataset.half}" for j in halves}
+    done = run_jobs(study, jobs + halves, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
+                    inputs=inputs, backend=backend, address=address, progress=progress)
+    results = done[:len(jobs)]
     t2 = time.perf_counter()
     curve_files = [c for j in jobs if (c := result_paths(out / "jobs", j, study)[1]).exists()]
     curves = _curves(curve_files, results)
@@ -132,17 +136,15 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
         write_atomic(out / f"{name}.parquet", frame.write_parquet)
     timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
-               "job_seconds": {r["key"]: round(r["seconds"], 2) for r in results}, "n_jobs": len(jobs),
-               "workers": workers, "backend": backend}
+               "job_seconds": {r["key"]: round(r["seconds"], 2) for r in done}, "n_jobs": len(jobs),
+               "n_replication_jobs": len(halves), "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
                          length_effects=_length_effects(results))
     write_atomic(out / "findings.json", json.dumps([f.to_dict() for f in result.findings], indent=1) + "\n")
+    if replicate:
+        result.replication = _compare_halves(done[len(jobs):], halves, out)
     result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
-    if study.replicate if replicate is None else replicate:
-        t3 = time.perf_counter()
-        result.replication = _replicate(study, out, cache_dir, data_dir, workers, backend, address, progress)
-        timings["replication"] = time.perf_counter() - t3
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     timings["total"] = time.perf_counter() - t0
     manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
@@ -158,16 +160,18 @@ def _length_effects(results: list[dict]) -> dict:
     return {r["dataset"]: r["length_effect"] for r in results if r.get("length_effect")}
 
 
-def _replicate(study: Study, out: Path, cache_dir, data_dir, workers, backend, address, progress) -> list[dict]:
-    """The study on each half of every dataset's prompts (no methods), and which findings agree."""
-    halves = []
-    for half in (1, 2):
-        sub = replace(study, datasets=[replace(d, half=half) for d in study.datasets],
-                      human_pairs=[replace(d, half=half) for d in study.human_pairs], methods=[], replicate=False)
-        halves.append(run_study(sub, out / "replication" / f"half{half}", cache_dir=cache_dir, data_dir=data_dir,
-                                workers=workers, backend=backend, address=address, progress=progress,
-                                replicate=False).findings)
-    rows = replication(*halves)
+def replication_jobs(study: Study) -> list:
+    """The study's pool jobs again on each of two disjoint halves of every pool's prompts (embrm.datasets.half_of):
+    the same protocols, so every finding of the pools is measured twice on prompts the other half never saw."""
+    return [job for half in (1, 2) for job in
+            jobs_of(replace(study, datasets=[replace(d, half=half) for d in study.datasets], human_pairs=[]))]
+
+
+def _compare_halves(results: list[dict], jobs: list, out: Path) -> list[dict]:
+    """Each half's findings, and which agree (replication.json)."""
+    halves = [findings(part, R.bon_table(part)) for half in (1, 2)
+              if (part := [r for r, j in zip(results, jobs) if j.dataset.half == half])]
+    rows = replication(*halves) if len(halves) == 2 else []
     write_atomic(out / "replication.json", json.dumps(rows, indent=1) + "\n")
     return rows
 

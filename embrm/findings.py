@@ -12,6 +12,7 @@ one reward, two rewards of one seed, or two annotators of one learner, on the sa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,8 @@ class Finding:
         return self.effect.verdict(self.direction) if self.effect is not None else "not measured"
 
     def markdown(self) -> str:
-        head = f"**{self.dataset}, {self.labels} labels** — {self.source}: {self.claim}"
+        learners = "" if self.source == "embrm" else ", plain learners"
+        head = f"**{self.dataset}, {self.labels} labels{learners}** — {self.source}: {self.claim}"
         if self.effect is None:
             return f"{head}: {self.note}"
         e = self.effect
@@ -207,30 +209,37 @@ def _overoptimisation(bon: pl.DataFrame, dataset: str) -> Finding | None:
 
 
 def findings(results: list[dict], bon: pl.DataFrame) -> list[Finding]:
-    """Every claim the study's jobs can measure, dataset by dataset."""
+    """Every claim the study's jobs can measure, dataset by dataset. The papers' claims are measured on the plain
+    learners (no length control); the length-control questions compare each controlled learner with its plain one."""
     out = []
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     for dataset in datasets:
         runs = [r for r in results if r["dataset"] == dataset]
+        plain = [r for r in runs if "." not in r["learner"]]  # Learner.name marks a length control with ".<control>"
         noises = list(dict.fromkeys(r["noise"] for r in runs if r["noise"] != "human"))
         if runs and runs[0].get("bon"):
-            out += _aggregation_findings(runs, dataset, noises)
+            out += _aggregation_findings(plain, dataset, noises)
             out += _length_control_findings(runs, dataset)
-            if (gao := _overoptimisation(bon, dataset)) is not None:
+            if (gao := _overoptimisation(bon.filter(~pl.col("learner").str.contains(".", literal=True)), dataset)):
                 out.append(gao)
-        out += _accuracy_findings(runs, dataset, noises)
+        out += _accuracy_findings(plain, dataset, noises)
     return out
 
 
 def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
-    """Per finding measured in both halves: the two verdicts and whether they agree (embrm.stats.agreement)."""
-    other = {f.key: f for f in second}
+    """Per finding measured in both halves: the two verdicts and whether they agree (embrm.stats.agreement).
+    Findings are matched by key with the halves' dataset names (`<name>.half1`, `.half2`) read as one."""
+    def key(f: Finding) -> str:
+        return re.sub(r"\.half[12]\|", "|", f.key, count=1)
+
+    other = {key(f): f for f in second}
     rows = []
     for f in first:
-        g = other.get(f.key)
+        g = other.get(key(f))
         if f.effect is None or g is None or g.effect is None:
             continue
-        rows.append({"key": f.key, "finding": f"{f.dataset}, {f.labels}: {f.claim}", "first": f.verdict,
+        rows.append({"key": key(f), "finding": f"{re.sub(r'[.]half[12]$', '', f.dataset)}, {f.labels}: {f.claim}",
+                     "first": f.verdict,
                      "second": g.verdict, "first_estimate": f.effect.estimate, "second_estimate": g.effect.estimate,
                      "agreement": agreement(f.effect, g.effect, f.direction)})
     return rows

@@ -141,6 +141,8 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
             params.update(odin=learner.odin_params(), length=length)
         ensemble = fit_ensemble(X_fit, pairs, head=learner.head, k=protocol.k, mode=learner.mode,
                                 pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
+        if learner.length_control == "rrm":
+            ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
         if learner.length_control.startswith("posthoc"):
             ensemble.length_correction = _posthoc(ds, X, ensemble, parts, length, learner.length_control)
         stages.done("members")

@@ -1,9 +1,9 @@
 """What an experiment is, as values: the learner, the annotator, the ensemble size, the split, the aggregations.
 
 One Protocol describes one fit → evaluate run; `embrm fit`, `embrm bon-sim`, a study job, the methods and the
-notebooks all build one and hand it to embrm.pipeline. Its defaults ARE the default study's (2,000 simulated
-BT(beta = 10) pairs on the training prompts, 20 % of prompts held out, K = 10), so every entry point gives the
-same answer for the same settings.
+notebooks all build one and hand it to embrm.pipeline. Its defaults ARE the default study's (1,000 simulated
+BT(beta = 10) pairs on the training prompts, 20 % of prompts held out, K = 5 as Coste et al.), so every entry point
+gives the same answer for the same settings.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ RULES = {
     "lcb_beta": Number(),
     "temperature": Number(0, lo_open=True),  # soft-min divides by it
     "n_max": Integer(1, 1_000_000, none=True),  # Best-of-n's largest n (<= the pool: checked with the data)
-    # 500x the default 2,000 labels (more than any of the papers reproduced); pairs and their difference vectors
+    # 1,000x the default 1,000 labels (more than any of the papers reproduced); pairs and their difference vectors
     # must fit in memory: 10^6 pairs x 384 dims x 2 (mirrored) float32 is 3 GB for the linear head already
     "n_pairs": Integer(20, 1_000_000),  # fewer than 20 cannot be split for early stopping
     "beta": Number(0, lo_open=True),  # BT annotator: 0 would be coin flips, < 0 prefers the worse response
@@ -142,7 +142,7 @@ class LabelConfig:
     source: str = "auto"
     beta: float | None = 10.0
     flip: float | None = None
-    n_pairs: int = 2000
+    n_pairs: int = 1000
     within_prompt: bool = True
 
     def __post_init__(self):
@@ -180,7 +180,7 @@ class Protocol:
 
     learner: Learner = field(default_factory=Learner)
     labels: LabelConfig = field(default_factory=LabelConfig)
-    k: int = 10
+    k: int = 5
     test_size: float = 0.2
     seed: int = 0
     aggregations: tuple = DEFAULT_AGGREGATIONS

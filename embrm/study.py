@@ -11,7 +11,7 @@ exist is one error naming the file, the key and the allowed values.
     datasets = ["alpaca-eval-models", "alpaca-eval-bon16"]      # pools with gold: labels are simulated
     human_pairs = ["hh-rlhf-harmless-test"]                      # pairwise data: pairwise accuracy on human labels
     test_size = 0.2                                              # share of prompts held out (split per seed)
-    k = 10                                                       # ensemble members
+    k = 5                                                        # ensemble members (Coste et al.: 5)
     aggregations = ["mean", "min", "median", "uwo", "lcb", "single"]
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
@@ -25,7 +25,7 @@ exist is one error naming the file, the key and the allowed values.
     backend = "st"              # base_url, api_key_env, batch_size (the options of `embrm embed`)
 
     [labels]
-    n_pairs = 2000              # simulated annotations per job, drawn on the training prompts
+    n_pairs = 1000              # simulated annotations per job, drawn on the training prompts
     within_prompt = true
 
     [[noise]]                   # one entry per annotator: beta (Bradley-Terry) or flip (Coste et al.)
@@ -58,7 +58,7 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class Study:
                                                     DatasetSpec("alpaca-eval-bon16")])
     human_pairs: list = field(default_factory=lambda: [DatasetSpec("hh-rlhf-harmless-test")])
     test_size: float = 0.2
-    k: int = 10
+    k: int = 5
     aggregations: list = field(default_factory=lambda: list(DEFAULT_AGGREGATIONS))
     lam: float = 0.5
     lcb_beta: float = 1.0
@@ -103,11 +103,12 @@ class Study:
     replicate: bool = True
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-    labels: dict = field(default_factory=lambda: {"n_pairs": 2000, "within_prompt": True})
+    labels: dict = field(default_factory=lambda: {"n_pairs": 1000, "within_prompt": True})
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
+    # the plain learners and the MLP under each length control (studies/learners.toml: shared trunk, LightGBM)
     learners: list = field(default_factory=lambda: [
         DEFAULT_LEARNERS["linear"], DEFAULT_LEARNERS["mlp"],
-        Learner("mlp", "shared_trunk", DEFAULT_LEARNERS["mlp"].params), DEFAULT_LEARNERS["lgbm"]])
+        *(replace(DEFAULT_LEARNERS["mlp"], length_control=c) for c in ("posthoc", "odin", "rrm"))])
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -34,17 +34,25 @@ LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's w
 def _findings_section(result) -> list[str]:
     if not result.findings:
         return []
-    method = next((f.effect.method for f in result.findings if f.effect is not None), "")
-    lines = ["## Findings", "", f"Each effect is a paired difference with its 95 % interval: {method} "
-             "A claim is **reproduced** only when the interval excludes 0 in the claimed direction, **reversed** "
-             "only when it excludes 0 the other way, otherwise not reproduced (inconclusive). Effect size: the "
-             "estimate over the standard deviation of the per-prompt differences.", ""]
+    seeds = {f.effect.n_seeds for f in result.findings if f.effect is not None}
+    how = ("a two-stage bootstrap (Davison & Hinkley 1997, §3.8; 2,000 replicates) that resamples the seeds, then "
+           "each drawn seed's held-out prompts, with one prompt draw shared by all runs of that seed and both arms "
+           "(paired), so that runs sharing their prompts are not counted as independent" if seeds != {1} else
+           "a bootstrap over the held-out prompts of the one seed (seed-to-seed variation is not captured)")
+    lines = ["## Findings", "", f"Each effect is a paired difference (per-prompt records of every run) with its "
+             f"95 % percentile interval from {how}. A claim is **reproduced** only when the interval excludes 0 in "
+             "the claimed direction, **reversed** only when it excludes 0 the other way, otherwise not reproduced "
+             "(inconclusive). Effect size: the estimate over the standard deviation of the per-prompt "
+             "differences. The papers' claims are measured on the plain learners.", ""]
     lines += [f"- {f.markdown()}" for f in result.findings] + [""]
     if result.replication is not None:
         agree = sum(r["agreement"] == "agree" for r in result.replication)
         lines += ["### Replication on two disjoint halves of the prompts", "",
-                  f"The whole study ran again on each half of every dataset's prompts (`replication/half1`, "
-                  f"`half2`); {agree} of {len(result.replication)} findings agree.", "",
+                  f"Every pool job ran again on each of two disjoint halves of the pool's prompts (a fixed seeded "
+                  f"split; jobs `<pool>.half1/...`, `.half2/...`), with the same protocols and intervals: "
+                  f"{agree} of {len(result.replication)} findings agree (the same verdict, estimates of one sign). "
+                  f"A finding reproduced on all prompts but inconclusive on a half lacked the power to show on half "
+                  f"the prompts; one that disagrees is not robust.", "",
                   R.md_table(["finding", "first half", "second half", "agreement"],
                              [[r["finding"], f"{r['first']} ({r['first_estimate']:+.3f})",
                                f"{r['second']} ({r['second_estimate']:+.3f})", r["agreement"]]
@@ -103,11 +111,10 @@ def _embedding_section(embedding: dict) -> list[str]:
 def _timing_section(result) -> list[str]:
     t, fits = result.timings, result.fits
     rows = [["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
-            [f"{t['n_jobs']} jobs on {t['workers']} {t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
-            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()]]
-    if "replication" in t:
-        rows.append(["replication (the study on each half of the prompts)", f"{t['replication']:.1f}"])
-    rows.append(["total", f"{t.get('total', 0):.1f}"])
+            [f"{t['n_jobs']} jobs + {t.get('n_replication_jobs', 0)} replication jobs on {t['workers']} "
+             f"{t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
+            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()],
+            ["total", f"{t.get('total', 0):.1f}"]]
     per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
     return ["## Timing", "", R.md_table(["stage", "seconds"], rows), "",
             R.md_table(["learner", "mean seconds per job (fit + evaluation)"],

@@ -82,3 +82,16 @@ def test_rules_the_matcher_cannot_run_and_roles_on_one_column_are_refused(tmp_pa
     (tmp_path / "d.toml").write_text('[dataset]\npath = "nope.csv"\n')
     with pytest.raises(EmbrmError, match=r"d.toml \[dataset\] path: .*nope.csv is not a file"):
         read_declaration(tmp_path / "d.toml")
+
+
+def test_the_two_halves_of_a_dataset_are_disjoint_fixed_and_cover_it():
+    from embrm.datasets import DatasetSpec, half_of
+
+    ds = load_dataset("alpaca-eval-models", DATA_DIR)
+    first, second = (load_dataset(DatasetSpec("alpaca-eval-models", half=h), DATA_DIR) for h in (1, 2))
+    a, b = set(first.responses["prompt_id"]), set(second.responses["prompt_id"])
+    assert not a & b and a | b == set(ds.responses["prompt_id"]) and len(a) == len(b) == 200
+    assert set(half_of(ds, 1).responses["prompt_id"]) == a  # the same split on every call and machine
+    assert first.spec.label == "alpaca-eval-models.half1" and first.excluded.sum() > 0  # facts kept
+    hh = load_dataset(DatasetSpec("hh-rlhf-harmless-test", half=2), DATA_DIR)
+    assert len(hh.pairs) > 0 and set(hh.pairs["prompt_id"]) <= set(hh.responses["prompt_id"])

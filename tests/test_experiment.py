@@ -77,7 +77,8 @@ def test_run_writes_tables_report_and_plots(setup):
                          for f in found)
     halves = json.loads((out / "replication.json").read_text())
     assert halves and {"first", "second", "agreement"} <= set(halves[0])
-    assert (out / "replication" / "half1" / "report.md").exists() and "### Replication" in report
+    assert "### Replication" in report and summary["timings"]["n_replication_jobs"] == 2 * 2 * 2  # pools only
+    assert len(list((out / "jobs").glob("renamed-pool.half2__*.json"))) == 2 * 2
     assert summary["replication"] == halves
     assert "## What the embedder saw" in report and "| `renamed-pool` | 180 |" in report
     embedding = json.loads((out / "study.json").read_text())["embedding"]

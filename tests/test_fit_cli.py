@@ -46,7 +46,7 @@ def test_fit_saves_a_pickle_free_model_with_its_split_and_protocol(renamed_pool,
     assert len(metrics["member_accuracy"]) == 3 and metrics["accuracy"] > metrics["n_test_pairs"] ** -1
     protocol = manifest["protocol"]
     assert protocol["seed"] == 1 and protocol["labels"] == {"source": "simulated", "beta": 10.0, "flip": None,
-                                                             "n_pairs": 2000, "within_prompt": True}
+                                                             "n_pairs": 1000, "within_prompt": True}
     assert manifest["dataset_spec"]["exclude"]["name"] == "probes" and manifest["dim"] == 384
     assert manifest["embedder"]["spec"]["backend"] == "st"
     with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as w:

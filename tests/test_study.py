@@ -13,10 +13,20 @@ def test_default_study_grid():
     study = load_study(None)
     jobs = jobs_of(study)
     pools = [j for j in jobs if j.kind == "pool"]
-    assert len(pools) == 2 * 2 * 4 * 3  # datasets x noise x learners x seeds
-    assert len(jobs) - len(pools) == 4 * 3  # human pairs: learners x seeds
-    assert {l.name for l in study.learners} == {"linear", "mlp", "mlp-trunk", "lgbm"}
-    assert len({j.key for j in jobs}) == len(jobs)
+    assert len(pools) == 2 * 2 * 5 * 3  # datasets x noise x learners x seeds
+    assert len(jobs) - len(pools) == 5 * 3  # human pairs: learners x seeds
+    assert {l.name for l in study.learners} == {"linear", "mlp", "mlp.posthoc", "mlp.odin", "mlp.rrm"}
+    assert len({j.key for j in jobs}) == len(jobs) and study.replicate and study.k == 5
+
+
+def test_the_replication_halves_split_every_pools_prompts_in_two():
+    from embrm.experiment import replication_jobs
+
+    study = load_study(None)
+    halves = replication_jobs(study)
+    assert len(halves) == 2 * len([j for j in jobs_of(study) if j.kind == "pool"])  # human pairs are not split
+    assert {j.dataset.half for j in halves} == {1, 2} and {j.dataset.label.split(".half")[1] for j in halves} == {"1", "2"}
+    assert len({j.key for j in halves + jobs_of(study)}) == len(halves) + len(jobs_of(study))
 
 
 def test_toml_round_trip(tmp_path):
@@ -31,7 +41,7 @@ def test_toml_round_trip(tmp_path):
 
 def test_digest_changes_with_what_shapes_a_result():
     a, b = Study(), Study()
-    b.k = 5
+    b.k = 7
     job = jobs_of(a)[0]
     assert job.digest(a) == jobs_of(Study())[0].digest(Study())
     assert job.digest(a) != job.digest(b)
@@ -91,7 +101,7 @@ def test_a_datasets_table_declares_a_file_in_place(tmp_path):
     assert {j.key.split("/")[0] for j in jobs_of(study)} == {"mine"}
     job = jobs_of(study)[0]
     protocol = job.protocol(study)
-    assert protocol.labels.n_pairs == 2000 and protocol.k == 10 and protocol.with_excluded
+    assert protocol.labels.n_pairs == 1000 and protocol.k == 5 and protocol.with_excluded
     assert protocol.learner == job.learner and protocol.seed == job.seed
 
 

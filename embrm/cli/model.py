@@ -60,7 +60,7 @@ class FitOptions:
     """The learner and the annotator. Defaults are the default study's (`embrm run`)."""
 
     head: Annotated[str, typer.Option("--head", help="linear | mlp | lgbm")] = "linear"
-    ensemble: Annotated[int, typer.Option("--ensemble", "-k", help="Number of members K.")] = 10
+    ensemble: Annotated[int, typer.Option("--ensemble", "-k", help="Number of members K.")] = 5
     mode: Annotated[str, typer.Option(
         "--mode", help="independent | bootstrap | shared_trunk (mlp) | linear_heads (linear).")] = "independent"
     objective: Annotated[Optional[str], typer.Option("--objective", help="mlp/lgbm: bt | classification.")] = None
@@ -74,7 +74,7 @@ class FitOptions:
                        "rate it gives depends on the pool (reported as label_accuracy).")] = 10.0
     flip: Annotated[Optional[float], typer.Option(
         "--flip", help="Instead of --beta: flip this share of correct labels (Coste et al.: 0.25).")] = None
-    n_pairs: Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")] = 2000
+    n_pairs: Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")] = 1000
     across_prompts: Annotated[bool, typer.Option(
         "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.).")] = False
     test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2
@@ -119,7 +119,7 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
         overwrite: OverwriteOpt = False):
     """Train a K-member reward-model ensemble on embeddings (embedding what is missing) and save it.
 
-    Defaults are the default study's: 2,000 simulated BT(beta=10) pairs, 20 % of prompts held out, K = 10, MLP
+    Defaults are the default study's: 1,000 simulated BT(beta=10) pairs, 20 % of prompts held out, K = 5, MLP
     256-128. Excluded responses (e.g. the hacking probes of alpaca-eval-models) never label or train.
 
     Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
@@ -177,12 +177,14 @@ def _load_model(model_dir: Path) -> SavedModel:
 
 
 def print_fit_metrics(m: FitMetrics, title: str) -> None:
-    table = Table("reward", "pairwise acc", "log-loss", "ECE", "spearman", title=title)
-    table.add_row("ensemble mean", fmt(m.accuracy), fmt(m.log_loss), fmt(m.ece), fmt(m.spearman))
+    table = Table("reward", "pairwise acc", "log-loss", "ECE", "Spearman with gold", "Spearman with length",
+                  title=title)
+    table.add_row("ensemble mean", fmt(m.accuracy), fmt(m.log_loss), fmt(m.ece), fmt(m.spearman),
+                  fmt(m.length_correlation))
     accs = m.member_accuracy
-    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "")
-    table.add_row("length (longer is better)", fmt(m.length_accuracy), "", "", fmt(m.length_spearman))
-    table.add_row("random (expected)", "0.500", "", "", "0.000")
+    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "", "")
+    table.add_row("length (longer is better)", fmt(m.length_accuracy), "", "", fmt(m.length_spearman), "1.000")
+    table.add_row("random (expected)", "0.500", "", "", "0.000", "0.000")
     out.print(table)
     out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
 
