@@ -236,4 +236,21 @@ def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: 
         path = out / f"{slug}.png"
         paths.append(plot_bon(mc, path, references=refs,
                               title=f"{dataset} ({variant}), {learner} ensemble, {noise} labels: mean of seeds"))
+    return paths + plot_length_control(curves, out, noise)
+
+
+def plot_length_control(curves: pl.DataFrame, out: Path, noise: str) -> list[Path]:
+    """Per pool with length-controlled learners: the ensemble mean of every learner and the length ruler, judged by
+    the length-controlled gold (pool-lc), averaged over seeds: one line per learner."""
+    paths = []
+    controlled = curves.filter(pl.col("learner").str.contains(".", literal=True)) if not curves.is_empty() else curves
+    for dataset in controlled["dataset"].unique(maintain_order=True) if not controlled.is_empty() else []:
+        f = curves.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool-lc") & (pl.col("noise") == noise))
+        learners = f["learner"].unique(maintain_order=True).to_list()
+        lines = [mean_curves(f.filter(pl.col("agg") == "mean"), learner=l).with_columns(agg=pl.lit(l)) for l in learners]
+        lines.append(mean_curves(f.filter(pl.col("agg") == "length"), learner=learners[0]))
+        slug = re.sub(r"[^\w.-]+", "_", f"length_control_{Path(dataset).name}_{noise}")
+        paths.append(plot_bon(pl.concat(lines), out / f"{slug}.png",
+                              title=f"{dataset}, length-controlled gold, ensemble mean per learner, {noise} labels: "
+                                    f"mean of seeds"))
     return paths
