@@ -182,12 +182,13 @@ def _posthoc(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, parts: Split,
 def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
             protocol: Protocol) -> dict:
     """Every reward evaluated: the aggregations of the member scores (standardised on the training prompts' usable
-    responses), WARM's weight-averaged model when there is one, and the length ruler."""
+    responses), WARM's weight-averaged model when there is one, and the length rulers (longest and shortest)."""
     reference = rows_of(ds.responses, split_.train) & ~ds.excluded
     out = ensemble_proxies(scores, reference, protocol.aggregations, **protocol.aggregation_params())
     if ensemble.warm_ is not None:
         out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
     out["length"] = length_proxy(ds.responses)
+    out["shortest"] = -out["length"]
     return out
 
 

@@ -17,7 +17,7 @@ from scipy import stats
 
 from embrm.plots import plot_bon
 
-BASELINES = ("length",)  # rulers beside every reward (the random pick is its own row: an expectation)
+BASELINES = ("length", "shortest")  # rulers beside every reward (the random pick is its own row: an expectation)
 
 
 # ----------------------------------------------------------------------------- tidy tables

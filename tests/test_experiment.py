@@ -59,7 +59,7 @@ def test_run_writes_tables_report_and_plots(setup):
     assert summary["timings"]["n_jobs"] == 2 * 2 + 2 * 2
     bon = pl.read_parquet(out / "bon_summary.parquet")
     assert set(bon["variant"]) == {"pool", "pool-lc", "pool+probes"} and set(bon["dataset"]) == {"renamed-pool"}
-    assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length"}
+    assert set(bon["proxy"]) == {"mean", "min", "uwo", "single", "warm", "length", "shortest"}
     assert bon.filter(pl.col("variant") == "pool+probes")["excluded_pick_rate"].null_count() == 0
     assert bon.filter(pl.col("variant") != "pool+probes")["excluded_pick_rate"].null_count() == bon.height * 2 // 3
     assert bon["length_correlation"].drop_nulls().len() > 0

@@ -67,7 +67,7 @@ def test_excluded_responses_never_label_and_their_pick_rate_is_reported(renamed_
     both = json.loads((tmp_path / "with" / "summary.json").read_text())["bon"]
     assert both["pool"] == summary["bon"]["pool"] and both["pool+probes"]["n_responses"] == 6 * 15
     rates = {k: v["excluded_pick_rate"] for k, v in both["pool+probes"]["aggregations"].items()}
-    assert set(rates) == {"mean", "min", "median", "uwo", "lcb", "single", "length"}
+    assert set(rates) == {"mean", "min", "median", "uwo", "lcb", "single", "length", "shortest"}
     assert all(0 <= r <= 1 for r in rates.values()) and max(rates.values()) > 0  # the probes do win somewhere
 
 
@@ -102,13 +102,13 @@ def test_bon_sim_writes_curves_summary_and_plots(renamed_pool, tmp_path):
     assert "random pick (expected)" in result.output
     summary = json.loads((out / "summary.json").read_text())
     pool = summary["bon"]["pool"]
-    assert set(pool["aggregations"]) == {"mean", "min", "single", "warm", "length"}
+    assert set(pool["aggregations"]) == {"mean", "min", "single", "warm", "length", "shortest"}
     test = json.loads((tmp_path / "mlp" / "manifest.json").read_text())["split"]["test_prompts"]
     assert pool["n_prompts"] == len(test) and pool["n_max"] == 12 and summary["command"].startswith("embrm bon-sim")
     curves = pl.read_parquet(out / "curves.parquet")
     assert set(curves["variant"]) == {"pool", "pool-lc", "pool+probes"} and (out / "curves.csv").exists()
     curves = curves.filter(pl.col("variant") == "pool")
-    assert curves.height == 5 * 12
+    assert curves.height == 6 * 12
     assert (out / "gold_vs_kl.png").stat().st_size > 10_000 and (out / "gao_fit.png").exists()
     proxy = {a: curves.filter(pl.col("agg") == a)["proxy"].to_numpy() for a in ("mean", "min", "single")}
     assert not np.allclose(proxy["mean"], proxy["min"]) and not np.allclose(proxy["mean"], proxy["single"])
