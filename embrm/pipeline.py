@@ -214,10 +214,14 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
         return result
     scored = proxies(ds, X, ensemble, scores, split_, protocol)
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, n_max=protocol.n_max)
-    controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
-    result.length_effect = controlled.to_dict()
-    result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
-                                      n_max=protocol.n_max, gold=controlled.gold)
+    try:
+        controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
+    except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
+        result.length_effect = {"error": str(e)}
+    else:
+        result.length_effect = controlled.to_dict()
+        result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
+                                          n_max=protocol.n_max, gold=controlled.gold)
     if protocol.with_excluded and ds.excluded.any():
         result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
                                                       n_max=protocol.n_max, excluded=ds.excluded)

@@ -63,6 +63,8 @@ def _findings_section(result) -> list[str]:
 def _length_effect_line(effect: dict | None) -> str:
     if not effect:
         return ""
+    if "error" in effect:
+        return f"No length-controlled gold for this pool: {effect['error']}"
     source = f" and answer source (`{effect['source']}`)" if effect.get("source") else ""
     return (f"Fitted length effect: gold changes by {effect['effect']:+.3f} ± {1.96 * effect['stderr']:.3f} per unit "
             f"of log(1 + characters), holding the prompt{source} fixed ({effect['n_rows']} responses, "

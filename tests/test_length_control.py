@@ -123,3 +123,18 @@ def test_fit_and_bon_sim_with_length_control_on_the_command_line(renamed_pool, t
     assert set(bon) == {"pool", "pool-lc", "pool+probes"}
     assert all(0 <= a["excluded_pick_rate"] <= 1 for a in bon["pool+probes"]["aggregations"].values())
     assert json.loads(res.stdout)["length_effect"]["source"] == "system"
+
+
+def test_a_pool_without_length_variation_is_evaluated_without_a_length_controlled_gold(tmp_path):
+    import polars as pl
+
+    from embrm.data import pool_from_frame
+
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame({"prompt_id": [f"p{i // 6}" for i in range(60)], "prompt": ["q"] * 60,
+                          "response": [f"answer {i % 6:02d}" for i in range(60)], "gold": rng.normal(size=60)})
+    ds = pool_from_frame(frame, tmp_path / "pool.csv")  # every answer has 9 characters
+    X = rng.standard_normal((60, 8)).astype(np.float32)
+    result = run_experiment(ds, X, Protocol(labels=LabelConfig(n_pairs=200), k=2, test_size=0.3), progress=False)
+    assert "length does not vary within any prompt" in result.evaluation.length_effect["error"]
+    assert set(result.evaluation.bon) == {"pool"}

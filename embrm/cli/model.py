@@ -275,7 +275,9 @@ def print_bon(result: Evaluation) -> None:
         table.add_row(proxy, fmt(s.gold_at_n_max), fmt(s.gain_at_n_max), *extra, fmt(s.length_correlation),
                       str(s.best_n))
     out.print(table)
-    if result.length_effect:
+    if result.length_effect and "error" in result.length_effect:
+        out.print(f"no length-controlled gold: {result.length_effect['error']}")
+    elif result.length_effect:
         e = result.length_effect
         out.print(f"length-controlled gold: gold - {e['effect']:.3f} x log(1 + characters) (fitted with prompt"
                   f"{' and ' + e['source'] if e.get('source') else ''} effects on {e['n_rows']} responses)")
