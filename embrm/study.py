@@ -342,7 +342,9 @@ def _validate(study: Study, where: str) -> None:
         raise EmbrmError(f"{where}: nothing to run: give at least one learner and one dataset")
     if study.datasets and not study.noise:
         raise EmbrmError(f"{where}: pools need at least one [[noise]] annotator")
-    n_jobs = len(jobs_of(study))
+    jobs = jobs_of(study)
+    n_jobs = len(jobs) + (2 * sum(j.kind == "pool" for j in jobs) if study.replicate else 0)
     if n_jobs > MAX_JOBS:
-        raise EmbrmError(f"{where}: {n_jobs} jobs (datasets x noise x learners x seeds): at most {MAX_JOBS} in one "
-                         f"study: split it into several")
+        halves = " with the replication halves (replicate = false drops them)" if study.replicate else ""
+        raise EmbrmError(f"{where}: {n_jobs} jobs (datasets x noise x learners x seeds){halves}: at most {MAX_JOBS} "
+                         f"in one study: split it into several")
