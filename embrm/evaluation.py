@@ -155,8 +155,9 @@ class ProxySummary:
 class BonResult:
     """Exact Best-of-n curves of every proxy on one evaluated pool, and a summary per proxy.
 
-    The summary's "at n = N" figures are each prompt's whole pool (its top-scored response; ties averaged),
-    averaged over the prompts; `per_prompt` holds them per prompt (for intervals over prompts).
+    The summary's gold and gain "at n = N" (and the excluded pick rate) are each prompt's whole pool (its top-scored
+    response; ties averaged), averaged over the prompts, and `per_prompt` holds them per prompt (for intervals over
+    prompts); percentile and proxy at n_max are the curves' values at the largest n (the prompts with full pools).
     random_at_n_max: expected gold of a uniformly random pick (the pool mean): THE random baseline."""
 
     pool: str  # "pool", "pool-lc" (length-controlled gold) or "pool+<excluded>" (e.g. "pool+probes")
