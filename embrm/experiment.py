@@ -57,10 +57,12 @@ class StudyResult:
         return self.out_dir / "report.md"
 
 
-def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[dict, dict, dict]:
-    """Embed every dataset of the study (cached texts are not re-embedded). Returns (cache spec, seconds per
-    dataset, what the embedder's window did to each dataset's texts). Every dataset is loaded and checked first,
-    so a bad one fails before the cache is touched."""
+def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: bool = False
+              ) -> tuple[dict, dict, dict]:
+    """Embed every dataset of the study (cached texts are not re-embedded) and, for RRM learners, each dataset's
+    augmentation texts (each half's own too with `replicate`: a half draws its other-prompt answers from itself).
+    Returns (cache spec, seconds per dataset, what the embedder's window did to each dataset's texts). Every
+    dataset is loaded and checked first, so a bad one fails before the cache is touched."""
     embedder = study.embedder.build()
     loaded = {spec: load_dataset(spec, data_dir) for spec in dict.fromkeys([*study.datasets, *study.human_pairs])}
     for spec in study.human_pairs:
@@ -70,13 +72,15 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None) -> tuple[di
     for spec in study.datasets:
         loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
     spec, seconds, facts = None, {}, {}
-    rrm = any(learner.length_control == "rrm" for learner in study.learners)
+    options = dict(cache_dir=cache_dir, template=study.embedder.template, batch_size=study.embedder.batch_size,
+                   progress=progress)
+    if any(learner.length_control == "rrm" for learner in study.learners):
+        # RRM's other-prompt answers under each prompt: texts of their own, embedded once
+        halves = [replace(d, half=h) for d in study.datasets for h in (1, 2)] if replicate else []
+        for ds in [*loaded.values(), *(load_dataset(d, data_dir) for d in halves)]:
+            embed_dataset(rrm_dataset(ds), embedder, **options)
     for dataset, ds in loaded.items():
-        if rrm:  # RRM's other-prompt answers under each prompt: texts of their own, embedded once
-            embed_dataset(rrm_dataset(ds), embedder, cache_dir=cache_dir, template=study.embedder.template,
-                          batch_size=study.embedder.batch_size, progress=progress)
-        res = embed_dataset(ds, embedder, cache_dir=cache_dir, template=study.embedder.template,
-                            batch_size=study.embedder.batch_size, progress=progress)
+        res = embed_dataset(ds, embedder, **options)
         spec, seconds[dataset.label] = res.spec, res.seconds
         facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
                                                              "indistinguishable")}
@@ -118,11 +122,11 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     check_dir_option(out, "--out")
     check_dir_option(cache_dir, "--cache-dir")
     t0 = time.perf_counter()
-    spec, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress)
+    replicate = study.replicate if replicate is None else replicate
+    spec, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
-    replicate = study.replicate if replicate is None else replicate
     halves = replication_jobs(study) if replicate else []
     inputs = {label: facts["inputs"] for label, facts in embedding.items()}
     inputs |= {j.dataset.label: f"{inputs[replace(j.dataset, half=0).label]}:half{j.dataset.half}" for j in halves}

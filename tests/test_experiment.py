@@ -187,3 +187,15 @@ def test_the_cli_and_a_one_job_study_give_identical_numbers(setup, tmp_path):
     assert json.loads(bon.stdout)["metrics"] == run["metrics"]
     assert json.loads(bon.stdout)["bon"] == run["bon"]
     assert pl.read_parquet(tmp_path / "bon" / "curves.parquet").equals(curves)
+
+
+def test_a_replicated_rrm_study_embeds_each_halfs_own_augmentation(setup, tmp_path):
+    """RRM draws other prompts' answers from the dataset it trains on: a half draws them from itself, so those
+    texts are embedded (once) before the jobs run, on a cache that has never seen them."""
+    study = load_study(setup / "study.toml")
+    study.seeds, study.human_pairs, study.methods, study.replicate = [0], [], [], True
+    study.learners = [replace(study.learners[0], length_control="rrm")]
+    shutil.copytree(setup / "cache", tmp_path / "cache")
+    result = run_study(study, tmp_path / "out", cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert result.timings["n_replication_jobs"] == 2 and result.replication is not None
+    assert result.fits["learner"].to_list() == ["linear.rrm"]
