@@ -98,9 +98,10 @@ class RewardEnsemble:
         """Member scores (n, K) float32; with a length correction, `length` (embrm.length.length_feature of the
         responses, aligned with X) is required and each member's length slope is removed."""
         raw = self._predict_raw(X)
-        return raw if self.length_correction is None else self._corrected(raw, length, 0)
+        return raw if self.length_correction is None else self.corrected(raw, length)
 
-    def _corrected(self, raw: np.ndarray, length, first: int) -> np.ndarray:
+    def corrected(self, raw: np.ndarray, length, first: int = 0) -> np.ndarray:
+        """Raw scores (n, c) of the scored models first..first+c-1 with their length slopes removed."""
         if length is None:
             raise EmbrmError("this ensemble removes a fitted length slope (length_control posthoc): pass "
                              "length=embrm.length.length_feature(responses)")
@@ -135,7 +136,7 @@ class RewardEnsemble:
             raise EmbrmError("this ensemble has no WARM model: fit head='mlp' with warm=True "
                              "(mode independent or bootstrap)")
         raw = self.warm_.predict(X)[:, None]
-        return (raw if self.length_correction is None else self._corrected(raw, length, self.k))[:, 0]
+        return (raw if self.length_correction is None else self.corrected(raw, length, self.k))[:, 0]
 
     def stacked_params(self) -> list[np.ndarray]:
         """MLP members' weights stacked (K, ...) per tensor."""

@@ -25,7 +25,7 @@ import polars as pl
 from embrm import report as R
 from embrm.augment import rrm_dataset
 from embrm.data import Dataset
-from embrm.datasets import load_dataset
+from embrm.datasets import half_of, load_dataset
 from embrm.embed import EmbedResult, cached_embeddings, embed_dataset
 from embrm.errors import EmbrmError
 from embrm.files import write_atomic
@@ -76,8 +76,8 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
                    progress=progress)
     if any(learner.length_control == "rrm" for learner in study.learners):
         # RRM's other-prompt answers under each prompt: texts of their own, embedded once
-        halves = [replace(d, half=h) for d in study.datasets for h in (1, 2)] if replicate else []
-        for ds in [*loaded.values(), *(load_dataset(d, data_dir) for d in halves)]:
+        halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
+        for ds in [*loaded.values(), *halves]:
             embed_dataset(rrm_dataset(ds), embedder, **options)
     for dataset, ds in loaded.items():
         res = embed_dataset(ds, embedder, **options)

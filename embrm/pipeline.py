@@ -143,10 +143,11 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
                                 pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
         if learner.length_control == "rrm":
             ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
+        scores = ensemble.predict(X)
         if learner.length_control.startswith("posthoc"):
-            ensemble.length_correction = _posthoc(ds, X, ensemble, parts, length, learner.length_control)
+            ensemble.length_correction = _posthoc(ds, X, scores, ensemble, parts, length, learner.length_control)
+            scores = ensemble.corrected(scores, length)
         stages.done("members")
-        scores = ensemble.predict(X, length)
         metrics = pairwise_metrics(ds, scores, parts.test, protocol.seed)
         stages.done("held-out metrics")
     agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
@@ -169,9 +170,9 @@ def _with_rrm(ds: Dataset, X: np.ndarray, augment, pairs: np.ndarray, pair_promp
             np.concatenate([pair_prompts.astype(str), extra_prompts.astype(str)]))
 
 
-def _posthoc(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, parts: Split, length: np.ndarray, control: str):
-    """Each member's (and WARM's) length slope, fitted on the training prompts' responses only."""
-    raw = ensemble.predict(X)
+def _posthoc(ds: Dataset, X: np.ndarray, raw: np.ndarray, ensemble: RewardEnsemble, parts: Split,
+             length: np.ndarray, control: str):
+    """Each member's (and WARM's) length slope on its raw scores, fitted on the training prompts' responses only."""
     if ensemble.warm_ is not None:
         raw = np.column_stack([raw, ensemble.warm_.predict(X)])
     rows = rows_of(ds.responses, parts.train) & ~ds.excluded

@@ -140,38 +140,62 @@ class StackResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class PaddedPairs:
+    """Several members' pairs over each member's distinct rows, padded to (K, U) rows and (K, B) pairs (numpy):
+    gather (K, U) row ids into X (padding: row 0), mask (K, U) 1.0 on real rows, rows (K,) distinct rows per
+    member; ic, ir (K, B) positions of chosen / rejected rows in the gathered rows; w (K, B) = pair mask / the
+    member's pair count (so sum(w * loss) is the member's mean loss); sizes (K,) pairs per member."""
+    gather: np.ndarray
+    mask: np.ndarray
+    rows: np.ndarray
+    ic: np.ndarray
+    ir: np.ndarray
+    w: np.ndarray
+    sizes: np.ndarray
+
+
+def pad_pairs(n: int, pair_lists: list[np.ndarray]) -> PaddedPairs:
+    """PaddedPairs of K members' pairs (row-index pairs into an n-row X), vectorised over members and pairs."""
+    K = len(pair_lists)
+    sizes = np.array([len(p) for p in pair_lists])
+    B = max(int(sizes.max()), 1)
+    member = np.repeat(np.arange(K), sizes)
+    slot = np.arange(len(member)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    cat = np.concatenate(pair_lists) if sizes.sum() else np.zeros((0, 2), np.int64)
+    keys = np.concatenate([member * n + cat[:, 0], member * n + cat[:, 1]])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    umember = uniq // n
+    ucount = np.bincount(umember, minlength=K)
+    upos = np.arange(len(uniq)) - np.repeat(np.cumsum(ucount) - ucount, ucount)
+    U = max(int(ucount.max()) if len(ucount) else 1, 1)
+    gather = np.zeros((K, U), np.int64)
+    gather[umember, upos] = uniq % n
+    mask = np.zeros((K, U), np.float32)
+    mask[umember, upos] = 1.0
+    pos = upos[inv]
+    ic = np.zeros((K, B), np.int64)
+    ir = np.zeros((K, B), np.int64)
+    ic[member, slot] = pos[:len(member)]
+    ir[member, slot] = pos[len(member):]
+    w = np.zeros((K, B), np.float32)
+    w[member, slot] = (1.0 / np.maximum(sizes, 1))[member]
+    return PaddedPairs(gather, mask, ucount, ic, ir, w, sizes)
+
+
 class _Batch:
-    """Pairs of several members gathered into padded tensors; each member's rows deduplicated.
+    """Pairs of several members gathered into padded tensors (pad_pairs); each member's rows deduplicated.
 
     xg (K, U, d) compute dtype; ic, ir (K, B) positions of chosen/rejected rows in xg; w (K, B) float32 =
     mask / member pair count (so sum(w * loss) is the member's mean loss); count (K,)."""
 
     def __init__(self, Xc: torch.Tensor, n: int, pair_lists: list[np.ndarray]):
-        K = len(pair_lists)
-        sizes = np.array([len(p) for p in pair_lists])
-        B = max(int(sizes.max()), 1)
-        member = np.repeat(np.arange(K), sizes)
-        slot = np.arange(len(member)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        cat = np.concatenate(pair_lists) if sizes.sum() else np.zeros((0, 2), np.int64)
-        keys = np.concatenate([member * n + cat[:, 0], member * n + cat[:, 1]])
-        uniq, inv = np.unique(keys, return_inverse=True)
-        umember = uniq // n
-        ucount = np.bincount(umember, minlength=K)
-        upos = np.arange(len(uniq)) - np.repeat(np.cumsum(ucount) - ucount, ucount)
-        U = max(int(ucount.max()) if len(ucount) else 1, 1)
-        gather = np.zeros((K, U), np.int64)
-        gather[umember, upos] = uniq % n
-        pos = upos[inv]
-        ic = np.zeros((K, B), np.int64)
-        ir = np.zeros((K, B), np.int64)
-        ic[member, slot] = pos[:len(member)]
-        ir[member, slot] = pos[len(member):]
-        w = np.zeros((K, B), np.float32)
-        w[member, slot] = (1.0 / np.maximum(sizes, 1))[member]
-        self.xg = Xc.index_select(0, torch.from_numpy(gather.ravel())).view(K, U, Xc.shape[1])
-        self.ic, self.ir = torch.from_numpy(ic), torch.from_numpy(ir)
-        self.w = torch.from_numpy(w)
-        self.count = torch.from_numpy(sizes.astype(np.float32))
+        p = pad_pairs(n, pair_lists)
+        K, U = p.gather.shape
+        self.xg = Xc.index_select(0, torch.from_numpy(p.gather.ravel())).view(K, U, Xc.shape[1])
+        self.ic, self.ir = torch.from_numpy(p.ic), torch.from_numpy(p.ir)
+        self.w = torch.from_numpy(p.w)
+        self.count = torch.from_numpy(p.sizes.astype(np.float32))
         self.rows = U
 
     def select(self, keep: torch.Tensor) -> "_Batch":

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
 from embrm.heads.checks import SEED, Integer, Number, check_embeddings, check_pairs, check_value, is_int
-from embrm.heads.mlp import MemberData, MLPReward, forward_stack, init_params
+from embrm.heads.mlp import MemberData, MLPReward, forward_stack, init_params, pad_pairs
 
 ODIN_PARAMS = {"lam_length": Number(0), "lam_quality": Number(0), "lam_orth": Number(0)}
 CORR_EPS = 1e-8  # added to the (mean) variances in the Pearson correlation: a constant feature gives corr 0
@@ -66,39 +66,17 @@ class OdinResult:
 
 
 class _Batch:
-    """Pairs of several members as padded tensors over each member's distinct rows.
+    """Pairs of several members as padded tensors over each member (embrm.heads.mlp.pad_pairs).
 
     gather (K, U) row ids into X (padding: row 0), mask (K, U) 1.0 on real rows, count_rows (K,); ic, ir (K, B)
     positions of chosen / rejected rows in the gathered rows; w (K, B) = pair mask / member pair count."""
 
     def __init__(self, n: int, pair_lists: list[np.ndarray]):
-        K = len(pair_lists)
-        sizes = np.array([len(p) for p in pair_lists])
-        B = max(int(sizes.max()), 1)
-        member = np.repeat(np.arange(K), sizes)
-        slot = np.arange(len(member)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        cat = np.concatenate(pair_lists) if sizes.sum() else np.zeros((0, 2), np.int64)
-        keys = np.concatenate([member * n + cat[:, 0], member * n + cat[:, 1]])
-        uniq, inv = np.unique(keys, return_inverse=True)
-        umember = uniq // n
-        ucount = np.bincount(umember, minlength=K)
-        upos = np.arange(len(uniq)) - np.repeat(np.cumsum(ucount) - ucount, ucount)
-        U = max(int(ucount.max()) if len(ucount) else 1, 1)
-        gather = np.zeros((K, U), np.int64)
-        gather[umember, upos] = uniq % n
-        mask = np.zeros((K, U), np.float32)
-        mask[umember, upos] = 1.0
-        pos = upos[inv]
-        ic = np.zeros((K, B), np.int64)
-        ir = np.zeros((K, B), np.int64)
-        ic[member, slot] = pos[:len(member)]
-        ir[member, slot] = pos[len(member):]
-        w = np.zeros((K, B), np.float32)
-        w[member, slot] = (1.0 / np.maximum(sizes, 1))[member]
-        self.gather = torch.from_numpy(gather)
-        self.mask = torch.from_numpy(mask)
-        self.count_rows = torch.from_numpy(np.maximum(ucount, 1).astype(np.float32))
-        self.ic, self.ir, self.w = torch.from_numpy(ic), torch.from_numpy(ir), torch.from_numpy(w)
+        p = pad_pairs(n, pair_lists)
+        self.gather = torch.from_numpy(p.gather)
+        self.mask = torch.from_numpy(p.mask)
+        self.count_rows = torch.from_numpy(np.maximum(p.rows, 1).astype(np.float32))
+        self.ic, self.ir, self.w = torch.from_numpy(p.ic), torch.from_numpy(p.ir), torch.from_numpy(p.w)
 
     def select(self, keep: torch.Tensor) -> _Batch:
         b = object.__new__(_Batch)
