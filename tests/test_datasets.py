@@ -84,6 +84,7 @@ def test_rules_the_matcher_cannot_run_and_roles_on_one_column_are_refused(tmp_pa
         read_declaration(tmp_path / "d.toml")
 
 
+@needs_data
 def test_the_two_halves_of_a_dataset_are_disjoint_fixed_and_cover_it():
     from embrm.datasets import DatasetSpec, half_of
 
