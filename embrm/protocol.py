@@ -18,7 +18,7 @@ from embrm.heads import HEADS as HEAD_CLASSES
 from embrm.heads.checks import SEED, Integer, Number, check_params, check_value, shown
 from embrm.heads.odin import ODIN_PARAMS
 
-HEADS = ("linear", "mlp", "lgbm")
+HEADS = tuple(HEAD_CLASSES)  # the names of the heads embrm.heads registers
 # How a learner controls for response length (see embrm.length, embrm.augment, embrm.heads.odin):
 #   none            the reward as trained
 #   posthoc         each member's within-prompt regression on length (training responses) subtracted

@@ -36,3 +36,17 @@ def test_a_method_reports_excluded_picks_only_when_they_are_in_its_pools(pool, n
     assert json.loads(paths["summary"].read_text())["method"] == name and paths["frame"].exists()
     if REGISTRY[name].plot is not None:
         assert paths["plot"].stat().st_size > 1000
+
+
+def test_the_method_commands_print_the_excluded_pick_rate_only_when_asked(renamed_pool):
+    from typer.testing import CliRunner
+
+    from embrm.cli import app
+
+    base = ["composite", str(renamed_pool / "pool.toml"), "--cache-dir", str(renamed_pool / "cache"),
+            "--n-pairs", "300", "-k", "2"]
+    line = "whose pick is an excluded response"
+    clean = CliRunner().invoke(app, base)
+    kept = CliRunner().invoke(app, base + ["--with-excluded"])
+    assert clean.exit_code == 0 and kept.exit_code == 0, clean.output + kept.output
+    assert line not in " ".join(clean.output.split()) and line in " ".join(kept.output.split())

@@ -69,6 +69,14 @@ def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOpti
     return result
 
 
+def _print_excluded_picks(r: MethodResult) -> None:
+    """With --with-excluded: how often each selection picked an excluded response (e.g. a hacking probe)."""
+    rates = r.summary.get("excluded_pick_rate")
+    if rates:
+        out.print("share of evaluated prompts whose pick is an excluded response: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+
+
 @friendly
 @grouped(data=DataOptions, embedder=EmbedderOptions)
 def laser(
@@ -108,6 +116,7 @@ def laser(
               f"vs per-prompt oracle arm {reg['vs_oracle']:.3f}; per round vs oracle "
               f"{reg['per_round_vs_oracle_first_quarter']:.4f} (first quarter) -> "
               f"{reg['per_round_vs_oracle_last_quarter']:.4f} (last quarter)")
+    _print_excluded_picks(r)
 
 
 @friendly
@@ -148,6 +157,7 @@ def moe(
     out.print(cat)
     if s["router_accuracy"] is not None:
         out.print(f"router accuracy on held-out prompts: {s['router_accuracy']:.3f}")
+    _print_excluded_picks(r)
 
 
 @friendly
@@ -182,6 +192,7 @@ def composite(
     out.print("thresholds (z): " + ", ".join(f"{c} {t:+.2f} (n* = {s['proxy_point_n'][c]})"
                                              for c, t in s["thresholds"].items())
               + "; multipliers at n_max: " + ", ".join(f"{c} {v:.3f}" for c, v in s["multipliers_at_n_max"].items()))
+    _print_excluded_picks(r)
 
 
 @friendly
@@ -219,3 +230,4 @@ def policy(
     out.print(table)
     ko = s["kl_optimum"]
     out.print(f"Gao RL fit R(d) = d (a - b log d): a = {ko['gao_rl_alpha']:.3f}, b = {ko['gao_rl_beta']:.3f}")
+    _print_excluded_picks(r)
