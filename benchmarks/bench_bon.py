@@ -1,5 +1,7 @@
 """Benchmark: exact Best-of-n curves for ALL n = 1..N, all prompts, 6 aggregations, including aggregation.
 
+(N = 500 <= embrm.bon.ALL_N_LIMIT, so bon_curves' default grid is every n; large pools: bench_bon_scale.py.)
+
     python benchmarks/bench_bon.py            # 10,000 prompts x 500 candidates x 10 members (target <= 2 s)
     python benchmarks/bench_bon.py --quick    # 1,000 x 100 x 10
 
@@ -133,13 +135,14 @@ def main(argv=None):
     # correctness of the baseline vs embrm on the same subset (float64)
     sub = bon_curves(pidx[: bp * N], {m: aggs[m][: bp * N] for m in METHODS}, gold[: bp * N], dtype=np.float64)
     agg_diff = max(float(np.max(np.abs(aggs[m] - base_aggs[m]))) for m in METHODS)
-    agree = max(float(np.max(np.abs(sub.gold[j, ns - 1] - base_curves[m]))) for j, m in enumerate(METHODS))
+    agree = max(float(np.max(np.abs(sub.gold[j, sub.index(ns)] - base_curves[m]))) for j, m in enumerate(METHODS))
 
     res = {
         "benchmark": "bon",
         "command": "python benchmarks/bench_bon.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                                         if (argv if argv is not None else sys.argv[1:]) else ""),
-        "shape": {"prompts": P, "candidates": N, "members": K, "aggregations": list(METHODS), "n_max": N},
+        "shape": {"prompts": P, "candidates": N, "members": K, "aggregations": list(METHODS), "n_max": N,
+                  "all_n": bool(curves.all_n), "grid_points": len(curves.n)},
         "embrm_total_s_best": float(total.min()),
         "embrm_total_s_median": float(np.median(total)),
         "embrm_aggregate_s": best[1],
@@ -165,7 +168,8 @@ def main(argv=None):
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                     "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()},
     }
-    print(f"Best-of-n, all n = 1..{N}: {P} prompts x {N} candidates x {K} members x {len(METHODS)} aggregations")
+    grid = f"all n = 1..{N}" if curves.all_n else f"{len(curves.n)} values of n in 1..{N} (log grid)"
+    print(f"Best-of-n, {grid}: {P} prompts x {N} candidates x {K} members x {len(METHODS)} aggregations")
     rows = [
         ("embrm total (best of %d)" % args.repeats, f"{res['embrm_total_s_best']:.3f} s"),
         ("  aggregation (standardize + 6 methods)", f"{best[1]:.3f} s"),

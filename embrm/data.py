@@ -44,6 +44,9 @@ class Dataset:
     attachments: dict[str, Path] = field(default_factory=dict)  # e.g. published reward models' picks
     spec: object = None  # the embrm.datasets.DatasetSpec it was loaded from (recorded in manifests and studies)
     answer_source: str | None = None  # the column naming each answer's author (e.g. model), when the data has one
+    # (n, d) float32 embeddings that come WITH the data, aligned with `responses` (a generated pool such as
+    # embrm.overopt's): every step that would embed or read the cache uses them instead
+    vectors: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def excluded(self) -> np.ndarray:
@@ -59,11 +62,14 @@ class Dataset:
         """A subset of the responses (e.g. some prompts and models), keeping the dataset's facts; human pairs
         keep only pairs whose two responses survive."""
         responses = self.responses.filter(predicate)
+        vectors = self.vectors
+        if vectors is not None:
+            vectors = vectors[self.responses.select(predicate.alias("keep"))["keep"].fill_null(False).to_numpy()]
         pairs = self.pairs
         if pairs is not None:
             kept = responses["response_id"].implode()
             pairs = pairs.filter(pl.col("chosen_id").is_in(kept) & pl.col("rejected_id").is_in(kept))
-        return replace(self, name=name or self.name, responses=responses, pairs=pairs)
+        return replace(self, name=name or self.name, responses=responses, pairs=pairs, vectors=vectors)
 
     def without_excluded(self) -> "Dataset":
         """The same dataset without its excluded rows (align embeddings with `X[~ds.excluded]`)."""

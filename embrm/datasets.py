@@ -19,6 +19,16 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     pattern = "^NullModel$|_verbose$"    # a regular expression (or values = ["a", "b"])
     name = "probes"                      # what they are, in reports ("pool+probes")
 
+A generated pool with a known gold (embrm.overopt: learned over-optimisation at up to 10^4 candidates per prompt)
+is a dataset too: `overopt` on the command line (default size), or in a study
+
+    [[datasets]]
+    generate = "overopt"
+    name = "overopt"
+    params = { n_prompts = 100, n_candidates = 10000, seed = 0 }   # any keyword of embrm.overopt.overopt_dataset
+
+Its embeddings come with it (Dataset.vectors): nothing is embedded or cached.
+
 Named datasets:
 
 The local data directory is `--data-dir`, else $EMBRM_DATA_DIR, else ~/.cache/embrm/data. A file found there is
@@ -30,6 +40,7 @@ to put it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 import tomllib
@@ -42,6 +53,10 @@ import polars as pl
 
 from embrm.data import Dataset, load_file, load_pairs, load_pool
 from embrm.errors import EmbrmError
+from embrm.overopt import overopt_dataset
+
+# Datasets made by a generator from their parameters (with their own embeddings) instead of read from a file.
+GENERATORS = {"overopt": overopt_dataset}
 
 # Column roles a declaration may map, and the loader option each becomes.
 COLUMN_ROLES = {"prompt_id": "prompt_id_col", "prompt": "prompt_col", "response": "response_col", "gold": "gold_col",
@@ -95,10 +110,12 @@ class DatasetSpec:
     exclude: Exclusion | None = None
     answer_source: str | None = None  # the column naming each answer's author (e.g. model)
     half: int = 0  # 0: every prompt; 1 or 2: one of two disjoint halves of the prompts (embrm run --replicate)
+    params: tuple = ()  # a generated dataset's sorted (keyword, value) pairs (GENERATORS)
 
     @property
     def label(self) -> str:
-        base = self.name or (self.source if self.source in REGISTRY else Path(self.source).name)
+        base = self.name or (self.source if self.source in REGISTRY or self.source in GENERATORS
+                             else Path(self.source).name)
         return f"{base}.half{self.half}" if self.half else base
 
     def loader_options(self) -> dict:
@@ -244,9 +261,9 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
         spec = read_declaration(source)
     else:
         key = str(source)
-        if key not in REGISTRY and not Path(key).exists() and not Path(key).suffix:
-            raise EmbrmError(f"unknown dataset {key!r}: use one of {', '.join(REGISTRY)}, a data file or a "
-                             f"dataset declaration (.toml)")
+        if key not in REGISTRY and key not in GENERATORS and not Path(key).exists() and not Path(key).suffix:
+            raise EmbrmError(f"unknown dataset {key!r}: use one of {', '.join([*REGISTRY, *GENERATORS])}, a data "
+                             f"file or a dataset declaration (.toml)")
         spec = DatasetSpec(key)
     roles = {option: role for role, option in COLUMN_ROLES.items()}
     given = {roles[k]: v for k, v in columns.items() if v is not None}
@@ -258,7 +275,7 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
     if given or name or exclude:
         spec = replace(spec, name=name or spec.name, columns=tuple(sorted({**dict(spec.columns), **given}.items())),
                        exclude=exclude or spec.exclude)
-    if spec.columns and spec.source in REGISTRY:
+    if spec.columns and (spec.source in REGISTRY or spec.source in GENERATORS):
         raise EmbrmError(f"{spec.source} is a named dataset that knows its columns: drop the column options")
     return spec
 
@@ -266,6 +283,8 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
 def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpec:
     """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude."""
     allowed = {"path", "name", "columns", "exclude", "answer_source"}
+    if isinstance(doc, dict) and "generate" in doc:
+        return _generated_spec(doc, where)
     if not isinstance(doc, dict):
         raise EmbrmError(f"{where}: expected a table with path, columns, exclude")
     for key in doc:
@@ -284,6 +303,28 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
         raise EmbrmError(f"{where} columns: map roles ({', '.join(COLUMN_ROLES)}) to column names (strings)")
     return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
                        _exclusion_from(doc.get("exclude"), f"{where} exclude"), doc.get("answer_source") or None)
+
+
+def _generated_spec(doc: dict, where: str) -> DatasetSpec:
+    """generate = "<generator>", name, params = {keyword = value}: checked against the generator's keywords."""
+    unknown = set(doc) - {"generate", "name", "params"}
+    if unknown:
+        raise EmbrmError(f"{where}: unknown key '{sorted(unknown)[0]}': a generated dataset takes generate, name, "
+                         f"params")
+    kind, params = doc["generate"], doc.get("params", {})
+    if kind not in GENERATORS:
+        raise EmbrmError(f"{where}: generate = {kind!r} is not a generator: use one of {', '.join(GENERATORS)}")
+    if not isinstance(doc.get("name", ""), str):
+        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    keywords = [k for k in inspect.signature(GENERATORS[kind]).parameters if k != "chunk_rows"]
+    if not isinstance(params, dict):
+        raise EmbrmError(f"{where}: params must be a table of {', '.join(keywords)}")
+    for key, value in params.items():
+        if key not in keywords:
+            raise EmbrmError(f"{where} params: unknown key '{key}': use {', '.join(keywords)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EmbrmError(f"{where} params: {key} must be a number, got {value!r}")
+    return DatasetSpec(kind, doc.get("name"), params=tuple(sorted(params.items())))
 
 
 def _exclusion_from(doc, where: str) -> Exclusion | None:
@@ -332,7 +373,11 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
     The exclusion rule (the registry's, the declaration's or `exclude="COLUMN=REGEX"`) marks the `excluded` rows;
     attachments (e.g. published reward models' picks) are fetched with the data."""
     spec = dataset_spec(source, name=name, exclude=exclude, **columns)
-    if spec.source in REGISTRY:
+    if spec.source in GENERATORS:
+        ds, _ = GENERATORS[spec.source](**dict(spec.params))
+        ds.name = spec.name or ds.name
+        rule, author = spec.exclude, None
+    elif spec.source in REGISTRY:
         info = REGISTRY[spec.source]
         loader = load_pool if info.kind == "pool" else load_pairs
         ds = loader(fetch(info, data_dir), name=spec.name or info.name, **info.columns)

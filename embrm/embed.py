@@ -6,6 +6,7 @@ DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,8 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     A warm call (everything cached) never loads the model.
     """
     start = time.perf_counter()
+    if isinstance(data, Dataset) and data.vectors is not None:
+        return carried_vectors(data)
     responses = data.responses if isinstance(data, Dataset) else data
     embedder = embedder if embedder is not None else make_embedder()
     if batch_size < 1:
@@ -157,6 +160,19 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
                        str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3),
                        int(truncated.sum()), int(response_cut.sum()), indistinguishable_prompts(responses, X))
+
+
+def carried_vectors(ds: Dataset) -> EmbedResult:
+    """The vectors a dataset comes with (a generated pool), in the form embedding returns: nothing is embedded or
+    cached; the fingerprint is a digest of the vectors themselves."""
+    X = np.ascontiguousarray(ds.vectors, dtype=np.float32)
+    if X.ndim != 2 or len(X) != len(ds.responses):
+        raise EmbrmError(f"{ds.name}: its vectors have shape {X.shape} for {len(ds.responses)} responses: one row "
+                         f"per response")
+    digest = hashlib.blake2b(X.tobytes(), digest_size=16).hexdigest()
+    spec = {"backend": "carried", "model": ds.name, "dim": int(X.shape[1])}
+    return EmbedResult(X, ds.responses["response_id"].to_list(), len(X), len(X), 0, len(X), int(X.shape[1]), "",
+                       f"carried-{digest}", spec, 0.0)
 
 
 def indistinguishable_prompts(responses: pl.DataFrame, X: np.ndarray) -> list[str]:
@@ -178,6 +194,8 @@ def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict, cache_dir: str |
 
     Needs no model: every text must already be cached.
     """
+    if isinstance(data, Dataset) and data.vectors is not None:
+        return carried_vectors(data).X
     responses = data.responses if isinstance(data, Dataset) else data
     texts, _ = render(responses, spec["template"])
     cache = EmbeddingCache(cache_dir, spec)

@@ -24,6 +24,9 @@ from embrm.labels import pair_indices
 from embrm.plots import plot_bon, plot_gao_fit
 
 MAX_EVAL_PAIRS = 200_000
+# Listing every within-prompt pair (a self-join) costs sum N_p^2 rows: the real pools need ~10^6; pools of thousands
+# of candidates would need billions, so beyond this their held-out pairs are sampled instead.
+JOIN_LIMIT = 20_000_000
 
 
 def rows_of(responses: pl.DataFrame, prompt_ids) -> np.ndarray:
@@ -57,15 +60,41 @@ class FitMetrics:
 
 def gold_order_pairs(responses: pl.DataFrame, prompt_ids, max_pairs: int = MAX_EVAL_PAIRS, seed: int = 0,
                      usable: np.ndarray | None = None) -> np.ndarray:
-    """All within-prompt pairs of usable responses with different gold, better first, as row indices (m, 2)."""
+    """Within-prompt pairs of usable responses with different gold, better first, as row indices (m, 2): all of
+    them, or a uniformly random max_pairs of them. Pools too large to list every pair (sum of N_p^2 above
+    JOIN_LIMIT, e.g. thousands of candidates per prompt) are sampled directly (see _sampled_pairs)."""
     keep = responses["scored"].to_numpy() if usable is None else usable
     rows = (responses.with_row_index("row").filter(pl.Series(keep) & pl.col("prompt_id").is_in(list(prompt_ids)))
             .select("row", "prompt_id", "gold"))
+    sizes = rows.group_by("prompt_id").len()["len"].to_numpy().astype(np.int64)
+    if int((sizes * sizes).sum()) > JOIN_LIMIT:
+        return _sampled_pairs(rows.sort("prompt_id", maintain_order=True), max_pairs, seed)
     pairs = (rows.join(rows, on="prompt_id", suffix="_b").filter(pl.col("gold") > pl.col("gold_b"))
              .select("row", "row_b").to_numpy().astype(np.int64))
     if len(pairs) > max_pairs:
         pairs = pairs[np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False)]
     return pairs
+
+
+def _sampled_pairs(rows: pl.DataFrame, max_pairs: int, seed: int) -> np.ndarray:
+    """Up to max_pairs distinct within-prompt pairs with different gold, drawn uniformly from all such pairs
+    without listing them: a prompt with probability proportional to its N_p (N_p - 1) ordered pairs, then two
+    distinct members; pairs with equal gold are dropped, the rest oriented better first and deduplicated."""
+    prompt = rows["prompt_id"].rank("dense").to_numpy().astype(np.int64) - 1
+    sizes = np.bincount(prompt)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    gold, row = rows["gold"].to_numpy(), rows["row"].to_numpy().astype(np.int64)
+    rng = np.random.default_rng(seed)
+    weight = (sizes * (sizes - 1)).astype(np.float64)
+    p = rng.choice(len(sizes), 2 * max_pairs, p=weight / weight.sum())
+    i = rng.integers(0, sizes[p])
+    j = rng.integers(0, sizes[p] - 1)
+    a, b = starts[p] + i, starts[p] + j + (j >= i)  # j skips i: two distinct members
+    a, b = a[gold[a] != gold[b]], b[gold[a] != gold[b]]
+    better = gold[a] > gold[b]
+    pairs = np.unique(np.stack([np.where(better, a, b), np.where(better, b, a)], axis=1), axis=0)
+    pairs = pairs[rng.permutation(len(pairs))[:max_pairs]]
+    return np.stack([row[pairs[:, 0]], row[pairs[:, 1]]], axis=1)
 
 
 def held_out_pairs(ds: Dataset, test_prompts: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -169,6 +198,7 @@ class BonResult:
     random_at_n_max: float
     oracle_at_n_max: float
     # prompt_id, random, oracle, pick {proxy: gold of its top pick}[, excluded {proxy: share of excluded top picks}]
+    # [, n (the grid) and mean_curve (per prompt: the ensemble mean's expected gold at each n)]
     per_prompt: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -176,6 +206,12 @@ class BonResult:
                                             "oracle_at_n_max", "per_prompt")}
         d["aggregations"] = {name: asdict(s) for name, s in self.proxies.items()}
         return d
+
+    @property
+    def grid(self) -> str:
+        """The values of n the curves hold, in words: "n = 1..N" or "K values of n in 1..N"."""
+        n = self.curves.n
+        return f"n = 1..{self.n_max}" if self.curves.all_n else f"{len(n)} values of n in 1..{self.n_max}"
 
     def frame(self) -> pl.DataFrame:
         """One row per (proxy, n): the curves, with this pool's name."""
@@ -190,21 +226,29 @@ class BonResult:
 
 
 def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool: str = "pool",
-              n_max: int | None = None, excluded: np.ndarray | None = None, gold: np.ndarray | None = None,
-              ) -> BonResult:
+              n_max: int | None = None, n_grid=None, excluded: np.ndarray | None = None,
+              gold: np.ndarray | None = None, mean_curve: bool = False) -> BonResult:
     """Exact Best-of-n curves of every proxy on the scored rows where `rows`, judged by `gold` (default: the
-    table's; e.g. a length-controlled gold); with `excluded`, each proxy's excluded pick rate at n = N too."""
+    table's; e.g. a length-controlled gold), at the n of `n_grid` (embrm.bon.bon_curves: every n for the usual
+    pools, a log-spaced grid for very large ones); with `excluded`, each proxy's excluded pick rate at n = N too;
+    with `mean_curve`, the ensemble mean's expected gold at every n per prompt (where it peaks: embrm.findings)."""
     gold = responses["gold"].to_numpy().astype(np.float64) if gold is None else np.asarray(gold, np.float64)
     rows = rows & responses["scored"].to_numpy() & np.isfinite(gold)
     if not rows.any():
         raise EmbrmError("no scored responses on the evaluation prompts: evaluate on --prompts all, or use a pool "
                          "with gold scores")
     pid = responses["prompt_id"].to_numpy()
-    curves = bon_curves(pid, proxies, gold, n_max, mask=rows)
+    curves = bon_curves(pid, proxies, gold, n_max, mask=rows, n_grid=n_grid,
+                        per_prompt=mean_curve and "mean" in proxies)
     _, rho = M.per_prompt_spearman(proxies, gold, pid, mask=rows, by_prompt=True)
     rho = np.asarray(rho).reshape(len(rho), -1)
     length_rho = M.per_prompt_spearman(proxies, M.length_reward(responses).astype(np.float64), pid, mask=rows)
     per_prompt = top_picks(pid, proxies, gold, rows, excluded)
+    if curves.per_prompt_gold is not None:
+        order = np.argsort(curves.prompts.astype(str))  # top_picks' prompts are sorted
+        per_prompt["n"] = curves.n.tolist()
+        mean = curves.per_prompt_gold[curves.aggregations.index("mean")][order]
+        per_prompt["mean_curve"] = np.round(mean.astype(np.float64), 6).tolist()
     picks, rand, orc = per_prompt["pick"], np.mean(per_prompt["random"]), np.mean(per_prompt["oracle"])
     summaries = {}
     for j, name in enumerate(curves.aggregations):

@@ -75,13 +75,17 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
     options = dict(cache_dir=cache_dir, template=study.embedder.template, batch_size=study.embedder.batch_size,
                    progress=progress)
     if any(learner.length_control == "rrm" for learner in study.learners):
+        for label in [d.label for d, ds in loaded.items() if ds.vectors is not None]:
+            raise EmbrmError(f"{label}: a generated dataset has vectors but no texts to embed, and the rrm learner "
+                             f"needs other prompts' answers embedded under each prompt: run rrm in another study")
         # RRM's other-prompt answers under each prompt: texts of their own, embedded once
         halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
         for ds in [*loaded.values(), *halves]:
             embed_dataset(rrm_dataset(ds), embedder, **options)
     for dataset, ds in loaded.items():
         res = embed_dataset(ds, embedder, **options)
-        spec, seconds[dataset.label] = res.spec, res.seconds
+        seconds[dataset.label] = res.seconds
+        spec = spec if ds.vectors is not None else res.spec  # the embedder's, for the jobs' cache reads
         facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
                                                              "indistinguishable")}
         facts[dataset.label]["inputs"] = inputs_digest(ds, res)

@@ -139,9 +139,8 @@ def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]
     """Per length-controlled learner: does it beat length-only on length-controlled gold, beat its plain learner
     there, and pick fewer probes than its plain learner?"""
     out = []
-    learners = sorted({r["learner"] for r in results if r["dataset"] == dataset and "." in r["learner"]})
-    for learner in learners:
-        base = learner.split(".", 1)[0]
+    controlled = {r["learner"]: _base_learner(r) for r in results if r["dataset"] == dataset and not _plain(r)}
+    for learner, base in sorted(controlled.items()):
         lc = _records(results, dataset, "pool-lc")
         effect = _effect(_bon_units(_same_job(lc, None, {learner}), "pool-lc", "mean", "length", "gain"))
         if effect is not None:
@@ -161,6 +160,89 @@ def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]
                 out.append(Finding(f"{dataset}|all|{learner}-vs-{base}|{what}", dataset, "all", "embrm",
                                    f"length control ({learner}) picks fewer {what} than the plain {base}",
                                    f"{what} pick-rate difference ({learner} − {base}, mean)", -1, effect))
+    return out
+
+
+def _control(r: dict) -> str:
+    """The job's length control (results before it was recorded: read from the learner's name, `<head>.<control>`)."""
+    if "length_control" in r:
+        return r["length_control"]
+    parts = r["learner"].split(".")
+    return parts[1].replace("-", "_") if len(parts) > 1 and not parts[1].startswith("k") else "none"
+
+
+def _plain(r: dict) -> bool:
+    return _control(r) == "none"
+
+
+def _base_learner(r: dict) -> str:
+    """The same learner without its length control (`mlp.posthoc` -> `mlp`, `mlp.odin.k10` -> `mlp.k10`)."""
+    return r["learner"].replace("." + _control(r).replace("_", "-"), "", 1)
+
+
+def _size_pairs(results: list[dict], learner: str, base: str) -> list[tuple[dict, dict]]:
+    """(run of `learner`, run of `base`) of the same noise and seed."""
+    other = {(r["noise"], r["seed"]): r for r in results if r["learner"] == base}
+    return [(r, other[(r["noise"], r["seed"])]) for r in results
+            if r["learner"] == learner and (r["noise"], r["seed"]) in other]
+
+
+def _ensemble_size_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+    """A learner with its own ensemble size (`<learner>.k<K>`) against the same learner at the study's K, per noise:
+    the gain of their means at n = N (Coste et al. report 4-5 members enough)."""
+    out = []
+    pool = _records(results, dataset, "pool")
+    sized = {r["learner"]: (re.sub(r"\.k\d+$", "", r["learner"]), r["k"]) for r in pool
+             if "k" in r and re.search(r"\.k\d+$", r["learner"])}
+    for learner, (base, k) in sorted(sized.items()):
+        base_k = next((r["k"] for r in pool if r["learner"] == base and "k" in r), None)
+        if base_k is None or base_k == k:
+            continue
+        bigger, smaller = (learner, base) if k > base_k else (base, learner)
+        for noise in noises:
+            runs = [p for p in _size_pairs(pool, learner, base) if p[0]["noise"] == noise]
+            effect = _effect(_bon_units(runs, "pool", "mean", "mean", "gain"))
+            if effect is not None:
+                out.append(Finding(f"{dataset}|{noise}|{learner}-vs-{base}", dataset, noise, "Coste et al.",
+                                   f"the larger ensemble ({bigger}, K = {max(k, base_k)}) beats the smaller "
+                                   f"({smaller}, K = {min(k, base_k)}) at n = N", f"gain difference ({learner} − "
+                                   f"{base}, mean)", +1 if k > base_k else -1, effect))
+    return out
+
+
+def _peak_units(runs: list[dict]) -> list[Unit]:
+    """Per run: the mean's expected gold at the n where the OTHER seeds' mean curves peak (cross-fitted, so that the
+    peak is not chosen on the prompts it is measured on) against its gold at n = N (the whole pool), per prompt."""
+    units = []
+    for r in runs:
+        pp = r["bon"]["pool"]["per_prompt"]
+        others = [o["bon"]["pool"]["per_prompt"] for o in runs if o["seed"] != r["seed"]
+                  and o["learner"] == r["learner"] and o["noise"] == r["noise"]]
+        others = [o for o in others if o.get("n") == pp.get("n") and "mean_curve" in o]
+        if "mean_curve" not in pp or not others:
+            continue
+        peak = int(np.nanargmax(np.mean([np.nanmean(np.asarray(o["mean_curve"], np.float64), axis=0)
+                                         for o in others], axis=0)))
+        random, oracle = np.asarray(pp["random"]), np.asarray(pp["oracle"])
+        at_peak = np.asarray(pp["mean_curve"], np.float64)[:, peak]
+        keep = np.isfinite(at_peak)  # a prompt whose pool is smaller than the peak n has no value there
+        units.append(Unit(r["seed"], f"{r['noise']}/{r['learner']}", np.asarray(pp["prompt_id"])[keep],
+                          (at_peak - random)[keep], (np.asarray(pp["pick"]["mean"]) - random)[keep],
+                          (oracle - random)[keep]))
+    return units
+
+
+def _overoptimisation_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+    """Gao et al.: the ensemble mean's gold at its peak n exceeds its gold at n = N (it falls past the peak)."""
+    out = []
+    pool = _records(results, dataset, "pool")
+    for noise in noises:
+        effect = _effect(_peak_units([r for r in pool if r["noise"] == noise]))
+        if effect is not None:
+            out.append(Finding(f"{dataset}|{noise}|overoptimisation-drop", dataset, noise, "Gao et al.",
+                               "over-optimisation: the ensemble mean's gold falls from its peak n to n = N "
+                               "(peak n chosen on the other seeds' prompts)",
+                               "gain difference (mean at the peak n − mean at n = N)", +1, effect))
     return out
 
 
@@ -215,12 +297,15 @@ def findings(results: list[dict], bon: pl.DataFrame) -> list[Finding]:
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     for dataset in datasets:
         runs = [r for r in results if r["dataset"] == dataset]
-        plain = [r for r in runs if "." not in r["learner"]]  # Learner.name marks a length control with ".<control>"
+        plain = [r for r in runs if _plain(r)]
         noises = list(dict.fromkeys(r["noise"] for r in runs if r["noise"] != "human"))
         if runs and runs[0].get("bon"):
             out += _aggregation_findings(plain, dataset, noises)
+            out += _overoptimisation_findings(plain, dataset, noises)
+            out += _ensemble_size_findings(plain, dataset, noises)
             out += _length_control_findings(runs, dataset)
-            if (gao := _overoptimisation(bon.filter(~pl.col("learner").str.contains(".", literal=True)), dataset)):
+            plain_names = sorted({r["learner"] for r in plain})
+            if bon.height and (gao := _overoptimisation(bon.filter(pl.col("learner").is_in(plain_names)), dataset)):
                 out.append(gao)
         out += _accuracy_findings(plain, dataset, noises)
     return out

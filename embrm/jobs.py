@@ -36,7 +36,7 @@ from embrm.pipeline import run_experiment
 from embrm.progress import Progress
 from embrm.study import Job, Study
 
-RESULT_VERSION = 4  # 4: per-prompt records, length-controlled gold, length correlations
+RESULT_VERSION = 5  # 5: Best-of-n on a grid of n, the mean's per-prompt curve, length control and K recorded
 BACKENDS = OneOf(("local", "ray"))
 WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
@@ -71,11 +71,12 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     X = _embeddings(job.dataset, data_dir, spec_json, str(cache_dir))
     augment = (_augment(job.dataset, data_dir, spec_json, str(cache_dir)) if job.learner.length_control == "rrm"
                else None)
-    result = run_experiment(ds, X, job.protocol(study), augment=augment, threads=threads, progress=False)
+    protocol = job.protocol(study)
+    result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
     out, frame = result.to_dict(), result.frame()
     out.update(key=job.key, kind=job.kind, dataset=job.dataset.label, learner=job.learner.name,
-               head=job.learner.head, mode=job.learner.mode, seed=job.seed,
-               noise=job.noise.name if job.noise else "human", seconds=time.perf_counter() - start,
+               head=job.learner.head, mode=job.learner.mode, length_control=job.learner.length_control, k=protocol.k,
+               seed=job.seed, noise=job.noise.name if job.noise else "human", seconds=time.perf_counter() - start,
                version=RESULT_VERSION, curves_rows=frame.height)  # a resume checks the curves file against it
     return {"result": out, "curves": None if frame.is_empty() else frame.to_dict(as_series=False)}
 

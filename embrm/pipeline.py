@@ -214,7 +214,8 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not ds.has_gold:
         return result
     scored = proxies(ds, X, ensemble, scores, split_, protocol)
-    result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, n_max=protocol.n_max)
+    grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
+    result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
     try:
         controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
     except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
@@ -222,10 +223,10 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     else:
         result.length_effect = controlled.to_dict()
         result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
-                                          n_max=protocol.n_max, gold=controlled.gold)
+                                          gold=controlled.gold, **grid)
     if protocol.with_excluded and ds.excluded.any():
         result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
-                                                      n_max=protocol.n_max, excluded=ds.excluded)
+                                                      excluded=ds.excluded, **grid)
     if "published_picks" in ds.attachments:
         result.published = published_picks(ds.responses, evaluated & ~ds.excluded, ds.attachments["published_picks"])
     return result

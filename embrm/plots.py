@@ -90,8 +90,9 @@ def plot_bon(curves, path, x: str = "kl", *, references: dict[str, float] | None
     ax_g.set_title("Gold (true) reward vs optimisation")
     ax_p.set_title("Proxy reward vs optimisation")
     ax_g.legend(fontsize=8, loc="best")
-    n_max = int(df["n"].max())
-    fig.suptitle(title or f"Best-of-n, n = 1..{n_max}")
+    n_max, points = int(df["n"].max()), df["n"].n_unique()
+    grid = f"n = 1..{n_max}" if points == n_max else f"{points} values of n in 1..{n_max}"
+    fig.suptitle(title or f"Best-of-n, {grid}")
     return save_figure(fig, path)
 
 

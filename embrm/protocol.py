@@ -46,6 +46,8 @@ RULES = {
     "flip": Number(0, 0.5, hi_open=True),  # 0.5 is coin flips, above it the labels invert
 }
 SHOWN_AS = {"k": "k (ensemble size)", "n_max": "n_max (largest n of Best-of-n)"}
+N_GRIDS = ("all", "log")  # every n, or a log-spaced grid (embrm.bon.log_grid); None: "all" up to bon.ALL_N_LIMIT
+MAX_GRID = 10_000  # values of n in a user grid: the curves keep (aggregations x grid) numbers per pool
 
 
 def _check(obj, names: tuple[str, ...]) -> None:
@@ -83,9 +85,12 @@ class Learner:
     mode: str = "independent"
     params: tuple = ()
     length_control: str = "none"
+    k: int | None = None  # this learner's ensemble size, when it differs from the Protocol's (a study's learners)
 
     def __post_init__(self):
         _check_choice("head", self.head, HEADS)
+        if self.k is not None:
+            check_value(SHOWN_AS["k"], self.k, RULES["k"])
         _check_choice("mode", self.mode, MODES)
         _check_choice("length_control", self.length_control, LENGTH_CONTROLS)
         if self.length_control == "odin" and (self.head == "lgbm" or self.mode not in ("independent", "bootstrap")):
@@ -105,7 +110,7 @@ class Learner:
     def name(self) -> str:
         suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads"}
         control = "" if self.length_control == "none" else "." + self.length_control.replace("_", "-")
-        return self.head + suffix[self.mode] + control
+        return self.head + suffix[self.mode] + control + ("" if self.k is None else f".k{self.k}")
 
     def head_params(self) -> dict:
         """The head's parameters (ODIN's loss weights are odin_params)."""
@@ -119,7 +124,8 @@ class Learner:
 
     def to_dict(self) -> dict:
         control = {} if self.length_control == "none" else {"length_control": self.length_control}
-        return {"head": self.head, "mode": self.mode, **control, **dict(self.params)}
+        size = {} if self.k is None else {"k": self.k}
+        return {"head": self.head, "mode": self.mode, **control, **size, **dict(self.params)}
 
 
 # The default study's learners; `embrm fit --head X` starts from DEFAULT_LEARNERS[X].
@@ -190,16 +196,20 @@ class Protocol:
     member: int = 0  # the member 'single' reports
     with_excluded: bool = True
     n_max: int | None = None
+    n_grid: str | tuple | None = None  # the n of Best-of-n: None (automatic), "all", "log" or the values themselves
 
     def __post_init__(self):
         if not isinstance(self.learner, Learner) or not isinstance(self.labels, LabelConfig):
             raise EmbrmError("Protocol(learner=Learner(...), labels=LabelConfig(...)): got "
                              f"{type(self.learner).__name__} and {type(self.labels).__name__}")
+        if self.learner.k is not None:  # the learner's own ensemble size wins (one K per experiment)
+            object.__setattr__(self, "k", self.learner.k)
         _check(self, ("k", "seed", "test_size", "lam", "lcb_beta", "temperature", "n_max"))
         _check_aggregations(self.aggregations)
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         check_value("member", self.member, Integer(0, self.k - 1))  # the member 'single' reports: one of the K
         _check_bool("with_excluded", self.with_excluded)
+        object.__setattr__(self, "n_grid", checked_n_grid(self.n_grid))
 
     def aggregation_params(self) -> dict:
         return {"lam": self.lam, "beta": self.lcb_beta, "temperature": self.temperature, "member": self.member}
@@ -216,12 +226,25 @@ class Protocol:
             d = dict(d)
             learner = dict(d.pop("learner"))
             head, mode = learner.pop("head"), learner.pop("mode")
-            control = learner.pop("length_control", "none")
-            d["learner"] = Learner(head, mode, learner, control)
+            control, size = learner.pop("length_control", "none"), learner.pop("k", None)
+            d["learner"] = Learner(head, mode, learner, control, size)
             d["labels"] = LabelConfig(**d["labels"])
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:
             raise EmbrmError(f"a saved protocol is damaged ({type(e).__name__}: {e}): re-fit the model") from None
+
+
+def checked_n_grid(grid) -> str | tuple | None:
+    """None, "all", "log", or the values of n as a sorted tuple of distinct integers >= 1 (an n beyond a prompt's
+    pool is refused with the data, by embrm.bon)."""
+    if grid is None or grid in N_GRIDS:
+        return grid
+    if isinstance(grid, str) or not isinstance(grid, (list, tuple)) or not 1 <= len(grid) <= MAX_GRID:
+        raise EmbrmError(f"n_grid must be {' or '.join(repr(g) for g in N_GRIDS)} or a list of 1 to {MAX_GRID:,} "
+                         f"integers n >= 1, got {shown(grid)}")
+    for n in grid:
+        check_value("n_grid value", n, Integer(1, 1_000_000))
+    return tuple(sorted({int(n) for n in grid}))
 
 
 def _check_aggregations(aggregations) -> None:

@@ -15,6 +15,8 @@ exist is one error naming the file, the key and the allowed values.
     aggregations = ["mean", "min", "median", "uwo", "lcb", "single"]
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
+    n_grid = "log"              # Best-of-n's n: "all", "log" (~100 log-spaced n, with 1 and N) or a list; left out:
+                                # every n for pools up to embrm.bon.ALL_N_LIMIT candidates, the log grid beyond
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
@@ -31,6 +33,7 @@ exist is one error naming the file, the key and the allowed values.
     [[noise]]                   # one entry per annotator: beta (Bradley-Terry) or flip (Coste et al.)
     name = "bt10"
     beta = 10.0
+    n_pairs = 250               # optional: this annotator's label budget (default: [labels] n_pairs)
 
     [[learners]]                # head = "linear" | "mlp" | "lgbm"; mode = "independent" | "bootstrap" |
     head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters, with the
@@ -38,9 +41,11 @@ exist is one error naming the file, the key and the allowed values.
     mode = "independent"
     hidden = [256, 128]
     length_control = "odin"     # none | posthoc | posthoc_global | odin (+ lam_length, lam_quality, lam_orth) | rrm
+    k = 10                      # optional: this learner's ensemble size (default: the study's k; its name gets .k10)
 
 A `datasets` / `human_pairs` entry is a named dataset (`embrm datasets`), a data file or a dataset declaration
-(.toml, see embrm.datasets), or a table that declares a file in place (paths relative to the study file):
+(.toml, see embrm.datasets), a table that declares a file in place (paths relative to the study file), or a
+generated pool with a known gold (`generate = "overopt"`, `params = {...}`: embrm.overopt; studies/overopt.toml):
 
     [[datasets]]
     path = "my_pool.jsonl"
@@ -64,7 +69,7 @@ from pathlib import Path
 
 import polars as pl
 
-from embrm.datasets import REGISTRY, DatasetSpec, dataset_spec, spec_from_table
+from embrm.datasets import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
 from embrm.embed import EmbedderConfig, render
 from embrm.errors import EmbrmError
 from embrm.heads.checks import SEED, Integer, check_value, shown
@@ -85,6 +90,7 @@ class Noise:
     name: str
     beta: float | None = None
     flip: float | None = None
+    n_pairs: int | None = None  # this annotator's label budget (default: the study's [labels] n_pairs)
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Study:
     lcb_beta: float = 1.0
     with_excluded: bool = True
     replicate: bool = True
+    n_grid: str | list | None = None  # Best-of-n's n: None (every n up to embrm.bon.ALL_N_LIMIT), "all", "log", [n...]
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     labels: dict = field(default_factory=lambda: {"n_pairs": 1000, "within_prompt": True})
@@ -135,10 +142,10 @@ class Job:
         if self.noise is None:
             labels = LabelConfig("human")
         else:
-            labels = LabelConfig("simulated", self.noise.beta, self.noise.flip, study.labels["n_pairs"],
-                                 study.labels.get("within_prompt", True))
+            labels = LabelConfig("simulated", self.noise.beta, self.noise.flip,
+                                 self.noise.n_pairs or study.labels["n_pairs"], study.labels.get("within_prompt", True))
         return Protocol(self.learner, labels, study.k, study.test_size, self.seed, tuple(study.aggregations),
-                        study.lam, study.lcb_beta, with_excluded=study.with_excluded)
+                        study.lam, study.lcb_beta, with_excluded=study.with_excluded, n_grid=study.n_grid)
 
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
@@ -175,10 +182,11 @@ def load_study(path: str | Path | None = None) -> Study:
 
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
-       "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool, "methods": list, "embedder": dict,
+       "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
+       "n_grid": (str, list), "methods": list, "embedder": dict,
        "labels": dict, "noise": list, "learners": list}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
-NOISE_KEYS = {"name": str, "beta": float, "flip": float}
+NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
 
 
 def _typed(where: str, key: str, value, kind):
@@ -247,7 +255,7 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
     """A validated Study; `base` is the study file's directory (dataset tables' paths are relative to it)."""
     doc = _check_keys(where, doc, TOP)
     study = Study()
-    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate"):
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid"):
         if key in doc:
             setattr(study, key, doc[key])
     for key in ("seeds", "aggregations", "methods"):
@@ -280,7 +288,7 @@ def _dataset(where: str, entry, base: Path) -> DatasetSpec:
         if entry not in REGISTRY and not Path(entry).exists() and (base / entry).exists():
             entry = str(base / entry)  # a file beside the study file
         spec = _checked(where, lambda: dataset_spec(entry))  # its error says what a name, a file, a .toml is
-    if spec.source not in REGISTRY and not Path(spec.source).is_file():
+    if spec.source not in REGISTRY and spec.source not in GENERATORS and not Path(spec.source).is_file():
         what = "a directory" if Path(spec.source).is_dir() else "not an existing file"
         raise EmbrmError(f"{where}: {spec.source!r} is {what}: give a named dataset ({', '.join(REGISTRY)}) or a "
                          f"data file")
@@ -305,9 +313,11 @@ def _noise(where: str, doc) -> Noise:
     doc = _check_keys(where, doc, NOISE_KEYS)
     if ("beta" in doc) == ("flip" in doc):
         raise EmbrmError(f"{where}: give exactly one of beta (Bradley-Terry annotator) or flip (flip rate)")
-    _checked(where, lambda: LabelConfig("simulated", doc.get("beta"), doc.get("flip")))
+    _checked(where, lambda: LabelConfig("simulated", doc.get("beta"), doc.get("flip"), doc.get("n_pairs", 1000)))
     name = doc.get("name") or (f"bt{doc['beta']:g}" if "beta" in doc else f"flip{doc['flip']:g}")
-    return Noise(_plain_name(where, "name", name), doc.get("beta"), doc.get("flip"))
+    if "n_pairs" in doc and "name" not in doc:
+        name += f"-{doc['n_pairs']}"
+    return Noise(_plain_name(where, "name", name), doc.get("beta"), doc.get("flip"), doc.get("n_pairs"))
 
 
 def _learner(where: str, doc) -> Learner:
@@ -315,9 +325,9 @@ def _learner(where: str, doc) -> Learner:
     if not isinstance(doc, dict) or "head" not in doc:
         raise EmbrmError(f"{where}: needs head = one of linear, mlp, lgbm (and optionally mode, length_control and "
                          f"the head's parameters)")
-    params = {k: v for k, v in doc.items() if k not in ("head", "mode", "length_control")}
+    params = {k: v for k, v in doc.items() if k not in ("head", "mode", "length_control", "k")}
     return _checked(where, lambda: Learner(doc["head"], doc.get("mode", "independent"), params,
-                                           doc.get("length_control", "none")))
+                                           doc.get("length_control", "none"), doc.get("k")))
 
 
 def _validate(study: Study, where: str) -> None:
@@ -335,7 +345,8 @@ def _validate(study: Study, where: str) -> None:
         _one_of(where, "methods entry", method, METHODS)
     _distinct(where, "methods", study.methods)
     _checked(where, lambda: Protocol(k=study.k, test_size=study.test_size, aggregations=tuple(study.aggregations),
-                                     lam=study.lam, lcb_beta=study.lcb_beta, with_excluded=study.with_excluded))
+                                     lam=study.lam, lcb_beta=study.lcb_beta, with_excluded=study.with_excluded,
+                                     n_grid=study.n_grid))
     if not study.seeds:
         raise EmbrmError(f"{where}: seeds is empty: give at least one seed (three or more for intervals)")
     if not study.learners or (not study.datasets and not study.human_pairs):

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from embrm.aggregate import AGGREGATIONS
+from embrm.bon import ALL_N_LIMIT
 from embrm.augment import rrm_dataset
 from embrm.cli.common import (
     CacheDirOpt,
@@ -44,7 +45,7 @@ from embrm.persist import check_replaceable, package_versions
 from embrm.pipeline import SavedModel, evaluate, load_model, model_embeddings
 from embrm.pipeline import fit as fit_model
 from embrm.pipeline import score as score_model
-from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
+from embrm.protocol import DEFAULT_LEARNERS, N_GRIDS, LabelConfig, Protocol, checked_n_grid
 
 
 class Prompts(str, Enum):
@@ -225,17 +226,22 @@ def bon_sim(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Soft-min temperature.")] = None,
     member: Annotated[Optional[int], typer.Option("--member", help="The member 'single' reports.")] = None,
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the largest pool).")] = None,
+    n_grid: Annotated[Optional[str], typer.Option(
+        "--n-grid", help="The n of the curves: all | log (about 100 log-spaced n, with 1 and N) | comma-separated "
+                         f"values (default: all n up to pools of {ALL_N_LIMIT:,}, log beyond).")] = None,
     prompts: Annotated[Prompts, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] =
     Prompts.test, with_excluded: WithExcludedOpt = True, out_dir: OutDirOpt = None,
     cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text, overwrite: OverwriteOpt = False,
 ):
-    """Exact Best-of-n curves (n = 1..N) of a model's aggregations vs the length ruler and a random pick, vs KL.
+    """Exact Best-of-n curves (every n; a log grid of n for pools of thousands) of a model's aggregations vs the
+    length ruler and a random pick, vs KL.
 
     Example: embrm bon-sim alpaca-eval-models --model models/mlp-flip25 --agg mean,min,uwo --out results/bon
     """
     check_out(out_dir, overwrite)
     model = _load_model(model_dir)
     changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, n_max=n_max,
+                   n_grid=_n_grid(n_grid),
                    aggregations=tuple(split_list([agg])) if agg is not None else None)
     # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
     protocol = replace(model.protocol, with_excluded=with_excluded,
@@ -255,6 +261,19 @@ def bon_sim(
         out.print(f"curves, summary.json and plots -> {out_dir}")
 
 
+def _n_grid(value: str | None) -> str | tuple | None:
+    if value is None or value in N_GRIDS:
+        return value
+    try:
+        values = [int(v) for v in split_list([value])]
+    except ValueError:
+        raise EmbrmError(f"--n-grid {value}: give {' or '.join(N_GRIDS)} or comma-separated integers n >= 1") from None
+    try:
+        return checked_n_grid(values)
+    except EmbrmError as e:
+        raise EmbrmError(f"--n-grid {value}: {e}") from None
+
+
 def print_bon(result: Evaluation) -> None:
     """One row per proxy: Best-of-N on the pool's gold, on its length-controlled gold, and with the excluded
     responses (e.g. hacking probes) back in the pool; then the curves' shape."""
@@ -266,7 +285,7 @@ def print_bon(result: Evaluation) -> None:
     what = probes.pool.removeprefix("pool+") if probes else ""
     table = Table("proxy", "gold@N", "gain", *(["gain, length-controlled gold"] if lc else []),
                   *([f"{what} picked", f"gain, {what} in"] if probes else []), "Spearman with length", "best n",
-                  title=f"Best-of-n, n = 1..{pool.n_max} on {pool.n_prompts} prompts: random pick (expected) "
+                  title=f"Best-of-n, {pool.grid} on {pool.n_prompts} prompts: random pick (expected) "
                         f"{pool.random_at_n_max:.3f}, oracle {pool.oracle_at_n_max:.3f}")
     for proxy, s in pool.proxies.items():
         extra = [fmt(lc.proxies[proxy].gain_at_n_max)] if lc else []

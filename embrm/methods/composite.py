@@ -74,8 +74,7 @@ def bon_weight_tensor(sizes, ns) -> tuple[np.ndarray, np.ndarray]:
     for size in np.unique(sizes):
         ok = ns <= size
         if ok.any():
-            full = bon_weights(int(size), int(ns[ok].max()))
-            W[np.ix_(sizes == size, np.arange(size), np.flatnonzero(ok))] = full[:, ns[ok] - 1][None]
+            W[np.ix_(sizes == size, np.arange(size), np.flatnonzero(ok))] = bon_weights(int(size), n=ns[ok])[None]
     return W, contrib
 
 

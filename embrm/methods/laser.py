@@ -188,15 +188,17 @@ def arm_reward_matrix(prompt_index, scores, gold, n: int | None = None, *, extra
     proxies = {f"arm{j}": S[:, j] for j in range(S.shape[1])} | {f"x:{k}": np.asarray(v) for k, v in extra.items()}
     proxies["gold"] = g  # gold as its own proxy: best-of-N = pool max, best-of-1 = pool mean
     pidx = np.asarray(prompt_index).astype(str)
-    cur = bon_curves(pidx, proxies, g, per_prompt=True, dtype=np.float64)
-    ppg = cur.per_prompt_gold.astype(np.float64)                   # (A, P, N_max)
+    sizes = np.unique(pidx[np.isfinite(g)], return_counts=True)[1]  # the scored pool sizes
+    grid = np.unique(np.r_[1, sizes, np.minimum(int(n), sizes) if n is not None else []]).astype(np.int64)
+    cur = bon_curves(pidx, proxies, g, per_prompt=True, dtype=np.float64, n_grid=grid)  # only the n used below
+    ppg = cur.per_prompt_gold.astype(np.float64)                   # (A, P, len(grid))
     sizes = np.asarray(cur.pool_size)
-    col = np.minimum(sizes if n is None else int(n), sizes) - 1
+    col = cur.index(np.minimum(sizes if n is None else int(n), sizes))
     at_n = ppg[:, np.arange(len(sizes)), col]                      # (A, P)
     M = S.shape[1]
     return {"prompts": np.asarray(cur.prompts).astype(str), "bon": at_n[:M].T,
             "extra": {k: at_n[M + j] for j, k in enumerate(extra)},
-            "mean": ppg[-1, :, 0], "max": ppg[-1, np.arange(len(sizes)), sizes - 1], "pool_size": sizes}
+            "mean": ppg[-1, :, 0], "max": ppg[-1, np.arange(len(sizes)), cur.index(sizes)], "pool_size": sizes}
 
 
 # ----------------------------------------------------------------------------- the study

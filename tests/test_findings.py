@@ -1,0 +1,59 @@
+"""The findings a study's per-prompt records support: over-optimisation with a cross-fitted peak, ensemble size,
+and which learners count as plain (no length control)."""
+
+import numpy as np
+
+from embrm.findings import findings
+
+GRID = [1, 2, 4, 8, 16]
+
+
+def run(seed: int, learner: str, curve: np.ndarray, *, k: int = 5, control: str = "none", noise: str = "bt10",
+        prompts: int = 30) -> dict:
+    """A job result with the fields findings read: per-prompt random / oracle / top pick and the mean's curve."""
+    rng = np.random.default_rng([seed, len(learner)])
+    noisy = curve[None, :] + 0.02 * rng.standard_normal((prompts, len(curve)))
+    per_prompt = {"prompt_id": [f"s{seed}p{i:02d}" for i in range(prompts)], "random": [0.0] * prompts,
+                  "oracle": [1.0] * prompts, "pick": {"mean": noisy[:, -1].tolist(), "single": noisy[:, -1].tolist()},
+                  "n": GRID, "mean_curve": noisy.tolist()}
+    return {"dataset": "d", "learner": learner, "length_control": control, "k": k, "seed": seed, "noise": noise,
+            "bon": {"pool": {"per_prompt": per_prompt}}, "metrics": {}}
+
+
+def by_key(found) -> dict:
+    return {f.key: f for f in found}
+
+
+def test_a_curve_that_peaks_and_falls_is_overoptimisation_and_a_rising_one_is_not():
+    import polars as pl
+
+    falls = np.array([0.1, 0.3, 0.6, 0.4, 0.2])
+    rises = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    found = by_key(findings([run(s, "linear", falls) for s in range(3)], pl.DataFrame()))
+    drop = found["d|bt10|overoptimisation-drop"]
+    assert drop.verdict == "reproduced" and abs(drop.effect.estimate - 0.4) < 0.02
+    found = by_key(findings([run(s, "linear", rises) for s in range(3)], pl.DataFrame()))
+    still = found["d|bt10|overoptimisation-drop"]  # the cross-fitted peak is n = N itself: no drop at all
+    assert still.verdict.startswith("not reproduced") and still.effect.estimate == 0
+
+
+def test_a_flat_curve_is_not_called_overoptimised_by_picking_its_noisiest_point():
+    import polars as pl
+
+    flat = np.full(len(GRID), 0.3)
+    drop = by_key(findings([run(s, "linear", flat) for s in range(4)], pl.DataFrame()))["d|bt10|overoptimisation-drop"]
+    assert drop.verdict.startswith("not reproduced") and abs(drop.effect.estimate) < 0.01
+
+
+def test_ensemble_size_is_compared_at_the_same_noise_and_seed_and_sized_learners_stay_plain():
+    import polars as pl
+
+    results = [run(s, "linear", np.array([0.1, 0.2, 0.3, 0.3, 0.3])) for s in range(3)]
+    results += [run(s, "linear.k10", np.array([0.1, 0.2, 0.3, 0.4, 0.5]), k=10) for s in range(3)]
+    results += [run(s, "linear.posthoc", np.array([0.1, 0.2, 0.3, 0.4, 0.5]), control="posthoc") for s in range(3)]
+    found = by_key(findings(results, pl.DataFrame()))
+    size = found["d|bt10|linear.k10-vs-linear"]
+    assert size.direction == +1 and size.verdict == "reproduced" and abs(size.effect.estimate - 0.2) < 0.02
+    assert "K = 10" in size.claim and "K = 5" in size.claim
+    # the posthoc learner is a length control of `linear`, never pooled into the papers' claims
+    assert found["d|bt10|mean-vs-single"].effect.n_units == 6
