@@ -89,6 +89,8 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
         facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
                                                              "indistinguishable")}
         facts[dataset.label]["inputs"] = inputs_digest(ds, res)
+        if ds.vectors is not None:  # a generated dataset: its source says what its gold is
+            facts[dataset.label]["generated"] = ds.source
     return spec, seconds, facts
 
 

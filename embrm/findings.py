@@ -259,18 +259,37 @@ def _accuracy_units(runs: list[tuple[dict, dict]], chance: bool) -> list[Unit]:
     return units
 
 
+def _labels_of(runs: list[dict], noise: str) -> tuple:
+    """(beta, flip) and the label budget of an annotator, from its jobs' protocols (None for older results)."""
+    labels = next((r["protocol"]["labels"] for r in runs if r["noise"] == noise and "protocol" in r), None)
+    return (None, None) if labels is None else ((labels["beta"], labels["flip"]), labels["n_pairs"])
+
+
+def _accuracy_pairs(runs: list[dict], a: str, b: str) -> list[tuple[dict, dict]]:
+    first = {(r["learner"], r["seed"]): r for r in runs if r["noise"] == a}
+    return [(first[(r["learner"], r["seed"])], r) for r in runs
+            if r["noise"] == b and (r["learner"], r["seed"]) in first]
+
+
 def _accuracy_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
     out = []
     runs = [r for r in results if r["dataset"] == dataset]
-    if len(noises) >= 2:
-        first = {(r["learner"], r["seed"]): r for r in runs if r["noise"] == noises[0]}
-        paired = [(first[(r["learner"], r["seed"])], r) for r in runs
-                  if r["noise"] == noises[1] and (r["learner"], r["seed"]) in first]
-        effect = _effect(_accuracy_units(paired, chance=False))
+    labels = {n: _labels_of(runs, n) for n in noises}
+    if len(noises) >= 2 and labels[noises[0]][1] == labels[noises[1]][1]:  # two annotators, one label budget
+        effect = _effect(_accuracy_units(_accuracy_pairs(runs, noises[0], noises[1]), chance=False))
         if effect is not None:
             out.append(Finding(f"{dataset}|{noises[0]}-vs-{noises[1]}|noise-costs-accuracy", dataset,
                                f"{noises[0]} vs {noises[1]}", "Sun et al.", "label noise costs accuracy",
                                f"held-out accuracy difference ({noises[0]} − {noises[1]})", +1, effect))
+    for kind in dict.fromkeys(k for k, _ in labels.values() if k is not None):  # one annotator, several budgets
+        budgets = sorted((n_pairs, n) for n, (k, n_pairs) in labels.items() if k == kind)
+        if len(budgets) >= 2 and budgets[0][0] < budgets[-1][0]:
+            (few, a), (many, b) = budgets[0], budgets[-1]
+            effect = _effect(_accuracy_units(_accuracy_pairs(runs, b, a), chance=False))
+            if effect is not None:
+                out.append(Finding(f"{dataset}|{b}-vs-{a}|labels-raise-accuracy", dataset, f"{a} vs {b}", "embrm",
+                                   f"more labels ({many:,} rather than {few:,}) raise held-out accuracy",
+                                   f"held-out accuracy difference ({b} − {a})", +1, effect))
     effect = _effect(_accuracy_units([(r, r) for r in runs], chance=True))
     if effect is not None:
         out.append(Finding(f"{dataset}|all|above-chance", dataset, "all", "Sun et al.",

@@ -139,6 +139,8 @@ def bon_markdown(bon: pl.DataFrame, dataset: str, variant: str, noises: list[str
 
 
 def _cells(stats_: pl.DataFrame, learner: str, proxy: str, noise: str, metric: str) -> str:
+    if stats_.is_empty():
+        return "-"
     hit = stats_.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
     return "-" if hit.is_empty() else fmt(hit[metric][0], hit[f"{metric}_ci"][0])
 
@@ -163,6 +165,27 @@ def length_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]) -> str:
     rows.append(["random pick (expected)", *["0 (by definition)", "0 (by definition)", "-"] * len(noises)])
     header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in
                                          ("gain", "gain, length-controlled gold", "Spearman with length")]
+    return md_table(header, rows)
+
+
+def overoptimisation_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]) -> str:
+    """Rows: rewards (baselines left out); per noise: the n where the seeds' curves peak (median), the gain there and
+    at n = N, and the drop between them (mean ± 95 % interval over seeds)."""
+    sub = (bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & ~pl.col("proxy").is_in(BASELINES))
+           .with_columns(peak_gain=(pl.col("gold_at_best_n") - pl.col("random")) / (pl.col("oracle") - pl.col("random")))
+           .with_columns(drop=pl.col("peak_gain") - pl.col("gain")))
+    stats_ = summarise(sub, ["learner", "proxy", "noise"], ["peak_gain", "gain", "drop"])
+    peaks = sub.group_by(["learner", "proxy", "noise"]).agg(pl.col("best_n").median())
+
+    def peak(learner: str, proxy: str, noise: str) -> str:
+        hit = peaks.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
+        return "-" if hit.is_empty() else f"{hit['best_n'][0]:.0f}"
+
+    rows = [[label, *[c for n in noises for c in (peak(l, p, n), _cells(stats_, l, p, n, "peak_gain"),
+                                                   _cells(stats_, l, p, n, "gain"), _cells(stats_, l, p, n, "drop"))]]
+            for label, l, p in _reward_rows(sub)]
+    header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in
+                                         ("peak n (median)", "gain at the peak", "gain at n = N", "drop")]
     return md_table(header, rows)
 
 
@@ -236,7 +259,25 @@ def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: 
         path = out / f"{slug}.png"
         paths.append(plot_bon(mc, path, references=refs,
                               title=f"{dataset} ({variant}), {learner} ensemble, {noise} labels: mean of seeds"))
-    return paths + plot_length_control(curves, out, noise)
+    return paths + plot_length_control(curves, out, noise) + plot_overoptimisation(curves, bon, out)
+
+
+def plot_overoptimisation(curves: pl.DataFrame, bon: pl.DataFrame, out: Path,
+                          aggregations: tuple[str, ...] = ("mean", "min", "lcb")) -> list[Path]:
+    """Per pool without a length-controlled gold (a generated pool) and per noise: the gold of the Best-of-n pick vs
+    KL for every learner's mean and conservative aggregations, averaged over seeds: which curves peak and fall."""
+    paths = []
+    pools = bon.filter(pl.col("variant") == "pool")["dataset"].unique(maintain_order=True).to_list()
+    for dataset in [d for d in pools if bon.filter((pl.col("dataset") == d) & (pl.col("variant") == "pool-lc")).is_empty()]:
+        f = curves.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & pl.col("agg").is_in(aggregations))
+        for noise in f["noise"].unique(maintain_order=True).to_list():
+            lines = [mean_curves(f.filter(pl.col("agg") == a), learner=learner, noise=noise)
+                     .with_columns(agg=pl.lit(f"{learner} · {a}"))
+                     for learner in f["learner"].unique(maintain_order=True).to_list() for a in aggregations]
+            slug = re.sub(r"[^\w.-]+", "_", f"overoptimisation_{Path(dataset).name}_{noise}")
+            paths.append(plot_bon(pl.concat([l for l in lines if not l.is_empty()]), out / f"{slug}.png",
+                                  title=f"{dataset}, {noise} labels: gold of the Best-of-n pick, mean of seeds"))
+    return paths
 
 
 def plot_length_control(curves: pl.DataFrame, out: Path, noise: str) -> list[Path]:
@@ -246,6 +287,8 @@ def plot_length_control(curves: pl.DataFrame, out: Path, noise: str) -> list[Pat
     controlled = curves.filter(pl.col("learner").str.contains(".", literal=True)) if not curves.is_empty() else curves
     for dataset in controlled["dataset"].unique(maintain_order=True) if not controlled.is_empty() else []:
         f = curves.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool-lc") & (pl.col("noise") == noise))
+        if f.is_empty():  # no length-controlled gold on this pool (e.g. lengths that never vary)
+            continue
         learners = f["learner"].unique(maintain_order=True).to_list()
         lines = [mean_curves(f.filter(pl.col("agg") == "mean"), learner=l).with_columns(agg=pl.lit(l)) for l in learners]
         lines.append(mean_curves(f.filter(pl.col("agg") == "length"), learner=learners[0]))

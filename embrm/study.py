@@ -341,6 +341,11 @@ def _validate(study: Study, where: str) -> None:
     _distinct(where, "seeds", study.seeds)
     _distinct(where, "[[noise]] name", [n.name for n in study.noise])
     _distinct_learners(where, study.learners)
+    if any(l.length_control == "rrm" for l in study.learners):
+        for spec in (d for d in study.datasets if d.source in GENERATORS):
+            raise EmbrmError(f"{where}: {spec.label}: a generated dataset has vectors but no texts to embed, and the "
+                             f"rrm learner needs other prompts' answers embedded under each prompt: run rrm in "
+                             f"another study")
     for method in study.methods:
         _one_of(where, "methods entry", method, METHODS)
     _distinct(where, "methods", study.methods)

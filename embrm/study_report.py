@@ -77,10 +77,16 @@ def _pool_sections(result, noises: list[str]) -> list[str]:
     lines = []
     for dataset in bon["dataset"].unique(maintain_order=True):
         variants = bon.filter(pl.col("dataset") == dataset)["variant"].unique(maintain_order=True).to_list()
-        lines += [f"## Best-of-n on `{dataset}`: gold and length-controlled gold", "",
-                  _length_effect_line(result.length_effects.get(dataset)), "",
-                  R.length_markdown(bon, dataset, noises), "",
-                  "Gold@N and gain on gold, per aggregation:", "", R.bon_markdown(bon, dataset, "pool", noises), ""]
+        if "pool-lc" in variants:
+            lines += [f"## Best-of-n on `{dataset}`: gold and length-controlled gold", "",
+                      _length_effect_line(result.length_effects.get(dataset)), "",
+                      R.length_markdown(bon, dataset, noises), ""]
+        else:
+            lines += [f"## Best-of-n on `{dataset}`", "", _length_effect_line(result.length_effects.get(dataset)), ""]
+        lines += ["Gold@N and gain on gold, per aggregation:", "", R.bon_markdown(bon, dataset, "pool", noises), "",
+                  "Over-optimisation: where each seed's gold curve peaks, the gain there and at n = N (the peak is "
+                  "chosen on the same prompts, so the drop is optimistic; the findings cross-fit it):", "",
+                  R.overoptimisation_markdown(bon, dataset, noises), ""]
         for variant in (v for v in variants if v.startswith("pool+")):
             what = variant.removeprefix("pool+")
             lines += [f"### Reward hacking on `{dataset}`: the {what}", "",
@@ -126,10 +132,17 @@ def _timing_section(result) -> list[str]:
 def render_report(study: Study, result, plots: list[Path], command: str | None) -> str:
     fits = result.fits
     noises = [n.name for n in study.noise]
+    generated = {name: f["generated"] for name, f in result.embedding.items() if f.get("generated")}
+    budgets = sorted({n.n_pairs or study.labels["n_pairs"] for n in study.noise})
     lines = [f"# embrm study `{study.name}`", "",
-             f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members · "
-             f"embedder {_embedder_text(study)} · {study.labels['n_pairs']} simulated pairs per job.", "",
-             SETTING.format(test=study.test_size), "", LENGTH_CONTROL, ""]
+             f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members"
+             f"{' (unless a learner names its own, .k<K>)' if any(l.k for l in study.learners) else ''} · "
+             f"embedder {_embedder_text(study, generated)} · {' / '.join(map(str, budgets))} simulated pairs per "
+             f"job.", "", SETTING.format(test=study.test_size), ""]
+    lines += [f"Generated data `{name}`: {source}. Its embeddings come with it; the gold is known exactly." for
+              name, source in generated.items()] + ([""] if generated else [])
+    if any(not l.length_control == "none" for l in study.learners):
+        lines += [LENGTH_CONTROL, ""]
     lines += _findings_section(result)
     if not result.bon.is_empty():
         lines += _pool_sections(result, noises)
@@ -139,11 +152,14 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
                   R.fit_markdown(fits, dataset), ""]
     if result.methods:
         lines += [render_methods(result.methods), ""]
-    lines += _embedding_section(result.embedding)
+    lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.get("generated")})
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines + _timing_section(result))
 
 
-def _embedder_text(study: Study) -> str:
+def _embedder_text(study: Study, generated: dict) -> str:
     e = study.embedder
-    return f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
+    text = f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
+    if len(generated) == len(study.datasets) + len(study.human_pairs):
+        return "none (generated data carry their own vectors)"
+    return text + (" (generated data carry their own vectors)" if generated else "")

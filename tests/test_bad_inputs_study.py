@@ -222,6 +222,18 @@ CASES = [
     study("dataset_table_unknown_key", '[[datasets]]\npath = "pool.csv"\ngold = "score"\n', r"unknown key 'gold'"),
     study("dataset_name_path", '[[datasets]]\npath = "pool.csv"\nname = "../evil"\n',
           r'datasets\[0\]: name = "\.\./evil" must be a plain name'),
+    study("generated_unknown", '[[datasets]]\ngenerate = "gold-mine"\n', r"generate = 'gold-mine' is not a generator"),
+    study("generated_param_unknown", '[[datasets]]\ngenerate = "overopt"\nparams = { prompts = 10 }\n',
+          r"params: unknown key 'prompts': use n_prompts, n_candidates"),
+    study("generated_param_text", '[[datasets]]\ngenerate = "overopt"\nparams = { dim = "big" }\n',
+          r"params: dim must be a number"),
+    study("generated_with_path", '[[datasets]]\ngenerate = "overopt"\npath = "pool.csv"\n',
+          r"unknown key 'path': a generated dataset takes generate, name, params"),
+    study("generated_with_rrm", 'human_pairs = []\n[[datasets]]\ngenerate = "overopt"\nparams = { n_prompts = 4, n_candidates = 5 }\n'
+          '[[learners]]\nhead = "linear"\nlength_control = "rrm"\n',
+          r"overopt: a generated dataset has vectors but no texts to embed"),
+    study("noise_budget_low", '[[noise]]\nbeta = 10.0\nn_pairs = 5\n', r"n_pairs must be an integer in \[20, 1000000\]"),
+    study("learner_k_zero", '[[learners]]\nhead = "linear"\nk = 0\n', r"k \(ensemble size\) must be an integer"),
     study("datasets_repeated", 'datasets = ["pool.csv", "pool.csv"]\nhuman_pairs = []\n', r"two datasets share a name"),
     study("no_datasets", "datasets = []\nhuman_pairs = []\n", r"nothing to run"),
     # found when the study's data is read (still before anything is written)

@@ -115,3 +115,42 @@ def test_bad_arguments():
         overopt_dataset(n_prompts=2, n_candidates=2, hack_penalty=-1)
     with pytest.raises(EmbrmError, match="dim >= 2"):
         overopt_truth(dim=1)
+
+
+def test_a_filtered_generated_dataset_keeps_its_vectors_aligned_and_embedding_reads_them(small, tmp_path):
+    from embrm.datasets import half_of
+    from embrm.embed import EmbedderConfig, cached_embeddings
+
+    ds, X = small
+    half = half_of(ds, 2)
+    rows = ds.responses["prompt_id"].is_in(half.responses["prompt_id"].unique().implode()).to_numpy()
+    np.testing.assert_array_equal(half.vectors, X[rows])
+    res = EmbedderConfig().embed(half, tmp_path / "cache")  # no model, no cache: the vectors that came with it
+    np.testing.assert_array_equal(res.X, X[rows])
+    assert res.n_embedded == 0 and not (tmp_path / "cache").exists()
+    np.testing.assert_array_equal(cached_embeddings(half, None, tmp_path / "cache"), X[rows])
+
+
+def test_a_generated_study_runs_on_a_log_grid_with_label_budgets_ensemble_sizes_and_findings(tmp_path):
+    from embrm.experiment import run_study
+    from embrm.study import load_study
+
+    (tmp_path / "s.toml").write_text(
+        'name = "gen"\nseeds = [0, 1]\nhuman_pairs = []\nmethods = []\nreplicate = false\nk = 2\n'
+        '[[datasets]]\ngenerate = "overopt"\nname = "gen"\n'
+        'params = { n_prompts = 10, n_candidates = 1100, dim = 8, seed = 1 }\n'
+        '[[noise]]\nbeta = 10.0\nn_pairs = 100\n[[noise]]\nbeta = 10.0\nn_pairs = 400\n'
+        '[[learners]]\nhead = "linear"\n[[learners]]\nhead = "linear"\nk = 3\n')
+    study = load_study(tmp_path / "s.toml")
+    result = run_study(study, tmp_path / "out", cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert not (tmp_path / "cache").exists()  # nothing embedded, nothing cached
+    assert set(result.bon["n_max"]) == {1100} and result.curves["n"].n_unique() < 120  # the log grid, not all n
+    assert set(result.fits["learner"]) == {"linear", "linear.k3"} and set(result.fits["noise"]) == {"bt10-100",
+                                                                                                       "bt10-400"}
+    keys = {f.key for f in result.findings}
+    assert {"gen|bt10-100|overoptimisation-drop", "gen|bt10-400|linear.k3-vs-linear",
+            "gen|bt10-400-vs-bt10-100|labels-raise-accuracy"} <= keys
+    assert not any(k.endswith("noise-costs-accuracy") for k in keys)  # one annotator: only the budget differs
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Generated data `gen`: embrm.overopt (seed 1): gold = u.x" in report and "peak n (median)" in report
+    assert (tmp_path / "out" / "overoptimisation_gen_bt10-100.png").stat().st_size > 1000
