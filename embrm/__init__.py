@@ -21,6 +21,7 @@ from embrm.findings import Finding
 from embrm.length import LengthCorrection, controlled_gold, length_feature
 from embrm.methods import REGISTRY as METHODS
 from embrm.methods import MethodResult, run_method
+from embrm.overopt import overopt_dataset
 from embrm.pipeline import (
                             ExperimentResult,
                             FittedModel,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_LEARNERS", "Dataset", "DatasetSpec", "EmbedderConfig", "EmbrmError", "Exclusion", "ExperimentResult",
     "Finding", "FittedModel", "LabelConfig", "Learner", "LengthCorrection", "METHODS", "MethodResult", "Protocol",
     "Study", "StudyResult", "cached_embeddings", "controlled_gold", "embed_dataset", "evaluate", "fit",
-    "length_feature", "load_dataset", "load_model", "load_study", "rrm_dataset", "run_experiment", "run_method",
+    "length_feature", "load_dataset", "load_model", "load_study", "overopt_dataset", "rrm_dataset", "run_experiment",
+    "run_method",
     "run_study", "split", "training_pairs",
 ]

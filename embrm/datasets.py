@@ -55,8 +55,17 @@ from embrm.data import Dataset, load_file, load_pairs, load_pool
 from embrm.errors import EmbrmError
 from embrm.overopt import overopt_dataset
 
-# Datasets made by a generator from their parameters (with their own embeddings) instead of read from a file.
-GENERATORS = {"overopt": overopt_dataset}
+@dataclass(frozen=True)
+class Generator:
+    """A dataset made from parameters (with its own embeddings) instead of read from a file."""
+
+    make: object  # (**params) -> (Dataset, X)
+    description: str
+
+
+GENERATORS = {"overopt": Generator(overopt_dataset, "pools with a known gold that turns down along a hackable "
+                                                    "direction: learned over-optimisation (params: n_prompts, "
+                                                    "n_candidates, dim, seed, hack, ...)")}
 
 # Column roles a declaration may map, and the loader option each becomes.
 COLUMN_ROLES = {"prompt_id": "prompt_id_col", "prompt": "prompt_col", "response": "response_col", "gold": "gold_col",
@@ -316,7 +325,7 @@ def _generated_spec(doc: dict, where: str) -> DatasetSpec:
         raise EmbrmError(f"{where}: generate = {kind!r} is not a generator: use one of {', '.join(GENERATORS)}")
     if not isinstance(doc.get("name", ""), str):
         raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
-    keywords = [k for k in inspect.signature(GENERATORS[kind]).parameters if k != "chunk_rows"]
+    keywords = [k for k in inspect.signature(GENERATORS[kind].make).parameters if k != "chunk_rows"]
     if not isinstance(params, dict):
         raise EmbrmError(f"{where}: params must be a table of {', '.join(keywords)}")
     for key, value in params.items():
@@ -374,7 +383,7 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
     attachments (e.g. published reward models' picks) are fetched with the data."""
     spec = dataset_spec(source, name=name, exclude=exclude, **columns)
     if spec.source in GENERATORS:
-        ds, _ = GENERATORS[spec.source](**dict(spec.params))
+        ds, _ = GENERATORS[spec.source].make(**dict(spec.params))
         ds.name = spec.name or ds.name
         rule, author = spec.exclude, None
     elif spec.source in REGISTRY:

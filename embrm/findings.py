@@ -218,17 +218,19 @@ def _peak_units(runs: list[dict]) -> list[Unit]:
         pp = r["bon"]["pool"]["per_prompt"]
         others = [o["bon"]["pool"]["per_prompt"] for o in runs if o["seed"] != r["seed"]
                   and o["learner"] == r["learner"] and o["noise"] == r["noise"]]
-        others = [o for o in others if o.get("n") == pp.get("n") and "mean_curve" in o]
+        others = [o for o in others if "mean_curve" in o]
         if "mean_curve" not in pp or not others:
             continue
-        peak = int(np.nanargmax(np.mean([np.nanmean(np.asarray(o["mean_curve"], np.float64), axis=0)
-                                         for o in others], axis=0)))
-        random, oracle = np.asarray(pp["random"]), np.asarray(pp["oracle"])
+        common = np.asarray(sorted(set(pp["n"]).intersection(*(o["n"] for o in others))))  # grids may differ
+        curve = np.mean([np.nanmean(np.asarray(o["mean_curve"], np.float64), axis=0)[np.searchsorted(o["n"], common)]
+                         for o in others], axis=0)
+        peak = int(np.searchsorted(pp["n"], common[np.nanargmax(curve)]))
+        random, oracle = (np.asarray(pp[k], np.float64) for k in ("random", "oracle"))
+        top = np.asarray(pp["pick"]["mean"], np.float64)
         at_peak = np.asarray(pp["mean_curve"], np.float64)[:, peak]
-        keep = np.isfinite(at_peak)  # a prompt whose pool is smaller than the peak n has no value there
-        units.append(Unit(r["seed"], f"{r['noise']}/{r['learner']}", np.asarray(pp["prompt_id"])[keep],
-                          (at_peak - random)[keep], (np.asarray(pp["pick"]["mean"]) - random)[keep],
-                          (oracle - random)[keep]))
+        at_peak = np.where(np.isfinite(at_peak), at_peak, top)  # a pool smaller than the peak n: its whole pool
+        units.append(Unit(r["seed"], f"{r['noise']}/{r['learner']}", np.asarray(pp["prompt_id"]), at_peak - random,
+                          top - random, oracle - random))
     return units
 
 

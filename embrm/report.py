@@ -172,7 +172,8 @@ def overoptimisation_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]
     """Rows: rewards (baselines left out); per noise: the n where the seeds' curves peak (median), the gain there and
     at n = N, and the drop between them (mean ± 95 % interval over seeds)."""
     sub = (bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & ~pl.col("proxy").is_in(BASELINES))
-           .with_columns(peak_gain=(pl.col("gold_at_best_n") - pl.col("random")) / (pl.col("oracle") - pl.col("random")))
+           .with_columns(peak_gain=pl.when(pl.col("best_n") == pl.col("n_max")).then(pl.col("gain"))  # no peak
+                         .otherwise((pl.col("gold_at_best_n") - pl.col("random")) / (pl.col("oracle") - pl.col("random"))))
            .with_columns(drop=pl.col("peak_gain") - pl.col("gain")))
     stats_ = summarise(sub, ["learner", "proxy", "noise"], ["peak_gain", "gain", "drop"])
     peaks = sub.group_by(["learner", "proxy", "noise"]).agg(pl.col("best_n").median())

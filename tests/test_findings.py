@@ -57,3 +57,21 @@ def test_ensemble_size_is_compared_at_the_same_noise_and_seed_and_sized_learners
     assert "K = 10" in size.claim and "K = 5" in size.claim
     # the posthoc learner is a length control of `linear`, never pooled into the papers' claims
     assert found["d|bt10|mean-vs-single"].effect.n_units == 6
+
+
+def test_prompts_whose_pools_are_smaller_than_the_peak_n_keep_their_whole_pool_and_every_prompt():
+    import polars as pl
+
+    results = []
+    for s in range(3):
+        for learner in ("linear", "mlp"):
+            r = run(s, learner, np.array([0.1, 0.3, 0.6, 0.4, 0.2]))
+            pp = r["bon"]["pool"]["per_prompt"]
+            for row in pp["mean_curve"][:5]:  # five prompts have pools of 2: no value at n = 4, 8, 16
+                row[2:] = [float("nan")] * 3
+                pp["pick"]["mean"][pp["mean_curve"].index(row)] = row[1]
+            if s == 2:  # another seed's largest pool is smaller: a shorter grid
+                pp["n"], pp["mean_curve"] = GRID[:4], [row[:4] for row in pp["mean_curve"]]
+            results.append(r)
+    drop = by_key(findings(results, pl.DataFrame()))["d|bt10|overoptimisation-drop"]
+    assert drop.effect.n_prompts == 90 and drop.verdict == "reproduced"

@@ -25,7 +25,7 @@ from embrm.cli.common import (
     out,
     print_json,
 )
-from embrm.datasets import REGISTRY, existing_data_dir
+from embrm.datasets import GENERATORS, REGISTRY, existing_data_dir
 from embrm.errors import EmbrmError
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]
@@ -43,6 +43,8 @@ def datasets(data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help
                  description=i.description, source=i.source,
                  excluded=None if i.exclude is None else f"{i.exclude.name}: {i.exclude.column} ~ {i.exclude.pattern}")
             for i in REGISTRY.values()]
+    rows += [dict(name=name, kind="generated", present=True, path=None, description=g.description,
+                  source=g.make.__module__, excluded=None) for name, g in GENERATORS.items()]
     if format == Format.json:
         return print_json(rows)
     table = Table("name", "kind", "present", "description", title=f"datasets in {root}")
