@@ -53,19 +53,21 @@ import polars as pl
 
 from embrm.data import Dataset, load_file, load_pairs, load_pool
 from embrm.errors import EmbrmError
-from embrm.overopt import overopt_dataset
+from embrm.overopt import overopt_dataset, overopt_truth
+
 
 @dataclass(frozen=True)
 class Generator:
     """A dataset made from parameters (with its own embeddings) instead of read from a file."""
 
     make: object  # (**params) -> (Dataset, X)
+    check: object  # (**params) -> anything: refuses bad parameters cheaply, before any data is made
     description: str
 
 
-GENERATORS = {"overopt": Generator(overopt_dataset, "pools with a known gold that turns down along a hackable "
-                                                    "direction: learned over-optimisation (params: n_prompts, "
-                                                    "n_candidates, dim, seed, hack, ...)")}
+GENERATORS = {"overopt": Generator(overopt_dataset, overopt_truth,
+                                   "pools with a known gold that turns down along a hackable direction: learned "
+                                   "over-optimisation (params: n_prompts, n_candidates, dim, seed, hack, ...)")}
 
 # Column roles a declaration may map, and the loader option each becomes.
 COLUMN_ROLES = {"prompt_id": "prompt_id_col", "prompt": "prompt_col", "response": "response_col", "gold": "gold_col",
@@ -321,7 +323,7 @@ def _generated_spec(doc: dict, where: str) -> DatasetSpec:
         raise EmbrmError(f"{where}: unknown key '{sorted(unknown)[0]}': a generated dataset takes generate, name, "
                          f"params")
     kind, params = doc["generate"], doc.get("params", {})
-    if kind not in GENERATORS:
+    if not isinstance(kind, str) or kind not in GENERATORS:
         raise EmbrmError(f"{where}: generate = {kind!r} is not a generator: use one of {', '.join(GENERATORS)}")
     if not isinstance(doc.get("name", ""), str):
         raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
@@ -333,6 +335,10 @@ def _generated_spec(doc: dict, where: str) -> DatasetSpec:
             raise EmbrmError(f"{where} params: unknown key '{key}': use {', '.join(keywords)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EmbrmError(f"{where} params: {key} must be a number, got {value!r}")
+    try:
+        GENERATORS[kind].check(**params)
+    except EmbrmError as e:
+        raise EmbrmError(f"{where} params: {e}") from None
     return DatasetSpec(kind, doc.get("name"), params=tuple(sorted(params.items())))
 
 

@@ -76,10 +76,12 @@ from scipy.special import ndtr
 
 from embrm.data import Dataset
 from embrm.errors import EmbrmError
+from embrm.heads.checks import SEED, check_value
 
 __all__ = ["OveroptTruth", "ideal_proxy_curve", "overopt_dataset", "overopt_truth"]
 
 CHUNK_ROWS = 1 << 16
+MAX_CELLS = 1 << 30  # embedding floats of one generated dataset (4 GB of float32): beyond that, refuse
 
 @dataclass(frozen=True, eq=False)
 class OveroptTruth:
@@ -229,7 +231,12 @@ def _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, thres
             raise EmbrmError(f"overopt_dataset: {name} must be a finite number >= 0, got {value}")
     if not (np.isfinite(hack) and np.isfinite(threshold)):
         raise EmbrmError("overopt_dataset: hack and threshold must be finite")
+    check_value("seed", seed, SEED)
     n_prompts, n_candidates, dim = int(n_prompts), int(n_candidates), int(dim)
+    if n_prompts * n_candidates * dim > MAX_CELLS:
+        raise EmbrmError(f"overopt_dataset: {n_prompts} x {n_candidates} candidates x {dim} dims would need "
+                         f"{n_prompts * n_candidates * dim * 4 / 2**30:.1f} GB of embeddings (at most "
+                         f"{MAX_CELLS * 4 / 2**30:.0f} GB): use fewer prompts, candidates or dims")
     rng = np.random.default_rng(seed)
     u, v, wf, bf, cf = _structure(dim, n_features, rng)
     truth = OveroptTruth(dim, int(seed), n_prompts, n_candidates, float(hack), float(hack_penalty),

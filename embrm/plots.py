@@ -66,6 +66,8 @@ def plot_bon(curves, path, x: str = "kl", *, references: dict[str, float] | None
     fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     aggs = list(dict.fromkeys(df["agg"].to_list()))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(aggs) > len(colors):  # more lines than the default cycle: 20 distinct colours before any repeats
+        colors = [plt.get_cmap("tab20")(i) for i in range(20)]
     for i, agg in enumerate(aggs):
         sub = df.filter(pl.col("agg") == agg).sort("n")
         xs = sub[x].to_numpy()

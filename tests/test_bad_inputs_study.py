@@ -227,6 +227,13 @@ CASES = [
           r"params: unknown key 'prompts': use n_prompts, n_candidates"),
     study("generated_param_text", '[[datasets]]\ngenerate = "overopt"\nparams = { dim = "big" }\n',
           r"params: dim must be a number"),
+    study("generated_not_a_name", '[[datasets]]\ngenerate = ["overopt"]\n', r"generate = \['overopt'\] is not a generator"),
+    study("generated_too_small", '[[datasets]]\ngenerate = "overopt"\nparams = { n_prompts = 1 }\n',
+          r"params: overopt_dataset: need n_prompts >= 2"),
+    study("generated_too_big", '[[datasets]]\ngenerate = "overopt"\nparams = { n_prompts = 100000, n_candidates = 100000 }\n',
+          r"would need 1192\.1 GB of embeddings \(at most 4 GB\): use fewer prompts"),
+    study("generated_seed_negative", '[[datasets]]\ngenerate = "overopt"\nparams = { seed = -1 }\n',
+          r"params: seed must be an integer in \[0, 4294967295\], got -1"),
     study("generated_with_path", '[[datasets]]\ngenerate = "overopt"\npath = "pool.csv"\n',
           r"unknown key 'path': a generated dataset takes generate, name, params"),
     study("generated_with_rrm", 'human_pairs = []\n[[datasets]]\ngenerate = "overopt"\nparams = { n_prompts = 4, n_candidates = 5 }\n'
