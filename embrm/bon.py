@@ -59,7 +59,7 @@ import polars as pl
 from scipy.special import gammaln
 
 from embrm.errors import EmbrmError
-from embrm.pools import group_pools, score_columns, tie_average
+from embrm.pools import avg_ranks, group_pools, score_columns, tie_average
 
 __all__ = ["ALL_N_LIMIT", "GRID_POINTS", "BonCurves", "bon_curves", "bon_weights", "curves_frame",
            "expected_best_of_n", "fit_gao", "kl_bon", "log_grid"]
@@ -447,48 +447,6 @@ def _plan_chunks(ss: np.ndarray, wbytes: np.ndarray, first: np.ndarray, cell: in
     return out
 
 
-def _tie_average(keys: np.ndarray, vals: np.ndarray, valid: np.ndarray | None) -> None:
-    """``embrm.pools.tie_average`` (in place: each run of equal sorted ``keys`` (r, m) gets the run mean of ``vals``
-    (r, m, C)), touching only the tied cells: long pools have a few ties per row (float32 scores of 12,500
-    candidates: ~1-3 tied pairs in most rows), so rewriting whole rows was ~30% of the time. Same sums in the same
-    order (bincount over each run's cells left to right), so bit-identical to ``tie_average``, which it calls when
-    ties are dense (more than one tied pair per 8 cells: there the whole-row pass is faster)."""
-    r, m, c = vals.shape
-    eq = keys[:, 1:] == keys[:, :-1]
-    if valid is not None:
-        eq &= valid[:, 1:]  # padding (+inf) sorts last: never a tie
-    pairs = np.count_nonzero(eq)
-    if pairs == 0:
-        return
-    if pairs * 8 > r * m:  # ties everywhere (discrete scores): the whole-row pass is faster
-        tie_average(keys, vals, valid)
-        return
-    row, col = np.nonzero(eq)  # tied pairs (col, col + 1), row-major
-    left = row * m + col
-    new = np.ones(left.shape[0], bool)
-    new[1:] = left[1:] != left[:-1] + 1  # a pair continues the previous run iff it is the next cell
-    run = np.cumsum(new) - 1
-    lens = np.bincount(run) + 1  # cells per run
-    cell_run = np.repeat(np.arange(lens.shape[0]), lens)
-    cells = np.repeat(left[new], lens) + (np.arange(cell_run.shape[0]) - np.repeat(np.cumsum(lens) - lens, lens))
-    flat = vals.reshape(r * m, c)
-    for j in range(c):
-        mean = np.bincount(cell_run, weights=flat[cells, j]) / lens
-        flat[cells, j] = mean[cell_run]
-
-
-def _avg_ranks(matrix: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """``embrm.pools.avg_ranks`` (1-based average ranks within each row, padding sorting last) with the sparse
-    ``_tie_average``: the same numbers."""
-    o = np.argsort(matrix, axis=1)
-    srt = np.take_along_axis(matrix, o, axis=1)
-    pos = np.broadcast_to(np.arange(1, matrix.shape[1] + 1, dtype=np.float64), matrix.shape).copy()[:, :, None]
-    _tie_average(srt, pos, valid)
-    ranks = np.empty(matrix.shape)
-    np.put_along_axis(ranks, o, pos[:, :, 0], axis=1)
-    return ranks
-
-
 # ----------------------------------------------------------------------------- the estimator
 
 def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=None, mask=None,
@@ -581,7 +539,7 @@ def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=Non
                 raise EmbrmError("gold: contains +-inf: scores must be finite (NaN marks unscored rows)")
             # Gold percentile of every candidate within its pool (mid-rank; ties averaged).
             gsort = gm if valid is None else np.where(valid, gm, np.inf)
-            pct = _avg_ranks(gsort, valid)
+            pct = avg_ranks(gsort, valid)
             del gsort
             with np.errstate(invalid="ignore", divide="ignore"):
                 pct -= 1.0
@@ -613,7 +571,7 @@ def bon_curves(prompt_index, proxy, gold, n_max: int | None = None, *, names=Non
                 del pm
                 vals = np.take_along_axis(wide, order, axis=1).view(dtype).reshape(r, m, 2)
                 del order
-                _tie_average(psorted, vals, valid)  # padding sorts last (+inf), so `valid` also marks sorted real cells
+                tie_average(psorted, vals, valid)  # padding sorts last (+inf), so `valid` also marks sorted real cells
                 done = []  # (grid positions, column sums, weights) of the pool sizes ending in this chunk
                 for a, b, size, k, ends, w, w32 in pieces:
                     s = np.empty((3, size))

@@ -140,8 +140,13 @@ def group_pools(prompt_index, mask=None, *, n_rows: int | None = None, order: st
 def tie_average(sorted_keys: np.ndarray, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """In place, and returned: within each row of ``sorted_keys`` (..., M), replace ``values`` (..., M, C) over runs
     of equal keys by the run mean (the exact Best-of-n expectation under uniformly random tie-breaking; average
-    ranks). ``valid`` (..., M) marks the sorted real cells (padding sorts last); only rows with a tie among them
-    are touched. ``values`` must be C-contiguous (it is written through a reshaped view)."""
+    ranks). ``valid`` (..., M) marks the sorted real cells (padding sorts last). ``values`` must be C-contiguous
+    (it is written through a reshaped view).
+
+    Two passes give bit-identical numbers (each run's cells summed left to right by bincount): one rewrites the
+    rows that hold a tie, the other only the tied cells. Long pools have a few ties per row (float32 scores of
+    12,500 candidates: 1-3 tied pairs in most rows), where rewriting whole rows was ~30 % of Best-of-n's time;
+    with ties everywhere (discrete scores: more than one tied pair per 8 cells) the whole-row pass is faster."""
     m, c = sorted_keys.shape[-1], values.shape[-1]
     if not values.flags.c_contiguous:
         raise ValueError("tie_average: values must be C-contiguous")
@@ -149,20 +154,47 @@ def tie_average(sorted_keys: np.ndarray, values: np.ndarray, valid: np.ndarray |
     eq = keys[:, 1:] == keys[:, :-1]
     if valid is not None:
         eq &= valid.reshape(-1, m)[:, 1:]
-    rows = np.flatnonzero(eq.any(axis=1))
-    if rows.size == 0:
+    pairs = np.count_nonzero(eq)
+    if pairs == 0:
         return values
+    flat = values.reshape(-1, m, c)
+    if pairs * 8 > eq.shape[0] * m:
+        _tie_average_rows(eq, flat)
+    else:
+        _tie_average_cells(eq, flat)
+    return values
+
+
+def _tie_average_rows(eq: np.ndarray, flat: np.ndarray) -> None:
+    """Rewrite every row of flat (r, m, C) that holds a tie (eq (r, m - 1): cell j equals cell j + 1)."""
+    m, c = flat.shape[1:]
+    rows = np.flatnonzero(eq.any(axis=1))
     start = np.ones((rows.size, m), bool)
     start[:, 1:] = ~eq[rows]
     ids = np.cumsum(start.ravel()) - 1
     count = np.bincount(ids)
-    flat = values.reshape(-1, m, c)
     v = flat[rows]
     for j in range(c):
         mean = np.bincount(ids, weights=v[:, :, j].ravel()) / count
         v[:, :, j] = mean[ids].reshape(v.shape[:2])
     flat[rows] = v
-    return values
+
+
+def _tie_average_cells(eq: np.ndarray, flat: np.ndarray) -> None:
+    """Rewrite only the tied cells of flat (r, m, C)."""
+    r, m, c = flat.shape
+    row, col = np.nonzero(eq)  # tied pairs (col, col + 1), row-major
+    left = row * m + col
+    new = np.ones(left.shape[0], bool)
+    new[1:] = left[1:] != left[:-1] + 1  # a pair continues the previous run iff it is the next cell
+    run = np.cumsum(new) - 1
+    lens = np.bincount(run) + 1  # cells per run
+    cell_run = np.repeat(np.arange(lens.shape[0]), lens)
+    cells = np.repeat(left[new], lens) + (np.arange(cell_run.shape[0]) - np.repeat(np.cumsum(lens) - lens, lens))
+    cells_flat = flat.reshape(r * m, c)
+    for j in range(c):
+        mean = np.bincount(cell_run, weights=cells_flat[cells, j]) / lens
+        cells_flat[cells, j] = mean[cell_run]
 
 
 def avg_ranks(matrix: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
