@@ -34,7 +34,7 @@ from embrm.jobs import check_run_options, result_paths, run_jobs
 from embrm.methods import MethodResult, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
-from embrm.study import Study, jobs_of
+from embrm.study import Study, check_rrm_texts, jobs_of
 from embrm.study_report import render_report
 
 
@@ -74,10 +74,8 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
     spec, seconds, facts = None, {}, {}
     options = dict(cache_dir=cache_dir, template=study.embedder.template, batch_size=study.embedder.batch_size,
                    progress=progress)
+    check_rrm_texts(study)  # a Study built in code skips load_study's checks
     if any(learner.length_control == "rrm" for learner in study.learners):
-        for label in [d.label for d, ds in loaded.items() if ds.vectors is not None]:
-            raise EmbrmError(f"{label}: a generated dataset has vectors but no texts to embed, and the rrm learner "
-                             f"needs other prompts' answers embedded under each prompt: run rrm in another study")
         # RRM's other-prompt answers under each prompt: texts of their own, embedded once
         halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
         for ds in [*loaded.values(), *halves]:

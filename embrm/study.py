@@ -330,6 +330,15 @@ def _learner(where: str, doc) -> Learner:
                                            doc.get("length_control", "none"), doc.get("k")))
 
 
+def check_rrm_texts(study: Study, where: str = "study") -> None:
+    """RRM embeds other prompts' answers under each prompt: a generated dataset has vectors but no texts."""
+    if any(l.length_control == "rrm" for l in study.learners):
+        for spec in (d for d in study.datasets if d.source in GENERATORS):
+            raise EmbrmError(f"{where}: {spec.label}: a generated dataset has vectors but no texts to embed, and the "
+                             f"rrm learner needs other prompts' answers embedded under each prompt: run rrm in "
+                             f"another study")
+
+
 def _validate(study: Study, where: str) -> None:
     """What needs the whole study: names, the grid, and the values every job's Protocol shares."""
     _plain_name(where, "name", study.name)
@@ -341,11 +350,7 @@ def _validate(study: Study, where: str) -> None:
     _distinct(where, "seeds", study.seeds)
     _distinct(where, "[[noise]] name", [n.name for n in study.noise])
     _distinct_learners(where, study.learners)
-    if any(l.length_control == "rrm" for l in study.learners):
-        for spec in (d for d in study.datasets if d.source in GENERATORS):
-            raise EmbrmError(f"{where}: {spec.label}: a generated dataset has vectors but no texts to embed, and the "
-                             f"rrm learner needs other prompts' answers embedded under each prompt: run rrm in "
-                             f"another study")
+    check_rrm_texts(study, where)
     for method in study.methods:
         _one_of(where, "methods entry", method, METHODS)
     _distinct(where, "methods", study.methods)
