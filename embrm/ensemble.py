@@ -35,13 +35,13 @@ import time
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.heads import HEADS, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
+from embrm.heads import HEADS, LaplaceBT, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
 from embrm.heads.checks import SEED, Integer, Number, check_params, check_value
 from embrm.heads.mlp import MemberData, forward_stack, init_params, train_stack
 from embrm.heads.odin import ODIN_PARAMS, train_odin
 from embrm.labels import split_pairs
 
-MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads")
+MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads", "posterior")
 # Ensembles in the literature have 5-20 members; every member is a full fit (and K scores per response), so K is
 # bounded where a study still finishes: 256 members of the default MLP take ~25x the default study's fit time.
 K = Integer(1, 256)
@@ -69,16 +69,17 @@ class RewardEnsemble:
     """K fitted reward members. predict(X) -> (n, K) float32.
 
     Attributes: head, mode, members (fitted heads; for shared_trunk the linear heads), trunk (shared_trunk's
-    MLPReward, else None), warm_ (WARM-averaged MLPReward or None), seeds (per member), splits (per member dict
+    MLPReward, else None), warm_ (WARM-averaged MLPReward or None), posterior (mode posterior's LaplaceBT, else
+    None), seeds (per member), splits (per member dict
     with 'train' / 'val' pair positions into the fitted pairs), head_params, info (timings, dtype, per-member
     epochs and validation accuracy)."""
 
     def __init__(self, head: str, mode: str, members: list, seeds: list[int], splits: list[dict], *,
                  trunk: MLPReward | None = None, warm: MLPReward | None = None, head_params: dict | None = None,
-                 info: dict | None = None):
+                 info: dict | None = None, posterior: LaplaceBT | None = None):
         self.head, self.mode = head, mode
         self.members, self.seeds, self.splits = list(members), list(seeds), list(splits)
-        self.trunk, self.warm_ = trunk, warm
+        self.trunk, self.warm_, self.posterior = trunk, warm, posterior
         self.head_params = dict(head_params or {})
         self.info = dict(info or {})
         self.length_correction = None  # embrm.length.LengthCorrection over [members..., warm]: see predict
@@ -116,7 +117,7 @@ class RewardEnsemble:
         if self.mode == "shared_trunk":
             F = self.trunk.transform(X)
             return (F @ np.stack([m.coef_ for m in self.members], 1)).astype(np.float32)
-        if self.head == "linear":
+        if self.head in ("linear", "laplace"):
             W = np.stack([m.coef_ for m in self.members], 1)
             if X.shape[1] != W.shape[0]:
                 raise EmbrmError(f"embeddings have dim {X.shape[1]} but the ensemble was fitted on dim {W.shape[0]}: "
@@ -128,6 +129,13 @@ class RewardEnsemble:
                                  f"{self.members[0].params_[0].shape[0]}: use the same embedder as for training")
             return forward_stack(X, self.stacked_params())
         return np.stack([m.predict(X) for m in self.members], 1).astype(np.float32)
+
+    def epistemic_std(self, X) -> np.ndarray:
+        """Each response's reward uncertainty (n,): the Laplace posterior's sqrt(x^T H^-1 x) in mode posterior,
+        else the members' population std of raw scores (their disagreement)."""
+        if self.posterior is not None:
+            return self.posterior.predict_std(X)
+        return self._predict_raw(X).astype(np.float64).std(axis=1)
 
     def predict_warm(self, X, length=None) -> np.ndarray:
         """Rewards (n,) of the WARM weight-averaged model (MLP members with a shared initialisation only); its own
@@ -224,6 +232,9 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
         raise EmbrmError("mode shared_trunk trains an MLP trunk with K linear heads: use head='mlp'")
     if mode == "linear_heads" and head != "linear":
         raise EmbrmError("mode linear_heads fits K linear heads over the frozen embeddings: use head='linear'")
+    if (mode == "posterior") != (head == "laplace"):
+        raise EmbrmError("mode posterior draws the members from a Laplace posterior: use head='laplace' with "
+                         "mode='posterior' (and only that mode)")
     if "random_state" in head_params:
         raise EmbrmError("pass seed= to fit_ensemble (it derives every member's random_state), not random_state")
     if "val_fraction" in head_params:  # MLPReward-style spelling of the same thing
@@ -242,17 +253,25 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
         raise EmbrmError(f"bad parameter for head {head!r}: {e}") from None
     check_params(proto.get_params(), HEADS[head].PARAMS, f"head {head!r}")  # before any member trains
 
-    if mode in ("bootstrap", "linear_heads", "shared_trunk"):
+    if mode == "posterior":  # one fit on every pair: the posterior, not a split, makes the members differ
+        everything = np.arange(len(pairs), dtype=np.int64)
+        splits = [{"train": everything, "val": np.zeros(0, np.int64)} for _ in seeds]
+    elif mode in ("bootstrap", "linear_heads", "shared_trunk"):
         splits = [dict(zip(("train", "val"), bootstrap_split(len(pairs), s, pp))) for s in seeds]
     else:
         splits = [dict(zip(("train", "val"), split_pairs(len(pairs), val_fraction, seed=s, prompt_ids=pp)))
                   for s in seeds]
     info: dict = {}
-    trunk = warm_model = None
+    trunk = warm_model = posterior = None
 
     if odin is not None:
         members, warm_model, info = _odin_members(X, pairs, splits, seeds, proto, head, mode, warm, seed, odin,
                                                   length)
+    elif mode == "posterior":
+        posterior = proto.fit(X, pairs)
+        draws = posterior.sample(k, seed)
+        members = [LinearBT.from_coef(draws[:, j], C=posterior.C) for j in range(k)]
+        info.update(newton_iterations=posterior.n_iter_, log_det_precision=posterior.log_det_precision())
     elif mode == "shared_trunk":
         trunk = MLPReward(**{**proto.get_params(), "val_fraction": val_fraction, "random_state": int(seed)})
         trunk.fit(X, pairs, pp)
@@ -283,7 +302,7 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
             members.append(HEADS[head](**{**proto.get_params(), "random_state": sd}).fit(X, pairs[s["train"]]))
 
     ens = RewardEnsemble(head, mode, members, seeds, splits, trunk=trunk, warm=warm_model,
-                         head_params=head_params, info=info)
+                         head_params=head_params, info=info, posterior=posterior)
     if any(len(s["val"]) for s in splits):
         rows = np.unique(pairs[np.concatenate([s["val"] for s in splits])])  # score only validation responses
         R = ens.predict(X[rows])

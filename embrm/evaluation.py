@@ -18,6 +18,8 @@ import polars as pl
 from embrm import metrics as M
 from embrm.aggregate import aggregate_all, standardize
 from embrm.bon import BonCurves, bon_curves, curves_frame, fit_gao
+from embrm.calibration import cross_fitted_temperature, reliability
+from embrm.conformal import ConformalResult, conformal_lower_bound
 from embrm.data import Dataset
 from embrm.errors import EmbrmError
 from embrm.labels import pair_indices
@@ -51,6 +53,13 @@ class FitMetrics:
     spearman: float | None = None
     length_spearman: float | None = None
     length_correlation: float | None = None  # the ensemble mean's within-prompt Spearman with length (held out)
+    # calibration of the ensemble mean's pairwise probability sigmoid(r_a - r_b) on the held-out pairs
+    # (embrm.calibration): MCE, Brier, and the ECE after temperature scaling cross-fitted over held-out prompts
+    mce: float | None = None
+    brier: float | None = None
+    calibrated_ece: float | None = None
+    temperature: float | None = None  # the mean of the folds' fitted temperatures
+    reliability: dict | None = field(default=None, repr=False)  # the uncalibrated reliability bins
     # per held-out prompt: prompt_id, pairs, correct (the ensemble mean; ties 0.5): the findings' intervals
     per_prompt: dict | None = field(default=None, repr=False)
 
@@ -117,6 +126,7 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
                      member_accuracies(scores, pairs),
                      float(M.bt_log_loss(mean, pairs)), float(M.expected_calibration_error(mean, pairs)),
                      float(M.pairwise_accuracy(length, pairs)), per_prompt=_correct_by_prompt(ds, mean, pairs))
+    _calibration(out, ds, mean, pairs, seed)
     if ds.has_gold:
         rows = ds.usable & rows_of(ds.responses, test_prompts)
         index = ds.responses["prompt_id"].filter(pl.Series(rows)).rank("dense").to_numpy().astype(np.int64) - 1
@@ -125,6 +135,18 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
         out.length_spearman = float(M.per_prompt_spearman(length[rows], gold, index))
         out.length_correlation = _finite(M.per_prompt_spearman(mean[rows], length[rows].astype(np.float64), index))
     return out
+
+
+def _calibration(out: FitMetrics, ds: Dataset, mean: np.ndarray, pairs: np.ndarray, seed: int) -> None:
+    """MCE, Brier and reliability bins of the held-out pairs, and their ECE after temperature scaling fitted on the
+    other half of the held-out prompts (cross-fitted: no pair calibrates its own probability)."""
+    margins = mean[pairs[:, 0]].astype(np.float64) - mean[pairs[:, 1]]
+    plain = reliability(margins)
+    out.mce, out.brier, out.reliability = plain.mce, plain.brier, plain.to_dict()
+    groups = ds.responses["prompt_id"].to_numpy()[pairs[:, 0]]
+    if len(np.unique(groups)) >= 2:
+        calibrated, temperatures = cross_fitted_temperature(margins, groups, seed=seed)
+        out.calibrated_ece, out.temperature = reliability(calibrated).ece, float(np.mean(temperatures))
 
 
 def _finite(value) -> float | None:
@@ -153,6 +175,18 @@ def ensemble_proxies(scores: np.ndarray, reference_rows: np.ndarray, aggregation
     """{aggregation: (n,) proxy} from member scores (n, K), standardised on reference_rows (bool mask)."""
     ref = reference_rows if reference_rows.any() else None
     return aggregate_all(standardize(scores, ref), aggregations, **params)
+
+
+def conformal_proxy(ds: Dataset, scores: np.ndarray, reference_rows: np.ndarray, evaluated: np.ndarray, *,
+                    coverage: float, seed: int) -> ConformalResult:
+    """The conformal lower bound of standardised member scores (embrm.conformal) on the evaluated prompts: calibrated
+    on their usable responses' gold, cross-fitted over two halves of the prompts; their excluded responses get the
+    bound of their prompt's half (they never calibrate)."""
+    ref = reference_rows if reference_rows.any() else None
+    gold = np.where(ds.responses["scored"].to_numpy(), ds.responses["gold"].to_numpy(), np.nan).astype(np.float64)
+    return conformal_lower_bound(standardize(scores, ref), gold, ds.responses["prompt_id"].to_numpy(),
+                                 evaluated & ds.usable, reference_rows, coverage=coverage, seed=seed,
+                                 also=evaluated & ds.excluded)
 
 
 def length_proxy(responses: pl.DataFrame) -> np.ndarray:
@@ -340,10 +374,12 @@ class Evaluation:
     bon: dict[str, BonResult] = field(default_factory=dict)  # "pool", "pool-lc" [, "pool+<excluded>"]
     published: list[PublishedPick] = field(default_factory=list)
     length_effect: dict | None = None  # the length-controlled gold's fit (embrm.length.ControlledGold.to_dict)
+    conformal: dict | None = None  # the conformal aggregation's calibration (embrm.conformal.ConformalResult)
 
     def to_dict(self) -> dict:
         return {"metrics": self.metrics.to_dict(), "bon": {k: v.to_dict() for k, v in self.bon.items()},
-                "published_picks": [asdict(p) for p in self.published], "length_effect": self.length_effect}
+                "published_picks": [asdict(p) for p in self.published], "length_effect": self.length_effect,
+                "conformal": self.conformal}
 
     def frame(self) -> pl.DataFrame:
         """Every evaluated pool's curves, one row per (pool, proxy, n)."""

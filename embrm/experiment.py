@@ -31,6 +31,7 @@ from embrm.errors import EmbrmError
 from embrm.files import write_atomic
 from embrm.findings import Finding, findings, replication
 from embrm.jobs import check_run_options, result_paths, run_jobs
+from embrm.active import ActiveResult, run_active
 from embrm.methods import MethodResult, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
@@ -48,6 +49,7 @@ class StudyResult:
     timings: dict
     findings: list[Finding]
     methods: list[MethodResult] = field(default_factory=list)
+    active: list[ActiveResult] = field(default_factory=list)  # one active labelling campaign per pool
     embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
     length_effects: dict = field(default_factory=dict)  # per pool: the length-controlled gold's fit
     replication: list[dict] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
@@ -153,7 +155,12 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
         result.replication = _compare_halves(done[len(jobs):], halves, out)
     result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
+    result.active = _run_active(study, spec, cache_dir, data_dir, out, progress)
+    timings["active"] = {a.dataset: round(a.seconds, 2) for a in result.active}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
+    plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
+              if n == fits.filter(pl.col("dataset") == d)["noise"][0]
+              and (p := R.plot_reliability_study(results, out, d, n)) is not None]
     timings["total"] = time.perf_counter() - t0
     manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
                            "timings": timings, "embedding": embedding}, indent=2, default=str) + "\n"
@@ -198,6 +205,21 @@ def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progr
             result.write(out / "methods" / name)
             results.append(result)
             bar.advance()
+    return results
+
+
+def _run_active(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None
+                ) -> list[ActiveResult]:
+    """The study's active labelling campaign on every pool (results under out/active/<pool>)."""
+    if study.active is None:
+        return []
+    results = []
+    for spec_ in study.datasets:
+        ds = load_dataset(spec_, data_dir)
+        result = run_active(ds, cached_embeddings(ds, spec, cache_dir), study.active, progress=progress)
+        result.dataset = spec_.label  # the report links its files by the study's (plain) name of the pool
+        result.write(out / "active" / spec_.label)
+        results.append(result)
     return results
 
 

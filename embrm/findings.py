@@ -20,7 +20,7 @@ import polars as pl
 
 from embrm.stats import Effect, Unit, agreement, paired_effect
 
-CONSERVATIVE = ("min", "uwo", "lcb")  # Coste et al.'s conservative aggregations
+CONSERVATIVE = ("min", "uwo", "lcb", "conformal")  # Coste et al.'s conservative aggregations (+ a calibrated one)
 
 
 @dataclass
@@ -108,6 +108,7 @@ def _aggregation_findings(results: list[dict], dataset: str, noises: list[str]) 
     pool = _records(results, dataset, "pool")
     for a, b, claim in (("min", "mean", "worst-case (WCO, min) beats the ensemble mean"),
                         ("uwo", "mean", "uncertainty-weighted (UWO) beats the ensemble mean"),
+                        ("conformal", "mean", "a conformal lower bound (conservative, calibrated) beats the mean"),
                         ("mean", "single", "the ensemble mean beats a single member")):
         for noise in noises:
             effect = _effect(_bon_units(_same_job(pool, noise), "pool", a, b, "gain"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embrm.calibration import reliability
 from embrm.errors import EmbrmError
 from embrm.heads.checks import check_pairs
 from embrm.pools import avg_ranks, group_pools, score_columns
@@ -54,16 +55,9 @@ def expected_calibration_error(scores, pairs, n_bins: int = 10) -> float:
     Every pair's label is "column 0 preferred", so (as for any binary classifier) the prediction is read as
     "predicted winner = the higher-scored side, confidence = max(p, 1 - p)" and the outcome as whether the
     predicted winner is the labelled one (ties: confidence 0.5, correct counts 0.5). Equal-width bins over
-    confidence in [0.5, 1]; ECE = sum_bins (n_bin / n) * |accuracy_bin - mean confidence_bin|."""
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise EmbrmError(f"n_bins must be a positive integer, got {n_bins}")
-    m = _margins(scores, pairs)
-    conf = 1.0 / (1.0 + np.exp(-np.abs(m)))
-    correct = (m > 0) + 0.5 * (m == 0)
-    b = np.minimum(((conf - 0.5) * 2 * n_bins).astype(np.int64), n_bins - 1)
-    acc = np.bincount(b, correct, n_bins)
-    cf = np.bincount(b, conf, n_bins)
-    return float(np.abs(acc - cf).sum() / len(m))
+    confidence in [0.5, 1]; ECE = sum_bins (n_bin / n) * |accuracy_bin - mean confidence_bin|. Computed by
+    ``embrm.calibration.reliability`` (which also gives MCE, Brier and the bins)."""
+    return reliability(_margins(scores, pairs), n_bins).ece
 
 
 def per_prompt_spearman(scores, gold, prompt_index, *, mask=None, min_responses: int = 3, names=None,

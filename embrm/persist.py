@@ -5,7 +5,7 @@ A model directory holds:
                            package versions, plus whatever the caller adds (embedder fingerprint, label settings,
                            train/test prompt ids, ...)
     weights.npz            every array (linear coefficients, stacked MLP weights, WARM weights, trunk weights,
-                           per-member split positions); read back with np.load(allow_pickle=False)
+                           a Laplace posterior's mean and precision factor, per-member split positions); read back with np.load(allow_pickle=False)
     lgbm_member_{k}.txt    LightGBM members, LightGBM's own text format (Booster.save_model)
 
     save_ensemble("models/rm", ens, {"embedder": fingerprint, "labels": {"beta": 1.0}})
@@ -30,7 +30,7 @@ import numpy as np
 
 from embrm.ensemble import MODES, RewardEnsemble, _jsonable
 from embrm.errors import EmbrmError
-from embrm.heads import HEADS, LGBMReward, LinearBT, MLPReward
+from embrm.heads import HEADS, LaplaceBT, LGBMReward, LinearBT, MLPReward
 from embrm.heads.checks import check_value
 from embrm.length import LengthCorrection
 
@@ -61,8 +61,11 @@ def _arrays_of(ens) -> tuple[dict, list]:
         for i, p in enumerate(ens.trunk.params_):
             arrays[f"trunk_{i}"] = p
         arrays["head_coef"] = np.stack([m.coef_ for m in ens.members])
-    elif ens.head == "linear":
+    elif ens.head in ("linear", "laplace"):
         arrays["coef"] = np.stack([m.coef_ for m in ens.members])
+        if ens.posterior is not None:
+            arrays["posterior_mean"] = ens.posterior.map_
+            arrays["posterior_chol"] = ens.posterior.chol_
     elif ens.head == "mlp":
         for i, p in enumerate(ens.stacked_params()):
             arrays[f"mlp_{i}"] = p
@@ -314,7 +317,7 @@ def _members(model_dir: Path, h: dict, arrays: dict):
         heads = _rows(model_dir, arrays, "head_coef", k, width)
         return ([LinearBT.from_coef(c, C=hp.get("linear_C", 1.0)) for c in heads],
                 MLPReward.from_params(trunk, **mlp_params), None)
-    if h["head"] == "linear":
+    if h["head"] in ("linear", "laplace"):
         linear = {key: v for key, v in hp.items() if key in ("C", "max_iter")}
         return [LinearBT.from_coef(c, **linear) for c in _rows(model_dir, arrays, "coef", k, dim)], None, None
     if h["head"] == "mlp":
@@ -324,6 +327,24 @@ def _members(model_dir: Path, h: dict, arrays: dict):
     if not isinstance(names, list) or len(names) != k:
         raise _corrupt(model_dir, f"manifest.json lists {names!r} as LightGBM members, manifest says K={k}")
     return [_lgbm_member(model_dir, name, dim, hp, h["seeds"][j]) for j, name in enumerate(names)], None, None
+
+
+def _posterior(model_dir: Path, h: dict, arrays: dict) -> LaplaceBT | None:
+    """Mode posterior's Laplace head: its mean (d,) and the lower Cholesky factor (d, d) of its precision, checked
+    (finite, lower triangular, positive diagonal: a damaged factor would give NaN or negative variances)."""
+    if h["mode"] != "posterior":
+        return None
+    mean, chol = arrays.get("posterior_mean"), arrays.get("posterior_chol")
+    if mean is None or chol is None:
+        raise _corrupt(model_dir, "weights.npz lacks the Laplace posterior (posterior_mean, posterior_chol)")
+    d = len(mean)
+    if mean.ndim != 1 or chol.shape != (d, d) or (h["dim"] is not None and d != h["dim"]):
+        raise _corrupt(model_dir, f"weights.npz: posterior shapes {mean.shape} and {chol.shape} do not fit dim")
+    if not (np.isfinite(mean).all() and np.isfinite(chol).all() and np.all(np.diag(chol) > 0)
+            and not np.triu(chol, 1).any()):
+        raise _corrupt(model_dir, "weights.npz: the posterior's precision factor is not a valid Cholesky factor")
+    params = {key: v for key, v in h["head_params"].items() if key in ("C", "max_iter")}
+    return LaplaceBT.from_posterior(mean, chol, **params)
 
 
 def _length_correction(saved, ens: RewardEnsemble):
@@ -351,7 +372,8 @@ def load_ensemble(model_dir):
     try:
         members, trunk, warm = _members(model_dir, h, arrays)
         ens = RewardEnsemble(h["head"], h["mode"], members, h["seeds"], splits, trunk=trunk, warm=warm,
-                             head_params=h["head_params"], info=h["info"])
+                             head_params=h["head_params"], info=h["info"],
+                             posterior=_posterior(model_dir, h, arrays))
         ens.length_correction = _length_correction(doc["ensemble"].get("length_correction"), ens)
     except (TypeError, ValueError, EmbrmError) as err:  # an edited head_params / mode the heads refuse
         if isinstance(err, EmbrmError) and str(err).startswith(f"model dir {model_dir} "):

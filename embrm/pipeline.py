@@ -32,10 +32,12 @@ from embrm.data import Dataset
 from embrm.embed import cached_embeddings
 from embrm.ensemble import RewardEnsemble, fit_ensemble
 from embrm.errors import EmbrmError
+from embrm.conformal import ConformalResult
 from embrm.evaluation import (
     Evaluation,
     FitMetrics,
     best_of_n,
+    conformal_proxy,
     ensemble_proxies,
     length_proxy,
     pairwise_metrics,
@@ -46,7 +48,7 @@ from embrm.labels import pair_indices, simulate_pairs, split_prompts
 from embrm.length import LengthCorrection, controlled_gold, length_feature
 from embrm.persist import load_ensemble, save_ensemble
 from embrm.progress import Stages
-from embrm.protocol import LabelConfig, Protocol
+from embrm.protocol import CALIBRATED, LabelConfig, Protocol
 
 
 @dataclass(frozen=True)
@@ -181,16 +183,22 @@ def _posthoc(ds: Dataset, X: np.ndarray, raw: np.ndarray, ensemble: RewardEnsemb
 
 
 def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
-            protocol: Protocol) -> dict:
+            protocol: Protocol, evaluated: np.ndarray) -> tuple[dict, ConformalResult | None]:
     """Every reward evaluated: the aggregations of the member scores (standardised on the training prompts' usable
-    responses), WARM's weight-averaged model when there is one, and the length rulers (longest and shortest)."""
+    responses; "conformal" calibrated on the evaluated prompts' gold, cross-fitted), WARM's weight-averaged model
+    when there is one, and the length rulers (longest and shortest)."""
     reference = rows_of(ds.responses, split_.train) & ~ds.excluded
-    out = ensemble_proxies(scores, reference, protocol.aggregations, **protocol.aggregation_params())
+    plain = [a for a in protocol.aggregations if a not in CALIBRATED]
+    out = ensemble_proxies(scores, reference, plain, **protocol.aggregation_params()) if plain else {}
+    conformal = None
+    if "conformal" in protocol.aggregations:
+        conformal = conformal_proxy(ds, scores, reference, evaluated, coverage=protocol.coverage, seed=protocol.seed)
+        out = {name: conformal.bound if name == "conformal" else out[name] for name in protocol.aggregations}
     if ensemble.warm_ is not None:
         out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
     out["length"] = length_proxy(ds.responses)
     out["shortest"] = -out["length"]
-    return out
+    return out, conformal
 
 
 def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
@@ -213,7 +221,8 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     result = Evaluation(metrics)
     if not ds.has_gold:
         return result
-    scored = proxies(ds, X, ensemble, scores, split_, protocol)
+    scored, conformal = proxies(ds, X, ensemble, scores, split_, protocol, evaluated)
+    result.conformal = None if conformal is None else conformal.to_dict()
     grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
     try:

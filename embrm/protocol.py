@@ -26,7 +26,10 @@ HEADS = tuple(HEAD_CLASSES)  # the names of the heads embrm.heads registers
 #   odin            a quality head and a length head trained together (Chen et al. 2024); the quality head scores
 #   rrm             training pairs augmented with other prompts' answers as losers and ties (Liu et al. 2024)
 LENGTH_CONTROLS = ("none", "posthoc", "posthoc_global", "odin", "rrm")
-DEFAULT_AGGREGATIONS = ("mean", "min", "median", "uwo", "lcb", "single")
+DEFAULT_AGGREGATIONS = ("mean", "min", "median", "uwo", "lcb", "conformal", "single")
+# Aggregations calibrated on held-out gold (not a function of the member scores alone: embrm.pipeline.proxies)
+#   conformal   split-conformal lower bound with Protocol.coverage (embrm.conformal)
+CALIBRATED = ("conformal",)
 LABEL_SOURCES = ("auto", "human", "simulated")
 
 # The bounds of an experiment's values: every entry point (`embrm fit`, `embrm bon-sim`, a study job, the Python API)
@@ -38,6 +41,7 @@ RULES = {
     "lam": Number(),  # UWO / LCB: any finite weight (0 = the mean; < 0 rewards disagreement)
     "lcb_beta": Number(),
     "temperature": Number(0, lo_open=True),  # soft-min divides by it
+    "coverage": Number(0, 1, lo_open=True, hi_open=True),  # the conformal bound's target coverage
     "n_max": Integer(1, 1_000_000, none=True),  # Best-of-n's largest n (<= the pool: checked with the data)
     # 1,000x the default 1,000 labels (more than any of the papers reproduced); pairs and their difference vectors
     # must fit in memory: 10^6 pairs x 384 dims x 2 (mirrored) float32 is 3 GB for the linear head already
@@ -82,24 +86,30 @@ class Learner:
     random_state is not one of them: the Protocol's seed derives every member's."""
 
     head: str = "linear"
-    mode: str = "independent"
+    mode: str | None = None  # None: "posterior" for the laplace head (its only mode), else "independent"
     params: tuple = ()
     length_control: str = "none"
     k: int | None = None  # this learner's ensemble size, when it differs from the Protocol's (a study's learners)
 
     def __post_init__(self):
         _check_choice("head", self.head, HEADS)
+        if self.mode is None:
+            object.__setattr__(self, "mode", "posterior" if self.head == "laplace" else "independent")
         if self.k is not None:
             check_value(SHOWN_AS["k"], self.k, RULES["k"])
         _check_choice("mode", self.mode, MODES)
         _check_choice("length_control", self.length_control, LENGTH_CONTROLS)
-        if self.length_control == "odin" and (self.head == "lgbm" or self.mode not in ("independent", "bootstrap")):
+        if self.length_control == "odin" and (self.head not in ("linear", "mlp")
+                                              or self.mode not in ("independent", "bootstrap")):
             raise EmbrmError("length_control odin trains a quality and a length head: it needs head = linear or mlp "
                              "with mode = independent or bootstrap")
         if self.mode == "shared_trunk" and self.head != "mlp":
             raise EmbrmError("mode shared_trunk needs head = mlp (an MLP trunk with K linear heads)")
         if self.mode == "linear_heads" and self.head != "linear":
             raise EmbrmError("mode linear_heads needs head = linear (K linear heads on the frozen embeddings)")
+        if (self.mode == "posterior") != (self.head == "laplace"):
+            raise EmbrmError("head laplace draws its members from its posterior: it takes mode = posterior, and "
+                             "mode posterior needs head = laplace")
         object.__setattr__(self, "params", _frozen_params(self.params))
         rules = {k: r for k, r in HEAD_CLASSES[self.head].PARAMS.items() if k != "random_state"}
         if self.length_control == "odin":
@@ -108,7 +118,8 @@ class Learner:
 
     @property
     def name(self) -> str:
-        suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads"}
+        suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads",
+                  "posterior": ""}
         control = "" if self.length_control == "none" else "." + self.length_control.replace("_", "-")
         return self.head + suffix[self.mode] + control + ("" if self.k is None else f".k{self.k}")
 
@@ -135,6 +146,7 @@ DEFAULT_LEARNERS = {
     # LightGBM costs ~30 ms a tree at 384 features on one core: sized so a study runs in minutes on 2 cores
     "lgbm": Learner("lgbm", params=(("colsample_bytree", 0.5), ("n_estimators", 40), ("num_leaves", 15),
                                     ("objective", "bt"))),
+    "laplace": Learner("laplace"),  # Bayesian linear BT: K posterior draws as members
 }
 
 
@@ -193,6 +205,7 @@ class Protocol:
     lam: float = 0.5  # UWO: mean - lam * variance
     lcb_beta: float = 1.0  # LCB: mean - beta * std
     temperature: float = 1.0  # soft-min
+    coverage: float = 0.9  # conformal: the lower bound holds for this share of held-out responses
     member: int = 0  # the member 'single' reports
     with_excluded: bool = True
     n_max: int | None = None
@@ -204,7 +217,7 @@ class Protocol:
                              f"{type(self.learner).__name__} and {type(self.labels).__name__}")
         if self.learner.k is not None:  # the learner's own ensemble size wins (one K per experiment)
             object.__setattr__(self, "k", self.learner.k)
-        _check(self, ("k", "seed", "test_size", "lam", "lcb_beta", "temperature", "n_max"))
+        _check(self, ("k", "seed", "test_size", "lam", "lcb_beta", "temperature", "coverage", "n_max"))
         _check_aggregations(self.aggregations)
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         check_value("member", self.member, Integer(0, self.k - 1))  # the member 'single' reports: one of the K
@@ -248,11 +261,12 @@ def checked_n_grid(grid) -> str | tuple | None:
 
 
 def _check_aggregations(aggregations) -> None:
-    """A non-empty list of distinct names from embrm.aggregate."""
+    """A non-empty list of distinct names from embrm.aggregate (and the calibrated ones)."""
+    allowed = AGGREGATIONS + CALIBRATED
     if isinstance(aggregations, str) or not isinstance(aggregations, (list, tuple)) or not aggregations:
-        raise EmbrmError(f"aggregations must be a non-empty list of {', '.join(AGGREGATIONS)}, "
+        raise EmbrmError(f"aggregations must be a non-empty list of {', '.join(allowed)}, "
                          f"got {shown(aggregations)}")
     for a in aggregations:
-        _check_choice("aggregation", a, AGGREGATIONS)
+        _check_choice("aggregation", a, allowed)
     if len(set(aggregations)) < len(aggregations):
         raise EmbrmError(f"aggregations {shown(list(aggregations))} name one twice: list each once")

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from embrm.calibration import plot_reliability, pooled_reliability
 from embrm.plots import plot_bon
 
 BASELINES = ("length", "shortest")  # rulers beside every reward (the random pick is its own row: an expectation)
@@ -31,6 +32,10 @@ def fit_table(results: list[dict]) -> pl.DataFrame:
                      "log_loss": m["log_loss"], "ece": m["ece"], "spearman": m.get("spearman"),
                      "length_accuracy": m["length_accuracy"], "length_spearman": m.get("length_spearman"),
                      "length_correlation": m.get("length_correlation"),
+                     "mce": m.get("mce"), "brier": m.get("brier"), "calibrated_ece": m.get("calibrated_ece"),
+                     "temperature": m.get("temperature"),
+                     "conformal_coverage": (r.get("conformal") or {}).get("empirical_coverage"),
+                     "conformal_target": (r.get("conformal") or {}).get("coverage"),
                      "against": m["against"],
                      "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
                      "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
@@ -219,6 +224,44 @@ def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
     rows.append(["random (expected)", "-", "-", "0.500", "-", "-", "-"])
     return md_table(["learner", "labels", "training labels agreeing with gold", "ensemble-mean accuracy",
                      "mean member accuracy", "per-prompt Spearman with gold", "per-prompt Spearman with length"], rows)
+
+
+def calibration_markdown(fits: pl.DataFrame, dataset: str) -> str:
+    """ECE, MCE, Brier of the ensemble mean's pairwise probability, and ECE after temperature scaling, per learner."""
+    sub = fits.filter(pl.col("dataset") == dataset)
+    metrics = ["ece", "mce", "brier", "calibrated_ece", "temperature"]
+    s = summarise(sub.with_columns(pl.col(m).cast(pl.Float64) for m in metrics), ["learner", "noise"], metrics)
+    rows = [[r["learner"], r["noise"], *(fmt(r[m], r[f"{m}_ci"]) for m in metrics)] for r in s.iter_rows(named=True)]
+    return md_table(["learner", "labels", "ECE", "MCE", "Brier", "ECE after temperature scaling", "temperature T"],
+                    rows)
+
+
+def conformal_line(fits: pl.DataFrame, dataset: str) -> str:
+    """The conformal bound's stated and held-out coverage on a pool (every job of it), or "" without one."""
+    sub = fits.filter((pl.col("dataset") == dataset) & pl.col("conformal_coverage").is_not_null())
+    if sub.is_empty():
+        return ""
+    got = sub["conformal_coverage"].to_numpy()
+    target = float(sub["conformal_target"][0])
+    verdict = ("holds" if got.min() >= target - 0.02 else
+               f"FALLS SHORT in {int((got < target - 0.02).sum())} of {len(got)} jobs")
+    return (f"Conformal lower bound (aggregation `conformal`): stated coverage {target:.2f}; held-out coverage "
+            f"{got.mean():.3f} (min {got.min():.3f}, max {got.max():.3f} over {len(got)} jobs), each prompt judged by "
+            f"a bound calibrated on the other half of the held-out prompts: the coverage {verdict}.")
+
+
+def plot_reliability_study(results: list[dict], out: Path, dataset: str, noise: str) -> Path | None:
+    """One reliability diagram per pool and annotator: each learner's held-out bins pooled over its seeds."""
+    curves = {}
+    for r in results:
+        bins = (r["metrics"].get("reliability") or {}) if r["dataset"] == dataset and r["noise"] == noise else {}
+        if bins:
+            curves.setdefault(r["learner"], []).append(bins)
+    if not curves:
+        return None
+    pooled = {name: pooled_reliability(parts) for name, parts in curves.items()}
+    return plot_reliability(pooled, out / f"reliability_{dataset}_{noise}.png",
+                            title=f"Reliability of the ensemble mean on {dataset} ({noise}), seeds pooled")
 
 
 def published_markdown(pub: pl.DataFrame, dataset: str) -> str:

@@ -12,7 +12,7 @@ exist is one error naming the file, the key and the allowed values.
     human_pairs = ["hh-rlhf-harmless-test"]                      # pairwise data: pairwise accuracy on human labels
     test_size = 0.2                                              # share of prompts held out (split per seed)
     k = 5                                                        # ensemble members (Coste et al.: 5)
-    aggregations = ["mean", "min", "median", "uwo", "lcb", "single"]
+    aggregations = ["mean", "min", "median", "uwo", "lcb", "conformal", "single"]
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
     n_grid = "log"              # Best-of-n's n: "all", "log" (~100 log-spaced n, with 1 and N) or a list; left out:
@@ -20,6 +20,9 @@ exist is one error naming the file, the key and the allowed values.
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
+    [active]                    # active labelling campaigns (embrm.active) on every pool; left out: none. Keys:
+    strategies = ["random", "dopt", "bald"]     # strategies, seed_pairs, batch, rounds, seeds (default: the
+    rounds = 10                                 # study's), samples, C, lcb_beta, across_prompts, beta / flip, target
     replicate = true            # run the study again on two disjoint halves of each dataset's prompts and report
                                 # which findings agree (`embrm run --replicate / --no-replicate` overrides)
 
@@ -35,8 +38,9 @@ exist is one error naming the file, the key and the allowed values.
     beta = 10.0
     n_pairs = 250               # optional: this annotator's label budget (default: [labels] n_pairs)
 
-    [[learners]]                # head = "linear" | "mlp" | "lgbm"; mode = "independent" | "bootstrap" |
-    head = "mlp"                # "shared_trunk" | "linear_heads"; further keys are the head's parameters, with the
+    [[learners]]                # head = "linear" | "mlp" | "lgbm" | "laplace"; mode = "independent" | "bootstrap" |
+    head = "mlp"                # "shared_trunk" | "linear_heads" | "posterior" (laplace's only mode, its default);
+                                # further keys are the head's parameters, with the
                                 # head's own bounds (embrm.heads: PARAMS); one learner per head + mode + control
     mode = "independent"
     hidden = [256, 128]
@@ -69,6 +73,7 @@ from pathlib import Path
 
 import polars as pl
 
+from embrm.active import ActiveConfig
 from embrm.datasets import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
 from embrm.embed import EmbedderConfig, render
 from embrm.errors import EmbrmError
@@ -111,10 +116,11 @@ class Study:
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     labels: dict = field(default_factory=lambda: {"n_pairs": 1000, "within_prompt": True})
+    active: ActiveConfig | None = None  # active labelling campaigns on every pool (embrm.active)
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
     # the plain learners and the MLP under each length control (studies/learners.toml: shared trunk, LightGBM)
     learners: list = field(default_factory=lambda: [
-        DEFAULT_LEARNERS["linear"], DEFAULT_LEARNERS["mlp"],
+        DEFAULT_LEARNERS["linear"], DEFAULT_LEARNERS["laplace"], DEFAULT_LEARNERS["mlp"],
         *(replace(DEFAULT_LEARNERS["mlp"], length_control=c) for c in ("posthoc", "odin", "rrm"))])
 
     def to_dict(self) -> dict:
@@ -184,7 +190,7 @@ def load_study(path: str | Path | None = None) -> Study:
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
        "n_grid": (str, list), "methods": list, "embedder": dict,
-       "labels": dict, "noise": list, "learners": list}
+       "labels": dict, "noise": list, "learners": list, "active": dict}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
 
@@ -274,6 +280,8 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
         study.noise = [_noise(f"{where} [[noise]] #{i + 1}", n) for i, n in enumerate(doc["noise"])]
     if "learners" in doc:
         study.learners = [_learner(f"{where} [[learners]] #{i + 1}", l) for i, l in enumerate(doc["learners"])]
+    if "active" in doc:
+        study.active = _active(f"{where} [active]", doc["active"], study)
     _validate(study, where)
     return study
 
@@ -326,8 +334,22 @@ def _learner(where: str, doc) -> Learner:
         raise EmbrmError(f"{where}: needs head = one of linear, mlp, lgbm (and optionally mode, length_control and "
                          f"the head's parameters)")
     params = {k: v for k, v in doc.items() if k not in ("head", "mode", "length_control", "k")}
-    return _checked(where, lambda: Learner(doc["head"], doc.get("mode", "independent"), params,
+    return _checked(where, lambda: Learner(doc["head"], doc.get("mode"), params,
                                            doc.get("length_control", "none"), doc.get("k")))
+
+
+ACTIVE_KEYS = {"strategies": list, "seed_pairs": int, "batch": int, "rounds": int, "seeds": list, "samples": int,
+               "C": float, "lcb_beta": float, "across_prompts": bool, "test_size": float, "beta": float,
+               "flip": float, "target": float}
+
+
+def _active(where: str, doc, study: Study) -> ActiveConfig:
+    """An active labelling campaign; its seeds default to the study's, its test_size to the study's."""
+    values = {"seeds": study.seeds, "test_size": study.test_size, **_check_keys(where, doc, ACTIVE_KEYS)}
+    if values.get("flip") is not None:
+        values.setdefault("beta", None)
+    return _checked(where, lambda: ActiveConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in values.items()}))
 
 
 def check_rrm_texts(study: Study, where: str = "study") -> None:

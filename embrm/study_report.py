@@ -83,7 +83,9 @@ def _pool_sections(result, noises: list[str]) -> list[str]:
                       R.length_markdown(bon, dataset, noises), ""]
         else:
             lines += [f"## Best-of-n on `{dataset}`", "", _length_effect_line(result.length_effects.get(dataset)), ""]
+        coverage = R.conformal_line(result.fits, dataset)
         lines += ["Gold@N and gain on gold, per aggregation:", "", R.bon_markdown(bon, dataset, "pool", noises), "",
+                  *([coverage, ""] if coverage else []),
                   "Over-optimisation: where each seed's gold curve peaks, the gain there and at n = N (the peak is "
                   "chosen on the same prompts, so the drop is optimistic; the findings cross-fit it):", "",
                   R.overoptimisation_markdown(bon, dataset, noises), ""]
@@ -149,12 +151,26 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
     for dataset in fits["dataset"].unique(maintain_order=True):
         against = fits.filter(pl.col("dataset") == dataset)["against"][0]
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
-                  R.fit_markdown(fits, dataset), ""]
+                  R.fit_markdown(fits, dataset), "",
+                  f"Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over "
+                  f"10 confidence bins; Brier; ECE after temperature scaling fitted on the other half of the held-out "
+                  f"prompts; reliability diagrams under Plots):", "", R.calibration_markdown(fits, dataset), ""]
     if result.methods:
         lines += [render_methods(result.methods), ""]
+    if result.active:
+        lines += ["## Active labelling (which pairs to label next)", "", ACTIVE, ""]
+        for a in result.active:
+            lines += [a.markdown(), f"![active labelling on {a.dataset}](active/{a.dataset}/active.png)", ""]
     lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.get("generated")})
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines + _timing_section(result))
+
+
+ACTIVE = ("Each strategy starts from the same random seed set, then picks a batch of within-prompt pairs (across "
+          "prompts where asked) of the training prompts each round; the simulated annotator labels them (one draw "
+          "per pair, the same under every strategy), a Bayesian linear BT head (Laplace) is refitted, and the "
+          "held-out prompts measure it. A strategy beats random when its 95 % interval over seeds and held-out "
+          "prompts lies above zero.")
 
 
 def _embedder_text(study: Study, generated: dict) -> str:

@@ -115,9 +115,9 @@ CASES = [
           r'methods entry = "magic" is not allowed'),
     study("method_twice", 'datasets = ["pool.csv"]\nhuman_pairs = []\nmethods = ["moe", "moe"]\n',
           r'methods #2 repeats "moe"'),
-    study("too_many_jobs", VALID + "replicate = false\n" + SEEDS_3000, r"30000 jobs .*at most 10000"),
+    study("too_many_jobs", VALID + "replicate = false\n" + SEEDS_3000, r"36000 jobs .*at most 10000"),
     study("too_many_jobs_with_halves", VALID + "seeds = [" + ", ".join(map(str, range(400))) + "]\n",
-          r"12000 jobs \(datasets x noise x learners x seeds\) with the replication halves \(replicate = false drops "
+          r"14400 jobs \(datasets x noise x learners x seeds\) with the replication halves \(replicate = false drops "
           r"them\): at most 10000"),
     # [embedder]
     value("embedder_not_table", 'embedder = "st"\n', r"key 'embedder' must be dict"),

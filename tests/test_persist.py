@@ -21,6 +21,7 @@ CASES = {
     "shared_trunk": dict(head="mlp", mode="shared_trunk", hidden=(16, 8), epochs=3),
     "lgbm": dict(head="lgbm", n_estimators=10, num_leaves=7),
     "lgbm-bt": dict(head="lgbm", n_estimators=10, num_leaves=7, objective="bt"),
+    "laplace": dict(head="laplace", mode="posterior", C=0.5),
 }
 
 
@@ -34,6 +35,7 @@ def test_round_trip_identical_predictions(tmp_path, case):
     assert np.array_equal(back.predict(X), ens.predict(X))
     if ens.warm_ is not None:
         assert np.array_equal(back.predict_warm(X), ens.predict_warm(X))
+    assert np.allclose(back.epistemic_std(X), ens.epistemic_std(X), rtol=1e-12)
     assert (back.head, back.mode, back.k, back.seeds) == (ens.head, ens.mode, 3, ens.seeds)
     for s, t in zip(back.splits, ens.splits):
         assert np.array_equal(s["train"], t["train"]) and np.array_equal(s["val"], t["val"])
@@ -121,3 +123,20 @@ def test_overwrite_never_replaces_a_directory_that_is_not_a_model(tmp_path):
     with pytest.raises(EmbrmError, match="not an embrm model dir: refusing to replace it"):
         save_ensemble(tmp_path / "notes", fit_ensemble(X, pairs, k=2), {}, overwrite=True)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a.pop("posterior_chol"), "lacks the Laplace posterior"),
+    (lambda a: a["posterior_chol"].__setitem__((0, 0), -1.0), "not a valid Cholesky factor"),
+    (lambda a: a["posterior_chol"].__setitem__((0, 3), 0.5), "not a valid Cholesky factor"),
+    (lambda a: a.update(posterior_mean=a["posterior_mean"][:5]), "posterior shapes"),
+])
+def test_a_damaged_laplace_posterior_is_refused(tmp_path, damage, message):
+    X, pairs, _ = synthetic()
+    path = save_ensemble(tmp_path / "m", fit_ensemble(X, pairs, head="laplace", mode="posterior", k=2), {"dim": 12})
+    with np.load(path / "weights.npz") as z:
+        arrays = {n: z[n] for n in z.files}
+    damage(arrays)
+    np.savez(path / "weights.npz", **arrays)
+    with pytest.raises(EmbrmError, match=f"model dir .*m is corrupt .*{message}"):
+        load_ensemble(path)

@@ -13,9 +13,9 @@ def test_default_study_grid():
     study = load_study(None)
     jobs = jobs_of(study)
     pools = [j for j in jobs if j.kind == "pool"]
-    assert len(pools) == 2 * 2 * 5 * 3  # datasets x noise x learners x seeds
-    assert len(jobs) - len(pools) == 5 * 3  # human pairs: learners x seeds
-    assert {l.name for l in study.learners} == {"linear", "mlp", "mlp.posthoc", "mlp.odin", "mlp.rrm"}
+    assert len(pools) == 2 * 2 * 6 * 3  # datasets x noise x learners x seeds
+    assert len(jobs) - len(pools) == 6 * 3  # human pairs: learners x seeds
+    assert {l.name for l in study.learners} == {"linear", "laplace", "mlp", "mlp.posthoc", "mlp.odin", "mlp.rrm"}
     assert len({j.key for j in jobs}) == len(jobs) and study.replicate and study.k == 5
 
 

@@ -1,5 +1,5 @@
 """The `embrm` command line: thin typer commands over the Python API, assembled here from one module per area
-(data and cache, models, studies, methods); shared options live in embrm.cli.common."""
+(data and cache, models, studies, methods, active labelling); shared options live in embrm.cli.common."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import typer
 from typer._click import exceptions as click  # typer vendors click; its errors live here
 from typer.core import TyperGroup
 
-from embrm.cli import data, methods, model, study
+from embrm.cli import active, data, methods, model, study
 from embrm.cli.common import error_line
 
 
@@ -52,6 +52,7 @@ app.command("bon-sim")(model.bon_sim)
 app.command()(study.run)
 for command in (methods.laser, methods.moe, methods.composite, methods.policy):
     app.command()(command)
+app.command()(active.active)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from embrm.persist import check_replaceable, package_versions
 from embrm.pipeline import SavedModel, evaluate, load_model, model_embeddings
 from embrm.pipeline import fit as fit_model
 from embrm.pipeline import score as score_model
-from embrm.protocol import DEFAULT_LEARNERS, N_GRIDS, LabelConfig, Protocol, checked_n_grid
+from embrm.protocol import CALIBRATED, DEFAULT_LEARNERS, N_GRIDS, LabelConfig, Protocol, checked_n_grid
 
 
 class Prompts(str, Enum):
@@ -60,10 +60,12 @@ ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 
 class FitOptions:
     """The learner and the annotator. Defaults are the default study's (`embrm run`)."""
 
-    head: Annotated[str, typer.Option("--head", help="linear | mlp | lgbm")] = "linear"
+    head: Annotated[str, typer.Option(
+        "--head", help="linear | mlp | lgbm | laplace (Bayesian linear BT: members are posterior draws)")] = "linear"
     ensemble: Annotated[int, typer.Option("--ensemble", "-k", help="Number of members K.")] = 5
-    mode: Annotated[str, typer.Option(
-        "--mode", help="independent | bootstrap | shared_trunk (mlp) | linear_heads (linear).")] = "independent"
+    mode: Annotated[Optional[str], typer.Option(
+        "--mode", help="independent (default) | bootstrap | shared_trunk (mlp) | linear_heads (linear) | "
+                       "posterior (laplace, its default).")] = None
     objective: Annotated[Optional[str], typer.Option("--objective", help="mlp/lgbm: bt | classification.")] = None
     hidden: Annotated[Optional[str], typer.Option(
         "--hidden", help="mlp: hidden widths (default 256,128 as the default study; Sun et al.: 1024,512).")] = None
@@ -188,6 +190,10 @@ def print_fit_metrics(m: FitMetrics, title: str) -> None:
     table.add_row("random (expected)", "0.500", "", "", "0.000", "0.000")
     out.print(table)
     out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
+    if m.calibrated_ece is not None:
+        out.print(f"calibration of the mean's pairwise probability: MCE {m.mce:.3f}, Brier {m.brier:.3f}; ECE after "
+                  f"temperature scaling (T = {m.temperature:.2f}, cross-fitted over held-out prompts) "
+                  f"{m.calibrated_ece:.3f}")
 
 
 @friendly
@@ -220,11 +226,14 @@ def bon_sim(
     ctx: typer.Context, dataset: DatasetArg, data: DataOptions,
     model_dir: Annotated[Path, typer.Option("--model", "-m", help="A model directory written by `embrm fit`.")],
     agg: Annotated[Optional[str], typer.Option(
-        "--agg", help=f"Comma-separated aggregations of {', '.join(AGGREGATIONS)} (default: the model's).")] = None,
+        "--agg", help=f"Comma-separated aggregations of {', '.join(AGGREGATIONS + CALIBRATED)} (default: the "
+                      f"model's; conformal: a split-conformal lower bound calibrated on held-out gold).")] = None,
     lam: Annotated[Optional[float], typer.Option("--lam", help="UWO: mean - lam * variance.")] = None,
     lcb_beta: Annotated[Optional[float], typer.Option("--lcb-beta", help="LCB: mean - beta * std.")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Soft-min temperature.")] = None,
     member: Annotated[Optional[int], typer.Option("--member", help="The member 'single' reports.")] = None,
+    coverage: Annotated[Optional[float], typer.Option(
+        "--coverage", help="conformal: the share of held-out responses the lower bound holds for (0.9).")] = None,
     n_max: Annotated[Optional[int], typer.Option("--n-max", help="Largest n (default: the largest pool).")] = None,
     n_grid: Annotated[Optional[str], typer.Option(
         "--n-grid", help="The n of the curves: all | log (about 100 log-spaced n, with 1 and N) | comma-separated "
@@ -240,7 +249,7 @@ def bon_sim(
     """
     check_out(out_dir, overwrite)
     model = _load_model(model_dir)
-    changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, n_max=n_max,
+    changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, coverage=coverage, n_max=n_max,
                    n_grid=_n_grid(n_grid),
                    aggregations=tuple(split_list([agg])) if agg is not None else None)
     # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
@@ -294,6 +303,10 @@ def print_bon(result: Evaluation) -> None:
         table.add_row(proxy, fmt(s.gold_at_n_max), fmt(s.gain_at_n_max), *extra, fmt(s.length_correlation),
                       str(s.best_n))
     out.print(table)
+    if result.conformal:
+        c = result.conformal
+        out.print(f"conformal lower bound: target coverage {c['coverage']:.2f}, held-out coverage "
+                  f"{c['empirical_coverage']:.3f} (each prompt judged by a bound calibrated on the other half)")
     if result.length_effect and "error" in result.length_effect:
         out.print(f"no length-controlled gold: {result.length_effect['error']}")
     elif result.length_effect:

@@ -8,16 +8,18 @@ Every head has the same interface::
     LinearBT      logistic regression without intercept on x_chosen - x_rejected (mirrored pairs)
     MLPReward     d -> 1024 -> 512 -> 1 ReLU MLP (Sun et al.), BT or classification loss, early stopping
     LGBMReward    LightGBM, classification (chosen 1 / rejected 0) or an exact Bradley-Terry custom objective
+    LaplaceBT     Bayesian linear BT (Laplace approximation): posterior mean, epistemic std, posterior draws
 """
 
 from __future__ import annotations
 
 from embrm.heads.checks import check_embeddings, check_fitted, check_group_ids, check_pairs
+from embrm.heads.laplace import LaplaceBT
 from embrm.heads.lgbm import LGBMReward
 from embrm.heads.linear import LinearBT
 from embrm.heads.mlp import MLPReward
 
-HEADS = {"linear": LinearBT, "mlp": MLPReward, "lgbm": LGBMReward}
+HEADS = {"linear": LinearBT, "mlp": MLPReward, "lgbm": LGBMReward, "laplace": LaplaceBT}
 
-__all__ = ["LinearBT", "MLPReward", "LGBMReward", "HEADS", "check_embeddings", "check_fitted", "check_group_ids",
+__all__ = ["LinearBT", "MLPReward", "LGBMReward", "LaplaceBT", "HEADS", "check_embeddings", "check_fitted", "check_group_ids",
            "check_pairs"]
