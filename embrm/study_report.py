@@ -152,9 +152,9 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
         against = fits.filter(pl.col("dataset") == dataset)["against"][0]
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
                   R.fit_markdown(fits, dataset), "",
-                  f"Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over "
-                  f"10 confidence bins; Brier; ECE after temperature scaling fitted on the other half of the held-out "
-                  f"prompts; reliability diagrams under Plots):", "", R.calibration_markdown(fits, dataset), ""]
+                  "Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over "
+                  "10 confidence bins; Brier; ECE after temperature scaling fitted on the other half of the held-out "
+                  "prompts; reliability diagrams under Plots):", "", R.calibration_markdown(fits, dataset), ""]
     if result.methods:
         lines += [render_methods(result.methods), ""]
     if result.active:
