@@ -304,7 +304,13 @@ def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
 
 
 def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
-    """response_id, prompt_id and one column per member (member_0..member_{K-1})."""
+    """response_id, prompt_id and one column per member (member_0..member_{K-1}); a Laplace model (mode posterior)
+    adds its posterior mean reward and epistemic standard deviation (posterior_mean, posterior_std; before any
+    length correction)."""
     scores = model.ensemble.predict(X, length_feature(ds.responses))
-    return ds.responses.select("response_id", "prompt_id").with_columns(
+    frame = ds.responses.select("response_id", "prompt_id").with_columns(
         pl.DataFrame(scores, schema=[f"member_{k}" for k in range(scores.shape[1])]))
+    posterior = model.ensemble.posterior
+    if posterior is None:
+        return frame
+    return frame.with_columns(posterior_mean=posterior.predict(X), posterior_std=posterior.predict_std(X))

@@ -119,6 +119,26 @@ def test_bon_sim_writes_curves_summary_and_plots(renamed_pool, tmp_path):
     np.testing.assert_allclose(last["random"].to_numpy(), pool["random_at_n_max"], rtol=1e-6)
 
 
+def test_a_laplace_model_scores_its_posterior_and_bounds_best_of_n_conformally(renamed_pool, tmp_path):
+    m = json.loads(fit(renamed_pool, tmp_path / "bayes", "--head", "laplace", "-k", "4").stdout)
+    manifest = json.loads((tmp_path / "bayes" / "manifest.json").read_text())
+    assert manifest["protocol"]["learner"]["mode"] == "posterior"
+    assert 0 <= m["calibrated_ece"] <= 1 and m["temperature"] > 0 and 0 <= m["mce"] <= 1 and 0 < m["brier"] < 1
+    invoke("score", tmp_path / "bayes", renamed_pool / "pool.toml", "--cache-dir", renamed_pool / "cache",
+           "--out", tmp_path / "scores.parquet")
+    scores = pl.read_parquet(tmp_path / "scores.parquet")
+    assert scores.columns[-2:] == ["posterior_mean", "posterior_std"] and (scores["posterior_std"] > 0).all()
+    members = scores.select(f"member_{j}" for j in range(4)).to_numpy()
+    assert not np.allclose(members[:, 0], members[:, 1])  # posterior draws, not one weight vector
+    result = invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "bayes", "--cache-dir",
+                    renamed_pool / "cache", "--agg", "mean,conformal", "--coverage", "0.8", "--out", tmp_path / "bon")
+    assert "conformal lower bound: target coverage 0.80" in result.output
+    summary = json.loads((tmp_path / "bon" / "summary.json").read_text())
+    assert summary["conformal"]["coverage"] == 0.8 and 0 < summary["conformal"]["empirical_coverage"] <= 1
+    for pool in ("pool", "pool+probes"):  # the probes put back get their prompt's bound
+        assert set(summary["bon"][pool]["aggregations"]) >= {"mean", "conformal"}
+
+
 def test_fit_on_human_pairs_measures_against_the_human_labels(renamed_pool, tmp_path):
     result = invoke("fit", renamed_pool / "hh.jsonl", "--head", "linear", "-k", "2", *EMBED, "--cache-dir",
                     renamed_pool / "cache", "--out", tmp_path / "m", "--format", "json")

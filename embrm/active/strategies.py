@@ -218,7 +218,7 @@ def greedy_dopt(X: np.ndarray, pairs: np.ndarray, w: np.ndarray, v: np.ndarray, 
         denom = 1.0 + w[j] * v[j]
         Xu = X @ u
         c = Xu[pairs[:, 0]] - Xu[pairs[:, 1]]
-        v -= w * c * c / denom
+        v -= (w[j] / denom) * c * c
         S -= (w[j] / denom) * np.outer(u, u)
         gain = log_det_gain(w, v)
         gain[picks[:step + 1]] = -np.inf
