@@ -49,9 +49,11 @@ class ConformalResult:
     gold_scale: float
     sigma_floor: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self, bound: bool = False) -> dict:
+        """JSON-able fields; the per-row bound only when asked (it is an array)."""
         d = asdict(self)
-        del d["bound"]
+        if not bound:
+            del d["bound"]
         return d
 
 

@@ -32,7 +32,6 @@ from embrm.data import Dataset
 from embrm.embed import cached_embeddings
 from embrm.ensemble import RewardEnsemble, fit_ensemble
 from embrm.errors import EmbrmError
-from embrm.conformal import ConformalResult
 from embrm.evaluation import (
     Evaluation,
     FitMetrics,
@@ -183,17 +182,23 @@ def _posthoc(ds: Dataset, X: np.ndarray, raw: np.ndarray, ensemble: RewardEnsemb
 
 
 def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
-            protocol: Protocol, evaluated: np.ndarray) -> tuple[dict, ConformalResult | None]:
+            protocol: Protocol, evaluated: np.ndarray) -> tuple[dict, dict | None]:
     """Every reward evaluated: the aggregations of the member scores (standardised on the training prompts' usable
     responses; "conformal" calibrated on the evaluated prompts' gold, cross-fitted), WARM's weight-averaged model
-    when there is one, and the length rulers (longest and shortest)."""
+    when there is one, and the length rulers (longest and shortest); with the conformal bound's calibration (or
+    why it could not be calibrated)."""
     reference = rows_of(ds.responses, split_.train) & ~ds.excluded
     plain = [a for a in protocol.aggregations if a not in CALIBRATED]
     out = ensemble_proxies(scores, reference, plain, **protocol.aggregation_params()) if plain else {}
     conformal = None
     if "conformal" in protocol.aggregations:
-        conformal = conformal_proxy(ds, scores, reference, evaluated, coverage=protocol.coverage, seed=protocol.seed)
-        out = {name: conformal.bound if name == "conformal" else out[name] for name in protocol.aggregations}
+        try:
+            conformal = conformal_proxy(ds, scores, reference, evaluated, coverage=protocol.coverage,
+                                        seed=protocol.seed).to_dict(bound=True)
+        except EmbrmError as e:  # e.g. too few held-out prompts to calibrate: the other proxies still stand
+            conformal = {"error": str(e)}
+        out = {name: conformal["bound"] if name == "conformal" else out[name] for name in protocol.aggregations
+               if name in out or "bound" in conformal}
     if ensemble.warm_ is not None:
         out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
     out["length"] = length_proxy(ds.responses)
@@ -222,7 +227,7 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not ds.has_gold:
         return result
     scored, conformal = proxies(ds, X, ensemble, scores, split_, protocol, evaluated)
-    result.conformal = None if conformal is None else conformal.to_dict()
+    result.conformal = None if conformal is None else {k: v for k, v in conformal.items() if k != "bound"}
     grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
     try:

@@ -36,6 +36,7 @@ def fit_table(results: list[dict]) -> pl.DataFrame:
                      "temperature": m.get("temperature"),
                      "conformal_coverage": (r.get("conformal") or {}).get("empirical_coverage"),
                      "conformal_target": (r.get("conformal") or {}).get("coverage"),
+                     "conformal_error": (r.get("conformal") or {}).get("error"),
                      "against": m["against"],
                      "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
                      "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
@@ -238,16 +239,20 @@ def calibration_markdown(fits: pl.DataFrame, dataset: str) -> str:
 
 def conformal_line(fits: pl.DataFrame, dataset: str) -> str:
     """The conformal bound's stated and held-out coverage on a pool (every job of it), or "" without one."""
+    failed = fits.filter((pl.col("dataset") == dataset) & pl.col("conformal_error").is_not_null())
+    failure = (f"The conformal bound could not be calibrated in {failed.height} jobs (it is left out of their "
+               f"tables): {failed['conformal_error'][0]}" if failed.height else "")
     sub = fits.filter((pl.col("dataset") == dataset) & pl.col("conformal_coverage").is_not_null())
     if sub.is_empty():
-        return ""
+        return failure
     got = sub["conformal_coverage"].to_numpy()
     target = float(sub["conformal_target"][0])
-    verdict = ("holds" if got.min() >= target - 0.02 else
-               f"FALLS SHORT in {int((got < target - 0.02).sum())} of {len(got)} jobs")
+    # the guarantee is marginal (over calibration draws): the mean over jobs is what must reach the target
+    verdict = "holds on average" if got.mean() >= target - 0.01 else "FALLS SHORT of the target on average"
     return (f"Conformal lower bound (aggregation `conformal`): stated coverage {target:.2f}; held-out coverage "
             f"{got.mean():.3f} (min {got.min():.3f}, max {got.max():.3f} over {len(got)} jobs), each prompt judged by "
-            f"a bound calibrated on the other half of the held-out prompts: the coverage {verdict}.")
+            f"a bound calibrated on the other half of the held-out prompts: the coverage {verdict}."
+            + (" " + failure if failure else ""))
 
 
 def plot_reliability_study(results: list[dict], out: Path, dataset: str, noise: str) -> Path | None:

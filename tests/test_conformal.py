@@ -136,3 +136,14 @@ def test_rows_put_back_get_their_prompts_bound_without_moving_anyone_elses():
     assert np.array_equal(plain.bound[evaluated], both.bound[evaluated])
     assert np.isnan(plain.bound[extra]).all() and np.isfinite(both.bound[extra]).all()
     assert both.quantiles == plain.quantiles
+
+
+def test_too_few_held_out_prompts_leave_the_bound_out_and_say_why():
+    """An experiment whose held-out prompts cannot calibrate the bound keeps every other proxy and records why."""
+    import embrm
+    from embrm.pipeline import run_experiment
+
+    ds, X = embrm.overopt_dataset(12, 6, dim=8, seed=0)  # 20 % of 12 prompts: 2 held out, 12 responses
+    result = run_experiment(ds, X, embrm.Protocol(embrm.Learner("linear"), coverage=0.95, k=2), progress=False)
+    assert "calibration responses" in result.evaluation.conformal["error"]
+    assert "conformal" not in result.evaluation.bon["pool"].proxies and "min" in result.evaluation.bon["pool"].proxies

@@ -303,7 +303,9 @@ def print_bon(result: Evaluation) -> None:
         table.add_row(proxy, fmt(s.gold_at_n_max), fmt(s.gain_at_n_max), *extra, fmt(s.length_correlation),
                       str(s.best_n))
     out.print(table)
-    if result.conformal:
+    if result.conformal and "error" in result.conformal:
+        out.print(f"no conformal lower bound: {result.conformal['error']}")
+    elif result.conformal:
         c = result.conformal
         out.print(f"conformal lower bound: target coverage {c['coverage']:.2f}, held-out coverage "
                   f"{c['empirical_coverage']:.3f} (each prompt judged by a bound calibrated on the other half)")
