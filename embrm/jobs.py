@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from embrm.augment import rrm_dataset
 from embrm.datasets import DatasetSpec, load_dataset
@@ -36,7 +37,7 @@ from embrm.pipeline import run_experiment
 from embrm.progress import Progress
 from embrm.study import Job, Study
 
-RESULT_VERSION = 5  # 5: Best-of-n on a grid of n, the mean's per-prompt curve, length control and K recorded
+RESULT_VERSION = 6  # 6: calibration metrics and the conformal bound's coverage; 5: Best-of-n on a grid of n, ...
 BACKENDS = OneOf(("local", "ray"))
 WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
@@ -72,7 +73,8 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     augment = (_augment(job.dataset, data_dir, spec_json, str(cache_dir)) if job.learner.length_control == "rrm"
                else None)
     protocol = job.protocol(study)
-    result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
+    with threadpool_limits(threads, user_api="blas"):  # numpy's BLAS too: W workers, W cores (no oversubscription)
+        result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
     out, frame = result.to_dict(), result.frame()
     out.update(key=job.key, kind=job.kind, dataset=job.dataset.label, learner=job.learner.name,
                head=job.learner.head, mode=job.learner.mode, length_control=job.learner.length_control, k=protocol.k,

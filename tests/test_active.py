@@ -172,11 +172,11 @@ def test_maxminlcb_and_dts_pick_the_rule_s_pair_in_each_prompt(tiny):
     picks = select("maxminlcb", tiny, 3, np.random.default_rng(0))
     assert sorted(tiny.candidates.prompt[picks].tolist()) == [0, 1, 2]
     for p in range(3):
-        open_ = lambda i, j: i != j and tiny.available[cand.pair_at[p, i, j]]  # noqa: E731
+        open_ = tiny.available[cand.pair_at[p]] & (cand.pair_at[p] >= 0)
         x = X[rows[p]]
         mu = x @ tiny.model.map_
         lcb = {(i, j): mu[i] - mu[j] - np.sqrt((x[i] - x[j]) @ S @ (x[i] - x[j]))
-               for i in range(5) for j in range(5) if open_(i, j)}
+               for i in range(5) for j in range(5) if open_[i, j]}
         leader = max({i for i, _ in lcb}, key=lambda i: min(v for (a, _), v in lcb.items() if a == i))
         follower = min((j for a, j in lcb if a == leader), key=lambda j: lcb[leader, j])
         assert cand.pair_at[p, leader, follower] in picks.tolist()

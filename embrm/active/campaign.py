@@ -19,8 +19,8 @@ Per seed (Settles 2009, "Active learning literature survey", pool-based sampling
   5. for each strategy, `rounds` rounds: the rule picks `batch` unlabelled candidates (``embrm.active.strategies``),
      the annotator labels them, the posterior is refitted (Newton warm-started from the previous mode), and the
      posterior mean is evaluated on the held-out prompts: pairwise accuracy vs the gold order
-     (``embrm.evaluation.gold_order_pairs``, ties 0.5), Best-of-n gain at n = N (gold of the top response minus
-     the prompt's mean gold), ECE and log det H.
+     (``embrm.evaluation.gold_order_pairs``, ties 0.5), Best-of-n gain at n = N ((gold of the top response -
+     the pool's mean) / (the pool's best - its mean), averaged over prompts: 0 random, 1 oracle), ECE, log det H.
 Effects vs random are paired per seed and held-out prompt (``embrm.stats.paired_effect``: seeds, then prompts,
 resampled).
 """
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from scipy.special import expit
+from threadpoolctl import threadpool_limits
 
 from embrm.active.strategies import STRATEGIES, Candidates, State, pair_sq_norms, select
 from embrm.data import Dataset
@@ -54,6 +55,8 @@ from embrm.stats import Unit, paired_effect
 
 __all__ = ["ActiveConfig", "ActiveResult", "run_active", "build_candidates", "annotate"]
 
+HEADER = ("| strategy | final accuracy | final Best-of-n gain | AUC | labels to target | final accuracy vs random | "
+          "verdict | AUC vs random | verdict |")
 VERDICTS = ("beats random", "worse than random", "no difference from random (inconclusive)")
 N_BOOT = 2000
 RULES = {
@@ -62,6 +65,10 @@ RULES = {
     "test_size": Number(0, 1, lo_open=True, hi_open=True),
 }
 OPTIONAL = {"beta": Number(0), "flip": Number(0, 1), "target": Number(0, 1)}
+# BLAS threads while a campaign runs (None: leave the library's own count). Its matrices are small (d x d, and
+# (n, d) by d), where threads gain little; on a busy 2-core machine OpenBLAS threads made a short real campaign
+# 6.8x slower than one thread (45 s vs 6.6 s; benchmarks/bench_active.py, "threads", measures both in one run).
+BLAS_THREADS: int | None = 1
 STREAMS = {"candidates": 1, "labels": 2, "seed_set": 3, "strategy": 4}  # independent random streams of a seed
 
 
@@ -170,7 +177,9 @@ def _cross_pairs(code: np.ndarray, want: int, rng: np.random.Generator) -> np.nd
 def build_candidates(code: np.ndarray, across_prompts: bool = False,
                      rng: np.random.Generator | None = None) -> Candidates:
     """The candidate pairs over rows grouped by prompt (code (n,): each row's prompt index): every unordered
-    within-prompt pair, then (across_prompts) as many distinct random cross-prompt pairs (fewer when fewer exist)."""
+    within-prompt pair, then (across_prompts) as many distinct random cross-prompt pairs (fewer when fewer exist).
+    Memory: M pairs and the (P, N_max, N_max) int64 pair_at table, fine for pools of tens of responses per prompt
+    (alpaca-eval-models: 458k pairs, 7.5 MB), not for thousands (the M within-prompt pairs alone grow as N^2)."""
     pools = group_pools(code)
     prompt, cells = _within_pairs(pools)
     pairs = pools.rows[prompt[:, None], cells]
@@ -220,14 +229,20 @@ class HeldOut:
     def n_pairs(self) -> np.ndarray:
         return np.bincount(self.pair_prompt, minlength=len(self.prompt_ids)).astype(np.float64)
 
-    def best_of_n(self, scores: np.ndarray) -> float:
-        """Mean over prompts of gold(top-scored response; ties averaged) - the prompt's mean gold."""
+    def lift(self, scores: np.ndarray) -> np.ndarray:
+        """Per prompt: gold of the top-scored response (ties averaged) minus the prompt's mean gold (a random pick)."""
         s = self.pools.gather(scores, fill=-np.inf)
         g = self.pools.gather(self.gold)
         top = self.pools.valid & (s == s.max(axis=1, keepdims=True))
-        return float(np.mean((g * top).sum(1) / top.sum(1) - g.sum(1) / self.pools.sizes))
+        return (g * top).sum(1) / top.sum(1) - g.sum(1) / self.pools.sizes
+
+    def best_of_n(self, scores: np.ndarray) -> float:
+        """Best-of-n gain at n = N as the studies report it: (pick - random) / (oracle - random), each averaged over
+        the prompts (0: a random pick, 1: the best response of every pool)."""
+        return float(self.lift(scores).sum() / self.lift(self.gold).sum())
 
     def oracle(self) -> float:
+        """The oracle's gain: 1 by definition (kept as a column so curves show the scale)."""
         return self.best_of_n(self.gold)
 
     def evaluate(self, model: LaplaceBT) -> tuple[dict, np.ndarray]:
@@ -378,7 +393,7 @@ def _prepared(ds: Dataset, X) -> tuple[Dataset, np.ndarray]:
 
 
 def run_active(ds: Dataset, X, config: ActiveConfig = ActiveConfig(), *, progress: bool | None = None
-               ) -> "ActiveResult":
+               ) -> ActiveResult:
     """Run every strategy of `config` on every seed (see the module doc); progress: as embrm.progress.Progress."""
     if not isinstance(config, ActiveConfig):
         raise EmbrmError(f"config must be an embrm.active.ActiveConfig, got {type(config).__name__}")
@@ -386,13 +401,14 @@ def run_active(ds: Dataset, X, config: ActiveConfig = ActiveConfig(), *, progres
     t0 = time.perf_counter()
     traces, pools = {}, {}
     total = len(config.seeds) * len(config.strategies) * config.rounds
-    with Progress(total, f"active labelling on {ds.name}", "rounds", progress) as bar:
+    with Progress(total, f"active labelling on {ds.name}", "rounds", progress) as bar, \
+            threadpool_limits(BLAS_THREADS, user_api="blas"):
         for seed in config.seeds:
             bar.set_description(f"seed {seed}: candidates")
             pool = pools[seed] = prepare_seed(ds, X, config, seed)
             t = time.perf_counter()
-            start = (LaplaceBT(config.C).fit(pool.X, pool.oriented[pool.seed_set]), 0.0)
-            start = (start[0], time.perf_counter() - t)
+            model = LaplaceBT(config.C).fit(pool.X, pool.oriented[pool.seed_set])
+            start = (model, time.perf_counter() - t)  # the seed-set fit, shared by every strategy
             for name in config.strategies:
                 bar.set_description(f"seed {seed}: {name}")
                 traces[name, seed] = run_strategy(pool, config, name, start, bar)
@@ -473,7 +489,7 @@ def _summary(curves: pl.DataFrame, config: ActiveConfig, pools: dict, traces: di
     return out
 
 
-def _result(ds: Dataset, config: ActiveConfig, pools: dict, traces: dict, seconds: float) -> "ActiveResult":
+def _result(ds: Dataset, config: ActiveConfig, pools: dict, traces: dict, seconds: float) -> ActiveResult:
     curves, prompts, queries = _frames(ds, config, pools, traces)
     target = config.target
     if target is None and "random" in config.strategies:
@@ -522,9 +538,7 @@ class ActiveResult:
                  f"{min(self.candidates.values(), default=0):,} to {max(self.candidates.values(), default=0):,} "
                  f"candidate pairs per seed{' (within and across prompts)' if c.across_prompts else ''}. "
                  f"Target accuracy {target}. Effects vs random: 95 % intervals over seeds and held-out prompts. "
-                 f"Ran in {self.seconds:.1f} s.", "",
-                 "| strategy | final accuracy | final Best-of-n gain | AUC | labels to target | "
-                 "final accuracy vs random | verdict | AUC vs random | verdict |",
+                 f"Ran in {self.seconds:.1f} s.", "", HEADER,
                  "|---|---|---|---|---|---|---|---|---|"]
         for name, s in self.summary.items():
             vs = s["vs_random"] or {}

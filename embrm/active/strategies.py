@@ -24,9 +24,9 @@ Z = (L^-1 X^T)^T (L the Cholesky factor of H, so d^T S d = |z_a - z_b|^2), withi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 from scipy.linalg import solve_triangular
