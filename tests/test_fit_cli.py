@@ -67,7 +67,7 @@ def test_excluded_responses_never_label_and_their_pick_rate_is_reported(renamed_
     both = json.loads((tmp_path / "with" / "summary.json").read_text())["bon"]
     assert both["pool"] == summary["bon"]["pool"] and both["pool+probes"]["n_responses"] == 6 * 15
     rates = {k: v["excluded_pick_rate"] for k, v in both["pool+probes"]["aggregations"].items()}
-    assert set(rates) == {"mean", "min", "median", "uwo", "lcb", "single", "length", "shortest"}
+    assert set(rates) == {"mean", "min", "median", "uwo", "lcb", "conformal", "single", "length", "shortest"}
     assert all(0 <= r <= 1 for r in rates.values()) and max(rates.values()) > 0  # the probes do win somewhere
 
 

@@ -1,4 +1,4 @@
-"""The README's Python API block runs as shown: executed verbatim except that the named pool is swapped for a small
+"""The README's Python API blocks run as shown: executed verbatim except that the named pool is swapped for a small
 real pool declared with other column names and the same kind of probes (the full pool takes minutes to embed)."""
 
 import re
@@ -16,8 +16,9 @@ def python_blocks() -> list[str]:
 
 @needs_data
 def test_the_readme_python_api_block_runs_as_shown(renamed_pool, tmp_path, monkeypatch):
-    (block,) = python_blocks()
-    assert block.count('"alpaca-eval-models"') == 1
+    blocks = python_blocks()
+    assert len(blocks) == 2 and blocks[0].count('"alpaca-eval-models"') == 1
+    block = "\n".join(blocks)  # the second block continues the first's session (ds, X)
     shutil.copytree(renamed_pool / "cache", tmp_path / "cache")
     monkeypatch.chdir(tmp_path)  # the block writes results/bon and caches under ./cache, as a user's run would
     names: dict = {}
@@ -28,3 +29,7 @@ def test_the_readme_python_api_block_runs_as_shown(renamed_pool, tmp_path, monke
     assert len(bon.per_prompt["prompt_id"]) == bon.n_prompts and (tmp_path / "results/bon/summary.json").exists()
     probes = names["result"].evaluation.bon["pool+probes"]
     assert probes.n_responses > bon.n_responses  # the probes are back only in the pool that reports their picks
+    assert names["head"].predict_std(names["X"][:3]).shape == (3,) and 0 < names["m"].calibrated_ece < 1
+    assert names["bayes"].evaluation.conformal["coverage"] == 0.9
+    assert set(names["campaign"].summary) == {"random", "dopt_past", "bald"}
+    assert (tmp_path / "results/active/active.png").exists()
