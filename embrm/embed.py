@@ -6,6 +6,7 @@ DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from embrm.data import Dataset
 from embrm.embedders import make_embedder
 from embrm.errors import EmbrmError
 from embrm.progress import Progress
+from embrm.shards import WHOLE, Shard, shard_batches
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 DEFAULT_CACHE_DIR = "cache"
@@ -76,12 +78,13 @@ class EmbedderConfig:
     api_key_env: str = "OPENAI_API_KEY"
     template: str = DEFAULT_TEMPLATE
     batch_size: int = 64
+    device: str = "auto"
 
     def build(self):
         if self.backend == "openai":
             options = dict(base_url=self.base_url, api_key_env=self.api_key_env)
         else:
-            options = dict(dtype=self.dtype, max_length=self.max_length)
+            options = dict(dtype=self.dtype, max_length=self.max_length, device=self.device)
             if self.backend == "hf":
                 options.update(layer=self.layer, pooling=self.pooling)
         return make_embedder(self.backend, self.model, **{k: v for k, v in options.items() if v is not None})
@@ -89,6 +92,11 @@ class EmbedderConfig:
     def embed(self, data, cache_dir: str | Path = DEFAULT_CACHE_DIR, progress: bool | None = None) -> EmbedResult:
         return embed_dataset(data, self.build(), cache_dir=cache_dir, template=self.template,
                              batch_size=self.batch_size, progress=progress)
+
+    def embed_shard(self, data, shard: Shard, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                    progress: bool | None = None) -> ShardResult:
+        return embed_shard(data, self.build(), shard, cache_dir=cache_dir, template=self.template,
+                           batch_size=self.batch_size, progress=progress)
 
 
 def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], list[int]]:
@@ -112,28 +120,42 @@ def cache_spec(embedder, template: str) -> dict:
 
 
 def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
-                batch_size: int = 64, progress: bool | None = None, label: str = "embed") -> tuple[list[str], int]:
-    """Embed the texts whose keys the cache lacks, one atomic part per batch. Returns (keys, n_embedded)."""
+                batch_size: int = 64, progress: bool | None = None, label: str = "embed",
+                shard: Shard = WHOLE) -> tuple[list[str], int]:
+    """Embed this shard's texts that the cache lacks (embrm.shards), one atomic part per batch.
+    Returns (keys, n_embedded)."""
     keys = text_keys(texts)
-    # One representative row per missing key; longest first, so similar lengths share a batch (less padding)
-    # and a batch too long for memory fails early.
-    todo = (pl.DataFrame({"key": keys, "length": pl.Series(texts).str.len_chars()}).with_row_index("row")
-            .unique("key", keep="first", maintain_order=True).join(cache.index(), on="key", how="anti")
-            .sort("length", descending=True, maintain_order=True))
-    if todo.is_empty():
-        cache.settle()  # a resumed run with nothing left still merges the parts of the killed one
-        return keys, 0
-    rows = todo["row"].to_numpy()
-    with Progress(len(rows), label, "texts", progress) as bar:
-        for lo in range(0, len(rows), batch_size):
-            batch = rows[lo:lo + batch_size]
-            out = embedder.embed([texts[i] for i in batch],
-                                 [response_starts[i] for i in batch] if response_starts else None)
-            cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated,
-                             getattr(out, "response_cut", None))
-            bar.advance(len(batch))
-    cache.settle()
-    return keys, len(rows)
+    batches = shard_batches(keys, pl.Series(texts, dtype=pl.Utf8).str.len_chars().to_numpy(), batch_size, shard, cache.index())
+    n_embedded = sum(map(len, batches))
+    if batches:
+        with Progress(n_embedded, label, "texts", progress) as bar:
+            for batch in batches:
+                out = embedder.embed([texts[i] for i in batch],
+                                     [response_starts[i] for i in batch] if response_starts else None)
+                cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated,
+                                 getattr(out, "response_cut", None))
+                bar.advance(len(batch))
+    if shard.count == 1:
+        cache.settle()  # also merges the parts a killed run left (shards merge in embed_shard, once complete)
+    return keys, n_embedded
+
+
+@dataclass
+class ShardResult:
+    """What one shard did; `result` is the whole dataset's EmbedResult once every shard's texts are cached."""
+
+    shard: Shard
+    n_embedded: int
+    n_missing: int  # texts of the other shards not cached yet
+    cache_dir: str
+    fingerprint: str
+    seconds: float
+    result: EmbedResult | None = None
+
+    def summary(self) -> dict:
+        return {"shard": str(self.shard), "n_embedded": self.n_embedded, "n_missing": self.n_missing,
+                "complete": self.result is not None, "cache_dir": self.cache_dir, "fingerprint": self.fingerprint,
+                "seconds": self.seconds}
 
 
 def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
@@ -143,9 +165,17 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
 
     A warm call (everything cached) never loads the model.
     """
-    start = time.perf_counter()
     if isinstance(data, Dataset) and data.vectors is not None:
         return carried_vectors(data)
+    return embed_shard(data, embedder, WHOLE, cache_dir=cache_dir, template=template, batch_size=batch_size,
+                       progress=progress).result
+
+
+def embed_shard(data: Dataset | pl.DataFrame, embedder, shard: Shard, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                template: str = DEFAULT_TEMPLATE, batch_size: int = 64, progress: bool | None = None) -> ShardResult:
+    """Embed one shard's share of the dataset's missing texts (embrm.shards: N processes, one cache). The last
+    shard to finish merges the cache and gets the whole EmbedResult; the others get result=None."""
+    start = time.perf_counter()
     responses = data.responses if isinstance(data, Dataset) else data
     embedder = embedder if embedder is not None else make_embedder()
     if batch_size < 1:
@@ -153,12 +183,28 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
     texts, starts = render(responses, template)
     cache = EmbeddingCache(cache_dir, cache_spec(embedder, template))
     name = data.name if isinstance(data, Dataset) else "responses"
+    label = f"embed {name}" + (f" (shard {shard})" if shard.count > 1 else "")
     keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
-                                   progress=progress, label=f"embed {name}")
+                                   progress=progress, label=label, shard=shard)
+    outcome = ShardResult(shard, n_embedded, 0, str(cache.path), cache.fingerprint, 0.0)
+    # Shards: look under the writer lock, where merges happen, so another shard's merge never removes a part
+    # while this one reads; the first shard to see every text merges (settle), the others find one part.
+    with cache.writing() if shard.count > 1 else contextlib.nullcontext():
+        outcome.n_missing = len(cache.missing(keys)) if shard.count > 1 else 0
+        if not outcome.n_missing:
+            cache.settle()  # the parts of the other shards (a no-op for a single run: embed_texts merged)
+            outcome.result = _gathered(responses, keys, cache, n_embedded)
+    outcome.seconds = round(time.perf_counter() - start, 3)
+    if outcome.result is not None:
+        outcome.result.seconds = outcome.seconds
+    return outcome
+
+
+def _gathered(responses: pl.DataFrame, keys: list[str], cache: EmbeddingCache, n_embedded: int) -> EmbedResult:
     X, truncated, response_cut = cache.gather(keys, "embedding", "truncated", "response_cut")
     n_unique = len(set(keys))
-    return EmbedResult(X, keys, len(texts), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
-                       str(cache.path), cache.fingerprint, cache.spec, round(time.perf_counter() - start, 3),
+    return EmbedResult(X, keys, len(keys), n_unique, n_embedded, n_unique - n_embedded, X.shape[1],
+                       str(cache.path), cache.fingerprint, cache.spec, 0.0,
                        int(truncated.sum()), int(response_cut.sum()), indistinguishable_prompts(responses, X))
 
 

@@ -94,6 +94,8 @@ class EmbedderOptions:
         "--api-key-env", help="openai: name of the env var holding the key.")] = "OPENAI_API_KEY"
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Texts per batch; each batch is one atomic cache part.")] = 64
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps (st and hf).")] = "auto"
 
     def config(self) -> EmbedderConfig:
         return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})

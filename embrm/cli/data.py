@@ -27,6 +27,7 @@ from embrm.cli.common import (
 )
 from embrm.datasets import GENERATORS, REGISTRY, existing_data_dir
 from embrm.errors import EmbrmError
+from embrm.shards import Shard
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]
 
@@ -56,14 +57,42 @@ def datasets(data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help
 @friendly
 @grouped(data=DataOptions, embedder=EmbedderOptions)
 def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cache_dir: CacheDirOpt = Path("cache"),
+          shard: Annotated[Optional[str], typer.Option(
+              "--shard", help="I/N: embed only shard I of N (1-based) into the shared cache; run N of them, in any "
+                              "order, anywhere that sees --cache-dir; the last to finish merges.")] = None,
+          runner: Annotated[str, typer.Option(
+              "--runner", help="local (this process) | ray (one shard per Ray worker, one GPU each if the "
+                               "cluster has GPUs).")] = "local",
+          workers: Annotated[Optional[int], typer.Option(
+              "--workers", "-j", help="ray: shards/workers (default: the cluster's GPUs, else its CPUs).")] = None,
+          address: Annotated[Optional[str], typer.Option(
+              "--address", help="ray: cluster address (default: start a local Ray).")] = None,
           format: FormatOpt = Format.text):
     """Embed a dataset's (prompt, response) texts into the content-addressed Parquet cache (resumable).
 
     Example: embrm embed alpaca-eval-bon16                      (packaged MiniLM, offline)
              embrm embed my-pool.toml --backend hf --model smollm2 --dtype bfloat16
+             embrm embed my-pool.toml --backend hf --model smollm2 --shard 2/4        (one of four processes)
+             embrm embed my-pool.toml --backend hf --model smollm2 --runner ray --address auto
     """
+    if runner not in ("local", "ray"):
+        raise EmbrmError(f"--runner {runner!r}: use local or ray")
+    if runner == "ray" and shard:
+        raise EmbrmError("--shard is for separate processes; --runner ray makes its own shards (--workers N)")
     ds = data.load(dataset)
-    result = embedder.embed(ds, cache_dir, format)
+    progress = None if format == Format.text else False
+    if shard:
+        outcome = embedder.config().embed_shard(ds, Shard.parse(shard), cache_dir, progress=progress)
+        if outcome.result is None:
+            return _shard_pending(ds, outcome, format)
+        result = outcome.result
+    elif runner == "ray":
+        from embrm.distributed import embed_on_ray
+
+        result = embed_on_ray(ds, embedder.config(), cache_dir=cache_dir, workers=workers, address=address,
+                              progress=progress)
+    else:
+        result = embedder.embed(ds, cache_dir, format)
     if format == Format.json:
         return print_json({"dataset": ds.name, **result.summary()})
     out.print(f"{ds!r}\nembedded {result.n_embedded} new texts, {result.n_cached} from cache "
@@ -72,6 +101,14 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
               f"{result.n_response_cut} of them losing response tokens", markup=False, highlight=False)
     for line in result.warnings():
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _shard_pending(ds, outcome, format: Format) -> None:
+    if format == Format.json:
+        return print_json({"dataset": ds.name, **outcome.summary()})
+    out.print(f"shard {outcome.shard} of {ds.name}: embedded {outcome.n_embedded} texts in {outcome.seconds:.1f}s "
+              f"-> {outcome.cache_dir}\n{outcome.n_missing} texts of the other shards are not cached yet: the last "
+              f"shard to finish merges the cache", markup=False, highlight=False)
 
 
 @friendly

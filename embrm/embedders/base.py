@@ -136,20 +136,33 @@ def load_error(model: str, exc: BaseException, what: str) -> EmbrmError:
 
 @functools.lru_cache(maxsize=None)
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """'auto' -> cuda, else mps, else cpu; an explicit device (cpu, cuda, cuda:N, mps) must exist here."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
+    if device == "auto":
+        return next(kind for kind in ("cuda", "mps", "cpu") if available[kind])
+    kind = str(device).split(":")[0]
+    if kind not in available:
+        raise EmbrmError(f"--device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    if not available[kind]:
+        raise EmbrmError(f"--device {device}: torch sees no {kind} device on this machine: use --device cpu or auto")
+    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """'auto' -> bfloat16 on CUDA or a CPU with fast bf16 matmuls (embrm.hardware.fast_bf16), else float32.
-    The resolved name goes into spec(), so caches of the two dtypes never mix."""
+    """'auto' -> bfloat16 on a CUDA device that supports it or a CPU with fast bf16 matmuls
+    (embrm.hardware.fast_bf16), else float32 (MPS included). The resolved name goes into spec(), so caches of the
+    two dtypes never mix."""
     check_choice("dtype", dtype, DTYPES)
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device.startswith("cuda") or (device == "cpu" and fast_bf16()) else "float32"
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device == "cpu" and fast_bf16() else "float32"
 
 
 def torch_dtype(name: str):
