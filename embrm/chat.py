@@ -40,7 +40,7 @@ from functools import lru_cache
 from embrm.errors import EmbrmError
 
 CHAT_DATE = "2024-07-26"
-NO_TEMPLATE = "use the plain template (--template default)"
+NO_TEMPLATE = "use the plain template (--template plain)"
 _SENTINEL = "embrmresponsesentinel7c1f9a2e"  # lowercase letters and digits: survives trim / lower / strip
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from embrm.cache import EmbeddingCache, text_keys
+from embrm.chat import NO_TEMPLATE, ChatTemplate
 from embrm.data import Dataset
 from embrm.embedders import make_embedder
 from embrm.errors import EmbrmError
@@ -23,6 +24,8 @@ from embrm.progress import Progress
 from embrm.shards import WHOLE, Shard, shard_batches
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
+CHAT = "chat"  # the model's own chat rendering of a user turn and an assistant turn (embrm.chat)
+TEMPLATE_NAMES = {"plain": DEFAULT_TEMPLATE, "default": DEFAULT_TEMPLATE}
 DEFAULT_CACHE_DIR = "cache"
 
 
@@ -80,6 +83,9 @@ class EmbedderConfig:
     batch_size: int = 64
     device: str = "auto"
 
+    def __post_init__(self):  # named templates are stored as what they stand for: one cache per text form
+        object.__setattr__(self, "template", TEMPLATE_NAMES.get(self.template, self.template))
+
     def build(self):
         if self.backend == "openai":
             options = dict(base_url=self.base_url, api_key_env=self.api_key_env)
@@ -99,10 +105,18 @@ class EmbedderConfig:
                            batch_size=self.batch_size, progress=progress)
 
 
-def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE) -> tuple[list[str], list[int]]:
-    """The exact texts sent to the model, and where each response starts in its text (for response pooling)."""
+def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE,
+           chat: ChatTemplate | None = None) -> tuple[list[str], list[int]]:
+    """The exact texts sent to the model, and where each response starts in its text (for response pooling).
+    template "chat" renders with the model's chat template (`chat`, from chat_template_of)."""
+    template = TEMPLATE_NAMES.get(template, template)
+    if template == CHAT:
+        if chat is None:
+            raise EmbrmError("--template chat needs the model's chat template (embrm.embed.chat_template_of)")
+        return chat.render(responses["prompt"].to_list(), responses["response"].to_list())
     if "{prompt}" not in template or "{response}" not in template:
-        raise EmbrmError(f"template {template!r} must contain both {{prompt}} and {{response}}")
+        raise EmbrmError(f"template {template!r} must contain both {{prompt}} and {{response}}, or be 'chat' "
+                         f"(the model's chat template) or 'plain'")
     head, tail = template.split("{response}", 1)
     prompts, answers = responses["prompt"].to_list(), responses["response"].to_list()
     try:
@@ -114,9 +128,20 @@ def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE) -> tuple[l
     return texts, [len(p) for p in prefixes]
 
 
-def cache_spec(embedder, template: str) -> dict:
-    """Everything that determines a cached vector: the embedder's own spec plus the text template."""
-    return {**embedder.spec(), "template": template}
+def chat_template_of(embedder) -> ChatTemplate:
+    """The embedder's chat template (loads its tokenizer only); one line when its backend or model has none."""
+    method = getattr(embedder, "chat_template", None)
+    if method is None:
+        raise EmbrmError(f"--template chat: the {getattr(embedder, 'backend', '?')} backend renders no chat "
+                         f"template (the hf backend does): {NO_TEMPLATE}")
+    return method()
+
+
+def cache_spec(embedder, template: str, chat: ChatTemplate | None = None) -> dict:
+    """Everything that determines a cached vector: the embedder's own spec plus the text template (and, for
+    "chat", the chat template's source, special tokens and date, so the texts can be rendered without a model)."""
+    template = TEMPLATE_NAMES.get(template, template)
+    return {**embedder.spec(), "template": template, **(chat.spec() if chat is not None else {})}
 
 
 def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
@@ -180,8 +205,9 @@ def embed_shard(data: Dataset | pl.DataFrame, embedder, shard: Shard, *, cache_d
     embedder = embedder if embedder is not None else make_embedder()
     if batch_size < 1:
         raise EmbrmError(f"--batch-size must be >= 1 (got {batch_size})")
-    texts, starts = render(responses, template)
-    cache = EmbeddingCache(cache_dir, cache_spec(embedder, template))
+    chat = chat_template_of(embedder) if TEMPLATE_NAMES.get(template, template) == CHAT else None
+    texts, starts = render(responses, template, chat)
+    cache = EmbeddingCache(cache_dir, cache_spec(embedder, template, chat))
     name = data.name if isinstance(data, Dataset) else "responses"
     label = f"embed {name}" + (f" (shard {shard})" if shard.count > 1 else "")
     keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
@@ -243,7 +269,7 @@ def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict, cache_dir: str |
     if isinstance(data, Dataset) and data.vectors is not None:
         return carried_vectors(data).X
     responses = data.responses if isinstance(data, Dataset) else data
-    texts, _ = render(responses, spec["template"])
+    texts, _ = render(responses, spec["template"], ChatTemplate.from_spec(spec) if spec["template"] == CHAT else None)
     cache = EmbeddingCache(cache_dir, spec)
     keys = text_keys(texts)
     missing = cache.missing(keys)
