@@ -19,6 +19,10 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     pattern = "^NullModel$|_verbose$"    # a regular expression (or values = ["a", "b"])
     name = "probes"                      # what they are, in reports ("pool+probes")
 
+A declaration (a file's [dataset] table or a study's [[datasets]] table) may keep only some prompts: `prompts = N`
+takes the first N prompts in sorted prompt-id order (a quick study on a real pool; the subset is part of the jobs'
+digests and of the inputs a resume checks).
+
 A generated pool with a known gold (embrm.overopt: learned over-optimisation at up to 10^4 candidates per prompt)
 is a dataset too: `overopt` on the command line (default size), or in a study
 
@@ -122,6 +126,7 @@ class DatasetSpec:
     answer_source: str | None = None  # the column naming each answer's author (e.g. model)
     half: int = 0  # 0: every prompt; 1 or 2: one of two disjoint halves of the prompts (embrm run --replicate)
     params: tuple = ()  # a generated dataset's sorted (keyword, value) pairs (GENERATORS)
+    prompts: int = 0  # 0: every prompt; N: the first N prompts in sorted prompt-id order (before any half)
 
     @property
     def label(self) -> str:
@@ -293,7 +298,7 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
 
 def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpec:
     """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude."""
-    allowed = {"path", "name", "columns", "exclude", "answer_source"}
+    allowed = {"path", "name", "columns", "exclude", "answer_source", "prompts"}
     if isinstance(doc, dict) and "generate" in doc:
         return _generated_spec(doc, where)
     if not isinstance(doc, dict):
@@ -307,13 +312,18 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
         raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
     if not isinstance(doc.get("answer_source", ""), str):
         raise EmbrmError(f"{where}: answer_source must be a column name (the column naming each answer's author)")
+    prompts = doc.get("prompts", 0)
+    if "prompts" in doc and (isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1):
+        raise EmbrmError(f"{where}: prompts must be a positive integer (the first N prompts in sorted prompt-id "
+                         f"order), got {prompts!r}")
     source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
     columns = doc.get("columns", {})
     if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str)
                                             for k, v in columns.items()):
         raise EmbrmError(f"{where} columns: map roles ({', '.join(COLUMN_ROLES)}) to column names (strings)")
     return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
-                       _exclusion_from(doc.get("exclude"), f"{where} exclude"), doc.get("answer_source") or None)
+                       _exclusion_from(doc.get("exclude"), f"{where} exclude"), doc.get("answer_source") or None,
+                       prompts=prompts)
 
 
 def _generated_spec(doc: dict, where: str) -> DatasetSpec:
@@ -409,10 +419,21 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
     if rule is not None:
         ds.responses = ds.responses.with_columns(excluded=rule.mask(ds.responses, ds.source))
         ds.exclusion = rule.name
+    if spec.prompts:
+        ds = first_prompts(ds, spec.prompts)
     if spec.half:
         ds = half_of(ds, spec.half)
     ds.spec = spec
     return ds
+
+
+def first_prompts(ds: Dataset, n: int) -> Dataset:
+    """The first n prompts in sorted prompt-id order (a declaration's `prompts = N`)."""
+    prompts = ds.responses["prompt_id"].unique().sort()
+    if n > len(prompts):
+        raise EmbrmError(f"{ds.source}: prompts = {n} but the dataset has {len(prompts)} prompts: ask for at most "
+                         f"{len(prompts)}, or leave prompts out for all")
+    return ds.filter(pl.col("prompt_id").is_in(prompts[:n].implode()))
 
 
 HALF_SEED = 20_260_101  # fixed: the two halves of a dataset are the same on every machine and run

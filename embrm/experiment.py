@@ -6,8 +6,12 @@
     print(result.report_path.read_text())
 
 Writes into the results directory: jobs/ (one JSON + one Parquet per finished job: the resume points),
-fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet, published_picks.parquet, study.json (the resolved
-study, command, machine, package versions, timings), PNG plots and report.md.
+fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet, published_picks.parquet, embedders.json (per
+embedder and dataset: its description, held-out accuracy, Best-of-n gain, length correlation), study.json (the
+resolved study, command, machine, package versions, timings), PNG plots and report.md.
+
+A study with [[embedders]] embeds every dataset once per embedder and runs every job once per embedder; its
+results, tables and findings call a dataset's jobs `<dataset>@<embedder>` (embrm.study.group_label).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from embrm.active import ActiveResult, run_active
 from embrm.methods import MethodResult, run_method
 from embrm.persist import package_versions
 from embrm.progress import Progress
-from embrm.study import Study, check_rrm_texts, jobs_of
-from embrm.study_report import render_report
+from embrm.study import Study, check_rrm_texts, group_label, jobs_of
+from embrm.study_report import embedder_rows, render_report
 
 
 @dataclass
@@ -53,6 +57,7 @@ class StudyResult:
     embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
     length_effects: dict = field(default_factory=dict)  # per pool: the length-controlled gold's fit
     replication: list[dict] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
+    embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
 
     @property
     def report_path(self) -> Path:
@@ -61,11 +66,20 @@ class StudyResult:
 
 def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: bool = False
               ) -> tuple[dict, dict, dict]:
-    """Embed every dataset of the study (cached texts are not re-embedded) and, for RRM learners, each dataset's
-    augmentation texts (each half's own too with `replicate`: a half draws its other-prompt answers from itself).
-    Returns (cache spec, seconds per dataset, what the embedder's window did to each dataset's texts). Every
-    dataset is loaded and checked first, so a bad one fails before the cache is touched."""
-    embedder = study.embedder.build()
+    """Embed every dataset of the study once per embedder (cached texts are not re-embedded) and, for RRM
+    learners, each dataset's augmentation texts (each half's own too with `replicate`: a half draws its
+    other-prompt answers from itself). Returns (cache spec per embedder name: None for the one [embedder]; seconds
+    per job group; what the embedder's window did to each group's texts: embrm.study.group_label). Every dataset
+    is loaded and checked first, so a bad one fails before the cache is touched."""
+    loaded = _load_all(study, data_dir)
+    check_rrm_texts(study)  # a Study built in code skips load_study's checks
+    specs, seconds, facts = {}, {}, {}
+    for name in study.embedder_names:
+        specs[name] = _embed_with(study, name, loaded, cache_dir, progress, replicate, seconds, facts)
+    return specs, seconds, facts
+
+
+def _load_all(study: Study, data_dir) -> dict:
     loaded = {spec: load_dataset(spec, data_dir) for spec in dict.fromkeys([*study.datasets, *study.human_pairs])}
     for spec in study.human_pairs:
         if loaded[spec].pairs is None:
@@ -73,25 +87,32 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
                              f"it to datasets")
     for spec in study.datasets:
         loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
-    spec, seconds, facts = None, {}, {}
-    options = dict(cache_dir=cache_dir, template=study.embedder.template, batch_size=study.embedder.batch_size,
-                   progress=progress)
-    check_rrm_texts(study)  # a Study built in code skips load_study's checks
+    return loaded
+
+
+def _embed_with(study: Study, name: str | None, loaded: dict, cache_dir, progress, replicate: bool, seconds: dict,
+                facts: dict) -> dict | None:
+    """Every loaded dataset under one embedder (embed_dataset); fills seconds and facts per group, returns the
+    embedder's cache spec (None when every dataset carries its own vectors)."""
+    config = study.embedder_of(name)
+    embedder = config.build()
+    options = dict(cache_dir=cache_dir, template=config.template, batch_size=config.batch_size, progress=progress)
     if any(learner.length_control == "rrm" for learner in study.learners):
         # RRM's other-prompt answers under each prompt: texts of their own, embedded once
         halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
         for ds in [*loaded.values(), *halves]:
             embed_dataset(rrm_dataset(ds), embedder, **options)
+    spec = None
     for dataset, ds in loaded.items():
         res = embed_dataset(ds, embedder, **options)
-        seconds[dataset.label] = res.seconds
+        group = group_label(dataset.label, name)
+        seconds[group] = res.seconds
         spec = spec if ds.vectors is not None else res.spec  # the embedder's, for the jobs' cache reads
-        facts[dataset.label] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut",
-                                                             "indistinguishable")}
-        facts[dataset.label]["inputs"] = inputs_digest(ds, res)
+        facts[group] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut", "indistinguishable")}
+        facts[group]["inputs"] = inputs_digest(ds, res)
         if ds.vectors is not None:  # a generated dataset: its source says what its gold is
-            facts[dataset.label]["generated"] = ds.source
-    return spec, seconds, facts
+            facts[group]["generated"] = ds.source
+    return spec
 
 
 def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
@@ -129,14 +150,15 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     check_dir_option(cache_dir, "--cache-dir")
     t0 = time.perf_counter()
     replicate = study.replicate if replicate is None else replicate
-    spec, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
+    specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
     out.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
     halves = replication_jobs(study) if replicate else []
     inputs = {label: facts["inputs"] for label, facts in embedding.items()}
-    inputs |= {j.dataset.label: f"{inputs[replace(j.dataset, half=0).label]}:half{j.dataset.half}" for j in halves}
-    done = run_jobs(study, jobs + halves, out / "jobs", spec, cache_dir, data_dir=data_dir, workers=workers,
+    inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
+               for j in halves}
+    done = run_jobs(study, jobs + halves, out / "jobs", specs, cache_dir, data_dir=data_dir, workers=workers,
                     inputs=inputs, backend=backend, address=address, progress=progress)
     results = done[:len(jobs)]
     t2 = time.perf_counter()
@@ -149,21 +171,24 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
                "job_seconds": {r["key"]: round(r["seconds"], 2) for r in done}, "n_jobs": len(jobs),
                "n_replication_jobs": len(halves), "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
-                         length_effects=_length_effects(results))
+                         length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))
+    write_atomic(out / "embedders.json", json.dumps(result.embedders, indent=1) + "\n")
     write_atomic(out / "findings.json", json.dumps([f.to_dict() for f in result.findings], indent=1) + "\n")
     if replicate:
         result.replication = _compare_halves(done[len(jobs):], halves, out)
-    result.methods = _run_methods(study, spec, cache_dir, data_dir, out, progress)
+    first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
+    result.methods = _run_methods(study, first, cache_dir, data_dir, out, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
-    result.active = _run_active(study, spec, cache_dir, data_dir, out, progress)
+    result.active = _run_active(study, first, cache_dir, data_dir, out, progress)
     timings["active"] = {a.dataset: round(a.seconds, 2) for a in result.active}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
               if n == fits.filter(pl.col("dataset") == d)["noise"][0]
               and (p := R.plot_reliability_study(results, out, d, n)) is not None]
     timings["total"] = time.perf_counter() - t0
-    manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": spec, "machine": machine(),
-                           "timings": timings, "embedding": embedding}, indent=2, default=str) + "\n"
+    manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": specs.get(None, specs),
+                           "machine": machine(), "timings": timings, "embedding": embedding,
+                           "embedders": result.embedders}, indent=2, default=str) + "\n"
     write_atomic(out / "study.json", manifest)
     report = render_report(study, result, plots, command)
     write_atomic(result.report_path, report)

@@ -335,9 +335,10 @@ def findings(results: list[dict], bon: pl.DataFrame) -> list[Finding]:
 
 def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
     """Per finding measured in both halves: the two verdicts and whether they agree (embrm.stats.agreement).
-    Findings are matched by key with the halves' dataset names (`<name>.half1`, `.half2`) read as one."""
+    Findings are matched by key with the halves' dataset names (`<name>.half1`, `.half2`, and
+    `<name>.half1@<embedder>` in a study comparing embedders) read as one."""
     def key(f: Finding) -> str:
-        return re.sub(r"\.half[12]\|", "|", f.key, count=1)
+        return re.sub(r"\.half[12](?=[@|])", "", f.key, count=1)
 
     other = {key(f): f for f in second}
     rows = []
@@ -345,7 +346,7 @@ def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
         g = other.get(key(f))
         if f.effect is None or g is None or g.effect is None:
             continue
-        rows.append({"key": key(f), "finding": f"{re.sub(r'[.]half[12]$', '', f.dataset)}, {f.labels}: {f.claim}",
+        rows.append({"key": key(f), "finding": f"{re.sub(r'[.]half[12](?=@|$)', '', f.dataset)}, {f.labels}: {f.claim}",
                      "first": f.verdict,
                      "second": g.verdict, "first_estimate": f.effect.estimate, "second_estimate": g.effect.estimate,
                      "agreement": agreement(f.effect, g.effect, f.direction)})

@@ -1,7 +1,10 @@
 """Run a study's jobs: each fits one ensemble on cached embeddings and evaluates it; results are kept per job.
 
-    results = run_jobs(study, jobs, out_dir / "jobs", spec, cache_dir, workers=2)            # local processes
-    results = run_jobs(study, jobs, out_dir / "jobs", spec, cache_dir, backend="ray")        # a local Ray, or address=
+    results = run_jobs(study, jobs, out_dir / "jobs", specs, cache_dir, workers=2)           # local processes
+    results = run_jobs(study, jobs, out_dir / "jobs", specs, cache_dir, backend="ray")       # a local Ray, or address=
+
+`specs` maps each embedder's name (None: the study's one [embedder]) to its cache spec: a job reads the vectors
+of its own embedder.
 
 A job's result is one JSON file (metrics, per-proxy Best-of-n summaries) and one Parquet file (curves), each written
 atomically (a temporary file renamed over it) under `jobs/`, the JSON last; a job whose files exist with the same
@@ -76,10 +79,12 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     with threadpool_limits(threads, user_api="blas"):  # numpy's BLAS too: W workers, W cores (no oversubscription)
         result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
     out, frame = result.to_dict(), result.frame()
-    out.update(key=job.key, kind=job.kind, dataset=job.dataset.label, learner=job.learner.name,
+    out.update(key=job.key, kind=job.kind, dataset=job.group, learner=job.learner.name,
                head=job.learner.head, mode=job.learner.mode, length_control=job.learner.length_control, k=protocol.k,
                seed=job.seed, noise=job.noise.name if job.noise else "human", seconds=time.perf_counter() - start,
                version=RESULT_VERSION, curves_rows=frame.height)  # a resume checks the curves file against it
+    if job.embedder is not None:  # a study comparing embedders: `dataset` is `<dataset>@<embedder>`
+        out.update(embedder=job.embedder, dataset_label=job.dataset.label)
     return {"result": out, "curves": None if frame.is_empty() else frame.to_dict(as_series=False)}
 
 
@@ -147,18 +152,18 @@ def check_run_options(workers: int, backend: str) -> None:
     check_value("workers (--workers)", workers, WORKERS)
 
 
-def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_dir, *, data_dir=None, workers: int = 2,
-             backend: str = "local", address: str | None = None, progress: bool | None = None,
+def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, specs: dict, cache_dir, *, data_dir=None,
+             workers: int = 2, backend: str = "local", address: str | None = None, progress: bool | None = None,
              inputs: dict[str, str] | None = None) -> list[dict]:
-    """Run the jobs not already done (resume), with a progress display; returns every job's result. `inputs` maps
-    a dataset's label to the digest of its vectors and data (experiment.inputs_digest): a stored result computed
-    from other inputs is not reused."""
+    """Run the jobs not already done (resume), with a progress display; returns every job's result. `specs` maps an
+    embedder's name (None for the one [embedder]) to its cache spec; `inputs` maps a job's group (Job.group: the
+    dataset's label, `<dataset>@<embedder>` when comparing embedders) to the digest of its vectors and data
+    (experiment.inputs_digest): a stored result computed from other inputs is not reused."""
     jobs_dir, inputs = Path(jobs_dir), inputs or {}
     check_run_options(workers, backend)
-    results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study, inputs.get(j.dataset.label)))
-               is not None}
-    todo = [j for j in jobs if j.key not in results]
-    args = (json.dumps(spec, sort_keys=True), str(cache_dir), None if data_dir is None else str(data_dir))
+    results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study, inputs.get(j.group))) is not None}
+    todo = [(j, json.dumps(specs[j.embedder], sort_keys=True)) for j in jobs if j.key not in results]
+    args = (str(cache_dir), None if data_dir is None else str(data_dir))
     label = f"jobs ({len(results)} of {len(jobs)} already done)" if results else "jobs"
     with Progress(len(todo), label, "jobs", progress) as bar:
         if backend == "ray":
@@ -166,7 +171,7 @@ def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_di
         else:
             done = _run_local(study, todo, args, workers, bar)
         for job, out in done:
-            out["result"]["inputs"] = inputs.get(job.dataset.label)
+            out["result"]["inputs"] = inputs.get(job.group)
             save_result(jobs_dir, job, study, out)
             results[job.key] = out["result"]
             bar.advance()
@@ -175,16 +180,17 @@ def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, spec: dict, cache_di
 
 def _run_local(study, todo, args, workers, bar):
     if workers <= 1 or len(todo) <= 1:
-        for job in todo:
+        for job, spec_json in todo:
             bar.set_description("1 running")
-            yield job, run_job(job, study, *args, threads=max(1, os.cpu_count() or 1) if workers <= 1 else 1)
+            yield job, run_job(job, study, spec_json, *args,
+                               threads=max(1, os.cpu_count() or 1) if workers <= 1 else 1)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_end_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(run_job, job, study, *args): job for job in todo}
+        pending = {pool.submit(run_job, job, study, spec_json, *args): job for job, spec_json in todo}
         bar.set_description(f"{min(workers, len(todo))} running")
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -238,7 +244,7 @@ def _run_ray(study, todo, args, workers, address, bar):
         ray.init(log_to_driver=False, configure_logging=False, **opts)
     try:
         remote = ray.remote(num_cpus=1)(run_job)
-        refs = {remote.remote(job, study, *args): job for job in todo}
+        refs = {remote.remote(job, study, spec_json, *args): job for job, spec_json in todo}
         bar.set_description(f"{min(workers, len(refs))} running")
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)

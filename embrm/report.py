@@ -98,6 +98,16 @@ def summarise(frame: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.Data
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def grid_mean(frame: pl.DataFrame, metric: str) -> tuple[float, float]:
+    """A metric averaged over the study's grid (every learner and annotator) within each seed, then its mean and
+    95 % interval over the seeds (as `interval`); NaN when no job measured it."""
+    values = frame.filter(pl.col(metric).is_not_null()) if metric in frame.columns else frame.clear()
+    if values.is_empty():
+        return float("nan"), float("nan")
+    per_seed = values.group_by("seed").agg(pl.col(metric).cast(pl.Float64).mean())
+    return interval(per_seed[metric].to_list())
+
+
 def paired(frame: pl.DataFrame, a: str, b: str, metric: str = "gain", **where) -> tuple[float, float, int]:
     """Mean paired difference a - b of `metric` between two proxies over (learner, noise, seed) units, with its
     95 % interval and the number of pairs."""

@@ -29,6 +29,15 @@ exist is one error naming the file, the key and the allowed values.
     [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling,
     backend = "st"              # base_url, api_key_env, batch_size (the options of `embrm embed`)
 
+    [[embedders]]               # instead of [embedder]: several embedders compared side by side (studies/
+    name = "minilm"             # embedders.toml); each needs a plain, distinct name plus the keys of [embedder].
+    backend = "st"              # Every job runs once per embedder (its key and results: `<dataset>@<name>/...`),
+    [[embedders]]               # every dataset is embedded once per embedder, and the report compares them
+    name = "smollm2-l10"        # (section "Embedders"). The methods and active labelling use the first one.
+    backend = "hf"
+    model = "smollm2"
+    layer = 10
+
     [labels]
     n_pairs = 1000              # simulated annotations per job, drawn on the training prompts
     within_prompt = true
@@ -52,8 +61,9 @@ A `datasets` / `human_pairs` entry is a named dataset (`embrm datasets`), a data
 generated pool with a known gold (`generate = "overopt"`, `params = {...}`: embrm.overopt; studies/overopt.toml):
 
     [[datasets]]
-    path = "my_pool.jsonl"
+    path = "my_pool.jsonl"      # or a named dataset, e.g. "alpaca-eval-bon16"
     name = "my-pool"
+    prompts = 100               # optional: only the first 100 prompts (sorted prompt ids), e.g. for a quick study
     columns = { prompt = "instruction", response = "output", gold = "score", response_key = "model" }
     exclude = { column = "model", values = ["NullModel"], name = "probes" }
 
@@ -98,6 +108,12 @@ class Noise:
     n_pairs: int | None = None  # this annotator's label budget (default: the study's [labels] n_pairs)
 
 
+def group_label(dataset: str, embedder: str | None) -> str:
+    """What results, tables, findings and the report call a dataset's jobs: the dataset's label, or
+    `<dataset>@<embedder>` in a study that compares embedders ('@' is in no plain name, so it reads back)."""
+    return dataset if embedder is None else f"{dataset}@{embedder}"
+
+
 @dataclass
 class Study:
     name: str = "default"
@@ -115,6 +131,7 @@ class Study:
     n_grid: str | list | None = None  # Best-of-n's n: None (every n up to embrm.bon.ALL_N_LIMIT), "all", "log", [n...]
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    embedders: dict = field(default_factory=dict)  # [[embedders]]: name -> EmbedderConfig; empty: the one [embedder]
     labels: dict = field(default_factory=lambda: {"n_pairs": 1000, "within_prompt": True})
     active: ActiveConfig | None = None  # active labelling campaigns on every pool (embrm.active)
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
@@ -122,6 +139,14 @@ class Study:
     learners: list = field(default_factory=lambda: [
         DEFAULT_LEARNERS["linear"], DEFAULT_LEARNERS["laplace"], DEFAULT_LEARNERS["mlp"],
         *(replace(DEFAULT_LEARNERS["mlp"], length_control=c) for c in ("posthoc", "odin", "rrm"))])
+
+    @property
+    def embedder_names(self) -> list:
+        """The embedders every job runs under: their names, or [None] for the one [embedder]."""
+        return list(self.embedders) or [None]
+
+    def embedder_of(self, name: str | None) -> EmbedderConfig:
+        return self.embedder if name is None else self.embedders[name]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,11 +162,16 @@ class Job:
     learner: Learner
     seed: int
     noise: Noise | None = None
+    embedder: str | None = None  # the [[embedders]] name; None: the study's one [embedder]
+
+    @property
+    def group(self) -> str:
+        return group_label(self.dataset.label, self.embedder)
 
     @property
     def key(self) -> str:
         noise = self.noise.name if self.noise else "human"
-        return f"{self.dataset.label}/{noise}/{self.learner.name}/seed{self.seed}"
+        return f"{self.group}/{noise}/{self.learner.name}/seed{self.seed}"
 
     def protocol(self, study: Study) -> Protocol:
         """The experiment this job runs, as every other entry point would describe it."""
@@ -155,14 +185,24 @@ class Job:
 
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
-        doc = {"job": asdict(self), "protocol": self.protocol(study).to_dict(), "embedder": asdict(study.embedder)}
+        doc = {"job": _unchanged(asdict(self)), "protocol": self.protocol(study).to_dict(),
+               "embedder": asdict(study.embedder_of(self.embedder))}
         return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
+def _unchanged(job: dict) -> dict:
+    """A job's fields without those added since results were first stored, while they hold their defaults: a
+    single-embedder study on whole datasets keeps its digests, so its stored results still resume."""
+    job["dataset"] = {k: v for k, v in job["dataset"].items() if k != "prompts" or v}
+    return {k: v for k, v in job.items() if k != "embedder" or v is not None}
+
+
 def jobs_of(study: Study) -> list[Job]:
-    pool = [Job("pool", d, l, s, n) for d in study.datasets for n in study.noise for l in study.learners
-            for s in study.seeds]
-    human = [Job("human", d, l, s) for d in study.human_pairs for l in study.learners for s in study.seeds]
+    embedders = study.embedder_names
+    pool = [Job("pool", d, l, s, n, e) for d in study.datasets for e in embedders for n in study.noise
+            for l in study.learners for s in study.seeds]
+    human = [Job("human", d, l, s, None, e) for d in study.human_pairs for e in embedders for l in study.learners
+             for s in study.seeds]
     return pool + human
 
 
@@ -189,7 +229,7 @@ def load_study(path: str | Path | None = None) -> Study:
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
-       "n_grid": (str, list), "methods": list, "embedder": dict,
+       "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
        "labels": dict, "noise": list, "learners": list, "active": dict}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
@@ -271,8 +311,13 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
     for key in ("datasets", "human_pairs"):
         if key in doc:
             setattr(study, key, [_dataset(f"{where}: {key}[{i}]", v, base) for i, v in enumerate(doc[key])])
+    if "embedder" in doc and "embedders" in doc:
+        raise EmbrmError(f"{where}: give either [embedder] (one embedder) or [[embedders]] (several, each with a "
+                         f"name), not both")
     if "embedder" in doc:
         study.embedder = _embedder(f"{where} [embedder]", doc["embedder"])
+    if "embedders" in doc:
+        study.embedders = _embedders(where, doc["embedders"])
     if "labels" in doc:
         study.labels = {**study.labels, **_check_keys(f"{where} [labels]", doc["labels"], LABEL_KEYS)}
         _checked(f"{where} [labels]", lambda: LabelConfig("simulated", **study.labels))
@@ -315,6 +360,29 @@ def _embedder(where: str, doc) -> EmbedderConfig:
     _checked(where, config.build)
     _checked(where, lambda: render(pl.DataFrame({"prompt": ["p"], "response": ["r"]}), config.template))
     return config
+
+
+def _embedders(where: str, entries: list) -> dict:
+    """[[embedders]]: name -> EmbedderConfig, each checked as [embedder] is; names distinct, configs different."""
+    if not entries:
+        raise EmbrmError(f"{where}: [[embedders]] is empty: give at least one embedder (or use [embedder])")
+    named = [_named_embedder(f"{where} [[embedders]] #{i + 1}", e) for i, e in enumerate(entries)]
+    _distinct(where, "[[embedders]] name", [name for name, _ in named])
+    configs = [config for _, config in named]
+    for i, config in enumerate(configs):
+        if config in configs[:i]:
+            raise EmbrmError(f"{where} [[embedders]] #{i + 1}: the same embedder as #{configs.index(config) + 1} "
+                             f"(every key equal): its results would repeat; change a key or drop it")
+    return dict(named)
+
+
+def _named_embedder(where: str, doc) -> tuple[str, EmbedderConfig]:
+    if not isinstance(doc, dict) or "name" not in doc:
+        raise EmbrmError(f"{where}: needs name = a plain name (what the report calls this embedder), plus the keys "
+                         f"of [embedder]")
+    options = _check_keys(where, doc, {"name": str, **EMBEDDER_KEYS})
+    name = _plain_name(where, "name", options.pop("name"))
+    return name, _embedder(where, options)
 
 
 def _noise(where: str, doc) -> Noise:
@@ -373,6 +441,10 @@ def _validate(study: Study, where: str) -> None:
     _distinct(where, "[[noise]] name", [n.name for n in study.noise])
     _distinct_learners(where, study.learners)
     check_rrm_texts(study, where)
+    if len(study.embedders) > 1:
+        for spec in (d for d in [*study.datasets, *study.human_pairs] if d.source in GENERATORS):
+            raise EmbrmError(f"{where}: {spec.label}: a generated dataset carries its own vectors, the same under "
+                             f"every embedder: compare [[embedders]] on text datasets, run it in another study")
     for method in study.methods:
         _one_of(where, "methods entry", method, METHODS)
     _distinct(where, "methods", study.methods)

@@ -1,16 +1,19 @@
-"""report.md of a study: findings with their intervals and replication status, then per pool the Best-of-n
-tables on gold and on length-controlled gold, reward hacking, pairwise accuracy, methods, the embedder's window,
-plots and timing. Every number comes from the study's tables (embrm.report) and findings (embrm.findings)."""
+"""report.md of a study: findings with their intervals and replication status, the embedders compared (a study
+with [[embedders]]), then per pool the Best-of-n tables on gold and on length-controlled gold, reward hacking,
+pairwise accuracy, methods, the embedder's window, plots and timing. Every number comes from the study's tables
+(embrm.report) and findings (embrm.findings)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
 
 from embrm import report as R
 from embrm.methods import render_methods
-from embrm.study import Study
+from embrm.study import Study, group_label
 
 SETTING = ("Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
            "evaluated on held-out prompts ({test:.0%} of prompts, split per seed). Best-of-n is the exact unbiased "
@@ -118,6 +121,94 @@ def _embedding_section(embedding: dict) -> list[str]:
     return lines + ([""] if tied else [])
 
 
+DESCRIBED = ("backend", "model", "layer", "pooling", "max_length", "dtype", "template")
+HEADLINE = ("accuracy", "gold", "gain", "length_correlation")
+
+
+def _describe(config, spec: dict | None) -> dict:
+    """What made the vectors: the cache spec (the embedder's own, as resolved), else the study's options."""
+    source = spec or {**asdict(config), "model": config.model or "default"}
+    return {k: source.get(k) for k in DESCRIBED}
+
+
+def _metrics(fits: pl.DataFrame, bon: pl.DataFrame) -> dict:
+    """The ensemble mean's held-out accuracy and within-prompt Spearman with length (fits) and its Best-of-n pick
+    at n = N on the pool (bon: gold@N, gain), each averaged over the grid within a seed, then over seeds."""
+    mean = bon.filter((pl.col("variant") == "pool") & (pl.col("proxy") == "mean")) if bon.height else bon
+    out = {}
+    for metric in HEADLINE:
+        out[metric], out[f"{metric}_ci"] = R.grid_mean(mean if metric in ("gold", "gain") else fits, metric)
+    return out
+
+
+def embedder_rows(study: Study, specs: dict, fits: pl.DataFrame, bon: pl.DataFrame) -> list[dict]:
+    """Per dataset and embedder (in the study's order): its description and headline metrics (`_metrics`), also
+    per learner (averaged over annotators and seeds). JSON-able (embedders.json); NaN (no such metric) is None."""
+    rows = []
+    for spec in [*study.datasets, *study.human_pairs]:
+        for name in study.embedder_names:
+            group = group_label(spec.label, name)
+            f = fits.filter(pl.col("dataset") == group) if fits.height else fits
+            b = bon.filter(pl.col("dataset") == group) if bon.height else bon
+            learners = f["learner"].unique(maintain_order=True).to_list() if f.height else []
+            per_learner = {l: _metrics(f.filter(pl.col("learner") == l),
+                                       b.filter(pl.col("learner") == l) if b.height else b) for l in learners}
+            rows.append(_json_safe({"dataset": spec.label, "embedder": name, "group": group,
+                                    "description": _describe(study.embedder_of(name), specs.get(name)),
+                                    "n_jobs": f.height, "n_seeds": f["seed"].n_unique() if f.height else 0,
+                                    **_metrics(f, b), "per_learner": per_learner}))
+    return rows
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return None if isinstance(value, float) and value != value else value
+
+
+def _cell(row: dict, metric: str) -> str:
+    mean, half = row.get(metric), row.get(f"{metric}_ci")
+    return R.fmt(float("nan") if mean is None else mean, float("nan") if half is None else half)
+
+
+def _description_cells(d: dict) -> list[str]:
+    template = json.dumps(d["template"])[1:-1].replace("|", "\\|") if d.get("template") else "-"
+    return [f"{d['backend']}:{d['model']}", "-" if d.get("layer") is None else str(d["layer"]),
+            str(d.get("pooling") or "-"), str(d.get("max_length") or "-"), f"`{template}`"]
+
+
+def _embedders_section(rows: list[dict]) -> list[str]:
+    """One row per dataset and embedder: what made the vectors and what the rewards on them did."""
+    if not rows:
+        return []
+    lines = ["## Embedders", "", EMBEDDERS, "",
+             R.md_table(["dataset", "embedder", "backend:model", "layer", "pooling", "max tokens", "template",
+                         "held-out accuracy", "gold@N", "gain", "Spearman with length"],
+                        [[f"`{r['dataset']}`", f"`{r['embedder']}`", *_description_cells(r["description"]),
+                          *(_cell(r, m) for m in HEADLINE)] for r in rows]), ""]
+    learners = list(dict.fromkeys(l for r in rows for l in r["per_learner"]))
+    cells = [[f"`{r['dataset']}`", f"`{r['embedder']}`", *(_accuracy_gain(r["per_learner"].get(l)) for l in learners)]
+             for r in rows]
+    lines += ["Per learner (held-out accuracy / gain, each averaged over annotators and seeds):", "",
+              R.md_table(["dataset", "embedder", *learners], cells), ""]
+    return lines
+
+
+def _accuracy_gain(m: dict | None) -> str:
+    return " / ".join("-" if m is None or m.get(k) is None else f"{m[k]:.3f}" for k in ("accuracy", "gain"))
+
+
+EMBEDDERS = ("Every job ran once per embedder on the same prompts, train/test splits and simulated labels; the "
+             "datasets' own sections below are headed `<dataset>@<embedder>`. Each row averages the ensemble "
+             "mean's results over the study's learners and annotators within a seed, then gives the mean ± 95 % "
+             "Student-t interval over seeds. Held-out accuracy: pairwise accuracy on the held-out prompts (against "
+             "the gold order on pools, the human labels on pairs). gold@N and gain: the ensemble mean's Best-of-n "
+             "pick at n = N (the whole pool), gain = (gold − random) / (oracle − random), as in the Best-of-n "
+             "tables. Spearman with length: the ensemble mean's within-prompt Spearman correlation with response "
+             "length on held-out responses (0: blind to length). The description is the embedder's cache spec: "
+             "what made the vectors.")
+
+
 def _timing_section(result) -> list[str]:
     t, fits = result.timings, result.fits
     rows = [["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
@@ -146,6 +237,8 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
     if any(not l.length_control == "none" for l in study.learners):
         lines += [LENGTH_CONTROL, ""]
     lines += _findings_section(result)
+    if study.embedders:
+        lines += _embedders_section(result.embedders)
     if not result.bon.is_empty():
         lines += _pool_sections(result, noises)
     for dataset in fits["dataset"].unique(maintain_order=True):
@@ -174,6 +267,8 @@ ACTIVE = ("Each strategy starts from the same random seed set, then picks a batc
 
 
 def _embedder_text(study: Study, generated: dict) -> str:
+    if study.embedders:
+        return f"{len(study.embedders)} embedders ({', '.join(f'`{n}`' for n in study.embedders)}: see Embedders)"
     e = study.embedder
     text = f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
     if len(generated) == len(study.datasets) + len(study.human_pairs):
