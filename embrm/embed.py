@@ -7,9 +7,10 @@ DEFAULT_TEMPLATE. The template is part of the cache fingerprint, so changing it 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,7 @@ class EmbedderConfig:
     template: str = DEFAULT_TEMPLATE
     batch_size: int = 64
     device: str = "auto"
+    max_tokens: int | None = None  # hf: token budget per forward batch (rows x longest row); vectors unchanged
 
     def __post_init__(self):  # named templates are stored as what they stand for: one cache per text form
         object.__setattr__(self, "template", TEMPLATE_NAMES.get(self.template, self.template))
@@ -92,7 +94,7 @@ class EmbedderConfig:
         else:
             options = dict(dtype=self.dtype, max_length=self.max_length, device=self.device)
             if self.backend == "hf":
-                options.update(layer=self.layer, pooling=self.pooling)
+                options.update(layer=self.layer, pooling=self.pooling, max_tokens=self.max_tokens)
         return make_embedder(self.backend, self.model, **{k: v for k, v in options.items() if v is not None})
 
     def embed(self, data, cache_dir: str | Path = DEFAULT_CACHE_DIR, progress: bool | None = None) -> EmbedResult:
@@ -137,32 +139,52 @@ def chat_template_of(embedder) -> ChatTemplate:
     return method()
 
 
-def cache_spec(embedder, template: str, chat: ChatTemplate | None = None) -> dict:
+def cache_spec(embedder, template: str, chat: ChatTemplate | None = None,
+               view: tuple[int, str] | None = None) -> dict:
     """Everything that determines a cached vector: the embedder's own spec plus the text template (and, for
     "chat", the chat template's source, special tokens and date, so the texts can be rendered without a model)."""
     template = TEMPLATE_NAMES.get(template, template)
-    return {**embedder.spec(), "template": template, **(chat.spec() if chat is not None else {})}
+    spec = embedder.view_spec(*view) if view is not None else embedder.spec()
+    return {**spec, "template": template, **(chat.spec() if chat is not None else {})}
 
 
-def embed_texts(texts: list[str], embedder, cache: EmbeddingCache, *, response_starts: list[int] | None = None,
-                batch_size: int = 64, progress: bool | None = None, label: str = "embed",
-                shard: Shard = WHOLE) -> tuple[list[str], int]:
-    """Embed this shard's texts that the cache lacks (embrm.shards), one atomic part per batch.
+def embed_texts(texts: list[str], embedder, cache: EmbeddingCache | list[EmbeddingCache], *,
+                response_starts: list[int] | None = None, batch_size: int = 64, progress: bool | None = None,
+                label: str = "embed", shard: Shard = WHOLE,
+                views: list[tuple[int, str]] | None = None) -> tuple[list[str], int]:
+    """Embed this shard's texts that the cache lacks (embrm.shards), one atomic part per batch. With `views`
+    ((layer, pooling) pairs, one cache each), one forward pass per batch fills every view's cache.
     Returns (keys, n_embedded)."""
+    caches = cache if isinstance(cache, list) else [cache]
     keys = text_keys(texts)
-    batches = shard_batches(keys, pl.Series(texts, dtype=pl.Utf8).str.len_chars().to_numpy(), batch_size, shard, cache.index())
+    have = [c.index().select("key") for c in caches]
+    done = functools.reduce(lambda a, b: a.join(b, on="key", how="semi"), have)  # cached in every view
+    lengths = pl.Series(texts, dtype=pl.Utf8).str.len_chars().to_numpy()
+    batches = shard_batches(keys, lengths, batch_size, shard, done)
     n_embedded = sum(map(len, batches))
     if batches:
         with Progress(n_embedded, label, "texts", progress) as bar:
             for batch in batches:
-                out = embedder.embed([texts[i] for i in batch],
-                                     [response_starts[i] for i in batch] if response_starts else None)
-                cache.write_part([keys[i] for i in batch], out.vectors, out.n_tokens, out.truncated,
-                                 getattr(out, "response_cut", None))
+                chunk = [texts[i] for i in batch]
+                starts = [response_starts[i] for i in batch] if response_starts else None
+                outs = embedder.embed_views(chunk, starts, views) if views else [embedder.embed(chunk, starts)]
+                for c, cached, out in zip(caches, have, outs):
+                    _write_missing(c, cached, [keys[i] for i in batch], out)
                 bar.advance(len(batch))
     if shard.count == 1:
-        cache.settle()  # also merges the parts a killed run left (shards merge in embed_shard, once complete)
+        for c in caches:
+            c.settle()  # also merges the parts a killed run left (shards merge in embed_shard, once complete)
     return keys, n_embedded
+
+
+def _write_missing(cache: EmbeddingCache, cached: pl.DataFrame, keys: list[str], out) -> None:
+    """One part with the rows of `out` whose keys the cache lacked (a view may hold texts the others lack)."""
+    new = ~pl.Series(keys).is_in(cached["key"].implode()).to_numpy()
+    if not new.any():
+        return
+    flags = [None if f is None else np.asarray(f)[new] for f in (out.truncated, getattr(out, "response_cut", None))]
+    cache.write_part([k for k, n in zip(keys, new) if n], out.vectors[new],
+                     None if out.n_tokens is None else np.asarray(out.n_tokens)[new], *flags)
 
 
 @dataclass
@@ -200,18 +222,63 @@ def embed_shard(data: Dataset | pl.DataFrame, embedder, shard: Shard, *, cache_d
                 template: str = DEFAULT_TEMPLATE, batch_size: int = 64, progress: bool | None = None) -> ShardResult:
     """Embed one shard's share of the dataset's missing texts (embrm.shards: N processes, one cache). The last
     shard to finish merges the cache and gets the whole EmbedResult; the others get result=None."""
+    embedder = embedder if embedder is not None else make_embedder()
+    return _embed(data, embedder, None, shard, cache_dir, template, batch_size, progress)[0]
+
+
+def embed_views(data: Dataset | pl.DataFrame, configs: list[EmbedderConfig], *,
+                cache_dir: str | Path = DEFAULT_CACHE_DIR, progress: bool | None = None,
+                shard: Shard = WHOLE) -> list[ShardResult]:
+    """Several layers x poolings of one causal LM from one forward pass per batch: one cache (fingerprint) per
+    config, each equal to what `config.embed(data)` caches. The configs may differ only in layer and pooling."""
+    base = replace(configs[0], layer=-1, pooling="last")
+    if any(replace(c, layer=-1, pooling="last") != base for c in configs):
+        raise EmbrmError("embedding several views in one pass needs configs that differ only in layer and pooling")
+    embedder = base.build()
+    if not hasattr(embedder, "embed_views"):
+        raise EmbrmError(f"the {base.backend} backend has one view per model: several layers/poolings need the hf "
+                         f"backend")
+    views = [(c.layer, c.pooling) for c in configs]
+    if len(set(views)) < len(views):
+        raise EmbrmError(f"views {views}: each layer/pooling pair once")
+    return _embed(data, embedder, views, shard, cache_dir, base.template, base.batch_size, progress)
+
+
+def view_groups(configs: list[EmbedderConfig]) -> list[list[EmbedderConfig]]:
+    """The hf configs that share one model and differ only in layer/pooling (groups of two or more): each group
+    is one embed_views call instead of one forward pass per config."""
+    groups: dict[EmbedderConfig, list[EmbedderConfig]] = {}
+    for c in dict.fromkeys(configs):
+        if c.backend == "hf":
+            groups.setdefault(replace(c, layer=-1, pooling="last"), []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _embed(data, embedder, views, shard: Shard, cache_dir, template: str, batch_size: int,
+           progress: bool | None) -> list[ShardResult]:
+    """The one path: render, open one cache per view, embed this shard's missing texts, then (every text present)
+    merge and gather each view's aligned matrix."""
     start = time.perf_counter()
     responses = data.responses if isinstance(data, Dataset) else data
-    embedder = embedder if embedder is not None else make_embedder()
     if batch_size < 1:
         raise EmbrmError(f"--batch-size must be >= 1 (got {batch_size})")
     chat = chat_template_of(embedder) if TEMPLATE_NAMES.get(template, template) == CHAT else None
     texts, starts = render(responses, template, chat)
-    cache = EmbeddingCache(cache_dir, cache_spec(embedder, template, chat))
+    caches = [EmbeddingCache(cache_dir, cache_spec(embedder, template, chat, view)) for view in views or [None]]
     name = data.name if isinstance(data, Dataset) else "responses"
     label = f"embed {name}" + (f" (shard {shard})" if shard.count > 1 else "")
-    keys, n_embedded = embed_texts(texts, embedder, cache, response_starts=starts, batch_size=batch_size,
-                                   progress=progress, label=label, shard=shard)
+    keys, n_embedded = embed_texts(texts, embedder, caches, response_starts=starts, batch_size=batch_size,
+                                   progress=progress, label=label, shard=shard, views=views)
+    outcomes = [_settled(c, responses, keys, n_embedded, shard) for c in caches]
+    for outcome in outcomes:
+        outcome.seconds = round(time.perf_counter() - start, 3)
+        if outcome.result is not None:
+            outcome.result.seconds = outcome.seconds
+    return outcomes
+
+
+def _settled(cache: EmbeddingCache, responses: pl.DataFrame, keys: list[str], n_embedded: int,
+             shard: Shard) -> ShardResult:
     outcome = ShardResult(shard, n_embedded, 0, str(cache.path), cache.fingerprint, 0.0)
     # Shards: look under the writer lock, where merges happen, so another shard's merge never removes a part
     # while this one reads; the first shard to see every text merges (settle), the others find one part.
@@ -220,10 +287,8 @@ def embed_shard(data: Dataset | pl.DataFrame, embedder, shard: Shard, *, cache_d
         if not outcome.n_missing:
             cache.settle()  # the parts of the other shards (a no-op for a single run: embed_texts merged)
             outcome.result = _gathered(responses, keys, cache, n_embedded)
-    outcome.seconds = round(time.perf_counter() - start, 3)
-    if outcome.result is not None:
-        outcome.result.seconds = outcome.seconds
     return outcome
+
 
 
 def _gathered(responses: pl.DataFrame, keys: list[str], cache: EmbeddingCache, n_embedded: int) -> EmbedResult:
@@ -261,7 +326,8 @@ def indistinguishable_prompts(responses: pl.DataFrame, X: np.ndarray) -> list[st
     return rows.filter((pl.col("texts") > 1) & pl.col("same"))["prompt_id"].sort().to_list()
 
 
-def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> np.ndarray:
+def cached_embeddings(data: Dataset | pl.DataFrame, spec: dict,
+                      cache_dir: str | Path = DEFAULT_CACHE_DIR) -> np.ndarray:
     """The aligned matrix for an embedder known only by its cache spec (e.g. from a saved model's manifest).
 
     Needs no model: every text must already be cached.

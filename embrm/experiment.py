@@ -30,7 +30,7 @@ from embrm import report as R
 from embrm.augment import rrm_dataset
 from embrm.data import Dataset
 from embrm.datasets import half_of, load_dataset
-from embrm.embed import EmbedResult, cached_embeddings, embed_dataset
+from embrm.embed import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
 from embrm.errors import EmbrmError
 from embrm.files import write_atomic
 from embrm.findings import Finding, findings, replication
@@ -74,6 +74,7 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
     loaded = _load_all(study, data_dir)
     check_rrm_texts(study)  # a Study built in code skips load_study's checks
     specs, seconds, facts = {}, {}, {}
+    _share_forward_passes(study, loaded, cache_dir, progress)
     for name in study.embedder_names:
         specs[name] = _embed_with(study, name, loaded, cache_dir, progress, replicate, seconds, facts)
     return specs, seconds, facts
@@ -88,6 +89,15 @@ def _load_all(study: Study, data_dir) -> dict:
     for spec in study.datasets:
         loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
     return loaded
+
+
+def _share_forward_passes(study: Study, loaded: dict, cache_dir, progress) -> None:
+    """Embedders that read other layers/poolings of one causal LM: one forward pass fills all their caches
+    (embed_views), so the per-embedder pass below finds them warm."""
+    for group in view_groups([study.embedder_of(name) for name in study.embedder_names]):
+        for ds in loaded.values():
+            if ds.vectors is None:
+                embed_views(ds, group, cache_dir=cache_dir, progress=progress)
 
 
 def _embed_with(study: Study, name: str | None, loaded: dict, cache_dir, progress, replicate: bool, seconds: dict,

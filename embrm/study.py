@@ -85,14 +85,15 @@ import polars as pl
 
 from embrm.active import ActiveConfig
 from embrm.datasets import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
-from embrm.embed import EmbedderConfig, render
+from embrm.embed import CHAT, EmbedderConfig, render
 from embrm.errors import EmbrmError
 from embrm.heads.checks import SEED, Integer, check_value, shown
 from embrm.methods import REGISTRY as METHODS
 from embrm.protocol import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
 
 EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
-                 "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int}
+                 "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int, "device": str,
+                 "max_tokens": int}
 # A name that becomes a file or directory name (the study's results/<name>, a noise's or dataset's part of a job's
 # file name): no path separators, no '.'/'..', nothing a file system or a shell treats specially.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -186,7 +187,7 @@ class Job:
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
         doc = {"job": _unchanged(asdict(self)), "protocol": self.protocol(study).to_dict(),
-               "embedder": asdict(study.embedder_of(self.embedder))}
+               "embedder": _embedder_doc(study.embedder_of(self.embedder))}
         return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
@@ -195,6 +196,12 @@ def _unchanged(job: dict) -> dict:
     single-embedder study on whole datasets keeps its digests, so its stored results still resume."""
     job["dataset"] = {k: v for k, v in job["dataset"].items() if k != "prompts" or v}
     return {k: v for k, v in job.items() if k != "embedder" or v is not None}
+
+
+def _embedder_doc(config: EmbedderConfig) -> dict:
+    """The embedder's options without those added since results were first stored, while at their defaults."""
+    added = {"device": "auto", "max_tokens": None}
+    return {k: v for k, v in asdict(config).items() if k not in added or v != added[k]}
 
 
 def jobs_of(study: Study) -> list[Job]:
@@ -358,7 +365,8 @@ def _embedder(where: str, doc) -> EmbedderConfig:
         _checked(where, lambda: check_value("batch_size", options["batch_size"], EMBED_BATCH))
     config = _checked(where, lambda: EmbedderConfig(**options))
     _checked(where, config.build)
-    _checked(where, lambda: render(pl.DataFrame({"prompt": ["p"], "response": ["r"]}), config.template))
+    if config.template != CHAT:  # a chat template is the model's own: checked when its tokenizer loads
+        _checked(where, lambda: render(pl.DataFrame({"prompt": ["p"], "response": ["r"]}), config.template))
     return config
 
 

@@ -86,8 +86,11 @@ class EmbedderOptions:
     max_length: Annotated[Optional[int], typer.Option(
         "--max-length", help="Truncate texts to this many tokens.")] = None
     layer: Annotated[int, typer.Option("--layer", help="hf: hidden layer to read (-1 = last).")] = -1
-    pooling: Annotated[str, typer.Option("--pooling", help="hf: last (last non-pad token) | mean_response.")] = "last"
-    template: Annotated[str, typer.Option("--template", help="Text sent to the model for each response.")] = \
+    pooling: Annotated[str, typer.Option(
+        "--pooling", help="hf: last (last non-pad token) | mean | mean_response | max.")] = "last"
+    template: Annotated[str, typer.Option(
+        "--template", help="Text sent to the model for each response: a format with {prompt} and {response}, "
+                           "'plain' (the default) or 'chat' (hf: the model's own chat template).")] = \
         DEFAULT_TEMPLATE
     base_url: Annotated[Optional[str], typer.Option("--base-url", help="openai: endpoint base URL (.../v1).")] = None
     api_key_env: Annotated[str, typer.Option(
@@ -96,6 +99,9 @@ class EmbedderOptions:
         "--batch-size", help="Texts per batch; each batch is one atomic cache part.")] = 64
     device: Annotated[str, typer.Option(
         "--device", help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps (st and hf).")] = "auto"
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", help="hf: token budget per forward batch (rows x longest row; texts go longest first); "
+                             "the vectors do not depend on it.")] = None
 
     def config(self) -> EmbedderConfig:
         return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,8 +27,9 @@ from embrm.cli.common import (
     print_json,
 )
 from embrm.datasets import GENERATORS, REGISTRY, existing_data_dir
+from embrm.embed import embed_views
 from embrm.errors import EmbrmError
-from embrm.shards import Shard
+from embrm.shards import WHOLE, Shard
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]
 
@@ -67,6 +69,9 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
               "--workers", "-j", help="ray: shards/workers (default: the cluster's GPUs, else its CPUs).")] = None,
           address: Annotated[Optional[str], typer.Option(
               "--address", help="ray: cluster address (default: start a local Ray).")] = None,
+          views: Annotated[Optional[str], typer.Option(
+              "--views", help="hf: LAYER:POOLING,... (e.g. '-1:last,10:last,20:max'): one forward pass fills one "
+                              "cache per view (instead of --layer/--pooling).")] = None,
           format: FormatOpt = Format.text):
     """Embed a dataset's (prompt, response) texts into the content-addressed Parquet cache (resumable).
 
@@ -81,6 +86,8 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
         raise EmbrmError("--shard is for separate processes; --runner ray makes its own shards (--workers N)")
     ds = data.load(dataset)
     progress = None if format == Format.text else False
+    if views:
+        return _embed_views(ds, embedder.config(), views, cache_dir, shard, runner, format)
     if shard:
         outcome = embedder.config().embed_shard(ds, Shard.parse(shard), cache_dir, progress=progress)
         if outcome.result is None:
@@ -101,6 +108,35 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
               f"{result.n_response_cut} of them losing response tokens", markup=False, highlight=False)
     for line in result.warnings():
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _embed_views(ds, config, views: str, cache_dir, shard, runner: str, format: Format) -> None:
+    if runner != "local":
+        raise EmbrmError("--views runs in this process (or with --shard): leave out --runner ray")
+    configs = [replace(config, layer=layer, pooling=pooling) for layer, pooling in parse_views(views)]
+    outcomes = embed_views(ds, configs, cache_dir=cache_dir, shard=Shard.parse(shard) if shard else WHOLE,
+                           progress=None if format == Format.text else False)
+    if format == Format.json:
+        return print_json([{"dataset": ds.name, "layer": c.layer, "pooling": c.pooling, **o.summary()}
+                           for c, o in zip(configs, outcomes)])
+    first = outcomes[0]
+    out.print(f"{ds!r}\nembedded {first.n_embedded} new texts in {first.seconds:.1f}s, one forward pass for "
+              f"{len(configs)} views:", markup=False, highlight=False)
+    for c, o in zip(configs, outcomes):
+        state = "complete" if o.result is not None else f"{o.n_missing} texts of other shards missing"
+        out.print(f"  layer {c.layer:>3} {c.pooling:<14} -> {o.cache_dir} ({state})", markup=False, highlight=False)
+
+
+def parse_views(text: str) -> list[tuple[int, str]]:
+    """'-1:last,10:max' -> [(-1, 'last'), (10, 'max')]."""
+    try:
+        pairs = [item.strip().rsplit(":", 1) for item in text.split(",") if item.strip()]
+        views = [(int(layer), pooling) for layer, pooling in pairs]
+    except ValueError:
+        views = []
+    if not views:
+        raise EmbrmError(f"--views {text!r}: write LAYER:POOLING pairs separated by commas, e.g. -1:last,10:max")
+    return views
 
 
 def _shard_pending(ds, outcome, format: Format) -> None:
