@@ -126,7 +126,7 @@ def test_user_errors(tmp_path):
     cases = [
         (lambda: make_embedder("hf", str(tmp_path / "missing")), "does not exist"),
         (lambda: make_embedder("hf", "/nowhere/model.gguf"), "model path /nowhere/model.gguf does not exist"),
-        (lambda: make_embedder("hf", "smollm2", pooling="max"), "pooling='max'"),
+        (lambda: make_embedder("hf", "smollm2", pooling="median"), "pooling=.median."),
         (lambda: make_embedder("hf", "smollm2", padding_side="middle"), "padding_side"),
         (lambda: make_embedder("hf", "smollm2", layer=1.5), "layer=1.5"),
         (lambda: make_embedder("hf", str(tmp_path)).embed(["x"]), "could not load model"),  # empty directory

@@ -116,13 +116,13 @@ def test_a_resumed_study_with_embedders_runs_nothing_again(ran):
 
 
 def test_a_single_embedder_study_keeps_its_result_paths():
-    """Keys and digests from before [[embedders]] existed: stored results resume."""
+    """Keys and digests of the last release (before [[embedders]], --device, --max-tokens): stored results resume."""
     study = Study()
     first, human = jobs_of(study)[0], jobs_of(study)[-1]
-    assert result_paths(Path("j"), first, study)[0].name == "alpaca-eval-models__bt10__linear__seed0-d94fa65f5a9f.json"
+    assert result_paths(Path("j"), first, study)[0].name == "alpaca-eval-models__bt10__linear__seed0-47b64a8322c1.json"
     assert first.embedder is None and first.group == "alpaca-eval-models" and human.key.startswith("hh-rlhf")
     study.embedder = replace_template(study.embedder)
-    assert result_paths(Path("j"), first, study)[0].name != "alpaca-eval-models__bt10__linear__seed0-d94fa65f5a9f.json"
+    assert result_paths(Path("j"), first, study)[0].name != "alpaca-eval-models__bt10__linear__seed0-47b64a8322c1.json"
 
 
 def replace_template(config):
@@ -172,7 +172,7 @@ CASES = {
     "duplicate_name": (VALID + ONE + ONE.replace('"\n', '"\nmax_length = 64\n'),
                        r'\[\[embedders\]\] name #2 repeats "a"'),
     "missing_name": (VALID + ONE + '[[embedders]]\nbackend = "st"\n', r"\[\[embedders\]\] #2: needs name = "),
-    "unknown_key": (VALID + ONE + 'device = "cuda"\n', r"\[\[embedders\]\] #1: unknown key 'device'"),
+    "unknown_key": (VALID + ONE + 'devices = "cuda"\n', r"\[\[embedders\]\] #1: unknown key 'devices'"),
     "bad_name": (VALID + '[[embedders]]\nname = "a/b"\n', r'\[\[embedders\]\] #1: name = "a/b" must be a plain name'),
     "bad_option": (VALID + ONE + "max_length = 0\n", r"\[\[embedders\]\] #1: .*max_length=0 is not valid"),
     "same_config": (VALID + ONE + '[[embedders]]\nname = "b"\n', r"#2: the same embedder as #1"),

@@ -7,7 +7,7 @@ import typer
 from typer._click import exceptions as click  # typer vendors click; its errors live here
 from typer.core import TyperGroup
 
-from embrm.cli import active, data, methods, model, study
+from embrm.cli import active, data, imports, methods, model, study
 from embrm.cli.common import error_line
 
 
@@ -44,6 +44,7 @@ app.add_typer(cache_app, name="cache")
 
 app.command()(data.datasets)
 app.command()(data.embed)
+app.command("import")(imports.import_)
 cache_app.command("info")(data.cache_info)
 cache_app.command("verify")(data.cache_verify)
 app.command()(model.fit)

@@ -1,4 +1,5 @@
-"""Embedder backends: "st" (sentence-transformers), "hf" (causal-LM hidden state), "openai" (HTTP endpoint).
+"""Embedder backends: "st" (sentence-transformers), "hf" (causal-LM hidden state), "openai" (HTTP endpoint),
+"imported" (vectors registered by `embrm import`; never embeds).
 
     emb = make_embedder("st")                       # packaged all-MiniLM-L6-v2, offline
     emb = make_embedder("hf", "smollm2", layer=-1)  # SmolLM2-135M GGUF, last-token pooling
@@ -21,6 +22,7 @@ BACKENDS = {
     "st": ("embrm.embedders.st", "STEmbedder"),
     "hf": ("embrm.embedders.hf", "HFEmbedder"),
     "openai": ("embrm.embedders.openai", "OpenAIEmbedder"),
+    "imported": ("embrm.embedders.imported", "ImportedEmbedder"),
 }
 
 __all__ = ["BACKENDS", "DEFAULT_MODEL", "EmbedBatch", "Embedder", "embedder_class", "make_embedder"]

