@@ -122,7 +122,7 @@ CASES = [
     # [embedder]
     value("embedder_not_table", 'embedder = "st"\n', r"key 'embedder' must be dict"),
     value("embedder_backend", '[embedder]\nbackend = "tf"\n', r'\[embedder\]: backend = "tf" is not allowed'),
-    value("embedder_unknown_key", '[embedder]\ndevice = "cuda"\n', r"\[embedder\]: unknown key 'device'"),
+    value("embedder_unknown_key", '[embedder]\ndevices = "cuda"\n', r"\[embedder\]: unknown key 'devices'"),
     value("embedder_dtype", '[embedder]\ndtype = "int8"\n', r"\[embedder\]: .*dtype='int8' is not valid"),
     value("embedder_max_length", "[embedder]\nmax_length = 0\n", r"\[embedder\]: .*max_length=0 is not valid"),
     value("embedder_batch_size", "[embedder]\nbatch_size = 0\n",

@@ -1,6 +1,7 @@
 """Sharded embedding: a deterministic plan, real shard processes on one cache, a resumed shard, a real local Ray;
 each must give the vectors of a single-process run bit for bit."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -47,7 +48,6 @@ def test_shards_partition_the_single_plan_and_skip_cached_texts():
     assert shard_batches(keys, lengths, 7, WHOLE, cached)[0].tolist() == whole[0][3:].tolist()
 
 
-
 @pytest.fixture(scope="module")
 def pool_file(tmp_path_factory):
     """~115 real answers: 2 prompts of the 58-model pool, answers cut to 300 characters to keep it quick."""
@@ -66,8 +66,23 @@ def load(path):
 @pytest.fixture(scope="module")
 def single(pool_file, tmp_path_factory):
     """The reference: one process, MiniLM in float32."""
-    return embed_dataset(load(pool_file), MINILM.build(), cache_dir=tmp_path_factory.mktemp("single"),
-                         batch_size=MINILM.batch_size, progress=False)
+    with one_thread():
+        return embed_dataset(load(pool_file), MINILM.build(), cache_dir=tmp_path_factory.mktemp("single"),
+                             batch_size=MINILM.batch_size, progress=False)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread, as each shard process (OMP_NUM_THREADS=1) and Ray task (num_cpus=1) runs here:
+    bit-for-bit equality holds at equal thread counts (on more threads BLAS sums in another order, ~1e-7)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_data
@@ -107,13 +122,15 @@ class _DiesAfter:
 @needs_data
 def test_a_killed_shard_resumes_and_the_last_shard_merges(pool_file, single, tmp_path):
     ds, embedder = load(pool_file), MINILM.build()
-    with pytest.raises(KeyboardInterrupt):
+    with one_thread(), pytest.raises(KeyboardInterrupt):
         embed_shard(ds, _DiesAfter(embedder, 1), Shard(1, 2), cache_dir=tmp_path, batch_size=16, progress=False)
-    resumed = embed_shard(ds, embedder, Shard(1, 2), cache_dir=tmp_path, batch_size=16, progress=False)
+    with one_thread():
+        resumed = embed_shard(ds, embedder, Shard(1, 2), cache_dir=tmp_path, batch_size=16, progress=False)
     assert resumed.result is None and resumed.n_missing > 0
     assert resumed.n_embedded == single.n_unique - resumed.n_missing - 16  # one batch was already cached
-    res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--dtype", "float32", "--batch-size", "16",
-                                   "--cache-dir", str(tmp_path), "--shard", "2/2"])
+    with one_thread():
+        res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--dtype", "float32", "--batch-size", "16",
+                                       "--cache-dir", str(tmp_path), "--shard", "2/2"])
     assert res.exit_code == 0, res.output
     assert "embedded" in res.output
     warm = embed_dataset(ds, embedder, cache_dir=tmp_path, batch_size=16, progress=False)
@@ -156,7 +173,8 @@ def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file
     assert on_ray.n_embedded == single.n_unique and on_ray.fingerprint == single.fingerprint
     np.testing.assert_array_equal(on_ray.X, single.X)
     lm = EmbedderConfig(backend="hf", model=str(tiny_lm), dtype="float32", batch_size=8, pooling="mean_response")
-    alone = lm.embed(ds, tmp_path / "alone", progress=False)
+    with one_thread():
+        alone = lm.embed(ds, tmp_path / "alone", progress=False)
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--backend", "hf", "--model", str(tiny_lm),
                                    "--dtype", "float32", "--batch-size", "8", "--pooling", "mean_response",
                                    "--runner", "ray", "--workers", "2", "--cache-dir", str(tmp_path / "ray"),

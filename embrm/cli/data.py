@@ -27,6 +27,7 @@ from embrm.cli.common import (
     print_json,
 )
 from embrm.datasets import GENERATORS, REGISTRY, existing_data_dir
+from embrm.distributed import embed_on_ray
 from embrm.embed import embed_views
 from embrm.errors import EmbrmError
 from embrm.shards import WHOLE, Shard
@@ -94,8 +95,6 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
             return _shard_pending(ds, outcome, format)
         result = outcome.result
     elif runner == "ray":
-        from embrm.distributed import embed_on_ray
-
         result = embed_on_ray(ds, embedder.config(), cache_dir=cache_dir, workers=workers, address=address,
                               progress=progress)
     else:

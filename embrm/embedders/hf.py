@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embrm.chat import ChatTemplate, load_chat_template
 from embrm.embedders.base import (
     SPEC_VERSION,
     EmbedBatch,
@@ -368,8 +369,6 @@ class HFEmbedder(Embedder):
 
     def chat_template(self):
         """The model's chat template (embrm.chat), from its tokenizer alone: `--template chat`."""
-        from embrm.chat import ChatTemplate, load_chat_template
-
         if self._tok is not None:
             return ChatTemplate.from_tokenizer(self._tok)
         where, kwargs = self._location()
