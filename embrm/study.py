@@ -26,8 +26,9 @@ exist is one error naming the file, the key and the allowed values.
     replicate = true            # run the study again on two disjoint halves of each dataset's prompts and report
                                 # which findings agree (`embrm run --replicate / --no-replicate` overrides)
 
-    [embedder]                  # backend = "st" | "hf" | "openai", model, dtype, max_length, template, layer, pooling,
-    backend = "st"              # base_url, api_key_env, batch_size (the options of `embrm embed`)
+    [embedder]                  # backend = "st" | "hf" | "openai" | "imported", model, dtype, max_length, template,
+    backend = "st"              # layer, pooling, base_url, api_key_env, batch_size, device, max_tokens (the options
+                                # of `embrm embed`; "imported": model = the directory `embrm import` printed)
 
     [[embedders]]               # instead of [embedder]: several embedders compared side by side (studies/
     name = "minilm"             # embedders.toml); each needs a plain, distinct name plus the keys of [embedder].
@@ -86,6 +87,7 @@ import polars as pl
 from embrm.active import ActiveConfig
 from embrm.datasets import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
 from embrm.embed import CHAT, EmbedderConfig, render
+from embrm.embedders import BACKENDS
 from embrm.errors import EmbrmError
 from embrm.heads.checks import SEED, Integer, check_value, shown
 from embrm.methods import REGISTRY as METHODS
@@ -360,7 +362,7 @@ def _embedder(where: str, doc) -> EmbedderConfig:
     """The [embedder] table, checked now by building the embedder (no model is loaded) and rendering the
     template once, so that a bad option fails before any work."""
     options = _check_keys(where, doc, EMBEDDER_KEYS)
-    _one_of(where, "backend", options.get("backend", "st"), ("st", "hf", "openai"))
+    _one_of(where, "backend", options.get("backend", "st"), tuple(BACKENDS))
     if "batch_size" in options:  # embed_dataset refuses < 1 too, but only once the study runs, without the file
         _checked(where, lambda: check_value("batch_size", options["batch_size"], EMBED_BATCH))
     config = _checked(where, lambda: EmbedderConfig(**options))

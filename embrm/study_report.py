@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from embrm import report as R
+from embrm.embed import CHAT, DEFAULT_TEMPLATE
 from embrm.methods import render_methods
 from embrm.study import Study, group_label
 
@@ -271,6 +272,13 @@ def _embedder_text(study: Study, generated: dict) -> str:
         return f"{len(study.embedders)} embedders ({', '.join(f'`{n}`' for n in study.embedders)}: see Embedders)"
     e = study.embedder
     text = f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
+    if e.backend == "imported":  # where the vectors came from, as `embrm import` recorded it
+        o = e.build().spec()
+        text = (f"imported: {o['model']} layer {o['layer']} pooling {o['pooling']}, {o['dim']}-d, from "
+                f"`{o['file']}` (sha256 {o['sha256'][:12]})")
+    if e.template != DEFAULT_TEMPLATE:
+        text += " · template " + ("chat (the model's own chat rendering)" if e.template == CHAT else
+                                  f"`{json.dumps(e.template)[1:-1]}`")
     if len(generated) == len(study.datasets) + len(study.human_pairs):
         return "none (generated data carry their own vectors)"
     return text + (" (generated data carry their own vectors)" if generated else "")

@@ -278,3 +278,35 @@ def test_cli_errors_are_one_line_and_exit_2(pool, tmp_path):
     out = invoke("fit", path, "--backend", "imported", "--model", tmp_path / "nowhere", "--out", tmp_path / "m",
                  code=2).output
     assert "no imported cache matches it" in out
+
+
+def test_a_study_runs_on_imported_vectors(pool, tmp_path):
+    path, ds, V, _ = pool
+    np.savez(tmp_path / "sun.npz", embeddings=V)
+    result = imported(ds, tmp_path / "sun.npz", tmp_path / "c")
+    (tmp_path / "study.toml").write_text(f"""
+name = "imported"
+seeds = [0]
+datasets = ["{path}"]
+human_pairs = []
+k = 2
+aggregations = ["mean"]
+methods = []
+replicate = false
+[labels]
+n_pairs = 200
+[[noise]]
+name = "bt10"
+beta = 10.0
+[[learners]]
+head = "linear"
+[embedder]
+backend = "imported"
+model = "{result.cache_dir}"
+""")
+    invoke("run", tmp_path / "study.toml", "--out", tmp_path / "res", "--cache-dir", tmp_path / "c", "--workers", "1")
+    job = json.loads(next((tmp_path / "res" / "jobs").glob("*.json")).read_text())
+    assert job["metrics"]["accuracy"] > 0.85  # gold sits in coordinate 0 of the imported vectors
+    report = (tmp_path / "res" / "report.md").read_text()
+    assert f"imported: sun2025/gemma-2b layer 18 pooling last, {D}-d, from `sun.npz` (sha256 {result.sha256[:12]})" \
+        in report

@@ -77,7 +77,8 @@ class EmbedderOptions:
     """Which embedder (and text template) makes the vectors; every command that may embed takes these."""
 
     backend: Annotated[str, typer.Option(
-        "--backend", "-b", help="st (sentence-transformers) | hf (causal-LM hidden state) | openai (HTTP).")] = "st"
+        "--backend", "-b", help="st (sentence-transformers) | hf (causal-LM hidden state) | openai (HTTP) | imported "
+                                 "(vectors `embrm import` registered; --model: the directory it printed).")] = "st"
     model: Annotated[Optional[str], typer.Option(
         "--model", help="Model id/path (default: packaged all-MiniLM-L6-v2; 'smollm2' = packaged SmolLM2-135M "
                         "GGUF).")] = None
