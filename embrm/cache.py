@@ -331,6 +331,12 @@ class EmbeddingCache:
             self._index = pl.concat(frames).unique("key", keep="first", maintain_order=True) if frames else empty
         return self._index
 
+    def listed_rows(self) -> int:
+        """Rows of the parts the manifest on disk lists now, re-read each call: other processes (shards) write
+        too. A progress count, not a check: readers still go through manifest()."""
+        file = self.path / MANIFEST_FILE
+        return sum(p.rows for p in Manifest.parse(file).parts) if file.exists() else 0
+
     def missing(self, keys: list[str]) -> list[str]:
         """Keys (unique, in first-seen order) not yet in the cache."""
         wanted = pl.DataFrame({"key": keys}).unique(maintain_order=True)

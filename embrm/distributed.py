@@ -18,10 +18,22 @@ from pathlib import Path
 import polars as pl
 
 from embrm.data import Dataset
-from embrm.embed import DEFAULT_CACHE_DIR, EmbedderConfig, EmbedResult, ShardResult, carried_vectors, embed_shard
+from embrm.cache import text_keys
+from embrm.embed import (
+    DEFAULT_CACHE_DIR,
+    EmbedderConfig,
+    EmbedResult,
+    ShardResult,
+    carried_vectors,
+    dataset_caches,
+    embed_shard,
+)
 from embrm.errors import EmbrmError
 from embrm.progress import Progress
 from embrm.shards import Shard
+
+
+POLL_SECONDS = 2.0  # how often the driver counts the texts the shards have cached (the progress bar)
 
 
 def require_ray():
@@ -67,7 +79,9 @@ def embed_on_ray(data: Dataset | pl.DataFrame, config: EmbedderConfig, *, cache_
     responses = data.responses if isinstance(data, Dataset) else data
     name = data.name if isinstance(data, Dataset) else ""
     cache_dir = str(Path(cache_dir).resolve())  # workers may start elsewhere
-    config.build()  # a bad option fails here, once, not in every task
+    # a bad option fails here, once, not in every task; the cache is watched for the progress count
+    texts, _, (cache,) = dataset_caches(responses, config.build(), config.template, cache_dir)
+    todo, listed = len(cache.missing(text_keys(texts))), cache.listed_rows()
     with ray_session(address, workers) as ray:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
@@ -75,11 +89,11 @@ def embed_on_ray(data: Dataset | pl.DataFrame, config: EmbedderConfig, *, cache_
         ref = ray.put(responses)
         pending = [task.remote(ref, name, config, Shard(i + 1, n), cache_dir) for i in range(n)]
         n_embedded = 0
-        with Progress(n, f"embed {name or 'responses'} on Ray", "shards", progress) as bar:
+        with Progress(todo, f"embed {name or 'responses'} on Ray ({n} shards)", "texts", progress) as bar:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                n_embedded += _task_outcome(ray, done[0])["n_embedded"]
-                bar.advance()
+                done, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+                n_embedded += sum(_task_outcome(ray, r)["n_embedded"] for r in done)
+                bar.advance(max(0, min(todo, cache.listed_rows() - listed) - bar.completed))
     # Every shard has finished, so the cache is complete (and merged): this reads it, never loading the model.
     outcome = embed_shard(data, config.build(), Shard(), cache_dir=cache_dir, template=config.template,
                           batch_size=config.batch_size, progress=False)

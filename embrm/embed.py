@@ -262,9 +262,7 @@ def _embed(data, embedder, views, shard: Shard, cache_dir, template: str, batch_
     responses = data.responses if isinstance(data, Dataset) else data
     if batch_size < 1:
         raise EmbrmError(f"--batch-size must be >= 1 (got {batch_size})")
-    chat = chat_template_of(embedder) if TEMPLATE_NAMES.get(template, template) == CHAT else None
-    texts, starts = render(responses, template, chat)
-    caches = [EmbeddingCache(cache_dir, cache_spec(embedder, template, chat, view)) for view in views or [None]]
+    texts, starts, caches = dataset_caches(responses, embedder, template, cache_dir, views)
     name = data.name if isinstance(data, Dataset) else "responses"
     label = f"embed {name}" + (f" (shard {shard})" if shard.count > 1 else "")
     keys, n_embedded = embed_texts(texts, embedder, caches, response_starts=starts, batch_size=batch_size,
@@ -275,6 +273,14 @@ def _embed(data, embedder, views, shard: Shard, cache_dir, template: str, batch_
         if outcome.result is not None:
             outcome.result.seconds = outcome.seconds
     return outcomes
+
+
+def dataset_caches(responses: pl.DataFrame, embedder, template: str, cache_dir,
+                   views: list[tuple[int, str]] | None = None) -> tuple[list[str], list[int], list[EmbeddingCache]]:
+    """(texts, response starts, one cache per view) of the responses as `embedder` embeds them under `template`."""
+    chat = chat_template_of(embedder) if TEMPLATE_NAMES.get(template, template) == CHAT else None
+    texts, starts = render(responses, template, chat)
+    return texts, starts, [EmbeddingCache(cache_dir, cache_spec(embedder, template, chat, v)) for v in views or [None]]
 
 
 def _settled(cache: EmbeddingCache, responses: pl.DataFrame, keys: list[str], n_embedded: int,
@@ -288,7 +294,6 @@ def _settled(cache: EmbeddingCache, responses: pl.DataFrame, keys: list[str], n_
             cache.settle()  # the parts of the other shards (a no-op for a single run: embed_texts merged)
             outcome.result = _gathered(responses, keys, cache, n_embedded)
     return outcome
-
 
 
 def _gathered(responses: pl.DataFrame, keys: list[str], cache: EmbeddingCache, n_embedded: int) -> EmbedResult:

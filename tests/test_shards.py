@@ -145,6 +145,10 @@ def test_a_pending_shard_says_what_is_left(pool_file, tmp_path):
     assert res.exit_code == 0 and "not cached yet" in res.output, res.output
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--shard", "4/3"])
     assert res.exit_code == 2 and "numbered 1..N" in res.output
+    for args, message in [(["-j", "2"], "--workers is for --runner ray"), (["--runner", "ray", "--shard", "1/2"],
+                          "--shard is for separate processes"), (["--runner", "dask"], "use local or ray")]:
+        res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, *args])
+        assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
 
 # ---------------------------------------------------------------------------------------------------- Ray
@@ -165,12 +169,16 @@ def tiny_lm(tmp_path_factory, pool_file):
 
 
 @needs_data
-def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file, single, tiny_lm, tmp_path):
+def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file, single, tiny_lm, tmp_path,
+                                                             capfd, monkeypatch):
     from embrm.distributed import embed_on_ray
 
     ds = load(pool_file)
-    on_ray = embed_on_ray(ds, MINILM, cache_dir=tmp_path / "ray", workers=2, progress=False)
+    monkeypatch.setenv("EMBRM_PROGRESS_EVERY", "0")  # a progress line at every poll (stderr is not a terminal)
+    on_ray = embed_on_ray(ds, MINILM, cache_dir=tmp_path / "ray", workers=2)
     assert on_ray.n_embedded == single.n_unique and on_ray.fingerprint == single.fingerprint
+    lines = [l for l in capfd.readouterr().err.splitlines() if "on Ray (2 shards)" in l]
+    assert lines and lines[-1].split(": ")[1].startswith(f"{single.n_unique}/{single.n_unique} texts (100%)")
     np.testing.assert_array_equal(on_ray.X, single.X)
     lm = EmbedderConfig(backend="hf", model=str(tiny_lm), dtype="float32", batch_size=8, pooling="mean_response")
     with one_thread():

@@ -85,6 +85,11 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
         raise EmbrmError(f"--runner {runner!r}: use local or ray")
     if runner == "ray" and shard:
         raise EmbrmError("--shard is for separate processes; --runner ray makes its own shards (--workers N)")
+    if runner == "local" and (workers is not None or address is not None):
+        raise EmbrmError(f"{'--workers' if workers is not None else '--address'} is for --runner ray: add --runner "
+                         f"ray, or start processes with --shard I/N")
+    if shard:
+        Shard.parse(shard)  # before the data is read
     ds = data.load(dataset)
     progress = None if format == Format.text else False
     if views:
