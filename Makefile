@@ -29,6 +29,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_bon.py
+	$(BIN)/python benchmarks/bench_embed_shards.py
+	$(BIN)/python benchmarks/bench_embed_batching.py
 
 clean:
 	rm -rf $(VENV) results
