@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 
@@ -34,3 +35,17 @@ def fast_bf16() -> bool:
     flags = cpu_flags()
     amd = cpuinfo().get("vendor_id") == "AuthenticAMD"
     return "amx_bf16" in flags or ("avx512_bf16" in flags and amd)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch on `n` intra-op threads, restored afterwards (tiny ops where the pool's synchronisation costs more
+    than the work; or a run that must match processes pinned to one thread bit for bit)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

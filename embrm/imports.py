@@ -100,7 +100,7 @@ def read_vectors(path: Path, key: str | None, order: str | None = None) -> tuple
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet(path, key, order)
-    reader = {".npy": _npy, ".npz": _npz, ".safetensors": _safetensors}.get(suffix, _torch)
+    reader = {".npy": _numpy, ".npz": _numpy, ".safetensors": _safetensors}.get(suffix, _torch)
     name, values, dtype = reader(path, key)
     return name, _as_float32(values, dtype, path), None
 
@@ -130,31 +130,24 @@ def _pickled(path: Path) -> EmbrmError:
                       f"runs: save a plain float tensor/array (or a dict of them) instead")
 
 
-def _npy(path: Path, key: str | None):
-    if key is not None:
-        raise EmbrmError(f"{path}: a .npy file holds one array: drop --key {key}")
+def _numpy(path: Path, key: str | None):
+    """A .npy (one array) or .npz (named arrays) file, never unpickled; which one is np.load's call, not the suffix's."""
+    kind = path.suffix.lower()
     try:
-        values = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise _pickled(path) from None
-        raise _unreadable(path, e, ".npy") from None
-    except (OSError, EOFError) as e:
-        raise _unreadable(path, e, ".npy") from None
-    return None, values, values.dtype.name
-
-
-def _npz(path: Path, key: str | None):
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            if key is not None:
+                raise EmbrmError(f"{path}: holds one array: drop --key {key}")
+            return None, loaded, loaded.dtype.name
+        with loaded as archive:
             name = _pick(list(archive.files), key, path)
             values = archive[name]
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise _pickled(path) from None
-        raise _unreadable(path, e, ".npz") from None
+        raise _unreadable(path, e, kind) from None
     except (OSError, EOFError) as e:
-        raise _unreadable(path, e, ".npz") from None
+        raise _unreadable(path, e, kind) from None
     return name, values, values.dtype.name
 
 

@@ -1,7 +1,6 @@
 """Sharded embedding: a deterministic plan, real shard processes on one cache, a resumed shard, a real local Ray;
 each must give the vectors of a single-process run bit for bit."""
 
-import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from embrm.cli import app
 from embrm.data import load_pool
 from embrm.embed import EmbedderConfig, cache_spec, embed_dataset, embed_shard
 from embrm.errors import EmbrmError
+from embrm.hardware import torch_threads
 from embrm.shards import WHOLE, Shard, shard_batches
 from realdata import DATA_DIR, needs_data
 from synthdata import tiny_llama
@@ -65,24 +65,12 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def single(pool_file, tmp_path_factory):
-    """The reference: one process, MiniLM in float32."""
-    with one_thread():
+    """The reference: one process, MiniLM in float32, on one thread as each shard process (OMP_NUM_THREADS=1) and
+    Ray task (num_cpus=1) runs here: bit-for-bit equality holds at equal thread counts (more threads sum in
+    another order, ~1e-7)."""
+    with torch_threads(1):
         return embed_dataset(load(pool_file), MINILM.build(), cache_dir=tmp_path_factory.mktemp("single"),
                              batch_size=MINILM.batch_size, progress=False)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Torch on one thread, as each shard process (OMP_NUM_THREADS=1) and Ray task (num_cpus=1) runs here:
-    bit-for-bit equality holds at equal thread counts (on more threads BLAS sums in another order, ~1e-7)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @needs_data
@@ -122,13 +110,13 @@ class _DiesAfter:
 @needs_data
 def test_a_killed_shard_resumes_and_the_last_shard_merges(pool_file, single, tmp_path):
     ds, embedder = load(pool_file), MINILM.build()
-    with one_thread(), pytest.raises(KeyboardInterrupt):
+    with torch_threads(1), pytest.raises(KeyboardInterrupt):
         embed_shard(ds, _DiesAfter(embedder, 1), Shard(1, 2), cache_dir=tmp_path, batch_size=16, progress=False)
-    with one_thread():
+    with torch_threads(1):
         resumed = embed_shard(ds, embedder, Shard(1, 2), cache_dir=tmp_path, batch_size=16, progress=False)
     assert resumed.result is None and resumed.n_missing > 0
     assert resumed.n_embedded == single.n_unique - resumed.n_missing - 16  # one batch was already cached
-    with one_thread():
+    with torch_threads(1):
         res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--dtype", "float32", "--batch-size", "16",
                                        "--cache-dir", str(tmp_path), "--shard", "2/2"])
     assert res.exit_code == 0, res.output
@@ -181,7 +169,7 @@ def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file
     assert lines and lines[-1].split(": ")[1].startswith(f"{single.n_unique}/{single.n_unique} texts (100%)")
     np.testing.assert_array_equal(on_ray.X, single.X)
     lm = EmbedderConfig(backend="hf", model=str(tiny_lm), dtype="float32", batch_size=8, pooling="mean_response")
-    with one_thread():
+    with torch_threads(1):
         alone = lm.embed(ds, tmp_path / "alone", progress=False)
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--backend", "hf", "--model", str(tiny_lm),
                                    "--dtype", "float32", "--batch-size", "8", "--pooling", "mean_response",

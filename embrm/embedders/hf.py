@@ -78,7 +78,7 @@ def check_view(layer, pooling) -> None:
         raise EmbrmError(f"option layer={layer!r} is not valid: pass an integer (-1 = last layer)")
 
 
-def parse_views(views) -> list[tuple[int, str]]:
+def checked_views(views) -> list[tuple[int, str]]:
     """A non-empty list of (layer, pooling) pairs, each checked as the constructor checks its own."""
     views = list(views) if isinstance(views, (list, tuple)) else None
     if not views or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in views):
@@ -246,7 +246,7 @@ class HFEmbedder(Embedder):
                     views: list[tuple[int, str]]) -> list[EmbedBatch]:
         """One EmbedBatch per (layer, pooling) view, all pooled from one forward pass per batch. Each equals what
         an HFEmbedder with that layer and pooling embeds; cache it under view_spec(layer, pooling)."""
-        texts, views = check_texts(texts), parse_views(views)
+        texts, views = check_texts(texts), checked_views(views)
         poolings = {p for _, p in views}
         if "mean_response" in poolings and response_starts is None:
             raise EmbrmError("pooling='mean_response' needs response_starts (one char offset per text)")

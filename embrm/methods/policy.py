@@ -29,7 +29,6 @@ pi_ref uniform over the pool (pi_ref(y) = 1 / N_p).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +37,7 @@ import polars as pl
 from embrm.bon import bon_curves
 from embrm.errors import EmbrmError
 from embrm.evaluation import excluded_indicator
+from embrm.hardware import torch_threads
 from embrm.labels import pair_indices
 from embrm.methods.composite import fit_proxy_reward
 from embrm.pipeline import split, training_pairs
@@ -160,20 +160,6 @@ def policy_loss(theta, phi, valid, pairs, *, beta: float, rpo_weight: float = 0.
     return dpo + rpo_weight * nll, dpo, nll
 
 
-@contextmanager
-def _single_thread():
-    """Run torch single-threaded (restored afterwards): these ops are tiny, and on a busy small machine the
-    intra-op thread pool's synchronisation costs ~100x the work itself."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _pair_locations(pairs: np.ndarray, pools: Pools, n_rows: int, what: str) -> np.ndarray:
     pool, pos = pools.locate(n_rows)
     p = pool[pairs[:, 0]]
@@ -216,7 +202,7 @@ def train_policy(X, train_pools: Pools, train_pairs, eval_pools: Pools, gold, *,
     opt = torch.optim.Adam([theta], lr=lr)
     gen = torch.Generator().manual_seed(int(seed))
     rows = []
-    with _single_thread():
+    with torch_threads(1):  # tiny ops: one thread beats the pool's synchronisation ~100x on a busy machine
         for epoch in range(epochs + 1):  # epoch 0: the untrained policy (pi_ref)
             loss, dpo = (_train_epoch(theta, opt, phi, valid, tp, gen, beta, rpo_weight, batch_size) if epoch
                          else (float("nan"), float("nan")))
