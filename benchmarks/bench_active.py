@@ -7,14 +7,14 @@ Measures, in one run:
   campaign     run_active with the default ActiveConfig: the whole campaign's wall time and, per strategy, the median
                seconds per round spent selecting and refitting (LaplaceBT, Newton warm-started), with the final
                accuracies (the curves and the plot are written too);
-  dopt         the greedy rank-one D-optimal batch (embrm.active.strategies.greedy_dopt: Sherman-Morrison updates of
+  dopt         the greedy rank-one D-optimal batch (embrm.active._strategies.greedy_dopt: Sherman-Morrison updates of
                every candidate's d^T S d through X @ (S d_j), O(n d + m + d^2) per pick) vs a naive baseline that,
                at every pick, solves the updated information matrix afresh (np.linalg.solve) and recomputes every
                candidate's log det gain log(1 + w d^T S d) from the (m, d) differences: both on the same random
                subset of the candidates after the seed set, the same picks expected; the naive time is also
                extrapolated linearly in m to all candidates (the solve is per pick, the rest is linear in m);
   threads      one short campaign with numpy's BLAS at its default thread count and at one thread (the campaign's
-               default, embrm.active.campaign.BLAS_THREADS = 1, through threadpoolctl): the per-round matrices are
+               default, embrm.active._campaign.BLAS_THREADS = 1, through threadpoolctl): the per-round matrices are
                small (d = 384), where BLAS threads help little and, on a loaded machine, cost much more.
 Writes benchmarks/results/active.json (or --out) and active.png beside it.
 """
@@ -36,17 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from embrm.active import ActiveConfig, State, run_active  # noqa: E402
-from embrm.active.campaign import BLAS_THREADS, prepare_seed  # noqa: E402
-from embrm.active.strategies import greedy_dopt  # noqa: E402
-from embrm.heads.laplace import LaplaceBT  # noqa: E402
-from embrm.hardware import cpu_flags, cpuinfo  # noqa: E402
+from embrm.active._campaign import BLAS_THREADS, prepare_seed  # noqa: E402
+from embrm.active._strategies import greedy_dopt  # noqa: E402
+from embrm.core._hardware import cpu_flags, cpuinfo  # noqa: E402
+from embrm.rewards.heads._laplace import LaplaceBT  # noqa: E402
 
 
 def load():
     """(Dataset, X) of alpaca-eval-models with the default MiniLM embeddings from the project cache."""
-    from embrm.datasets import load_dataset
-    from embrm.embed import DEFAULT_TEMPLATE, cache_spec, cached_embeddings
-    from embrm.embedders import make_embedder
+    from embrm.data._registry import load_dataset
+    from embrm.embedding._embed import DEFAULT_TEMPLATE, cache_spec, cached_embeddings
+    from embrm.embedding.backends import make_embedder
 
     ds = load_dataset("alpaca-eval-models")
     X = cached_embeddings(ds, cache_spec(make_embedder("st"), DEFAULT_TEMPLATE), cache_dir=ROOT / "cache")

@@ -1,6 +1,6 @@
 """Benchmark: exact Best-of-n curves for ALL n = 1..N, all prompts, 6 aggregations, including aggregation.
 
-(N = 500 <= embrm.bon.ALL_N_LIMIT, so bon_curves' default grid is every n; large pools: bench_bon_scale.py.)
+(N = 500 <= embrm.evaluation._bon.ALL_N_LIMIT, so bon_curves' default grid is every n; large pools: bench_bon_scale.py.)
 
     python benchmarks/bench_bon.py            # 10,000 prompts x 500 candidates x 10 members (target <= 2 s)
     python benchmarks/bench_bon.py --quick    # 1,000 x 100 x 10
@@ -33,9 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embrm.aggregate import aggregate_all, standardize  # noqa: E402
-from embrm.bon import bon_curves  # noqa: E402
-from embrm.synthetic import synthetic_pool  # noqa: E402
+from embrm.data._synthetic import synthetic_pool  # noqa: E402
+from embrm.evaluation._aggregate import aggregate_all, standardize  # noqa: E402
+from embrm.evaluation._bon import bon_curves  # noqa: E402
 
 METHODS = ("mean", "min", "median", "uwo", "lcb", "single")
 

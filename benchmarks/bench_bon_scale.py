@@ -1,6 +1,6 @@
 """Benchmark: exact Best-of-n on large pools (10^4-10^5 candidates) on the default log grid of n, chunked prompts.
 
-    python benchmarks/bench_bon_scale.py              # the cases below + the sweeps behind embrm.bon's constants
+    python benchmarks/bench_bon_scale.py              # the cases below + the sweeps behind embrm.evaluation._bon's constants
     python benchmarks/bench_bon_scale.py --quick      # small shapes (seconds)
     python benchmarks/bench_bon_scale.py --no-sweeps  # only the three cases
 
@@ -13,7 +13,7 @@ Cases (each in a FRESH child process, one at a time, so that its peak RSS is its
      (identical values expected) vs a naive per-n loop (for each grid n: its weight column from gammaln; for each
      aggregation and prompt: argsort + dot), timed on a subset of prompts and extrapolated LINEARLY to all prompts.
 Member scores: s, h ~ N(0, 1) per candidate; gold = s - 0.35 relu(h)^2; member k = s + hack_k h + 0.5 noise_k
-(float32, generated with numpy in row chunks: cheaper than embrm.synthetic at 12.5M rows).
+(float32, generated with numpy in row chunks: cheaper than embrm.data._synthetic at 12.5M rows).
 
 Peak memory: the child's VmHWM (peak RSS, inputs included: member scores, their standardised copy, aggregations)
 and, separately, the peak during bon_curves alone (VmHWM reset through /proc/self/clear_refs before the call)
@@ -89,8 +89,8 @@ def make_scores(P: int, N: int, K: int, seed: int = 0, dtype=np.float32, chunk: 
 
 def child_path(P: int, N: int, K: int, repeats: int) -> dict:
     """Case a / b: the whole path, peak memory of the process and of bon_curves alone."""
-    from embrm.aggregate import aggregate_all, standardize
-    from embrm.bon import bon_curves
+    from embrm.evaluation._aggregate import aggregate_all, standardize
+    from embrm.evaluation._bon import bon_curves
 
     rss_imports = _status("VmRSS")  # the interpreter + numpy + `import embrm` (which imports torch)
     t = time.perf_counter()
@@ -151,8 +151,8 @@ def naive_curve(proxy_pn: np.ndarray, gold_pn: np.ndarray, ns: np.ndarray) -> np
 
 def child_side_by_side(P: int, N: int, K: int, naive_prompts: int, repeats: int) -> dict:
     """Case c: default log grid vs all-n (same n) vs the naive loop."""
-    from embrm.aggregate import aggregate_all, standardize
-    from embrm.bon import bon_curves
+    from embrm.evaluation._aggregate import aggregate_all, standardize
+    from embrm.evaluation._bon import bon_curves
 
     pidx, scores, gold = make_scores(P, N, K, seed=1, dtype=np.float64)
     aggs = aggregate_all(standardize(scores), METHODS)
@@ -222,7 +222,7 @@ def _best_time(fn, repeats: int) -> float:
 
 def child_all_n_limit(sizes: list, cells: int, repeats: int) -> dict:
     """Seconds of bon_curves all-n vs the log grid at about ``cells`` (prompts x candidates) per pool size."""
-    from embrm.bon import bon_curves, log_grid
+    from embrm.evaluation._bon import bon_curves, log_grid
 
     out = []
     for N in sizes:
@@ -238,8 +238,8 @@ def child_all_n_limit(sizes: list, cells: int, repeats: int) -> dict:
 
 
 def child_knob(shapes: list, knob: str, values: list, repeats: int) -> dict:
-    """Seconds of bon_curves (default grid) per value of a module constant of embrm.bon, on each shape."""
-    from embrm import bon
+    """Seconds of bon_curves (default grid) per value of a module constant of embrm.evaluation._bon, on each shape."""
+    from embrm.evaluation import _bon as bon
 
     out = []
     for P, N in shapes:
@@ -288,8 +288,8 @@ def main(argv=None):
         print(json.dumps(CHILDREN[kind](**json.loads(kw))))
         return None
 
-    from embrm.bon import ALL_N_LIMIT, CHUNK_BYTES, GRID_POINTS, SORT_THREADS
-    from embrm.hardware import cpu_flags, cpuinfo
+    from embrm.core._hardware import cpu_flags, cpuinfo
+    from embrm.evaluation._bon import ALL_N_LIMIT, CHUNK_BYTES, GRID_POINTS, SORT_THREADS
 
     q = args.quick
     shape_a = (100, 12_500) if q else (1000, 12_500)

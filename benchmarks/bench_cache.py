@@ -35,12 +35,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embrm.cache import EmbeddingCache, list_caches  # noqa: E402
-from embrm.cache_check import verify  # noqa: E402
-from embrm.datasets import load_dataset  # noqa: E402
-from embrm.embed import cached_embeddings  # noqa: E402
-from embrm.errors import EmbrmError  # noqa: E402
-from embrm.hardware import cpu_flags  # noqa: E402
+from embrm.core._errors import EmbrmError  # noqa: E402
+from embrm.core._hardware import cpu_flags  # noqa: E402
+from embrm.data._registry import load_dataset  # noqa: E402
+from embrm.embedding._cache import EmbeddingCache, list_caches  # noqa: E402
+from embrm.embedding._embed import cached_embeddings  # noqa: E402
+from embrm.embedding._verify import verify  # noqa: E402
 
 
 def _memoised(parse):

@@ -35,10 +35,10 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embrm.datasets import load_dataset  # noqa: E402
-from embrm.embed import DEFAULT_TEMPLATE, embed_dataset, render  # noqa: E402
-from embrm.embedders import make_embedder  # noqa: E402
-from embrm.embedders.st import packaged_minilm  # noqa: E402
+from embrm.data._registry import load_dataset  # noqa: E402
+from embrm.embedding._embed import DEFAULT_TEMPLATE, embed_dataset, render  # noqa: E402
+from embrm.embedding.backends import make_embedder  # noqa: E402
+from embrm.embedding.backends._st import packaged_minilm  # noqa: E402
 
 
 def cpu_flags() -> set:

@@ -33,10 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embrm.datasets import load_dataset  # noqa: E402
-from embrm.embed import DEFAULT_TEMPLATE, render  # noqa: E402
-from embrm.embedders.hf import HFEmbedder  # noqa: E402
-from embrm.hardware import cpu_flags, cpuinfo, fast_bf16  # noqa: E402
+from embrm.core._hardware import cpu_flags, cpuinfo, fast_bf16  # noqa: E402
+from embrm.data._registry import load_dataset  # noqa: E402
+from embrm.embedding._embed import DEFAULT_TEMPLATE, render  # noqa: E402
+from embrm.embedding.backends._hf import HFEmbedder  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench_embed import cpu_flags, real_subset  # noqa: E402
 
-from embrm.embed import EmbedderConfig  # noqa: E402
-from embrm.hardware import fast_bf16  # noqa: E402
+from embrm.core._hardware import fast_bf16  # noqa: E402
+from embrm.embedding._embed import EmbedderConfig  # noqa: E402
 
 COLUMNS = ["--prompt-col", "prompt", "--response-col", "response", "--prompt-id-col", "prompt_id",
            "--gold-col", "gold", "--response-key", "response_id"]

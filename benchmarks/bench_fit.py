@@ -7,9 +7,9 @@ Every pair has two fresh responses (no response occurs in two pairs), so the bat
 saves nothing here and both trainers execute the same matmul FLOPs.
 
     baseline   the 10 members trained one after another in float32 the plain way (nn.Sequential, autograd,
-               torch.optim.Adam; embrm.heads.mlp.train_reference)
-    batched    embrm.ensemble.fit_ensemble(head="mlp", k=10): all members in one stacked forward/backward per step,
-               for each --dtypes entry ("auto" resolves from the CPU flags; see embrm.heads.mlp.resolve_dtype)
+               torch.optim.Adam; embrm.rewards.heads._mlp.train_reference)
+    batched    embrm.rewards._ensemble.fit_ensemble(head="mlp", k=10): all members in one stacked forward/backward per step,
+               for each --dtypes entry ("auto" resolves from the CPU flags; see embrm.rewards.heads._mlp.resolve_dtype)
 
 Reports wall time and speed-up vs the baseline ("speedup": fit_ensemble end to end, which also predicts every
 row of X once for the members' validation accuracy; "train x": train_stack alone, the like-for-like loop), the
@@ -20,7 +20,7 @@ avx512_fp16 / amx_fp16: a scalar fallback) is recorded as skipped, not run for h
 
 Real-data section (skipped with --no-real or when the data / cached embeddings are missing): the same 10-member
 MLP ensemble on MiniLM embeddings (384-d) of alpaca-eval-models; 80/20 split of the prompts, 10,000 BT pairs
-(beta = 10, embrm.labels.simulate_pairs) on the training prompts, held-out accuracy against the gold order on
+(beta = 10, embrm.data._labels.simulate_pairs) on the training prompts, held-out accuracy against the gold order on
 5,000 noiseless pairs of test prompts. Here responses recur across pairs, so the batched engine's per-member row
 deduplication forwards fewer rows than the baseline (which forwards chosen and rejected rows of every pair).
 
@@ -43,12 +43,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embrm.ensemble import fit_ensemble, member_seeds  # noqa: E402
-from embrm.hardware import cpu_flags as _cpu_flags, cpuinfo as _cpuinfo, fast_bf16  # noqa: E402
-from embrm.heads.mlp import (MemberData, forward_stack, init_params,  # noqa: E402
-                             matmul_flops, resolve_dtype, train_reference)
-from embrm.labels import split_pairs  # noqa: E402
-from embrm.metrics import pairwise_accuracy  # noqa: E402
+from embrm.core._hardware import cpu_flags as _cpu_flags  # noqa: E402
+from embrm.core._hardware import cpuinfo as _cpuinfo
+from embrm.core._hardware import fast_bf16
+from embrm.data._labels import split_pairs  # noqa: E402
+from embrm.evaluation._metrics import pairwise_accuracy  # noqa: E402
+from embrm.rewards._ensemble import fit_ensemble, member_seeds  # noqa: E402
+from embrm.rewards.heads._mlp import (  # noqa: E402
+    MemberData,
+    forward_stack,
+    init_params,
+    matmul_flops,
+    resolve_dtype,
+    train_reference,
+)
 
 
 def machine_facts() -> dict:
@@ -168,10 +176,10 @@ def print_table(title: str, rows: list[dict], peaks: dict | None) -> None:
 def real_data(k: int, hidden, common, dtypes: list[str], peaks: dict) -> dict | None:
     """The ensemble on MiniLM embeddings of alpaca-eval-models (see the module doc); None where unavailable."""
     try:
-        from embrm.datasets import load_dataset
-        from embrm.embed import DEFAULT_TEMPLATE, cache_spec, cached_embeddings
-        from embrm.embedders import make_embedder
-        from embrm.labels import pair_indices, simulate_pairs, split_prompts
+        from embrm.data._labels import pair_indices, simulate_pairs, split_prompts
+        from embrm.data._registry import load_dataset
+        from embrm.embedding._embed import DEFAULT_TEMPLATE, cache_spec, cached_embeddings
+        from embrm.embedding.backends import make_embedder
         ds = load_dataset("alpaca-eval-models")
         X = cached_embeddings(ds, cache_spec(make_embedder("st"), DEFAULT_TEMPLATE),
                               cache_dir=Path(__file__).resolve().parents[1] / "cache")

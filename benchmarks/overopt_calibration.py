@@ -1,4 +1,4 @@
-"""Calibration: does Best-of-n on LEARNED reward ensembles over-optimise in embrm.overopt's setting, and what do the
+"""Calibration: does Best-of-n on LEARNED reward ensembles over-optimise in embrm.data._overopt's setting, and what do the
 aggregations do?
 
     python benchmarks/overopt_calibration.py           # 3 seeds; linear + MLP; labels 250/1000/4000 at K = 5,
@@ -15,7 +15,7 @@ seed-averaged curve's drop and the sd over seeds). Also the mean proxy's pick at
 share of picks past the threshold / past the gold's peak along v, and (linear) the members' w.v / w.u.
 
 Memory: run_experiment's held-out pairwise metrics self-join every held-out prompt's pool
-(embrm.evaluation.gold_order_pairs, N^2 rows per prompt before subsampling): ~6 GB peak at 20 x 2,000; runs are
+(embrm.evaluation._heldout.gold_order_pairs, N^2 rows per prompt before subsampling): ~6 GB peak at 20 x 2,000; runs are
 sequential. Prints a table and writes benchmarks/results/overopt_calibration.json (or --out), with the seed-averaged curves.
 """
 
@@ -34,9 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from embrm.overopt import ideal_proxy_curve, overopt_dataset, overopt_truth
-from embrm.pipeline import proxies, run_experiment
-from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
+from embrm.data._overopt import ideal_proxy_curve, overopt_dataset, overopt_truth
+from embrm.pipeline._protocol import DEFAULT_LEARNERS, LabelConfig, Protocol
+from embrm.pipeline._steps import proxies, run_experiment
 
 SHOWN = ("mean", "min", "median", "uwo", "lcb", "warm", "single")
 

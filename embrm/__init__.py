@@ -8,32 +8,33 @@
     result.evaluation.bon["pool-lc"].table()                # ... judged by the length-controlled gold
 
 The CLI (`embrm ...`) is a thin layer over these names; every command, study job and method walks
-embrm.pipeline.
+embrm.pipeline. The packages, lowest first (a package imports only those before it):
+
+    core -> data -> embedding -> evaluation -> rewards -> pipeline -> methods, active -> studies -> cli
 """
 
-from embrm.augment import rrm_dataset
-from embrm.data import Dataset
-from embrm.datasets import DatasetSpec, Exclusion, load_dataset
-from embrm.embed import EmbedderConfig, cached_embeddings, embed_dataset
-from embrm.errors import EmbrmError
-from embrm.experiment import StudyResult, run_study
-from embrm.findings import Finding
-from embrm.length import LengthCorrection, controlled_gold, length_feature
+from embrm import _compat
+from embrm.core import EmbrmError
+from embrm.data import Dataset, DatasetSpec, Exclusion, load_dataset, overopt_dataset, rrm_dataset
+from embrm.embedding import EmbedderConfig, cached_embeddings, embed_dataset
 from embrm.methods import REGISTRY as METHODS
 from embrm.methods import MethodResult, run_method
-from embrm.overopt import overopt_dataset
 from embrm.pipeline import (
-                            ExperimentResult,
-                            FittedModel,
-                            evaluate,
-                            fit,
-                            load_model,
-                            run_experiment,
-                            split,
-                            training_pairs,
+    DEFAULT_LEARNERS,
+    ExperimentResult,
+    FittedModel,
+    LabelConfig,
+    Learner,
+    Protocol,
+    evaluate,
+    fit,
+    load_model,
+    run_experiment,
+    split,
+    training_pairs,
 )
-from embrm.protocol import DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
-from embrm.study import Study, load_study
+from embrm.rewards import LengthCorrection, controlled_gold, length_feature
+from embrm.studies import Finding, Study, StudyResult, load_study, run_study
 
 __version__ = "0.2.0"
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Finding", "FittedModel", "LabelConfig", "Learner", "LengthCorrection", "METHODS", "MethodResult", "Protocol",
     "Study", "StudyResult", "cached_embeddings", "controlled_gold", "embed_dataset", "evaluate", "fit",
     "length_feature", "load_dataset", "load_model", "load_study", "overopt_dataset", "rrm_dataset", "run_experiment",
-    "run_method",
-    "run_study", "split", "training_pairs",
+    "run_method", "run_study", "split", "training_pairs",
 ]
+
+_compat.install()  # the pre-0.2 module paths, deprecated

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
-
 from realdata import DATA_DIR
 
 PROBES = ["NullModel", "gpt4_gamed", "alpaca-7b_verbose"]
@@ -31,9 +30,9 @@ name = "probes"
 def models_subset(tmp_path_factory):
     """(Dataset, X): 30 prompts x 15 models of the real 58-model pool (answers cut to 300 characters), embedded
     once per session with the real packaged MiniLM into a temporary cache."""
-    from embrm.datasets import load_dataset
-    from embrm.embed import embed_dataset
-    from embrm.embedders import make_embedder
+    from embrm.data._registry import load_dataset
+    from embrm.embedding._embed import embed_dataset
+    from embrm.embedding.backends import make_embedder
 
     ds = load_dataset("alpaca-eval-models", DATA_DIR)
     r = ds.responses
@@ -50,8 +49,8 @@ def renamed_pool(tmp_path_factory):
     """A directory holding a real pool file whose columns all have other names (12 prompts x 15 answers of the
     58-model pool, three of them reward-hacking probes), its dataset declaration `pool.toml` (columns and an
     exclusion rule, given once; `subset` is AlpacaEval's source subset), 60 real HH-RLHF pairs (`hh.jsonl`) and a cache where both are embedded."""
-    from embrm.datasets import load_dataset
-    from embrm.embed import EmbedderConfig
+    from embrm.data._registry import load_dataset
+    from embrm.embedding._embed import EmbedderConfig
 
     root = tmp_path_factory.mktemp("renamed")
     df = pl.read_parquet(DATA_DIR / "alpaca_eval_models" / "responses.parquet")

@@ -4,10 +4,10 @@ small pool file with a warm cache."""
 import numpy as np
 import polars as pl
 
-from embrm.cache import EmbeddingCache, text_keys
-from embrm.datasets import load_dataset
-from embrm.embed import DEFAULT_TEMPLATE, cache_spec, render
-from embrm.embedders import make_embedder
+from embrm.data._registry import load_dataset
+from embrm.embedding._cache import EmbeddingCache, text_keys
+from embrm.embedding._embed import DEFAULT_TEMPLATE, cache_spec, render
+from embrm.embedding.backends import make_embedder
 
 
 def synthetic_pairs(n=1000, d=16, n_pairs=2000, seed=0, prompt_size=10):

@@ -9,15 +9,15 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+from realdata import needs_data
 from scipy.special import expit
 
 from embrm.active import STRATEGIES, ActiveConfig, State, annotate, build_candidates, run_active, select
-from embrm.errors import EmbrmError
-from embrm.heads.laplace import LaplaceBT
-from embrm.overopt import overopt_dataset
-from embrm.pipeline import split
-from embrm.protocol import LabelConfig
-from realdata import needs_data
+from embrm.core._errors import EmbrmError
+from embrm.data._overopt import overopt_dataset
+from embrm.pipeline._protocol import LabelConfig
+from embrm.pipeline._steps import split
+from embrm.rewards.heads._laplace import LaplaceBT
 
 SMALL = ActiveConfig(seed_pairs=12, batch=8, rounds=3, seeds=(0, 1), samples=8)
 TIMING = ("select_seconds", "fit_seconds")
@@ -136,7 +136,7 @@ def test_dopt_equals_a_brute_force_greedy(tiny, name):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dopt_batch_raises_log_det_more_than_random_batches(synthetic, seed):
     ds, X = synthetic
-    from embrm.active.campaign import prepare_seed
+    from embrm.active._campaign import prepare_seed
     pool = prepare_seed(ds.without_excluded(), X[~ds.excluded], SMALL, seed)
     model = LaplaceBT().fit(pool.X, pool.oriented[pool.seed_set])
     available = np.ones(len(pool.candidates), bool)

@@ -5,15 +5,15 @@ import json
 
 import polars as pl
 import pytest
+from synthdata import pool_file_with_cache
 from typer.testing import CliRunner
 
 from embrm.active import ActiveConfig, run_active
 from embrm.cli import app
-from embrm.datasets import load_dataset
-from embrm.embed import EmbedderConfig
-from embrm.experiment import run_study
-from embrm.study import study_from_dict
-from synthdata import pool_file_with_cache
+from embrm.data._registry import load_dataset
+from embrm.embedding._embed import EmbedderConfig
+from embrm.studies._config import study_from_dict
+from embrm.studies._run import run_study
 
 SMALL = ["--seed-pairs", "10", "--batch", "5", "--rounds", "2", "--seeds", "0,1", "--samples", "4"]
 

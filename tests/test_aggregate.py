@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from embrm.aggregate import AGGREGATIONS, _batcher_pairs, aggregate, aggregate_all, standardize
-from embrm.errors import EmbrmError
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._aggregate import AGGREGATIONS, _batcher_pairs, aggregate, aggregate_all, standardize
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycle anywhere in embrm/ (imports inside functions included), and embrm's own
-imports at the top of each module so its first lines say what it depends on."""
+"""The package's shape: at most 15 entries at the top of embrm/, packages in layers (each imports only the layers
+below it, and another package only through its public namespace), no import cycle anywhere (imports inside
+functions included), and embrm's own imports at the top of each module so its first lines say what it depends on."""
 
 import ast
 from pathlib import Path
@@ -7,9 +8,10 @@ from pathlib import Path
 import embrm
 
 ROOT = Path(embrm.__file__).parent
-# Heavy optional dependencies may be imported where they are used; embrm's own modules may not.
-LAZY_OK = ("torch", "lightgbm", "sentence_transformers", "transformers", "ray", "httpx", "matplotlib", "gguf",
-           "multiprocessing", "concurrent", "rich.markdown")
+# The layers, lowest first: a package may import its own layer's modules and any package of a lower layer.
+LAYERS = [("core",), ("data",), ("embedding",), ("evaluation",), ("rewards",), ("pipeline",), ("methods", "active"),
+          ("studies",), ("cli",), ("",)]  # "": embrm's own __init__, __main__ and _compat
+LAYER = {package: rank for rank, names in enumerate(LAYERS) for package in names}
 
 
 def module_name(path: Path) -> str:
@@ -83,3 +85,37 @@ def test_embrm_modules_are_imported_at_the_top():
         late += [f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {target}"
                  for target, node in embrm_imports(tree, name) if id(node) not in top]
     assert not late, "\n".join(late)
+
+
+def package_of(module: str) -> str:
+    """The top-level package of an embrm module ("" for embrm/__init__, __main__ and _compat)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and (ROOT / parts[1]).is_dir() else ""
+
+
+def test_embrm_has_at_most_15_top_level_entries():
+    entries = sorted(p.name for p in ROOT.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= 15, entries
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYER) - {""}, "every package has a layer in LAYERS, and every layer a package"
+
+
+def test_packages_import_only_packages_below_them():
+    upward = [f"{name} imports {target}" for name, targets in graph().items() for target in targets
+              if package_of(target) != package_of(name) and LAYER[package_of(target)] >= LAYER[package_of(name)]]
+    assert not upward, "\n".join(upward)
+
+
+def test_other_packages_are_imported_through_their_public_names():
+    """`from embrm.evaluation import bon_curves`, never `from embrm.evaluation._bon import ...` from outside."""
+    private = []
+    for name, path in MODULES.items():
+        for target, node in embrm_imports(ast.parse(path.read_text()), name):
+            if package_of(target) != package_of(name) and any(p.startswith("_") for p in target.split(".")[2:]):
+                private.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {target}")
+    assert not private, "\n".join(private)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert LAYER[package_of("embrm.evaluation._bon")] < LAYER[package_of("embrm.studies._run")]
+    assert package_of("embrm._compat") == "" and package_of("embrm.cli.model") == "cli"

@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embrm.augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
-from embrm.data import RESPONSE_HEAD, Dataset, pool_from_frame
-from embrm.errors import EmbrmError
+from embrm.core._errors import EmbrmError
+from embrm.data._augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
+from embrm.data._dataset import RESPONSE_HEAD, Dataset, pool_from_frame
 
 
 def tiny_pool(n_prompts=6, per=4):

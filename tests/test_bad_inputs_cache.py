@@ -5,11 +5,11 @@ import json
 import shutil
 
 import pytest
+from badinput import Bad, assert_clean_failure
+from realdata import needs_data
 from typer.testing import CliRunner
 
-from badinput import Bad, assert_clean_failure
 from embrm.cli import app
-from realdata import needs_data
 
 pytestmark = needs_data
 
@@ -40,7 +40,7 @@ def _swap_part(cache):
     """Another cache's part (right embedder, right format) under the listed name: a forged part."""
     (part,) = cache.glob("*/part-*.parquet")
     (other,) = (cache.parent / "good" / part.parent.name).glob("part-*.parquet")
-    from embrm.cache import EmbeddingCache
+    from embrm.embedding._cache import EmbeddingCache
 
     source = EmbeddingCache.open(other.parent)
     keys = source.index()["key"].to_list()[:5]

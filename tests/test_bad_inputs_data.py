@@ -13,11 +13,11 @@ import shutil
 
 import numpy as np
 import pytest
+from badinput import Bad, assert_clean_failure
+from realdata import needs_data
 from typer.testing import CliRunner
 
-from badinput import Bad, assert_clean_failure
 from embrm.cli import app
-from realdata import needs_data
 
 pytestmark = needs_data
 

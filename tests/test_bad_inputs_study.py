@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from badinput import Bad, assert_clean_failure
 
 WATCH = ("results", "cache", "models", "model")
@@ -309,9 +308,9 @@ def root(tmp_path_factory) -> Path:
     """Every study file of the table, a tiny pool (8 prompts x 5 answers with gold) and the same without gold, a
     directory and a plain file to point paths at, an empty cache, and a saved K = 2 linear model of the pool (on
     random vectors: bon-sim refuses the bad values before it needs any)."""
-    from embrm.datasets import load_dataset
-    from embrm.pipeline import fit as fit_model
-    from embrm.protocol import LabelConfig, Protocol
+    from embrm.data._registry import load_dataset
+    from embrm.pipeline._protocol import LabelConfig, Protocol
+    from embrm.pipeline._steps import fit as fit_model
 
     root = tmp_path_factory.mktemp("bad-study")
     for id, text in STUDIES.items():

@@ -5,11 +5,20 @@ import numpy as np
 import polars as pl
 import pytest
 
-import embrm.bon as bon_mod
-from embrm.aggregate import aggregate_all, standardize
-from embrm.bon import ALL_N_LIMIT, bon_curves, bon_weights, curves_frame, expected_best_of_n, fit_gao, kl_bon, log_grid
-from embrm.errors import EmbrmError
-from embrm.synthetic import synthetic_pool
+import embrm.evaluation._bon as bon_mod
+from embrm.core._errors import EmbrmError
+from embrm.data._synthetic import synthetic_pool
+from embrm.evaluation._aggregate import aggregate_all, standardize
+from embrm.evaluation._bon import (
+    ALL_N_LIMIT,
+    bon_curves,
+    bon_weights,
+    curves_frame,
+    expected_best_of_n,
+    fit_gao,
+    kl_bon,
+    log_grid,
+)
 
 
 def brute_force(proxy, gold, n):
@@ -505,8 +514,8 @@ def test_weight_cache_is_bounded():
 
 
 def test_sparse_tie_average_matches_pools_tie_average():
-    from embrm import pools as pools_mod
-    from embrm.pools import avg_ranks, tie_average
+    from embrm.evaluation import _pools as pools_mod
+    from embrm.evaluation._pools import avg_ranks, tie_average
 
     def whole_rows(keys, values, valid):  # the whole-row pass alone, whatever the density of ties
         m = keys.shape[-1]

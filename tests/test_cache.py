@@ -5,9 +5,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embrm.cache import MANIFEST_FILE, EmbeddingCache, list_caches, text_keys
-from embrm.cache_check import cache_dirs, leftovers, repair, verify
-from embrm.errors import EmbrmError
+from embrm.core._errors import EmbrmError
+from embrm.embedding._cache import MANIFEST_FILE, EmbeddingCache, list_caches, text_keys
+from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
 
 SPEC = {"backend": "test", "model": "org/model-a", "dtype": "float32", "template": "{prompt}\n\n{response}"}
 

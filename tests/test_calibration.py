@@ -4,10 +4,16 @@ import math
 import numpy as np
 import pytest
 
-from embrm.calibration import (Reliability, pooled_reliability, cross_fitted_temperature, fit_temperature, plot_reliability,
-                               reliability)
-from embrm.errors import EmbrmError
-from embrm.metrics import expected_calibration_error
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._calibration import (
+    Reliability,
+    cross_fitted_temperature,
+    fit_temperature,
+    plot_reliability,
+    pooled_reliability,
+    reliability,
+)
+from embrm.evaluation._metrics import expected_calibration_error
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -17,7 +23,7 @@ def sig(x):
 
 
 def old_ece(scores, pairs, n_bins=10):
-    """embrm.metrics.expected_calibration_error before it called reliability (kept to check bit-equality)."""
+    """embrm.evaluation._metrics.expected_calibration_error before it called reliability (kept to check bit-equality)."""
     m = scores[pairs[:, 0]] - scores[pairs[:, 1]]
     conf = 1.0 / (1.0 + np.exp(-np.abs(m)))
     correct = (m > 0) + 0.5 * (m == 0)

@@ -10,8 +10,8 @@ pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
-from embrm.chat import CHAT_DATE, ChatTemplate, load_chat_template  # noqa: E402
-from embrm.errors import EmbrmError  # noqa: E402
+from embrm.core._errors import EmbrmError  # noqa: E402
+from embrm.embedding._chat import CHAT_DATE, ChatTemplate, load_chat_template  # noqa: E402
 
 PROMPTS = ["Hi there", "What is 2+2?", "Résumé: 日本語で答えて 🙂", "multi\nline\n\nprompt", "braces {x} {{ y }}",
            "Hi there", "  padded prompt  ", "special <|im_end|> <eos> inside"]
@@ -55,7 +55,7 @@ def hand_tokenizer(template=None, **tokens):
 def smollm2_tok():
     """The packaged SmolLM2-135M-Instruct GGUF's tokenizer (read from the GGUF: slow, so once per session)."""
     pytest.importorskip("gguf")
-    from embrm.embedders.hf import smollm2_gguf
+    from embrm.embedding.backends._hf import smollm2_gguf
 
     path = smollm2_gguf()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -154,8 +154,9 @@ def test_dated_template_renders_a_fixed_date(monkeypatch):
     assert texts[0][starts[0]:] == "a</assistant>"
     assert ChatTemplate(DATED, date="2025-03-01").render(["q"], ["a"])[0][0].startswith("Today Date: 01 Mar 2025\n")
     # transformers renders the same text when its clock says the fixed date
-    import transformers.utils.chat_template_utils as ctu
     from datetime import datetime
+
+    import transformers.utils.chat_template_utils as ctu
 
     if not hasattr(ctu, "datetime"):
         pytest.skip("this transformers reads the clock elsewhere")

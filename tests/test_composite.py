@@ -1,17 +1,17 @@
-"""Constrained composite rewards (embrm.methods.composite): exact BoN expectations, proxy points, dual ascent."""
+"""Constrained composite rewards (embrm.methods._composite): exact BoN expectations, proxy points, dual ascent."""
 
 import json
 
 import numpy as np
 import polars as pl
 import pytest
-
-from embrm.bon import bon_curves
-from embrm.errors import EmbrmError
-from embrm.methods.composite import composite_curves, fit_multipliers, pick_means, proxy_points, selection_scores
-from embrm.pools import group_pools
 from realdata import needs_data
 from synthdata import pool_file_with_cache
+
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._bon import bon_curves
+from embrm.evaluation._pools import group_pools
+from embrm.methods._composite import composite_curves, fit_multipliers, pick_means, proxy_points, selection_scores
 
 KNEE, PEN = 0.5, 2.0  # gold = q + h - PEN * relu(h - KNEE)^2 peaks in h at KNEE + 1 / (2 PEN) = 0.75
 
@@ -118,7 +118,7 @@ def test_composite_cli_writes_outputs(tmp_path):
 
 @needs_data
 def test_real_pool_composite_study(models_subset):
-    from embrm.methods.composite import composite_study
+    from embrm.methods._composite import composite_study
 
     ds, X = models_subset
     summary, frame = composite_study(ds, X, seed=0, n_pairs=2000, k=2, steps=150)

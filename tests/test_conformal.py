@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from embrm.conformal import ConformalResult, conformal_lower_bound
-from embrm.errors import EmbrmError
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._conformal import ConformalResult, conformal_lower_bound
 
 P_REF, P_EVAL, R, K = 100, 400, 20, 5
 
@@ -141,7 +141,7 @@ def test_rows_put_back_get_their_prompts_bound_without_moving_anyone_elses():
 def test_too_few_held_out_prompts_leave_the_bound_out_and_say_why():
     """An experiment whose held-out prompts cannot calibrate the bound keeps every other proxy and records why."""
     import embrm
-    from embrm.pipeline import run_experiment
+    from embrm.pipeline._steps import run_experiment
 
     ds, X = embrm.overopt_dataset(12, 6, dim=8, seed=0)  # 20 % of 12 prompts: 2 held out, 12 responses
     result = run_experiment(ds, X, embrm.Protocol(embrm.Learner("linear"), coverage=0.95, k=2), progress=False)

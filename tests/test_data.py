@@ -3,11 +3,11 @@ import json
 
 import polars as pl
 import pytest
-
-from embrm.data import load_file, load_pairs, load_pool
-from embrm.datasets import REGISTRY, fetch, load_dataset
-from embrm.errors import EmbrmError
 from realdata import DATA_DIR, needs_data
+
+from embrm.core._errors import EmbrmError
+from embrm.data._dataset import load_file, load_pairs, load_pool
+from embrm.data._registry import REGISTRY, fetch, load_dataset
 
 
 @needs_data

@@ -2,10 +2,10 @@
 
 import polars as pl
 import pytest
-
-from embrm.datasets import ALPACA_PROBES, Exclusion, dataset_spec, load_dataset, read_declaration
-from embrm.errors import EmbrmError
 from realdata import DATA_DIR, needs_data
+
+from embrm.core._errors import EmbrmError
+from embrm.data._registry import ALPACA_PROBES, Exclusion, dataset_spec, load_dataset, read_declaration
 
 
 @needs_data
@@ -86,7 +86,7 @@ def test_rules_the_matcher_cannot_run_and_roles_on_one_column_are_refused(tmp_pa
 
 @needs_data
 def test_the_two_halves_of_a_dataset_are_disjoint_fixed_and_cover_it():
-    from embrm.datasets import DatasetSpec, half_of
+    from embrm.data._registry import DatasetSpec, half_of
 
     ds = load_dataset("alpaca-eval-models", DATA_DIR)
     first, second = (load_dataset(DatasetSpec("alpaca-eval-models", half=h), DATA_DIR) for h in (1, 2))

@@ -10,15 +10,15 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+from realdata import DATA_DIR, needs_data
 from typer.testing import CliRunner
 
-from embrm.cache import EmbeddingCache, text_keys
-from embrm.cache_check import verify
 from embrm.cli import app
-from embrm.data import load_pool
-from embrm.embed import cache_spec, embed_dataset, embed_texts, indistinguishable_prompts, render
-from embrm.embedders import make_embedder
-from realdata import DATA_DIR, needs_data
+from embrm.data._dataset import load_pool
+from embrm.embedding._cache import EmbeddingCache, text_keys
+from embrm.embedding._embed import cache_spec, embed_dataset, embed_texts, indistinguishable_prompts, render
+from embrm.embedding._verify import verify
+from embrm.embedding.backends import make_embedder
 
 pytestmark = needs_data
 

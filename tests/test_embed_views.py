@@ -7,14 +7,14 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from realdata import DATA_DIR, needs_data
+from synthdata import tiny_llama
 from typer.testing import CliRunner
 
 from embrm.cli import app
-from embrm.data import load_pool
-from embrm.embed import CHAT, EmbedderConfig, cached_embeddings, embed_views, view_groups
-from embrm.errors import EmbrmError
-from realdata import DATA_DIR, needs_data
-from synthdata import tiny_llama
+from embrm.core._errors import EmbrmError
+from embrm.data._dataset import load_pool
+from embrm.embedding._embed import CHAT, EmbedderConfig, cached_embeddings, embed_views, view_groups
 
 pytestmark = needs_data
 COLUMNS = ["--prompt-col", "instruction", "--response-col", "output", "--gold-col", "gold_winprob_vs_gpt4turbo",

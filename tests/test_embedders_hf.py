@@ -7,12 +7,12 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from synthdata import tiny_llama  # noqa: E402
 from transformers import AutoModel, PreTrainedTokenizerFast  # noqa: E402
 
-from embrm.embedders import make_embedder  # noqa: E402
-from embrm.embedders.hf import HFEmbedder  # noqa: E402
-from embrm.errors import EmbrmError  # noqa: E402
-from synthdata import tiny_llama  # noqa: E402
+from embrm.core._errors import EmbrmError  # noqa: E402
+from embrm.embedding.backends import make_embedder  # noqa: E402
+from embrm.embedding.backends._hf import HFEmbedder  # noqa: E402
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

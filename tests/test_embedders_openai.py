@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embrm.cache import EmbeddingCache
-from embrm.embed import DEFAULT_TEMPLATE, EmbedderConfig, cache_spec, embed_dataset
-from embrm.embedders import make_embedder
-from embrm.embedders.openai import _retry_after
-from embrm.errors import EmbrmError
+from embrm.core._errors import EmbrmError
+from embrm.embedding._cache import EmbeddingCache
+from embrm.embedding._embed import DEFAULT_TEMPLATE, EmbedderConfig, cache_spec, embed_dataset
+from embrm.embedding.backends import make_embedder
+from embrm.embedding.backends._openai import _retry_after
 
 KEY = "sk-test-SECRET-0123456789"
 DIM = 8

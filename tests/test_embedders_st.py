@@ -5,11 +5,11 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
-from embrm.embedders import DEFAULT_MODEL, EmbedBatch, make_embedder
-from embrm.embedders.st import CANONICAL_MINILM, STEmbedder
-from embrm.errors import EmbrmError
 from realdata import DATA_DIR
+
+from embrm.core._errors import EmbrmError
+from embrm.embedding.backends import DEFAULT_MODEL, EmbedBatch, make_embedder
+from embrm.embedding.backends._st import CANONICAL_MINILM, STEmbedder
 
 RESPONSES = DATA_DIR / "alpaca_eval_models" / "responses.parquet"
 needs_responses = pytest.mark.skipif(not RESPONSES.exists(), reason=f"{RESPONSES} not found (set EMBRM_DATA_DIR)")

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-
-from embrm.ensemble import bootstrap_split, fit_ensemble
-from embrm.errors import EmbrmError
-from embrm.heads import mlp
-from embrm.heads.mlp import MemberData, forward_stack, init_params, train_reference
-from embrm.metrics import pairwise_accuracy
 from synthdata import synthetic_pairs
+
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._metrics import pairwise_accuracy
+from embrm.rewards._ensemble import bootstrap_split, fit_ensemble
+from embrm.rewards.heads import mlp
+from embrm.rewards.heads._mlp import MemberData, forward_stack, init_params, train_reference
 
 
 def synthetic(n=1000, d=16, n_pairs=2000, seed=0):

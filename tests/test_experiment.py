@@ -7,13 +7,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from realdata import needs_data
 from typer.testing import CliRunner
 
 from embrm.cli import app
-from embrm.experiment import run_study
-from embrm.jobs import result_paths
-from embrm.study import jobs_of, load_study
-from realdata import needs_data
+from embrm.studies._config import jobs_of, load_study
+from embrm.studies._jobs import result_paths
+from embrm.studies._run import run_study
 
 pytestmark = needs_data
 

@@ -3,7 +3,7 @@ and which learners count as plain (no length control)."""
 
 import numpy as np
 
-from embrm.findings import findings
+from embrm.studies._findings import findings
 
 GRID = [1, 2, 4, 8, 16]
 

@@ -6,14 +6,14 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from realdata import needs_data
 from typer.testing import CliRunner
 
 from embrm.cli import app
-from embrm.datasets import load_dataset
-from embrm.persist import load_ensemble
-from embrm.pipeline import split, training_pairs
-from embrm.protocol import LabelConfig, Protocol
-from realdata import needs_data
+from embrm.data._registry import load_dataset
+from embrm.pipeline._protocol import LabelConfig, Protocol
+from embrm.pipeline._steps import split, training_pairs
+from embrm.rewards._persist import load_ensemble
 
 pytestmark = needs_data
 runner = CliRunner()

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from embrm.errors import EmbrmError
-from embrm.heads import LGBMReward, LinearBT, MLPReward
-from embrm import hardware
-from embrm.heads.mlp import MemberData, init_params, resolve_dtype, train_reference, train_stack
-from embrm.metrics import pairwise_accuracy
+from embrm.core import _hardware as hardware
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._metrics import pairwise_accuracy
+from embrm.rewards.heads import LGBMReward, LinearBT, MLPReward
+from embrm.rewards.heads._mlp import MemberData, init_params, resolve_dtype, train_reference, train_stack
 
 
 def synthetic(n=1200, d=16, n_pairs=2400, seed=0, nonlinear=False):

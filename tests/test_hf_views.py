@@ -7,11 +7,11 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from synthdata import tiny_llama  # noqa: E402
 from transformers import AutoModel, PreTrainedTokenizerFast  # noqa: E402
 
-from embrm.embedders.hf import HFEmbedder  # noqa: E402
-from embrm.errors import EmbrmError  # noqa: E402
-from synthdata import tiny_llama  # noqa: E402
+from embrm.core._errors import EmbrmError  # noqa: E402
+from embrm.embedding.backends._hf import HFEmbedder  # noqa: E402
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

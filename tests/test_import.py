@@ -11,13 +11,13 @@ import safetensors.numpy
 import torch
 from typer.testing import CliRunner
 
-from embrm.cache import EmbeddingCache, text_keys
 from embrm.cli import app
-from embrm.datasets import load_dataset
-from embrm.embed import DEFAULT_TEMPLATE, cache_spec, embed_dataset, render
-from embrm.embedders import make_embedder
-from embrm.errors import EmbrmError
-from embrm.imports import import_embeddings
+from embrm.core._errors import EmbrmError
+from embrm.data._registry import load_dataset
+from embrm.embedding._cache import EmbeddingCache, text_keys
+from embrm.embedding._embed import DEFAULT_TEMPLATE, cache_spec, embed_dataset, render
+from embrm.embedding._importer import import_embeddings
+from embrm.embedding.backends import make_embedder
 
 runner = CliRunner()
 P, R, D = 20, 5, 8

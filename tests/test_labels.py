@@ -3,8 +3,8 @@ import polars as pl
 import pytest
 from scipy.special import expit
 
-from embrm.errors import EmbrmError
-from embrm.labels import pair_indices, simulate_pairs, split_pairs, split_prompts
+from embrm.core._errors import EmbrmError
+from embrm.data._labels import pair_indices, simulate_pairs, split_pairs, split_prompts
 
 
 def pool(n_prompts=200, per_prompt=8, seed=0, null_every=0, discrete=False):

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from scipy.optimize import minimize
-
-from embrm.ensemble import fit_ensemble
-from embrm.errors import EmbrmError
-from embrm.heads import LaplaceBT, LinearBT
-from embrm.protocol import Learner
 from synthdata import synthetic_pairs
+
+from embrm.core._errors import EmbrmError
+from embrm.pipeline._protocol import Learner
+from embrm.rewards._ensemble import fit_ensemble
+from embrm.rewards.heads import LaplaceBT, LinearBT
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
+from realdata import needs_data
 from typer.testing import CliRunner
 
 from embrm.cli import app
-from embrm.errors import EmbrmError
-from embrm.methods.laser import arm_reward_matrix, laser_study, linucb_select, prompt_contexts
-from realdata import needs_data
+from embrm.core._errors import EmbrmError
+from embrm.methods._laser import arm_reward_matrix, laser_study, linucb_select, prompt_contexts
 
 
 def two_cluster_bandit(P=800, d=8, seed=0):

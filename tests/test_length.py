@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 from realdata import DATA_DIR, needs_data
 
-from embrm.datasets import load_dataset
-from embrm.errors import EmbrmError
-from embrm.length import LengthCorrection, controlled_gold, length_correlation, length_feature
-from embrm.metrics import length_reward, per_prompt_spearman
+from embrm.core._errors import EmbrmError
+from embrm.data._registry import load_dataset
+from embrm.evaluation._metrics import length_reward, per_prompt_spearman
+from embrm.rewards._length import LengthCorrection, controlled_gold, length_correlation, length_feature
 
 
 def within_pearson(a, b, prompt_ids, rows):

@@ -7,18 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from realdata import needs_data
 from typer.testing import CliRunner
 
-from embrm.augment import rrm_dataset
 from embrm.cli import app
-from embrm.embed import embed_dataset
-from embrm.embedders import make_embedder
-from embrm.errors import EmbrmError
-from embrm.evaluation import rows_of
-from embrm.length import length_feature
-from embrm.pipeline import fit, load_model, run_experiment
-from embrm.protocol import LabelConfig, Learner, Protocol
-from realdata import needs_data
+from embrm.core._errors import EmbrmError
+from embrm.data._augment import rrm_dataset
+from embrm.embedding._embed import embed_dataset
+from embrm.embedding.backends import make_embedder
+from embrm.evaluation._heldout import rows_of
+from embrm.pipeline._protocol import LabelConfig, Learner, Protocol
+from embrm.pipeline._steps import fit, load_model, run_experiment
+from embrm.rewards._length import length_feature
 
 pytestmark = needs_data
 LABELS = LabelConfig("simulated", beta=10.0, n_pairs=1500)
@@ -128,7 +128,7 @@ def test_fit_and_bon_sim_with_length_control_on_the_command_line(renamed_pool, t
 def test_a_pool_without_length_variation_is_evaluated_without_a_length_controlled_gold(tmp_path):
     import polars as pl
 
-    from embrm.data import pool_from_frame
+    from embrm.data._dataset import pool_from_frame
 
     rng = np.random.default_rng(0)
     frame = pl.DataFrame({"prompt_id": [f"p{i // 6}" for i in range(60)], "prompt": ["q"] * 60,

@@ -4,11 +4,11 @@ excluded responses unless asked, reports how often it picks one when asked, and 
 import json
 
 import pytest
-
-from embrm.datasets import load_dataset
-from embrm.embed import EmbedderConfig
-from embrm.methods import REGISTRY, run_method
 from realdata import needs_data
+
+from embrm.data._registry import load_dataset
+from embrm.embedding._embed import EmbedderConfig
+from embrm.methods import REGISTRY, run_method
 
 pytestmark = needs_data
 FAST = {"laser": dict(n_pairs=800, dim=4, arms=["bt", "length"]), "moe": dict(n_pairs=600, categories="subset"),

@@ -1,12 +1,18 @@
 import numpy as np
 import polars as pl
 import pytest
+from realdata import DATA_DIR
 from scipy.stats import spearmanr
 
-from embrm.errors import EmbrmError
-from embrm.metrics import (bt_log_loss, expected_calibration_error, length_reward, pairwise_accuracy,
-                           per_prompt_spearman, random_reward)
-from realdata import DATA_DIR
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._metrics import (
+    bt_log_loss,
+    expected_calibration_error,
+    length_reward,
+    pairwise_accuracy,
+    per_prompt_spearman,
+    random_reward,
+)
 
 
 def test_pairwise_accuracy_and_ties():
@@ -84,8 +90,8 @@ def test_baselines():
 @pytest.mark.skipif(not (DATA_DIR / "alpaca_eval_models" / "responses.parquet").exists(),
                     reason=f"real data not found at {DATA_DIR} (set EMBRM_DATA_DIR)")
 def test_real_alpaca_eval_models_length_baseline():
-    from embrm.data import load_pool
-    from embrm.labels import pair_indices, simulate_pairs, split_prompts
+    from embrm.data._dataset import load_pool
+    from embrm.data._labels import pair_indices, simulate_pairs, split_prompts
 
     ds = load_pool(DATA_DIR / "alpaca_eval_models" / "responses.parquet", prompt_col="instruction",
                    response_col="output", gold_col="gold_winprob_vs_gpt4turbo", response_key="model")

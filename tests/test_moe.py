@@ -3,18 +3,17 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-
+from realdata import needs_data
 from typer.testing import CliRunner
 
 from embrm.cli import app
-from embrm.data import Dataset
-from embrm.errors import EmbrmError
-from embrm.heads import LinearBT
-from embrm.labels import pair_indices, simulate_pairs, split_prompts
-from embrm.methods.moe import MoEReward, moe_study
-from embrm.metrics import pairwise_accuracy
-from embrm.evaluation import gold_order_pairs
-from realdata import needs_data
+from embrm.core._errors import EmbrmError
+from embrm.data._dataset import Dataset
+from embrm.data._labels import pair_indices, simulate_pairs, split_prompts
+from embrm.evaluation._heldout import gold_order_pairs
+from embrm.evaluation._metrics import pairwise_accuracy
+from embrm.methods._moe import MoEReward, moe_study
+from embrm.rewards.heads import LinearBT
 
 
 def category_pool(P=240, N=8, dim=16, n_cat=3, same_direction=False, seed=0):

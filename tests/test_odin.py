@@ -1,4 +1,4 @@
-"""ODIN disentangled heads (embrm.heads.odin) on synthetic data with a planted quality direction u and a length
+"""ODIN disentangled heads (embrm.rewards.heads._odin) on synthetic data with a planted quality direction u and a length
 feature len = x @ v + noise (v orthogonal to u); preferences within prompts follow gold = x @ u + 1.5 * len, so a
 plain BT head learns mostly length."""
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from embrm.errors import EmbrmError
-from embrm.heads import LinearBT, MLPReward
-from embrm.heads.mlp import MemberData, forward_stack
-from embrm.heads.odin import ODIN_PARAMS, OdinResult, train_odin
+from embrm.core._errors import EmbrmError
+from embrm.rewards.heads import LinearBT, MLPReward
+from embrm.rewards.heads._mlp import MemberData, forward_stack
+from embrm.rewards.heads._odin import ODIN_PARAMS, OdinResult, train_odin
 
 N_PROMPTS, N_TRAIN_PROMPTS, D, C_LEN = 300, 240, 24, 1.5
 FIT = {(): {"lr": 0.05, "epochs": 200, "patience": 10}, (32,): {"lr": 0.01, "epochs": 300, "patience": 10}}

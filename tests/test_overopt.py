@@ -2,9 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embrm.errors import EmbrmError
-from embrm.overopt import ideal_proxy_curve, overopt_dataset, overopt_truth
-
+from embrm.core._errors import EmbrmError
+from embrm.data._overopt import ideal_proxy_curve, overopt_dataset, overopt_truth
 
 SMALL = {"n_prompts": 12, "n_candidates": 50, "dim": 16, "seed": 3}
 
@@ -90,8 +89,8 @@ def test_ideal_proxy_curve_peaks_then_falls_and_matches_monte_carlo():
 
 
 def test_end_to_end_through_run_experiment():
-    from embrm.pipeline import run_experiment
-    from embrm.protocol import LabelConfig, Learner, Protocol
+    from embrm.pipeline._protocol import LabelConfig, Learner, Protocol
+    from embrm.pipeline._steps import run_experiment
 
     ds, X = overopt_dataset(n_prompts=20, n_candidates=200, dim=16, seed=0)
     result = run_experiment(ds, X, Protocol(Learner("linear"), LabelConfig(n_pairs=300), k=2, seed=0),
@@ -118,8 +117,8 @@ def test_bad_arguments():
 
 
 def test_a_filtered_generated_dataset_keeps_its_vectors_aligned_and_embedding_reads_them(small, tmp_path):
-    from embrm.datasets import half_of
-    from embrm.embed import EmbedderConfig, cached_embeddings
+    from embrm.data._registry import half_of
+    from embrm.embedding._embed import EmbedderConfig, cached_embeddings
 
     ds, X = small
     half = half_of(ds, 2)
@@ -132,8 +131,8 @@ def test_a_filtered_generated_dataset_keeps_its_vectors_aligned_and_embedding_re
 
 
 def test_a_generated_study_runs_on_a_log_grid_with_label_budgets_ensemble_sizes_and_findings(tmp_path):
-    from embrm.experiment import run_study
-    from embrm.study import load_study
+    from embrm.studies._config import load_study
+    from embrm.studies._run import run_study
 
     (tmp_path / "s.toml").write_text(
         'name = "gen"\nseeds = [0, 1]\nhuman_pairs = []\nmethods = []\nreplicate = false\nk = 2\n'
@@ -152,5 +151,5 @@ def test_a_generated_study_runs_on_a_log_grid_with_label_budgets_ensemble_sizes_
             "gen|bt10-400-vs-bt10-100|labels-raise-accuracy"} <= keys
     assert not any(k.endswith("noise-costs-accuracy") for k in keys)  # one annotator: only the budget differs
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "Generated data `gen`: embrm.overopt (seed 1): gold = u.x" in report and "peak n (median)" in report
+    assert "Generated data `gen`: embrm.data._overopt (seed 1): gold = u.x" in report and "peak n (median)" in report
     assert (tmp_path / "out" / "overoptimisation_gen_bt10-100.png").stat().st_size > 1000

@@ -2,11 +2,11 @@ import json
 
 import numpy as np
 import pytest
-
-from embrm.ensemble import fit_ensemble
-from embrm.errors import EmbrmError
-from embrm.persist import load_ensemble, save_ensemble
 from synthdata import synthetic_pairs
+
+from embrm.core._errors import EmbrmError
+from embrm.rewards._ensemble import fit_ensemble
+from embrm.rewards._persist import load_ensemble, save_ensemble
 
 
 def synthetic(n=400, d=12, n_pairs=800, seed=0):

@@ -1,8 +1,8 @@
 
-from embrm.aggregate import aggregate_all, standardize
-from embrm.bon import bon_curves
-from embrm.plots import plot_bon, plot_gao_fit
-from embrm.synthetic import synthetic_pool
+from embrm.data._synthetic import synthetic_pool
+from embrm.evaluation._aggregate import aggregate_all, standardize
+from embrm.evaluation._bon import bon_curves
+from embrm.evaluation._plots import plot_bon, plot_gao_fit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

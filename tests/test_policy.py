@@ -1,4 +1,4 @@
-"""Policy-side over-optimisation on pools (embrm.methods.policy): KL-regularised optimum, DPO / RPO."""
+"""Policy-side over-optimisation on pools (embrm.methods._policy): KL-regularised optimum, DPO / RPO."""
 
 import json
 
@@ -6,12 +6,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
-from embrm.errors import EmbrmError
-from embrm.labels import pair_indices, simulate_pairs
-from embrm.methods.policy import fit_gao_rl, kl_optimum_curves, policy_loss, tilted_policy, train_policy
-from embrm.pools import group_pools
 from realdata import needs_data
+
+from embrm.core._errors import EmbrmError
+from embrm.data._labels import pair_indices, simulate_pairs
+from embrm.evaluation._pools import group_pools
+from embrm.methods._policy import fit_gao_rl, kl_optimum_curves, policy_loss, tilted_policy, train_policy
 
 
 def unequal_pools(seed=0, P=30):
@@ -127,10 +127,10 @@ def test_bad_input_is_a_one_line_error():
 
 
 def test_policy_cli_writes_outputs(tmp_path):
+    from synthdata import pool_file_with_cache
     from typer.testing import CliRunner
 
     from embrm.cli import app
-    from synthdata import pool_file_with_cache
 
     path, cache = pool_file_with_cache(tmp_path)
     out = tmp_path / "out"
@@ -149,7 +149,7 @@ def test_policy_cli_writes_outputs(tmp_path):
 
 @needs_data
 def test_real_pool_policy_study(models_subset):
-    from embrm.methods.policy import policy_study
+    from embrm.methods._policy import policy_study
 
     ds, X = models_subset
     summary, frame = policy_study(ds, X, seed=0, epochs=6, n_pairs=2000, k=2)

@@ -1,11 +1,11 @@
-"""embrm.progress: plain progress lines outside a terminal, silence when disabled."""
+"""embrm.core._progress: plain progress lines outside a terminal, silence when disabled."""
 
 import re
 
 import pytest
 
-from embrm.errors import EmbrmError
-from embrm.progress import Progress, Stages, format_duration
+from embrm.core._errors import EmbrmError
+from embrm.core._progress import Progress, Stages, format_duration
 
 LINE = re.compile(r"^loop: (\d+)/5 items \((\d+)%\), \d+\.\d items/s, ETA (\?|\d+s|\d+m\d\ds|\d+h\d\dm)(, .+)?$")
 
@@ -64,7 +64,7 @@ class _Counting:
     """A stand-in embedder: 2-d vectors from the text length."""
 
     def embed(self, texts, starts=None):
-        from embrm.embedders.base import EmbedBatch
+        from embrm.embedding.backends._base import EmbedBatch
 
         n = len(texts)
         return EmbedBatch.build([[len(t), 1.0] for t in texts], [len(t) for t in texts], [False] * n)
@@ -72,8 +72,8 @@ class _Counting:
 
 @pytest.mark.parametrize("progress, lines", [(None, 3), (True, 3), (False, 0)])
 def test_embed_prints_lines_from_a_script(tmp_path, capsys, monkeypatch, progress, lines):
-    from embrm.cache import EmbeddingCache
-    from embrm.embed import embed_texts
+    from embrm.embedding._cache import EmbeddingCache
+    from embrm.embedding._embed import embed_texts
 
     monkeypatch.setenv("EMBRM_PROGRESS_EVERY", "0")
     cache = EmbeddingCache(tmp_path, {"backend": "test", "model": "counting", "template": "{prompt}{response}"})

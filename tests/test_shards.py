@@ -9,18 +9,18 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
-
-from embrm.cache import EmbeddingCache, text_keys
-from embrm.cache_check import verify
-from embrm.cli import app
-from embrm.data import load_pool
-from embrm.embed import EmbedderConfig, cache_spec, embed_dataset, embed_shard
-from embrm.errors import EmbrmError
-from embrm.hardware import torch_threads
-from embrm.shards import WHOLE, Shard, shard_batches
 from realdata import DATA_DIR, needs_data
 from synthdata import tiny_llama
+from typer.testing import CliRunner
+
+from embrm.cli import app
+from embrm.core._errors import EmbrmError
+from embrm.core._hardware import torch_threads
+from embrm.data._dataset import load_pool
+from embrm.embedding._cache import EmbeddingCache, text_keys
+from embrm.embedding._embed import EmbedderConfig, cache_spec, embed_dataset, embed_shard
+from embrm.embedding._shards import WHOLE, Shard, shard_batches
+from embrm.embedding._verify import verify
 
 COLUMNS = ["--prompt-col", "instruction", "--response-col", "output", "--gold-col", "gold_winprob_vs_gpt4turbo",
            "--response-key", "model"]
@@ -159,7 +159,7 @@ def tiny_lm(tmp_path_factory, pool_file):
 @needs_data
 def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file, single, tiny_lm, tmp_path,
                                                              capfd, monkeypatch):
-    from embrm.distributed import embed_on_ray
+    from embrm.embedding._ray import embed_on_ray
 
     ds = load(pool_file)
     monkeypatch.setenv("EMBRM_PROGRESS_EVERY", "0")  # a progress line at every poll (stderr is not a terminal)

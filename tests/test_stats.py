@@ -1,4 +1,4 @@
-"""embrm.stats: the two-stage (seed, prompt) bootstrap interval for paired findings, on synthetic studies whose
+"""embrm.evaluation._stats: the two-stage (seed, prompt) bootstrap interval for paired findings, on synthetic studies whose
 truth is known."""
 
 import time
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from embrm.errors import EmbrmError
-from embrm.stats import Effect, Unit, agreement, paired_effect
+from embrm.core._errors import EmbrmError
+from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect
 
 INCONCLUSIVE = "not reproduced (inconclusive)"
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from embrm.errors import EmbrmError
-from embrm.files import write_atomic
-from embrm.study import Study, jobs_of, load_study, study_from_dict
+from embrm.core._errors import EmbrmError
+from embrm.core._files import write_atomic
+from embrm.studies._config import Study, jobs_of, load_study, study_from_dict
 
 
 def test_default_study_grid():
@@ -20,7 +20,7 @@ def test_default_study_grid():
 
 
 def test_the_replication_halves_split_every_pools_prompts_in_two():
-    from embrm.experiment import replication_jobs
+    from embrm.studies._run import replication_jobs
 
     study = load_study(None)
     halves = replication_jobs(study)

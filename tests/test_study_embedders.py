@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from badinput import Bad, assert_clean_failure
+from realdata import DATA_DIR, needs_data
 from typer.testing import CliRunner
 
-from badinput import Bad, assert_clean_failure
 from embrm.cli import app
-from embrm.datasets import load_dataset
-from embrm.errors import EmbrmError
-from embrm.jobs import result_paths
-from embrm.study import Study, jobs_of, load_study, study_from_dict
-from realdata import DATA_DIR, needs_data
+from embrm.core._errors import EmbrmError
+from embrm.data._registry import load_dataset
+from embrm.studies._config import Study, jobs_of, load_study, study_from_dict
+from embrm.studies._jobs import result_paths
 
 EMBEDDERS = """
 [[embedders]]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from realdata import needs_data
 
 pytestmark = [needs_data, pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")]

@@ -2,8 +2,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embrm.errors import EmbrmError
-from embrm.synthetic import synthetic_pool
+from embrm.core._errors import EmbrmError
+from embrm.data._synthetic import synthetic_pool
 
 
 def test_shapes_dtypes_and_contract():

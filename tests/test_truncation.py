@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
-from embrm.embedders import EmbedBatch, make_embedder
-from embrm.embedders.base import PromptFirst
-from embrm.errors import EmbrmError
 from realdata import DATA_DIR
 from synthdata import tiny_llama
+
+from embrm.core._errors import EmbrmError
+from embrm.embedding.backends import EmbedBatch, make_embedder
+from embrm.embedding.backends._base import PromptFirst
 
 RESPONSES = DATA_DIR / "alpaca_eval_models" / "responses.parquet"
 WORDS = ("review battery screen camera price delivery support warranty colour weight speaker charger keyboard "
@@ -241,7 +241,7 @@ def test_smollm2_tokenizer_junction_still_fits():
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    from embrm.embedders.hf import smollm2_gguf
+    from embrm.embedding.backends._hf import smollm2_gguf
 
     path = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -25,7 +25,7 @@ from embrm.cli.common import (
     print_json,
     split_list,
 )
-from embrm.errors import EmbrmError
+from embrm.core import EmbrmError
 
 
 @friendly

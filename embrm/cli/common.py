@@ -21,10 +21,9 @@ from typing import Annotated, Optional, get_type_hints
 import typer
 from rich.console import Console
 
-from embrm.data import Dataset
-from embrm.datasets import load_dataset
-from embrm.embed import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
-from embrm.errors import EmbrmError
+from embrm.core import EmbrmError
+from embrm.data import Dataset, load_dataset
+from embrm.embedding import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
 
 out = Console()
 err = Console(stderr=True)
@@ -195,9 +194,6 @@ def parse_numbers(values: list[str] | str | None, option: str, kind=float) -> li
     except ValueError:
         raise EmbrmError(f"{option}: expected comma-separated {kind.__name__}s, got {','.join(items)!r}") from None
 
-
-def fmt(v) -> str:
-    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
 OverwriteOpt = Annotated[bool, typer.Option(

@@ -9,10 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Column, Table
 
-from embrm.cache import EmbeddingCache
-from embrm.cache_check import cache_dirs, verify
-from embrm.cache_check import leftovers as find_leftovers
-from embrm.cache_check import repair as repair_cache
 from embrm.cli.common import (
     CacheDirOpt,
     DataOptions,
@@ -26,11 +22,11 @@ from embrm.cli.common import (
     out,
     print_json,
 )
-from embrm.datasets import GENERATORS, REGISTRY, existing_data_dir
-from embrm.distributed import embed_on_ray
-from embrm.embed import embed_views
-from embrm.errors import EmbrmError
-from embrm.shards import WHOLE, Shard
+from embrm.core import EmbrmError
+from embrm.data import GENERATORS, REGISTRY, existing_data_dir
+from embrm.embedding import WHOLE, EmbeddingCache, Shard, cache_dirs, embed_on_ray, embed_views, verify
+from embrm.embedding import leftovers as find_leftovers
+from embrm.embedding import repair as repair_cache
 
 CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's cache directory.")]
 

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from embrm.cli.common import CacheDirOpt, DataOptions, DatasetArg, Format, FormatOpt, friendly, grouped, out, print_json
-from embrm.embed import DEFAULT_CACHE_DIR, DEFAULT_TEMPLATE
-from embrm.imports import SUFFIXES, import_embeddings
+from embrm.embedding import DEFAULT_CACHE_DIR, DEFAULT_TEMPLATE, SUFFIXES, import_embeddings
 
 
 @friendly

@@ -30,7 +30,7 @@ from embrm.cli.common import (
     print_json,
     split_list,
 )
-from embrm.errors import EmbrmError
+from embrm.core import EmbrmError
 from embrm.methods import MethodResult, run_method
 
 

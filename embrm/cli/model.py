@@ -1,6 +1,6 @@
 """Commands over reward models: `fit` (train and save), `score` (every member's score), `bon-sim` (Best-of-n).
 
-All three walk embrm.pipeline: `fit` is pipeline.fit + save, `bon-sim` is load + pipeline.evaluate with the
+All three walk embrm.pipeline._steps: `fit` is pipeline.fit + save, `bon-sim` is load + pipeline.evaluate with the
 protocol saved in the model, so their numbers equal a study job's for the same settings.
 """
 
@@ -14,9 +14,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from embrm.aggregate import AGGREGATIONS
-from embrm.bon import ALL_N_LIMIT
-from embrm.augment import rrm_dataset
 from embrm.cli.common import (
     CacheDirOpt,
     DataOptions,
@@ -30,7 +27,6 @@ from embrm.cli.common import (
     WithExcludedOpt,
     check_out,
     command_line,
-    fmt,
     friendly,
     grouped,
     out,
@@ -38,14 +34,24 @@ from embrm.cli.common import (
     print_json,
     split_list,
 )
-from embrm.data import Dataset
-from embrm.errors import EmbrmError
-from embrm.evaluation import Evaluation, FitMetrics
-from embrm.persist import check_replaceable, package_versions
-from embrm.pipeline import SavedModel, evaluate, load_model, model_embeddings
+from embrm.core import EmbrmError, cell
+from embrm.data import Dataset, rrm_dataset
+from embrm.evaluation import AGGREGATIONS, ALL_N_LIMIT, Evaluation, FitMetrics
+from embrm.pipeline import (
+    CALIBRATED,
+    DEFAULT_LEARNERS,
+    N_GRIDS,
+    LabelConfig,
+    Protocol,
+    SavedModel,
+    checked_n_grid,
+    evaluate,
+    load_model,
+    model_embeddings,
+)
 from embrm.pipeline import fit as fit_model
 from embrm.pipeline import score as score_model
-from embrm.protocol import CALIBRATED, DEFAULT_LEARNERS, N_GRIDS, LabelConfig, Protocol, checked_n_grid
+from embrm.rewards import check_replaceable, package_versions
 
 
 class Prompts(str, Enum):
@@ -182,11 +188,11 @@ def _load_model(model_dir: Path) -> SavedModel:
 def print_fit_metrics(m: FitMetrics, title: str) -> None:
     table = Table("reward", "pairwise acc", "log-loss", "ECE", "Spearman with gold", "Spearman with length",
                   title=title)
-    table.add_row("ensemble mean", fmt(m.accuracy), fmt(m.log_loss), fmt(m.ece), fmt(m.spearman),
-                  fmt(m.length_correlation))
+    table.add_row("ensemble mean", cell(m.accuracy), cell(m.log_loss), cell(m.ece), cell(m.spearman),
+                  cell(m.length_correlation))
     accs = m.member_accuracy
     table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "", "")
-    table.add_row("length (longer is better)", fmt(m.length_accuracy), "", "", fmt(m.length_spearman), "1.000")
+    table.add_row("length (longer is better)", cell(m.length_accuracy), "", "", cell(m.length_spearman), "1.000")
     table.add_row("random (expected)", "0.500", "", "", "0.000", "0.000")
     out.print(table)
     out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
@@ -297,10 +303,10 @@ def print_bon(result: Evaluation) -> None:
                   title=f"Best-of-n, {pool.grid} on {pool.n_prompts} prompts: random pick (expected) "
                         f"{pool.random_at_n_max:.3f}, oracle {pool.oracle_at_n_max:.3f}")
     for proxy, s in pool.proxies.items():
-        extra = [fmt(lc.proxies[proxy].gain_at_n_max)] if lc else []
+        extra = [cell(lc.proxies[proxy].gain_at_n_max)] if lc else []
         if probes:
-            extra += [fmt(probes.proxies[proxy].excluded_pick_rate), fmt(probes.proxies[proxy].gain_at_n_max)]
-        table.add_row(proxy, fmt(s.gold_at_n_max), fmt(s.gain_at_n_max), *extra, fmt(s.length_correlation),
+            extra += [cell(probes.proxies[proxy].excluded_pick_rate), cell(probes.proxies[proxy].gain_at_n_max)]
+        table.add_row(proxy, cell(s.gold_at_n_max), cell(s.gain_at_n_max), *extra, cell(s.length_correlation),
                       str(s.best_n))
     out.print(table)
     if result.conformal and "error" in result.conformal:
@@ -319,5 +325,5 @@ def print_bon(result: Evaluation) -> None:
         t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
                   title="Published reward models' best-of-N picks (same prompts; scored picks only)")
         for p in result.published:
-            t.add_row(p.reward_model, str(p.n_prompts), *(fmt(v) for v in (p.gold, p.random, p.oracle, p.gain)))
+            t.add_row(p.reward_model, str(p.n_prompts), *(cell(v) for v in (p.gold, p.random, p.oracle, p.gain)))
         out.print(t)

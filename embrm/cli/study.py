@@ -1,4 +1,4 @@
-"""`embrm run`: a whole study (embed, every job through embrm.pipeline, methods, report)."""
+"""`embrm run`: a whole study (embed, every job through embrm.pipeline._steps, methods, report)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import typer
 from rich.markdown import Markdown
 
 from embrm.cli.common import CacheDirOpt, Format, FormatOpt, command_line, friendly, out, print_json
-from embrm.experiment import run_study
-from embrm.study import load_study
+from embrm.studies import load_study, run_study
 
 
 @friendly
 def run(
     ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Argument(
-        help="A study TOML file (default: the default study; keys documented in embrm.study).")] = None,
+        help="A study TOML file (default: the default study; keys documented in embrm.studies._config).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Results directory (default: results/<study name>).")] = None,
     workers: Annotated[Optional[int], typer.Option(

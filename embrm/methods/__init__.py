@@ -6,7 +6,7 @@
     policy      policy-side over-optimisation on candidate pools: KL-regularised optimum, DPO / RPO
 
 Every method is a callable `study(ds, X, *, seed, **params) -> (summary dict, frame)` that takes its split and
-labels from embrm.pipeline; `run_method` drops the dataset's excluded responses (unless asked to keep them in
+labels from embrm.pipeline._steps; `run_method` drops the dataset's excluded responses (unless asked to keep them in
 the evaluated pools; they never label either way), times it and returns a typed MethodResult:
 
     result = run_method("composite", ds, X, seed=0, components=["bt", "length"])
@@ -24,14 +24,49 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from embrm.core import EmbrmError, Stages
 from embrm.data import Dataset
-from embrm.errors import EmbrmError
-from embrm.methods.composite import composite_study, plot_composite
-from embrm.methods.laser import laser_experiment, plot_regret
-from embrm.methods.moe import moe_study
-from embrm.methods.policy import plot_policy, policy_study
-from embrm.methods.sections import composite_section, generic_section, policy_section
-from embrm.progress import Stages
+from embrm.methods._composite import (
+    COMPONENTS,
+    Multipliers,
+    ProxyPoints,
+    bon_weight_tensor,
+    composite_curves,
+    composite_study,
+    fit_multipliers,
+    fit_proxy_reward,
+    n_grid,
+    pick_means,
+    plot_composite,
+    proxy_points,
+    selection_scores,
+)
+from embrm.methods._laser import (
+    LinUCBResult,
+    arm_reward_matrix,
+    default_arms,
+    laser_experiment,
+    laser_study,
+    linucb_select,
+    plot_regret,
+    prompt_contexts,
+    prompt_means,
+    train_arms,
+)
+from embrm.methods._moe import MoEReward, moe_study
+from embrm.methods._policy import (
+    KLCurves,
+    PolicyRun,
+    default_betas,
+    fit_gao_rl,
+    kl_optimum_curves,
+    plot_policy,
+    policy_loss,
+    policy_study,
+    tilted_policy,
+    train_policy,
+)
+from embrm.methods._sections import composite_section, generic_section, policy_section
 
 
 @dataclass(frozen=True)
@@ -141,3 +176,47 @@ def render_methods(results: list[MethodResult]) -> str:
     """The study report's section: one subsection per method."""
     lines = ["## Further seeds on the real pool (excluded responses removed, one seed)", ""]
     return "\n".join(lines + [r.markdown() + "\n" for r in results])
+
+
+__all__ = [
+    'COMPONENTS',
+    'KLCurves',
+    'LinUCBResult',
+    'Method',
+    'MethodResult',
+    'MoEReward',
+    'Multipliers',
+    'PolicyRun',
+    'ProxyPoints',
+    'REGISTRY',
+    'arm_reward_matrix',
+    'bon_weight_tensor',
+    'composite_curves',
+    'composite_study',
+    'default_arms',
+    'default_betas',
+    'fit_gao_rl',
+    'fit_multipliers',
+    'fit_proxy_reward',
+    'kl_optimum_curves',
+    'laser_experiment',
+    'laser_study',
+    'linucb_select',
+    'moe_study',
+    'n_grid',
+    'pick_means',
+    'plot_composite',
+    'plot_policy',
+    'plot_regret',
+    'policy_loss',
+    'policy_study',
+    'prompt_contexts',
+    'prompt_means',
+    'proxy_points',
+    'render_methods',
+    'run_method',
+    'selection_scores',
+    'tilted_policy',
+    'train_arms',
+    'train_policy',
+]

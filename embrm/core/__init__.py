@@ -1,0 +1,27 @@
+"""Internal plumbing every package shares: one-line user errors, atomic files, CPU facts and the thread policy,
+progress lines, value validation and text formatting. It imports nothing else of embrm.
+"""
+
+from embrm.core._checks import (
+    RANDOM_STATE,
+    SEED,
+    Integer,
+    Number,
+    OneOf,
+    Sizes,
+    check_embeddings,
+    check_fitted,
+    check_group_ids,
+    check_pairs,
+    check_params,
+    check_value,
+    is_int,
+    shown,
+)
+from embrm.core._errors import EmbrmError
+from embrm.core._files import write_atomic
+from embrm.core._format import cell, fmt, md_table
+from embrm.core._hardware import fast_bf16, torch_threads
+from embrm.core._progress import Progress, Stages, format_duration
+
+__all__ = ['cell', 'fmt', 'md_table', 'EmbrmError', 'Integer', 'Number', 'OneOf', 'Progress', 'RANDOM_STATE', 'SEED', 'Sizes', 'Stages', 'check_embeddings', 'check_fitted', 'check_group_ids', 'check_pairs', 'check_params', 'check_value', 'fast_bf16', 'format_duration', 'is_int', 'shown', 'torch_threads', 'write_atomic']

@@ -1,0 +1,174 @@
+"""Input checks every head (and the code that feeds heads) shares: one-line errors naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from embrm.core._errors import EmbrmError
+
+
+def check_embeddings(X, name: str = "embeddings") -> np.ndarray:
+    """X as a C-contiguous float32 (n, d) array; NaN/inf rows -> EmbrmError naming the first bad row."""
+    try:
+        X = np.asarray(X)
+    except Exception as e:  # ragged lists etc.
+        raise EmbrmError(f"{name} must be a 2-D numeric array ({e})") from None
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise EmbrmError(f"{name} must be a non-empty 2-D array (n_responses, dim); got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise EmbrmError(f"{name} must hold real numbers, not {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        kind = "NaN" if np.isnan(X[bad[0]]).any() else "inf"
+        raise EmbrmError(f"{name} contain {kind} in {len(bad)} rows (first: row {int(bad[0])}): "
+                         f"re-embed or drop them")
+    return X
+
+
+def check_pairs(pairs, n_rows: int, name: str = "pairs") -> np.ndarray:
+    """pairs as an int64 (m, 2) array of row indices in [0, n_rows); column 0 = the preferred response."""
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise EmbrmError(f"{name} must be an (m, 2) array of row indices (column 0 = preferred); got shape "
+                         f"{arr.shape}")
+    if arr.shape[0] == 0:
+        raise EmbrmError(f"no {name} to fit on: need at least one labelled pair")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise EmbrmError(f"{name} must hold integer row indices, not {arr.dtype}: map ids with "
+                             f"embrm.data._labels.pair_indices")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    out = (arr < 0) | (arr >= n_rows)
+    if out.any():
+        i = int(np.flatnonzero(out.any(axis=1))[0])
+        raise EmbrmError(f"{name} row {i} refers to response row {int(arr[i][out[i]][0])}, outside the "
+                         f"{n_rows} embedding rows: pairs and embeddings come from different tables")
+    same = arr[:, 0] == arr[:, 1]
+    if same.any():
+        i = int(np.flatnonzero(same)[0])
+        raise EmbrmError(f"{name} row {i} compares response row {int(arr[i, 0])} with itself: "
+                         f"drop such pairs ({int(same.sum())} of them)")
+    return arr
+
+
+def check_group_ids(ids, m: int, name: str = "pair_prompt_ids") -> np.ndarray | None:
+    """Optional per-pair prompt ids as a 1-D array of length m (or None)."""
+    if ids is None:
+        return None
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != m:
+        raise EmbrmError(f"{name} must hold one prompt id per pair ({m}); got shape {ids.shape}")
+    return ids
+
+
+def check_fitted(est, attr: str) -> None:
+    if getattr(est, attr, None) is None:
+        raise EmbrmError(f"this {type(est).__name__} is not fitted yet: call fit(X, pairs) first")
+
+
+# ----------------------------------------------------------------------------- parameter rules
+# Every parameter of a head (and of a Protocol) has one rule; the head checks it when it fits, and
+# embrm.pipeline._protocol checks a Learner's parameters with the same rules when an experiment is described, so `embrm fit`,
+# a study and the Python API refuse the same values with the same message.
+
+MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence, torch.manual_seed and LightGBM all take it; member seeds are uint32
+
+
+def shown(value) -> str:
+    """A value as a user wrote it (JSON/TOML spelling: ["a"], "x", 1.5), for error messages."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Integer:
+    lo: int
+    hi: int
+    none: bool = False  # None is allowed too (e.g. batch_size=None: full batch)
+
+    def ok(self, v) -> bool:
+        return (v is None and self.none) or (is_int(v) and self.lo <= v <= self.hi)
+
+    def __str__(self) -> str:
+        return f"an integer in [{self.lo}, {self.hi}]" + (" or None" if self.none else "")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite real number in an interval (open at an end where lo_open / hi_open)."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, v) -> bool:
+        return is_number(v) and (self.lo < v if self.lo_open else self.lo <= v) and \
+            (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if math.isinf(self.hi):
+            return "a finite number" + ("" if math.isinf(self.lo) else f" {'>' if self.lo_open else '>='} {self.lo:g}")
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple
+
+    def ok(self, v) -> bool:
+        return isinstance(v, str) and v in self.values
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(map(shown, self.values))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Layer widths: a non-empty list of positive integers."""
+    max_layers: int
+    max_width: int
+
+    def ok(self, v) -> bool:
+        return isinstance(v, (list, tuple)) and 1 <= len(v) <= self.max_layers and \
+            all(is_int(h) and 1 <= h <= self.max_width for h in v)
+
+    def __str__(self) -> str:
+        return f"a list of 1 to {self.max_layers} positive integers (each <= {self.max_width})"
+
+
+SEED = Integer(0, MAX_SEED)
+RANDOM_STATE = Integer(0, MAX_SEED, none=True)  # a head's random_state (None: 0)
+
+
+def check_value(name: str, value, rule):
+    """value, or a one-line EmbrmError naming the parameter, what is allowed and what was given."""
+    if not rule.ok(value):
+        raise EmbrmError(f"{name} must be {rule}, got {shown(value)}")
+    return value
+
+
+def check_params(params: dict, rules: dict, owner: str) -> None:
+    """Every parameter known to `owner` (a head's name) and allowed by its rule."""
+    for name, value in params.items():
+        if name not in rules:
+            raise EmbrmError(f"unknown key {name!r}: {owner} takes {', '.join(rules)}")
+        check_value(name, value, rules[name])

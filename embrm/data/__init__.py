@@ -1,0 +1,22 @@
+"""What the data is: readers into a Dataset (responses + human pairs), the dataset registry and declarations,
+labels and simulated annotators, prompt splits, RRM augmentation and generated datasets (overopt, synthetic pools).
+"""
+
+from embrm.data._augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
+from embrm.data._dataset import Dataset
+from embrm.data._labels import pair_indices, simulate_pairs, split_pairs, split_prompts
+from embrm.data._overopt import OveroptTruth, ideal_proxy_curve, overopt_dataset, overopt_truth
+from embrm.data._registry import (
+    GENERATORS,
+    REGISTRY,
+    DatasetSpec,
+    Exclusion,
+    dataset_spec,
+    existing_data_dir,
+    half_of,
+    load_dataset,
+    spec_from_table,
+)
+from embrm.data._synthetic import synthetic_pool
+
+__all__ = ['AUG_COLUMNS', 'Dataset', 'DatasetSpec', 'Exclusion', 'GENERATORS', 'OveroptTruth', 'REGISTRY', 'dataset_spec', 'existing_data_dir', 'half_of', 'ideal_proxy_curve', 'load_dataset', 'overopt_dataset', 'overopt_truth', 'pair_indices', 'rrm_dataset', 'rrm_pairs', 'simulate_pairs', 'spec_from_table', 'split_pairs', 'split_prompts', 'synthetic_pool']

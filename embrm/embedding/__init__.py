@@ -1,0 +1,23 @@
+"""Vectors for a dataset, computed once: EmbedderConfig -> backends (st, hf, openai, imported), the checked
+Parquet cache and its verification, shards and Ray, chat templates, and `embrm import` of precomputed arrays.
+"""
+
+from embrm.embedding._cache import EmbeddingCache
+from embrm.embedding._embed import (
+    CHAT,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_TEMPLATE,
+    EmbedderConfig,
+    EmbedResult,
+    cached_embeddings,
+    embed_dataset,
+    embed_views,
+    render,
+    view_groups,
+)
+from embrm.embedding._importer import SUFFIXES, import_embeddings
+from embrm.embedding._ray import ShardResult, embed_on_ray, ray_session
+from embrm.embedding._shards import WHOLE, Shard
+from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
+
+__all__ = ['CHAT', 'DEFAULT_CACHE_DIR', 'DEFAULT_TEMPLATE', 'EmbedResult', 'EmbedderConfig', 'EmbeddingCache', 'SUFFIXES', 'Shard', 'ShardResult', 'WHOLE', 'cache_dirs', 'cached_embeddings', 'embed_dataset', 'embed_on_ray', 'embed_views', 'import_embeddings', 'leftovers', 'ray_session', 'render', 'repair', 'verify', 'view_groups']

@@ -1,0 +1,44 @@
+"""Judging scores against gold: per-prompt pools, aggregation of members, the exact Best-of-n estimator and its
+grid, pairwise metrics, calibration, the conformal bound, paired statistics, held-out evaluation and plots.
+"""
+
+from embrm.evaluation._aggregate import AGGREGATIONS, aggregate_all, standardize
+from embrm.evaluation._bon import (
+    ALL_N_LIMIT,
+    GRID_POINTS,
+    BonCurves,
+    bon_curves,
+    bon_weights,
+    curves_frame,
+    expected_best_of_n,
+    fit_gao,
+    kl_bon,
+    log_grid,
+)
+from embrm.evaluation._calibration import plot_reliability, pooled_reliability, reliability
+from embrm.evaluation._heldout import (
+    Evaluation,
+    FitMetrics,
+    best_of_n,
+    conformal_proxy,
+    ensemble_proxies,
+    excluded_indicator,
+    gold_order_pairs,
+    length_proxy,
+    pairwise_metrics,
+    published_picks,
+    rows_of,
+    top_picks,
+)
+from embrm.evaluation._metrics import (
+    bt_log_loss,
+    expected_calibration_error,
+    length_reward,
+    pairwise_accuracy,
+    per_prompt_spearman,
+)
+from embrm.evaluation._plots import plot_bon, plot_gao_fit, pyplot, save_figure
+from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
+from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect
+
+__all__ = ['bt_log_loss', 'pairwise_accuracy', 'AGGREGATIONS', 'ALL_N_LIMIT', 'BonCurves', 'Effect', 'Evaluation', 'FitMetrics', 'GRID_POINTS', 'Pools', 'Unit', 'aggregate_all', 'agreement', 'avg_ranks', 'best_of_n', 'bon_curves', 'bon_weights', 'conformal_proxy', 'curves_frame', 'ensemble_proxies', 'excluded_indicator', 'expected_best_of_n', 'expected_calibration_error', 'fit_gao', 'gold_order_pairs', 'group_pools', 'kl_bon', 'length_proxy', 'length_reward', 'log_grid', 'paired_effect', 'pairwise_metrics', 'per_prompt_spearman', 'plot_bon', 'plot_gao_fit', 'plot_reliability', 'pooled_reliability', 'published_picks', 'pyplot', 'reliability', 'rows_of', 'save_figure', 'score_columns', 'standardize', 'tie_average', 'top_picks']

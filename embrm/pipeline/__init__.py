@@ -1,0 +1,30 @@
+"""The one path from a dataset to a result: a Protocol (learner, labels, aggregations, grid) walked by split ->
+training_pairs -> fit -> evaluate. Every command, study job, method and notebook goes through it.
+"""
+
+from embrm.pipeline._protocol import (
+    CALIBRATED,
+    DEFAULT_AGGREGATIONS,
+    DEFAULT_LEARNERS,
+    N_GRIDS,
+    LabelConfig,
+    Learner,
+    Protocol,
+    checked_n_grid,
+)
+from embrm.pipeline._steps import (
+    ExperimentResult,
+    FittedModel,
+    SavedModel,
+    check_aligned,
+    evaluate,
+    fit,
+    load_model,
+    model_embeddings,
+    run_experiment,
+    score,
+    split,
+    training_pairs,
+)
+
+__all__ = ['CALIBRATED', 'DEFAULT_AGGREGATIONS', 'DEFAULT_LEARNERS', 'ExperimentResult', 'FittedModel', 'LabelConfig', 'Learner', 'N_GRIDS', 'Protocol', 'SavedModel', 'check_aligned', 'checked_n_grid', 'evaluate', 'fit', 'load_model', 'model_embeddings', 'run_experiment', 'score', 'split', 'training_pairs']

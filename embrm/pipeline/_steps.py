@@ -1,0 +1,324 @@
+"""The one path from a dataset to a result: split → labels → fit → score → aggregate → Best-of-n → metrics.
+
+    import embrm
+    ds = embrm.load_dataset("alpaca-eval-models")                   # hacking probes marked `excluded`
+    X = embrm.embed_dataset(ds).X
+    result = embrm.run_experiment(ds, X, embrm.Protocol(embrm.Learner("mlp")))
+    result.evaluation.bon["pool"].table()
+
+`embrm fit` is `fit` + save, `embrm bon-sim` is load + `evaluate`, a study job is `run_experiment`, and the methods
+take their split and labels from `split` and `training_pairs`: the same settings give the same numbers from
+every entry point. The split is by prompt (no prompt in both train and test) and is saved with the model.
+Excluded responses (a dataset's exclusion rule, e.g. reward-hacking probes) never label, never train and are not
+in the evaluated pool; Protocol.with_excluded adds a second pool that keeps them and reports their pick rate.
+
+Length control (Learner.length_control): "posthoc" fits each member's length slope on the training prompts'
+responses and removes it; "odin" trains quality + length heads; "rrm" adds other prompts' answers as losers and
+ties, which are new (prompt, response) texts: their embeddings are passed as `augment`
+(`embed_dataset(rrm_dataset(ds)).X`; `embrm run` and `embrm fit` embed them). Pools are evaluated on their gold and
+on a length-controlled gold (embrm.rewards._length.controlled_gold), side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from embrm.core import EmbrmError, Stages
+from embrm.data import Dataset, pair_indices, rrm_dataset, rrm_pairs, simulate_pairs, split_prompts
+from embrm.embedding import cached_embeddings
+from embrm.evaluation import (
+    Evaluation,
+    FitMetrics,
+    best_of_n,
+    conformal_proxy,
+    ensemble_proxies,
+    length_proxy,
+    pairwise_metrics,
+    published_picks,
+    rows_of,
+)
+from embrm.pipeline._protocol import CALIBRATED, LabelConfig, Protocol
+from embrm.rewards import (
+    LengthCorrection,
+    RewardEnsemble,
+    controlled_gold,
+    fit_ensemble,
+    length_feature,
+    load_ensemble,
+    save_ensemble,
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Prompt ids used for training and held out for evaluation."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"train_prompts": self.train.tolist(), "test_prompts": self.test.tolist()}
+
+
+def split(ds: Dataset, labels: LabelConfig, test_size: float, seed: int) -> Split:
+    """Split the prompts that can label (usable scored responses, or the human pairs' prompts) by seed."""
+    labels = labels.resolved(ds)
+    if labels.source == "human":
+        prompts = ds.pairs["prompt_id"]
+    else:
+        prompts = ds.responses.filter(pl.Series(ds.usable))["prompt_id"]
+    train, test = split_prompts(prompts.unique().sort().to_numpy(), test_size=test_size, seed=seed)
+    return Split(train, test)
+
+
+def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: int) -> pl.DataFrame:
+    """Labelled pairs on the given (training) prompts: the human pairs, or a simulated annotator's draws."""
+    labels = labels.resolved(ds)
+    if labels.source == "human":
+        return ds.pairs.filter(pl.col("prompt_id").is_in(prompts.tolist()))
+    return simulate_pairs(ds.responses, labels.n_pairs, beta=labels.beta, flip=labels.flip,
+                          within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name)
+
+
+def check_aligned(ds: Dataset, X: np.ndarray) -> None:
+    """X has one finite row per response of ds."""
+    if X.shape[0] != len(ds.responses):
+        raise EmbrmError(f"{X.shape[0]} embeddings for {len(ds.responses)} responses of {ds.name}: re-run "
+                         f"`embrm embed` on the same dataset")
+    if not np.isfinite(X).all():
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        raise EmbrmError(f"embeddings contain NaN/inf in {len(bad)} rows (first: response "
+                         f"{ds.responses['response_id'][int(bad[0])]}): re-embed with --dtype float32")
+
+
+@dataclass
+class FittedModel:
+    """A fitted ensemble with the protocol and split it came from, and its held-out pairwise metrics."""
+
+    ensemble: RewardEnsemble
+    protocol: Protocol
+    split: Split
+    metrics: FitMetrics
+    n_train_pairs: int
+    label_accuracy: float | None  # share of simulated labels that agree with gold (None for human labels)
+    dim: int
+    scores: np.ndarray = field(repr=False)  # (n, K) member scores on the dataset it was fitted on (not saved)
+
+    def manifest(self, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None) -> dict:
+        spec = ds.spec
+        return {"dataset": ds.name, "dataset_source": ds.source,
+                "dataset_spec": None if spec is None else asdict(spec),
+                "embedder": {"fingerprint": fingerprint, "spec": embed_spec}, "dim": self.dim,
+                "protocol": self.protocol.to_dict(), "split": self.split.to_dict(),
+                "n_train_pairs": self.n_train_pairs, "label_accuracy": self.label_accuracy,
+                "metrics": self.metrics.to_dict()}
+
+    def save(self, model_dir, ds: Dataset, embed_spec: dict | None = None, fingerprint: str | None = None, *,
+             overwrite: bool = False, **extra) -> Path:
+        return save_ensemble(model_dir, self.ensemble, {**self.manifest(ds, embed_spec, fingerprint), **extra},
+                             overwrite=overwrite)
+
+
+def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
+        threads: int | None = None, progress: bool | None = None) -> FittedModel:
+    """Split prompts, label the training prompts, fit K members (with the learner's length control), measure
+    held-out pairwise metrics. `augment`: embeddings of rrm_dataset(ds), needed by length_control "rrm" only."""
+    check_aligned(ds, X)
+    labels = protocol.labels.resolved(ds)
+    learner = protocol.learner
+    with Stages(f"fit {learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
+        parts = split(ds, labels, protocol.test_size, protocol.seed)
+        pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
+        stages.done("labels")
+        params = learner.head_params()
+        if learner.head == "lgbm" and threads:
+            params.setdefault("n_jobs", threads)
+        pairs, pair_prompts = pair_indices(pairs_df, ds.responses), pairs_df["prompt_id"].to_numpy()
+        X_fit, length = X, length_feature(ds.responses)
+        if learner.length_control == "rrm":
+            X_fit, pairs, pair_prompts = _with_rrm(ds, X, augment, pairs, pair_prompts, parts.train)
+        if learner.length_control == "odin":
+            params.update(odin=learner.odin_params(), length=length)
+        ensemble = fit_ensemble(X_fit, pairs, head=learner.head, k=protocol.k, mode=learner.mode,
+                                pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
+        if learner.length_control == "rrm":
+            ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
+        scores = ensemble.predict(X)
+        if learner.length_control.startswith("posthoc"):
+            ensemble.length_correction = _posthoc(ds, X, scores, ensemble, parts, length, learner.length_control)
+            scores = ensemble.corrected(scores, length)
+        stages.done("members")
+        metrics = pairwise_metrics(ds, scores, parts.test, protocol.seed)
+        stages.done("held-out metrics")
+    agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
+    return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1],
+                       scores)
+
+
+def _with_rrm(ds: Dataset, X: np.ndarray, augment, pairs: np.ndarray, pair_prompts: np.ndarray, train: np.ndarray):
+    """Embeddings and pairs with RRM's augmentation: rows of rrm_dataset(ds) appended after ds's rows."""
+    aug = rrm_dataset(ds)
+    if augment is None:
+        raise EmbrmError(f"length_control rrm trains on other prompts' answers under each prompt: pass augment="
+                         f"embed_dataset(rrm_dataset(ds)).X ({len(aug.responses)} texts)")
+    augment = np.asarray(augment, np.float32)
+    if augment.shape != (len(aug.responses), X.shape[1]):
+        raise EmbrmError(f"augment has shape {augment.shape}; rrm_dataset({ds.name}) needs "
+                         f"({len(aug.responses)}, {X.shape[1]}): embed it with the same embedder")
+    extra, extra_prompts = rrm_pairs(pairs, pair_prompts, aug.responses, train, len(X))
+    return (np.concatenate([X, augment]), np.concatenate([pairs, extra]),
+            np.concatenate([pair_prompts.astype(str), extra_prompts.astype(str)]))
+
+
+def _posthoc(ds: Dataset, X: np.ndarray, raw: np.ndarray, ensemble: RewardEnsemble, parts: Split,
+             length: np.ndarray, control: str):
+    """Each member's (and WARM's) length slope on its raw scores, fitted on the training prompts' responses only."""
+    if ensemble.warm_ is not None:
+        raw = np.column_stack([raw, ensemble.warm_.predict(X)])
+    rows = rows_of(ds.responses, parts.train) & ~ds.excluded
+    scope = "global" if control == "posthoc_global" else "prompt"
+    return LengthCorrection.fit(raw, length, ds.responses["prompt_id"].to_numpy(), rows, scope=scope)
+
+
+def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.ndarray, split_: Split,
+            protocol: Protocol, evaluated: np.ndarray) -> tuple[dict, dict | None]:
+    """Every reward evaluated: the aggregations of the member scores (standardised on the training prompts' usable
+    responses; "conformal" calibrated on the evaluated prompts' gold, cross-fitted), WARM's weight-averaged model
+    when there is one, and the length rulers (longest and shortest); with the conformal bound's calibration (or
+    why it could not be calibrated)."""
+    reference = rows_of(ds.responses, split_.train) & ~ds.excluded
+    plain = [a for a in protocol.aggregations if a not in CALIBRATED]
+    out = ensemble_proxies(scores, reference, plain, **protocol.aggregation_params()) if plain else {}
+    conformal = None
+    if "conformal" in protocol.aggregations:
+        try:
+            conformal = conformal_proxy(ds, scores, reference, evaluated, coverage=protocol.coverage,
+                                        seed=protocol.seed).to_dict(bound=True)
+        except EmbrmError as e:  # e.g. too few held-out prompts to calibrate: the other proxies still stand
+            conformal = {"error": str(e)}
+        out = {name: conformal["bound"] if name == "conformal" else out[name] for name in protocol.aggregations
+               if name in out or "bound" in conformal}
+    if ensemble.warm_ is not None:
+        out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
+    out["length"] = length_proxy(ds.responses)
+    out["shortest"] = -out["length"]
+    return out, conformal
+
+
+def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
+             prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None) -> Evaluation:
+    """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
+    proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
+    published reward models' picks when it carries them. `metrics` and `scores` (the members' predictions on X)
+    are reused when the caller already has them."""
+    check_aligned(ds, X)
+    if prompts not in ("test", "all"):
+        raise EmbrmError(f"--prompts must be test or all, got {prompts!r}")
+    evaluated = np.ones(len(ds.responses), bool) if prompts == "all" else rows_of(ds.responses, split_.test)
+    if not evaluated.any():
+        raise EmbrmError(f"none of the model's held-out prompts are in {ds.name}: pass --prompts all to evaluate on "
+                         f"every prompt")
+    scores = ensemble.predict(X, length_feature(ds.responses)) if scores is None else scores
+    if metrics is None:
+        test = split_.test if prompts == "test" else ds.responses["prompt_id"].unique().sort().to_numpy()
+        metrics = pairwise_metrics(ds, scores, test, protocol.seed)
+    result = Evaluation(metrics)
+    if not ds.has_gold:
+        return result
+    scored, conformal = proxies(ds, X, ensemble, scores, split_, protocol, evaluated)
+    result.conformal = None if conformal is None else {k: v for k, v in conformal.items() if k != "bound"}
+    grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
+    result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
+    try:
+        controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
+    except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
+        result.length_effect = {"error": str(e)}
+    else:
+        result.length_effect = controlled.to_dict()
+        result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
+                                          gold=controlled.gold, **grid)
+    if protocol.with_excluded and ds.excluded.any():
+        result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
+                                                      excluded=ds.excluded, **grid)
+    if "published_picks" in ds.attachments:
+        result.published = published_picks(ds.responses, evaluated & ~ds.excluded, ds.attachments["published_picks"])
+    return result
+
+
+@dataclass
+class ExperimentResult:
+    """One experiment: the fitted model and its held-out evaluation."""
+
+    fit: FittedModel
+    evaluation: Evaluation
+
+    def to_dict(self) -> dict:
+        return {"protocol": self.fit.protocol.to_dict(), "n_train_pairs": self.fit.n_train_pairs,
+                "label_accuracy": self.fit.label_accuracy, **self.evaluation.to_dict()}
+
+    def frame(self) -> pl.DataFrame:
+        return self.evaluation.frame()
+
+
+def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
+                   threads: int | None = None, progress: bool | None = None) -> ExperimentResult:
+    """fit, then evaluate on the held-out prompts."""
+    fitted = fit(ds, X, protocol, augment=augment, threads=threads, progress=progress)
+    return ExperimentResult(fitted, evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol,
+                                             metrics=fitted.metrics, scores=fitted.scores))
+
+
+# ----------------------------------------------------------------------------- saved models
+
+@dataclass
+class SavedModel:
+    """A model directory read back: the ensemble, its protocol and split, and the manifest."""
+
+    ensemble: RewardEnsemble
+    protocol: Protocol
+    split: Split
+    manifest: dict
+
+    @property
+    def embed_spec(self) -> dict:
+        spec = (self.manifest.get("embedder") or {}).get("spec")
+        if not spec:
+            raise EmbrmError("manifest.json: no embedder spec: re-fit the model with `embrm fit`")
+        return spec
+
+
+def load_model(model_dir) -> SavedModel:
+    ensemble, manifest = load_ensemble(model_dir)
+    if "protocol" not in manifest:
+        raise EmbrmError(f"{model_dir}/manifest.json: written by an older embrm (no protocol): re-fit the model")
+    split_ = manifest.get("split") or {}
+    return SavedModel(ensemble, Protocol.from_dict(manifest["protocol"]),
+                      Split(np.asarray(split_.get("train_prompts", []), dtype=str),
+                            np.asarray(split_.get("test_prompts", []), dtype=str)), manifest)
+
+
+def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
+    """The dataset's embeddings from the embedder the model was fitted on (all texts must be cached)."""
+    X = cached_embeddings(ds, model.embed_spec, cache_dir)
+    dim = model.manifest.get("dim")
+    if dim is not None and X.shape[1] != dim:
+        raise EmbrmError(f"the model was trained on {dim}-d embeddings but the cache holds {X.shape[1]}-d: use the "
+                         f"embedder the model was fitted with")
+    return X
+
+
+def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
+    """response_id, prompt_id and one column per member (member_0..member_{K-1}); a Laplace model (mode posterior)
+    adds its posterior mean reward and epistemic standard deviation (posterior_mean, posterior_std; before any
+    length correction)."""
+    scores = model.ensemble.predict(X, length_feature(ds.responses))
+    frame = ds.responses.select("response_id", "prompt_id").with_columns(
+        pl.DataFrame(scores, schema=[f"member_{k}" for k in range(scores.shape[1])]))
+    posterior = model.ensemble.posterior
+    if posterior is None:
+        return frame
+    return frame.with_columns(posterior_mean=posterior.predict(X), posterior_std=posterior.predict_std(X))

@@ -1,0 +1,15 @@
+"""Reward models over embeddings: heads (linear, MLP, ODIN, LightGBM, Laplace), K-member ensembles, length
+control, and saving/loading model directories (no pickle).
+"""
+
+from embrm.rewards._ensemble import MODES, K, RewardEnsemble, fit_ensemble
+from embrm.rewards._length import (
+    ControlledGold,
+    LengthCorrection,
+    controlled_gold,
+    length_correlation,
+    length_feature,
+)
+from embrm.rewards._persist import check_replaceable, load_ensemble, package_versions, save_ensemble
+
+__all__ = ['ControlledGold', 'K', 'LengthCorrection', 'MODES', 'RewardEnsemble', 'check_replaceable', 'controlled_gold', 'fit_ensemble', 'length_correlation', 'length_feature', 'load_ensemble', 'package_versions', 'save_ensemble']

@@ -1,0 +1,627 @@
+"""MLP reward head (Sun et al.): d -> 1024 -> 512 -> 1 ReLU, Adam, early stopping on a held-out 20 %.
+
+The training engine trains a STACK of K members at once: weights are stacked (K, in, out) and every step is one
+batched forward/backward (torch.baddbmm / bmm) for all members. Each member keeps its own data (its own train and
+validation pairs, its own batch order), its own Adam state and step count, and its own early stopping; members
+that stop drop out of the stack. One member (K = 1) is what `MLPReward.fit` runs, so a single head and an ensemble
+go through the same code.
+
+Forward and backward are written out by hand (three matmuls per layer at most, no autograd graph): this lets the
+matmuls run in a half type (bfloat16 on CPUs with fast bf16 units; see resolve_dtype) while the master
+weights, the loss, the bias sums and Adam stay in float32. Gradients of the mean loss are multiplied by a
+per-member loss scale (the member's batch size) before they enter the half-precision matmuls and divided out in
+float32; a member whose gradients overflow skips that step and halves its scale (as torch's GradScaler does).
+`train_reference` is the plain float32 autograd loop (nn.Sequential + torch.optim.Adam), kept as the
+benchmark baseline and as the test oracle for the batched engine.
+
+Losses per pair (chosen c, rejected r), both averaged over a member's pairs:
+    bt              -log sigmoid(r_c - r_r)                             (softplus, numerically stable)
+    classification  (BCE(r_c, 1) + BCE(r_r, 0)) / 2  = (softplus(-r_c) + softplus(r_r)) / 2, logit = reward
+Under "bt" the output bias is frozen at its initial value: the loss does not depend on it (rewards are defined up
+to a shift), its gradient is pure rounding noise, and Adam (which divides by the gradient's RMS) would turn that
+noise into a random walk of about lr per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embrm.core import (
+    RANDOM_STATE,
+    EmbrmError,
+    Integer,
+    Number,
+    OneOf,
+    Sizes,
+    check_embeddings,
+    check_fitted,
+    check_group_ids,
+    check_pairs,
+    check_params,
+    fast_bf16,
+)
+from embrm.data import split_pairs
+
+OBJECTIVES = ("bt", "classification")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FP16_SAFE_MAX = 1e3  # float16 matmuls are refused for embeddings with |x| above this (float16 ends at 65504)
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- precision
+
+def resolve_dtype(dtype: str, X: np.ndarray | None = None, sizes: tuple[int, ...] | None = None) -> str:
+    """The matmul dtype a fit will use. "auto": bfloat16 where the CPU multiplies bf16 clearly faster than float32
+    (see fast_bf16) and the layers are big enough to profit (d and the first hidden width >= 256); float32
+    otherwise. Held-out accuracy of bf16 training was within 0.5 points of float32 in the benchmark (synthetic
+    d = 2048 and real MiniLM). "bfloat16" and "float16" can be forced; float16 is refused for embeddings with
+    max|x| > 1e3 (its range ends at 65504). CPUs without avx512_fp16 / amx_fp16 have no fast float16 matmul
+    (0.8 GFLOP/s on the EPYC above), so auto never picks it. Decided from CPU flags and shapes, not timings, so
+    it is reproducible on one machine."""
+    if dtype not in ("auto", *DTYPES):
+        raise EmbrmError(f"dtype must be one of auto, float32, bfloat16, float16; got {dtype!r}")
+    if dtype == "float16" and X is not None and float(np.abs(X).max()) > FP16_SAFE_MAX:
+        raise EmbrmError(f"embeddings reach |x| = {float(np.abs(X).max()):.3g}, too large for float16 matmuls: "
+                         f"use dtype='bfloat16' or 'float32'")
+    if dtype != "auto":
+        return dtype
+    if sizes is not None and min(sizes[:2]) < 256:
+        return "float32"
+    return "bfloat16" if fast_bf16() else "float32"
+
+
+# ----------------------------------------------------------------------------- parameters
+
+def init_params(d: int, hidden: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """PyTorch nn.Linear's default init, seeded: [W1 (d, h1), b1 (h1,), ..., W_out (h_last, 1), b_out (1,)].
+    Weights are stored (in, out)."""
+    g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
+    sizes = [d, *hidden, 1]
+    out = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / math.sqrt(fan_in)
+        out.append((torch.rand(fan_in, fan_out, generator=g) * 2 - 1).mul_(bound).numpy())
+        out.append((torch.rand(fan_out, generator=g) * 2 - 1).mul_(bound).numpy())
+    return out
+
+
+def forward_stack(X: np.ndarray, params: list[np.ndarray], chunk: int = 16384) -> np.ndarray:
+    """Rewards of K stacked members in float32: params [W1 (K, d, h1), b1 (K, h1), ...] -> (n, K)."""
+    Ws = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in params[0::2]]
+    bs = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in params[1::2]]
+    Xt = torch.from_numpy(X)
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(X), chunk):
+            h = torch.matmul(Xt[s:s + chunk], Ws[0]).add_(bs[0][:, None, :])  # (K, c, h1)
+            for W, b in zip(Ws[1:], bs[1:]):
+                h = torch.baddbmm(b[:, None, :], torch.relu_(h), W)
+            out.append(h[..., 0].T.contiguous())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(Ws[0])), np.float32)
+
+
+def matmul_flops(n_rows: int, sizes: list[int], backward: bool) -> float:
+    """Matmul FLOPs of one forward (and backward: weight grads everywhere, input grads except layer 1)."""
+    f = 0.0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        f += 2.0 * n_rows * a * b
+        if backward:
+            f += 2.0 * n_rows * a * b * (2 if i > 0 else 1)
+    return f
+
+
+# ----------------------------------------------------------------------------- batched engine
+
+@dataclass
+class MemberData:
+    """One member's data for the stacked trainer: row-index pairs into X and a seed for its batch order."""
+    train_pairs: np.ndarray
+    val_pairs: np.ndarray
+    seed: int
+
+
+@dataclass
+class StackResult:
+    params: list[np.ndarray]            # best weights, stacked (K, ...), float32
+    val_history: list[list[float]]      # per member, val loss per epoch run
+    train_history: list[list[float]]    # per member, mean train loss per epoch run
+    best_epoch: list[int]               # per member, 1-based epoch of the restored weights
+    n_epochs: list[int]                 # per member, epochs run before stopping
+    skipped_steps: list[int]            # per member, steps skipped on half-precision overflow
+    dtype: str
+    flops: float = 0.0                  # matmul FLOPs executed (forward + backward + validation)
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PaddedPairs:
+    """Several members' pairs over each member's distinct rows, padded to (K, U) rows and (K, B) pairs (numpy):
+    gather (K, U) row ids into X (padding: row 0), mask (K, U) 1.0 on real rows, rows (K,) distinct rows per
+    member; ic, ir (K, B) positions of chosen / rejected rows in the gathered rows; w (K, B) = pair mask / the
+    member's pair count (so sum(w * loss) is the member's mean loss); sizes (K,) pairs per member."""
+    gather: np.ndarray
+    mask: np.ndarray
+    rows: np.ndarray
+    ic: np.ndarray
+    ir: np.ndarray
+    w: np.ndarray
+    sizes: np.ndarray
+
+
+def pad_pairs(n: int, pair_lists: list[np.ndarray]) -> PaddedPairs:
+    """PaddedPairs of K members' pairs (row-index pairs into an n-row X), vectorised over members and pairs."""
+    K = len(pair_lists)
+    sizes = np.array([len(p) for p in pair_lists])
+    B = max(int(sizes.max()), 1)
+    member = np.repeat(np.arange(K), sizes)
+    slot = np.arange(len(member)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    cat = np.concatenate(pair_lists) if sizes.sum() else np.zeros((0, 2), np.int64)
+    keys = np.concatenate([member * n + cat[:, 0], member * n + cat[:, 1]])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    umember = uniq // n
+    ucount = np.bincount(umember, minlength=K)
+    upos = np.arange(len(uniq)) - np.repeat(np.cumsum(ucount) - ucount, ucount)
+    U = max(int(ucount.max()) if len(ucount) else 1, 1)
+    gather = np.zeros((K, U), np.int64)
+    gather[umember, upos] = uniq % n
+    mask = np.zeros((K, U), np.float32)
+    mask[umember, upos] = 1.0
+    pos = upos[inv]
+    ic = np.zeros((K, B), np.int64)
+    ir = np.zeros((K, B), np.int64)
+    ic[member, slot] = pos[:len(member)]
+    ir[member, slot] = pos[len(member):]
+    w = np.zeros((K, B), np.float32)
+    w[member, slot] = (1.0 / np.maximum(sizes, 1))[member]
+    return PaddedPairs(gather, mask, ucount, ic, ir, w, sizes)
+
+
+class _Batch:
+    """Pairs of several members gathered into padded tensors (pad_pairs); each member's rows deduplicated.
+
+    xg (K, U, d) compute dtype; ic, ir (K, B) positions of chosen/rejected rows in xg; w (K, B) float32 =
+    mask / member pair count (so sum(w * loss) is the member's mean loss); count (K,)."""
+
+    def __init__(self, Xc: torch.Tensor, n: int, pair_lists: list[np.ndarray]):
+        p = pad_pairs(n, pair_lists)
+        K, U = p.gather.shape
+        self.xg = Xc.index_select(0, torch.from_numpy(p.gather.ravel())).view(K, U, Xc.shape[1])
+        self.ic, self.ir = torch.from_numpy(p.ic), torch.from_numpy(p.ir)
+        self.w = torch.from_numpy(p.w)
+        self.count = torch.from_numpy(p.sizes.astype(np.float32))
+        self.rows = U
+
+    def select(self, keep: torch.Tensor) -> "_Batch":
+        b = object.__new__(_Batch)
+        b.xg, b.ic, b.ir, b.w, b.count = (t.index_select(0, keep) for t in (self.xg, self.ic, self.ir, self.w,
+                                                                             self.count))
+        b.rows = self.rows
+        return b
+
+
+def _pair_loss(r: torch.Tensor, batch: _Batch, objective: str, grad: bool):
+    """Per-member mean loss (K,) and, with grad, d(loss)/d(r) (K, U) in float32."""
+    rc, rr = r.gather(1, batch.ic), r.gather(1, batch.ir)
+    if objective == "bt":
+        margin = rc - rr
+        loss = F.softplus(-margin)
+        if grad:
+            g = -torch.sigmoid(-margin)
+            gc, gr = g, -g
+    else:
+        loss = 0.5 * (F.softplus(-rc) + F.softplus(rr))
+        if grad:
+            gc, gr = -0.5 * torch.sigmoid(-rc), 0.5 * torch.sigmoid(rr)
+    mean = (loss * batch.w).sum(1)
+    if not grad:
+        return mean, None
+    dr = torch.zeros_like(r)
+    dr.scatter_add_(1, batch.ic, gc * batch.w).scatter_add_(1, batch.ir, gr * batch.w)
+    return mean, dr
+
+
+LOOP_MIN_FLOPS = 2 ** 26  # stacked matmuls at least this big per member run as one 2-D GEMM per member (_bmm)
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Stacked matmul a (K, m, k) @ b (K, k, n) (+ bias (K, n) on every row) -> (K, m, n), contiguous.
+
+    Large products run as one 2-D GEMM per member (torch.mm / addmm with out= into one stacked result): each is
+    the same multithreaded kernel the sequential trainer gets. With torch.bmm (the whole stack to one batched
+    GEMM) the engine ran the 10-member Sun et al. setting at 0.66x the sequential loop on a 2-core Xeon (issue 4;
+    on a 2-core EPYC bmm and per-member GEMMs run at the same speed), so per-member GEMMs are the choice that
+    cannot fall behind the baseline's matmul efficiency. Small products (tests, tiny heads) go through one
+    torch.bmm, where the per-call overhead of a Python loop would dominate. Operands may be transposed views:
+    BLAS reads them through their strides."""
+    K, m, inner = a.shape
+    n = b.shape[-1]
+    if 2.0 * m * inner * n < LOOP_MIN_FLOPS:
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias.unsqueeze(1), a, b)
+    out = torch.empty(K, m, n, dtype=torch.promote_types(a.dtype, b.dtype))
+    for k in range(K):  # a loop over members, not rows: each iteration is one large GEMM
+        if bias is None:
+            torch.mm(a[k], b[k], out=out[k])
+        else:
+            torch.addmm(bias[k], a[k], b[k], out=out[k])
+    return out
+
+
+def _forward(xg, Wc, bc):
+    acts = [xg]
+    h = xg
+    for W, b in zip(Wc[:-1], bc[:-1]):
+        h = torch.relu_(_bmm(h, W, b))
+        acts.append(h)
+    r = torch.baddbmm(bc[-1].unsqueeze(1), h, Wc[-1])[..., 0].float()
+    return r, acts
+
+
+def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.ndarray]], *,
+                objective: str = "bt", lr: float = 1e-3, epochs: int = 30, batch_size: int | None = None,
+                patience: int = 3, weight_decay: float = 0.0, dtype: str = "auto") -> StackResult:
+    """Train K MLP members at once (see module doc). inits: one parameter list per member (share one list for
+    WARM: members then start from the same point). batch_size None = full batch (one step per epoch)."""
+    import time
+
+    t0 = time.perf_counter()
+    K = len(members)
+    n, d = X.shape
+    sizes = [d] + [p.shape[-1] for p in inits[0][0::2]]
+    cdt_name = resolve_dtype(dtype, X, tuple(sizes))
+    cdt = DTYPES[cdt_name]
+    Xt = torch.from_numpy(X)
+    Xc = Xt if cdt == torch.float32 else Xt.to(cdt)
+
+    P = [torch.from_numpy(np.stack([np.asarray(init[i], np.float32) for init in inits])).contiguous()
+         for i in range(len(inits[0]))]
+    M = [torch.zeros_like(p) for p in P]
+    V = [torch.zeros_like(p) for p in P]
+    best = [p.clone() for p in P]
+    step_t = torch.zeros(K, dtype=torch.float64)
+    scale = torch.ones(K) if cdt == torch.float32 else torch.tensor(
+        [float(max(len(m.train_pairs), 1)) if batch_size is None else float(min(batch_size, len(m.train_pairs)))
+         for m in members])
+    members_left = torch.arange(K)  # stack position -> member id
+    rngs = [np.random.default_rng(m.seed) for m in members]
+    n_batches = [1 if batch_size is None else max(1, math.ceil(len(m.train_pairs) / batch_size)) for m in members]
+    has_val = [len(m.val_pairs) > 0 for m in members]
+    best_loss = [math.inf] * K
+    bad = [0] * K
+    val_hist: list[list[float]] = [[] for _ in range(K)]
+    train_hist: list[list[float]] = [[] for _ in range(K)]
+    best_epoch = [0] * K
+    n_epochs = [0] * K
+    skipped = [0] * K
+    flops = 0.0
+    full_batch = _Batch(Xc, n, [m.train_pairs for m in members]) if batch_size is None else None
+    val_batch = _Batch(Xc, n, [m.val_pairs for m in members]) if any(has_val) else None
+    b1, b2 = ADAM_BETAS
+
+    for epoch in range(epochs):
+        ids = members_left.tolist()
+        if not ids:
+            break
+        if batch_size is None:
+            chunks = None
+        else:
+            chunks = {k: np.array_split(rngs[k].permutation(len(members[k].train_pairs)), n_batches[k])
+                      for k in ids}
+        ep_loss = torch.zeros(len(ids))
+        for s in range(max(n_batches[k] for k in ids)):
+            if full_batch is not None:
+                batch = full_batch if len(ids) == K else full_batch.select(members_left)
+                present = torch.ones(len(ids), dtype=torch.bool)
+            else:
+                lists = [members[k].train_pairs[chunks[k][s]] if s < n_batches[k] else
+                         np.zeros((0, 2), np.int64) for k in ids]
+                batch = _Batch(Xc, n, lists)
+                present = torch.tensor([s < n_batches[k] for k in ids])
+            Wc = [p if cdt == torch.float32 else p.to(cdt) for p in P[0::2]]
+            bc = [p if cdt == torch.float32 else p.to(cdt) for p in P[1::2]]
+            r, acts = _forward(batch.xg, Wc, bc)
+            loss, dr = _pair_loss(r, batch, objective, grad=True)
+            if not torch.isfinite(loss).all():
+                raise EmbrmError(f"MLP training produced a non-finite loss at epoch {epoch + 1} (dtype {cdt_name}): "
+                                 f"use dtype='float32' or a lower lr, and check the embeddings' scale")
+            ep_loss += loss.detach() * present
+            # backward, by hand: g is d(scaled loss)/d(layer output)
+            g = (dr * scale[:, None]).to(cdt).unsqueeze(-1)
+            grads = [None] * len(P)
+            ones_h = None if cdt == torch.float32 else torch.ones(len(ids), 1, batch.rows, dtype=cdt)
+            for li in range(len(Wc) - 1, -1, -1):
+                h_in = acts[li]
+                grads[2 * li] = _bmm(h_in.transpose(1, 2), g).float()
+                # bias grad: a matmul beats a half-precision sum; float32 sums directly
+                grads[2 * li + 1] = g.sum(1) if ones_h is None else torch.bmm(ones_h, g)[:, 0].float()
+                if li > 0:
+                    g = _bmm(g, Wc[li].transpose(1, 2))
+                    g = torch.ops.aten.threshold_backward(g, h_in, 0)  # ReLU backward, one fused pass
+            del acts, g
+            if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
+                grads[-1].zero_()
+            flops += matmul_flops(batch.rows * len(ids), sizes, backward=True)
+            finite = _unscale(grads, scale) if ones_h is not None else torch.ones(len(ids), dtype=torch.bool)
+            upd = present & finite
+            overflow = present & ~finite
+            if overflow.any():
+                scale[overflow] /= 2
+                for j in torch.nonzero(overflow).ravel().tolist():
+                    skipped[ids[j]] += 1
+            step_t[upd] += 1
+            _adam(P, M, V, grads, upd, step_t, lr, weight_decay, b1, b2)
+        # validation and early stopping
+        for j, k in enumerate(ids):
+            train_hist[k].append(float(ep_loss[j]) / n_batches[k])
+            n_epochs[k] = epoch + 1
+        if val_batch is None:
+            continue
+        vb = val_batch if len(ids) == K else val_batch.select(members_left)
+        with torch.no_grad():
+            Wc = [p if cdt == torch.float32 else p.to(cdt) for p in P[0::2]]
+            bc = [p if cdt == torch.float32 else p.to(cdt) for p in P[1::2]]
+            r, _ = _forward(vb.xg, Wc, bc)
+            vloss, _ = _pair_loss(r, vb, objective, grad=False)
+        flops += matmul_flops(vb.rows * len(ids), sizes, backward=False)
+        improved, keep = [], []
+        for j, k in enumerate(ids):
+            if not has_val[k]:
+                keep.append(j)
+                continue
+            v = float(vloss[j])
+            val_hist[k].append(v)
+            if v < best_loss[k]:
+                best_loss[k], bad[k], best_epoch[k] = v, 0, epoch + 1
+                improved.append(j)
+            else:
+                bad[k] += 1
+            if bad[k] < patience:
+                keep.append(j)
+        if improved:
+            src = torch.tensor(improved)
+            dst = members_left[src]
+            for bp, p in zip(best, P):
+                bp.index_copy_(0, dst, p.index_select(0, src))
+        if len(keep) < len(ids):
+            kt = torch.tensor(keep, dtype=torch.long)
+            P = [p.index_select(0, kt) for p in P]
+            M = [m.index_select(0, kt) for m in M]
+            V = [v.index_select(0, kt) for v in V]
+            step_t, scale, members_left = step_t[kt], scale[kt], members_left[kt]
+    # members without validation keep their last weights
+    no_val = [j for j, k in enumerate(members_left.tolist()) if not has_val[k]]
+    if no_val:
+        src = torch.tensor(no_val)
+        dst = members_left[src]
+        for bp, p in zip(best, P):
+            bp.index_copy_(0, dst, p.index_select(0, src))
+        for k in dst.tolist():
+            best_epoch[k] = n_epochs[k]
+    return StackResult([b.numpy() for b in best], val_hist, train_hist, best_epoch, n_epochs, skipped, cdt_name,
+                       flops, time.perf_counter() - t0)
+
+
+def _unscale(grads: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """Divide half-precision gradients by each member's loss scale, in place; (K,) bool: all finite.
+    float32 runs skip this (scale 1; a non-finite loss is caught before the backward pass)."""
+    inv_scale = 1.0 / scale
+    finite = torch.ones(len(scale), dtype=torch.bool)
+    for gr in grads:
+        gr.mul_(inv_scale.view((-1,) + (1,) * (gr.dim() - 1)))
+        finite &= torch.isfinite(gr.flatten(1)).all(1)
+    return finite
+
+
+def _adam(P, M, V, grads, upd, step_t, lr, weight_decay, b1, b2):
+    """torch.optim.Adam's update (L2 weight decay added to the gradient), per member with its own step count,
+    only where upd. Uses torch's fused CPU Adam kernel on per-member views of the stacked tensors (one pass over
+    memory instead of ~10) when available."""
+    if not upd.any():
+        return
+    members = torch.nonzero(upd).ravel().tolist()
+    if hasattr(torch, "_fused_adam_"):
+        steps = [torch.tensor(float(step_t[j])) for j in members]
+        views = [[t[j] for t in group for j in members] for group in (P, grads, M, V)]
+        torch._fused_adam_(*views, [], steps * len(P), lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
+                           eps=ADAM_EPS, amsgrad=False, maximize=False)
+        return
+    idx = None if upd.all() else torch.tensor(members)
+    t = step_t if idx is None else step_t[idx]
+    step_size = (lr / (1 - b1 ** t)).float()
+    bc2_sqrt = (1 - b2 ** t).sqrt().float()
+    for p, m, v, g in zip(P, M, V, grads):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        if idx is None:
+            ps, ms, vs, gs = p, m, v, g
+        else:
+            ps, ms, vs, gs = p[idx], m[idx], v[idx], g[idx]
+        if weight_decay:
+            gs = gs.add(ps, alpha=weight_decay)
+        ms.lerp_(gs, 1 - b1)
+        vs.mul_(b2).addcmul_(gs, gs, value=1 - b2)
+        denom = (vs.sqrt() / bc2_sqrt.view(shape)).add_(ADAM_EPS)
+        ps.sub_((ms / denom).mul_(step_size.view(shape)))
+        if idx is not None:
+            p[idx], m[idx], v[idx] = ps, ms, vs
+
+
+# ----------------------------------------------------------------------------- reference (plain) trainer
+
+def train_reference(X: np.ndarray, member: MemberData, init: list[np.ndarray], *, objective: str = "bt",
+                    lr: float = 1e-3, epochs: int = 30, batch_size: int | None = None, patience: int = 3,
+                    weight_decay: float = 0.0) -> tuple[list[np.ndarray], dict]:
+    """One member trained the plain way: float32 nn.Sequential, autograd, torch.optim.Adam, chosen and rejected
+    rows forwarded separately. Same data order and early-stopping rule as train_stack: the benchmark baseline
+    and the tests' oracle."""
+    sizes = [X.shape[1]] + [p.shape[-1] for p in init[0::2]]
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = torch.nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(init[2 * i], np.float32)).T)
+            lin.bias.copy_(torch.from_numpy(np.asarray(init[2 * i + 1], np.float32)))
+        layers += [lin, torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    Xt = torch.from_numpy(X)
+    tr = torch.from_numpy(member.train_pairs)
+    va = torch.from_numpy(member.val_pairs)
+    rng = np.random.default_rng(member.seed)
+    nb = 1 if batch_size is None else max(1, math.ceil(len(tr) / batch_size))
+
+    def loss_of(p):
+        rc = model(Xt[p[:, 0]]).squeeze(-1)
+        rr = model(Xt[p[:, 1]]).squeeze(-1)
+        if objective == "bt":
+            return F.softplus(-(rc - rr)).mean()
+        return 0.5 * (F.softplus(-rc) + F.softplus(rr)).mean()
+
+    best_state, best_loss, bad, best_epoch, n_ep, hist = None, math.inf, 0, 0, 0, []
+    for epoch in range(epochs):
+        order = None if batch_size is None else np.array_split(rng.permutation(len(tr)), nb)
+        for s in range(nb):
+            p = tr if order is None else tr[torch.from_numpy(order[s])]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(p)
+            loss.backward()
+            if objective == "bt":
+                model[-1].bias.grad.zero_()
+            opt.step()
+        n_ep = epoch + 1
+        if len(va) == 0:
+            continue
+        with torch.no_grad():
+            v = float(loss_of(va))
+        hist.append(v)
+        if v < best_loss:
+            best_loss, bad, best_epoch = v, 0, epoch + 1
+            best_state = [t.detach().clone() for t in model.parameters()]
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    params = best_state if best_state is not None else [t.detach().clone() for t in model.parameters()]
+    out = []
+    for i in range(0, len(params), 2):
+        out += [params[i].T.contiguous().numpy(), params[i + 1].numpy()]
+    return out, {"val_history": hist, "best_epoch": best_epoch or n_ep, "n_epochs": n_ep}
+
+
+# ----------------------------------------------------------------------------- estimator
+
+class MLPReward:
+    """MLP reward head, d -> hidden... -> 1 with ReLU (Sun et al.: hidden=(1024, 512)).
+
+    Parameters
+    ----------
+    hidden : hidden layer widths.
+    objective : "bt" (Bradley-Terry on r_c - r_r) or "classification" (BCE, chosen 1 / rejected 0, logit = reward).
+    lr, weight_decay : Adam (weight decay as L2 added to the gradient, like torch.optim.Adam).
+    epochs : maximum epochs. batch_size : pairs per step; None = full batch (one step per epoch, Sun et al.'s code).
+    patience : early stopping patience (epochs without a strictly lower validation loss); best weights restored.
+    val_fraction : held-out share of the pairs for early stopping (split by prompt when prompt_ids are passed to
+        fit); 0 trains all epochs on all pairs.
+    dtype : matmul precision, "auto" | "float32" | "bfloat16" | "float16" (see resolve_dtype); master weights,
+        loss and optimiser are always float32, and predict is float32.
+    random_state : seeds the initialisation, the validation split and the batch order.
+
+    Attributes
+    ----------
+    params_ : [W1 (d, h1), b1, ..., W_out (h_last, 1), b_out] float32. train_idx_, val_idx_ : pair indices used.
+    val_history_, train_history_, best_epoch_, n_epochs_, dtype_.
+    """
+
+    # Widths up to 8192 (8x Sun et al.'s 1024) and 8 layers; lr in (0, 1] (Adam moves a weight by ~lr a step)
+    PARAMS = {"hidden": Sizes(8, 8192), "objective": OneOf(OBJECTIVES), "lr": Number(0, 1, lo_open=True),
+              "epochs": Integer(1, 10_000), "batch_size": Integer(1, 10_000_000, none=True),
+              "patience": Integer(1, 10_000), "val_fraction": Number(0, 1, hi_open=True), "weight_decay": Number(0),
+              "dtype": OneOf(("auto", *DTYPES)), "random_state": RANDOM_STATE}
+
+    def __init__(self, hidden=(1024, 512), objective: str = "bt", lr: float = 1e-3, epochs: int = 30,
+                 batch_size: int | None = None, patience: int = 3, val_fraction: float = 0.2,
+                 weight_decay: float = 0.0, dtype: str = "auto", random_state: int | None = 0):
+        self.hidden = hidden
+        self.objective = objective
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.weight_decay = weight_decay
+        self.dtype = dtype
+        self.random_state = random_state
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in ("hidden", "objective", "lr", "epochs", "batch_size", "patience",
+                                              "val_fraction", "weight_decay", "dtype", "random_state")}
+
+    def _check_params(self) -> None:
+        check_params(self.get_params(), self.PARAMS, "MLPReward")
+
+    def train_kwargs(self) -> dict:
+        return dict(objective=self.objective, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                    patience=self.patience, weight_decay=self.weight_decay, dtype=self.dtype)
+
+    def fit(self, X, pairs, prompt_ids=None) -> "MLPReward":
+        """Fit on pairs (m, 2) of row indices into X; prompt_ids (m,) makes the validation split by prompt."""
+        self._check_params()
+        X = check_embeddings(X)
+        pairs = check_pairs(pairs, len(X))
+        prompt_ids = check_group_ids(prompt_ids, len(pairs), "prompt_ids")
+        seed = 0 if self.random_state is None else int(self.random_state)
+        tr, va = split_pairs(len(pairs), self.val_fraction, seed=seed, prompt_ids=prompt_ids)
+        init = init_params(X.shape[1], tuple(int(h) for h in self.hidden), seed)
+        res = train_stack(X, [MemberData(pairs[tr], pairs[va], seed)], [init], **self.train_kwargs())
+        self._set_result([p[0] for p in res.params], res, 0, tr, va)
+        return self
+
+    def _set_result(self, params, res: StackResult | None, k: int, tr, va) -> None:
+        self.params_ = [np.ascontiguousarray(p, np.float32) for p in params]
+        self.train_idx_, self.val_idx_ = tr, va
+        if res is not None:
+            self.val_history_ = res.val_history[k]
+            self.train_history_ = res.train_history[k]
+            self.best_epoch_ = res.best_epoch[k]
+            self.n_epochs_ = res.n_epochs[k]
+            self.dtype_ = res.dtype
+
+    @classmethod
+    def from_params(cls, params: list[np.ndarray], **est_params) -> "MLPReward":
+        """A fitted head from its weights (used by persistence, ensembles and WARM averaging)."""
+        m = cls(**est_params)
+        m._set_result(params, None, 0, None, None)
+        return m
+
+    def predict(self, X) -> np.ndarray:
+        """Rewards (n,) float32 (float32 forward pass)."""
+        return self._forward(X, last_hidden=False)
+
+    def transform(self, X) -> np.ndarray:
+        """The last hidden layer's activations (n, h_last): the trunk features for shared-trunk ensembles."""
+        return self._forward(X, last_hidden=True)
+
+    def _forward(self, X, last_hidden: bool) -> np.ndarray:
+        check_fitted(self, "params_")
+        X = check_embeddings(X)
+        if X.shape[1] != self.params_[0].shape[0]:
+            raise EmbrmError(f"embeddings have dim {X.shape[1]} but this head was fitted on dim "
+                             f"{self.params_[0].shape[0]}: use the same embedder as for training")
+        params = self.params_[:-2] if last_hidden else self.params_
+        if last_hidden:
+            Ws = [torch.from_numpy(p) for p in params[0::2]]
+            bs = [torch.from_numpy(p) for p in params[1::2]]
+            with torch.no_grad():
+                h = torch.from_numpy(X)
+                for W, b in zip(Ws, bs):
+                    h = torch.relu_(torch.addmm(b, h, W))
+            return h.numpy()
+        return forward_stack(X, [p[None] for p in params])[:, 0]
+
+    def __repr__(self) -> str:
+        return f"MLPReward(hidden={self.hidden!r}, objective={self.objective!r}, dtype={self.dtype!r})"

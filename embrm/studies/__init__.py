@@ -1,0 +1,10 @@
+"""Whole studies (`embrm run`): TOML configuration and its job grid, running jobs (local workers or Ray), the
+result store, tidy tables, findings and the report.
+"""
+
+from embrm.studies._config import Study, load_study
+from embrm.studies._findings import Finding
+from embrm.studies._run import StudyResult, run_study
+from embrm.studies._tables import md_table
+
+__all__ = ['Finding', 'Study', 'StudyResult', 'load_study', 'md_table', 'run_study']

@@ -1,0 +1,278 @@
+"""The main job (`embrm run`): embed, fit every (dataset, noise, learner, seed), Best-of-n, report.
+
+    from embrm.studies._run import run_study
+    from embrm.studies._config import load_study
+    result = run_study(load_study(), "results/default")        # the default study on the real pools
+    print(result.report_path.read_text())
+
+Writes into the results directory: jobs/ (one JSON + one Parquet per finished job: the resume points),
+fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet, published_picks.parquet, embedders.json (per
+embedder and dataset: its description, held-out accuracy, Best-of-n gain, length correlation), study.json (the
+resolved study, command, machine, package versions, timings), PNG plots and report.md.
+
+A study with [[embedders]] embeds every dataset once per embedder and runs every job once per embedder; its
+results, tables and findings call a dataset's jobs `<dataset>@<embedder>` (embrm.studies._config.group_label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import polars as pl
+
+from embrm.active import ActiveResult, run_active
+from embrm.core import EmbrmError, Progress, write_atomic
+from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
+from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
+from embrm.methods import MethodResult, run_method
+from embrm.rewards import package_versions
+from embrm.studies import _tables as R
+from embrm.studies._config import Study, check_rrm_texts, group_label, jobs_of
+from embrm.studies._findings import Finding, findings, replication
+from embrm.studies._jobs import check_run_options, result_paths, run_jobs
+from embrm.studies._report import embedder_rows, render_report
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    fits: pl.DataFrame
+    bon: pl.DataFrame
+    curves: pl.DataFrame
+    published: pl.DataFrame
+    timings: dict
+    findings: list[Finding]
+    methods: list[MethodResult] = field(default_factory=list)
+    active: list[ActiveResult] = field(default_factory=list)  # one active labelling campaign per pool
+    embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
+    length_effects: dict = field(default_factory=dict)  # per pool: the length-controlled gold's fit
+    replication: list[dict] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
+    embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: bool = False
+              ) -> tuple[dict, dict, dict]:
+    """Embed every dataset of the study once per embedder (cached texts are not re-embedded) and, for RRM
+    learners, each dataset's augmentation texts (each half's own too with `replicate`: a half draws its
+    other-prompt answers from itself). Returns (cache spec per embedder name: None for the one [embedder]; seconds
+    per job group; what the embedder's window did to each group's texts: embrm.studies._config.group_label). Every dataset
+    is loaded and checked first, so a bad one fails before the cache is touched."""
+    loaded = _load_all(study, data_dir)
+    check_rrm_texts(study)  # a Study built in code skips load_study's checks
+    specs, seconds, facts = {}, {}, {}
+    _share_forward_passes(study, loaded, cache_dir, progress)
+    for name in study.embedder_names:
+        specs[name] = _embed_with(study, name, loaded, cache_dir, progress, replicate, seconds, facts)
+    return specs, seconds, facts
+
+
+def _load_all(study: Study, data_dir) -> dict:
+    loaded = {spec: load_dataset(spec, data_dir) for spec in dict.fromkeys([*study.datasets, *study.human_pairs])}
+    for spec in study.human_pairs:
+        if loaded[spec].pairs is None:
+            raise EmbrmError(f"{spec.source}: listed in human_pairs but has no pairs (chosen/rejected columns): move "
+                             f"it to datasets")
+    for spec in study.datasets:
+        loaded[spec].require_pool("a study's `datasets` entry (pairs files go in `human_pairs`)")
+    return loaded
+
+
+def _share_forward_passes(study: Study, loaded: dict, cache_dir, progress) -> None:
+    """Embedders that read other layers/poolings of one causal LM: one forward pass fills all their caches
+    (embed_views), so the per-embedder pass below finds them warm."""
+    for group in view_groups([study.embedder_of(name) for name in study.embedder_names]):
+        for ds in loaded.values():
+            if ds.vectors is None:
+                embed_views(ds, group, cache_dir=cache_dir, progress=progress)
+
+
+def _embed_with(study: Study, name: str | None, loaded: dict, cache_dir, progress, replicate: bool, seconds: dict,
+                facts: dict) -> dict | None:
+    """Every loaded dataset under one embedder (embed_dataset); fills seconds and facts per group, returns the
+    embedder's cache spec (None when every dataset carries its own vectors)."""
+    config = study.embedder_of(name)
+    embedder = config.build()
+    options = dict(cache_dir=cache_dir, template=config.template, batch_size=config.batch_size, progress=progress)
+    if any(learner.length_control == "rrm" for learner in study.learners):
+        # RRM's other-prompt answers under each prompt: texts of their own, embedded once
+        halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
+        for ds in [*loaded.values(), *halves]:
+            embed_dataset(rrm_dataset(ds), embedder, **options)
+    spec = None
+    for dataset, ds in loaded.items():
+        res = embed_dataset(ds, embedder, **options)
+        group = group_label(dataset.label, name)
+        seconds[group] = res.seconds
+        spec = spec if ds.vectors is not None else res.spec  # the embedder's, for the jobs' cache reads
+        facts[group] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut", "indistinguishable")}
+        facts[group]["inputs"] = inputs_digest(ds, res)
+        if ds.vectors is not None:  # a generated dataset: its source says what its gold is
+            facts[group]["generated"] = ds.source
+    return spec
+
+
+def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
+    """What a job's result depends on beyond the study file: the vectors (the embedder's fingerprint, every
+    response's text key) and the data (response ids, gold, exclusion, human pairs). A resumed study re-runs a job
+    whose digest changed, e.g. after an embrm upgrade that changes the vectors or an edit of a data file."""
+    r = ds.responses
+    parts = [embedded.fingerprint, *embedded.keys, *r["response_id"].to_list(),
+             r["gold"].cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes().hex(),
+             r["excluded"].cast(pl.Int8).to_numpy().tobytes().hex()]
+    if ds.pairs is not None:
+        parts += [*ds.pairs["chosen_id"].to_list(), *ds.pairs["rejected_id"].to_list()]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def check_dir_option(path: Path, option: str) -> None:
+    """A directory this run will write under (it may not exist yet): refused up front when it, or the nearest of
+    its parents that exists, is not a directory, so that no work is lost to a bad path."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise EmbrmError(f"{option} {path}: {existing} is a file, not a directory: choose another {option}")
+
+
+def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
+              backend: str = "local", address: str | None = None, progress: bool | None = None,
+              command: str | None = None, replicate: bool | None = None) -> StudyResult:
+    """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
+    and cache_dir; both are checked, and every dataset loaded, before anything is written. replicate (default:
+    the study's `replicate`): run the study's pools again on each of two disjoint halves of their prompts
+    (under out_dir/replication/half1, half2) and report which findings agree."""
+    out, cache_dir = Path(out_dir), Path(cache_dir)
+    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+    check_run_options(workers, backend)
+    check_dir_option(out, "--out")
+    check_dir_option(cache_dir, "--cache-dir")
+    t0 = time.perf_counter()
+    replicate = study.replicate if replicate is None else replicate
+    specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
+    out.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
+    jobs = jobs_of(study)
+    halves = replication_jobs(study) if replicate else []
+    inputs = {label: facts["inputs"] for label, facts in embedding.items()}
+    inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
+               for j in halves}
+    done = run_jobs(study, jobs + halves, out / "jobs", specs, cache_dir, data_dir=data_dir, workers=workers,
+                    inputs=inputs, backend=backend, address=address, progress=progress)
+    results = done[:len(jobs)]
+    t2 = time.perf_counter()
+    curve_files = [c for j in jobs if (c := result_paths(out / "jobs", j, study)[1]).exists()]
+    curves = _curves(curve_files, results)
+    fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
+    for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
+        write_atomic(out / f"{name}.parquet", frame.write_parquet)
+    timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
+               "job_seconds": {r["key"]: round(r["seconds"], 2) for r in done}, "n_jobs": len(jobs),
+               "n_replication_jobs": len(halves), "workers": workers, "backend": backend}
+    result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
+                         length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))
+    write_atomic(out / "embedders.json", json.dumps(result.embedders, indent=1) + "\n")
+    write_atomic(out / "findings.json", json.dumps([f.to_dict() for f in result.findings], indent=1) + "\n")
+    if replicate:
+        result.replication = _compare_halves(done[len(jobs):], halves, out)
+    first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
+    result.methods = _run_methods(study, first, cache_dir, data_dir, out, progress)
+    timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
+    result.active = _run_active(study, first, cache_dir, data_dir, out, progress)
+    timings["active"] = {a.dataset: round(a.seconds, 2) for a in result.active}
+    plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
+    plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
+              if n == fits.filter(pl.col("dataset") == d)["noise"][0]
+              and (p := R.plot_reliability_study(results, out, d, n)) is not None]
+    timings["total"] = time.perf_counter() - t0
+    manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": specs.get(None, specs),
+                           "machine": machine(), "timings": timings, "embedding": embedding,
+                           "embedders": result.embedders}, indent=2, default=str) + "\n"
+    write_atomic(out / "study.json", manifest)
+    report = render_report(study, result, plots, command)
+    write_atomic(result.report_path, report)
+    return result
+
+
+def _length_effects(results: list[dict]) -> dict:
+    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool)."""
+    return {r["dataset"]: r["length_effect"] for r in results if r.get("length_effect")}
+
+
+def replication_jobs(study: Study) -> list:
+    """The study's pool jobs again on each of two disjoint halves of every pool's prompts (embrm.data._registry.half_of):
+    the same protocols, so every finding of the pools is measured twice on prompts the other half never saw."""
+    return [job for half in (1, 2) for job in
+            jobs_of(replace(study, datasets=[replace(d, half=half) for d in study.datasets], human_pairs=[]))]
+
+
+def _compare_halves(results: list[dict], jobs: list, out: Path) -> list[dict]:
+    """Each half's findings, and which agree (replication.json)."""
+    halves = [findings(part, R.bon_table(part)) for half in (1, 2)
+              if (part := [r for r, j in zip(results, jobs) if j.dataset.half == half])]
+    rows = replication(*halves) if len(halves) == 2 else []
+    write_atomic(out / "replication.json", json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None,
+                 ) -> list[MethodResult]:
+    """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
+    if not study.methods or not study.datasets:
+        return []
+    ds = load_dataset(study.datasets[0], data_dir)
+    X = cached_embeddings(ds, spec, cache_dir)
+    results = []
+    with Progress(len(study.methods), "methods", "methods", progress) as bar:
+        for name in study.methods:
+            result = run_method(name, ds, X, seed=study.seeds[0], progress=False)
+            result.write(out / "methods" / name)
+            results.append(result)
+            bar.advance()
+    return results
+
+
+def _run_active(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None
+                ) -> list[ActiveResult]:
+    """The study's active labelling campaign on every pool (results under out/active/<pool>)."""
+    if study.active is None:
+        return []
+    results = []
+    for spec_ in study.datasets:
+        ds = load_dataset(spec_, data_dir)
+        result = run_active(ds, cached_embeddings(ds, spec, cache_dir), study.active, progress=progress)
+        result.dataset = spec_.label  # the report links its files by the study's (plain) name of the pool
+        result.write(out / "active" / spec_.label)
+        results.append(result)
+    return results
+
+
+def _curves(files: list[Path], results: list[dict]) -> pl.DataFrame:
+    if not files:
+        return pl.DataFrame()
+    meta = pl.DataFrame([{k: r[k] for k in ("key", "dataset", "noise", "learner", "seed")} for r in results])
+    return pl.concat([pl.read_parquet(f) for f in files]).join(meta, on="key")
+
+
+def _plot_choice(study: Study) -> tuple[str, str]:
+    """The learner and noise shown in plots: the first MLP learner (else the first), under the noisiest labels."""
+    learner = next((l for l in study.learners if l.head == "mlp"), study.learners[0]).name
+    noise = max(study.noise, key=lambda n: n.flip if n.flip is not None else 1 / (1 + n.beta)).name
+    return learner, noise
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "packages": package_versions()}
