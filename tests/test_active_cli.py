@@ -32,7 +32,7 @@ def test_the_cli_runs_the_python_api_campaign(pool, tmp_path):
     ds = load_dataset(path)
     X = EmbedderConfig().embed(ds, cache, progress=False).X  # cached: no model load
     direct = run_active(ds, X, ActiveConfig(("random", "dopt"), 10, 5, 2, (0, 1), 4))
-    assert shown["summary"] == json.loads(json.dumps(direct.summary))
+    assert shown["summary"] == json.loads(json.dumps(direct.summary.to_dict()))
     curves = pl.read_parquet(tmp_path / "out" / "curves.parquet")
     assert curves.drop("select_seconds", "fit_seconds").equals(direct.frame.drop("select_seconds", "fit_seconds"))
     assert (tmp_path / "out" / "active.png").read_bytes()[:4] == b"\x89PNG"

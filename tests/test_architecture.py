@@ -1,8 +1,11 @@
 """The package's shape: at most 15 entries at the top of embrm/, packages in layers (each imports only the layers
 below it, and another package only through its public namespace), no import cycle anywhere (imports inside
-functions included), and embrm's own imports at the top of each module so its first lines say what it depends on."""
+functions included), embrm's own imports at the top of each module so its first lines say what it depends on, and
+`import embrm` / `import embrm.cli` free of the heavy libraries (torch, transformers, Ray, LightGBM ...)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import embrm
@@ -119,3 +122,28 @@ def test_other_packages_are_imported_through_their_public_names():
 def test_the_layer_check_sees_an_upward_import():
     assert LAYER[package_of("embrm.evaluation._bon")] < LAYER[package_of("embrm.studies._run")]
     assert package_of("embrm._compat") == "" and package_of("embrm.cli.model") == "cli"
+
+
+# ----------------------------------------------------------------------------- what `import embrm` loads
+
+HEAVY = {"torch", "transformers", "sentence_transformers", "ray", "lightgbm"}
+
+
+def loaded_after(code: str) -> set[str]:
+    """The top-level modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_importing_embrm_and_its_cli_loads_no_heavy_library():
+    """`embrm --help` answers at once: torch, transformers, sentence-transformers, Ray and LightGBM load only when a
+    command needs them (imports inside the functions that use them)."""
+    assert not loaded_after("import embrm") & HEAVY
+    assert not loaded_after("import embrm.cli") & HEAVY
+
+
+def test_the_heavy_import_check_sees_a_fit_load_torch():
+    """The check above can fail: the same probe sees torch once a fit's thread policy (and its heads) need it."""
+    assert "torch" in loaded_after("import embrm\nfrom embrm.core import fit_threads\nwith fit_threads(): pass")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from embrm.cli import app
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]  # every case damages renamed_pool's MiniLM cache
 
 POOL = "{root}/pool.toml"
 EMBED = ("--dtype", "float32")

@@ -289,8 +289,8 @@ def _fit_cases():
              ("real/cache", "results")),
         _fit("overwrite-a-directory-of-other-files", (POOL, "--overwrite"), r"results/bon is a directory that is "
              r"not an embrm model dir: refusing to replace it", "{root}/results/bon", ("real/cache", "results")),
-        _fit("out-is-a-file", (POOL,), r"--out .*pool.csv is a file: --out takes a directory", F + "pool.csv",
-             ("real/cache", "files")),
+        _fit("out-is-a-file", (POOL,), r"--out .*pool.csv is a file, not a directory: choose another --out",
+             F + "pool.csv", ("real/cache", "files")),
         _fit("pairs-with-simulated-labels", (PAIRS, "--labels", "simulated"), r"hh.jsonl: a pairs file \(chosen/"
              r"rejected\), but fitting on simulated labels needs a pool"),
         _fit("pairs-on-one-prompt", (F + "one-pair.jsonl",), r"one-pair.jsonl: the pairs are on only 1 prompt"),
@@ -388,7 +388,7 @@ def _model_cases():
         Bad("score/model-is-a-file", ("score", F + "pool.csv", POOL, *model), r"pool.csv is a file, not a model dir",
             ("out", "files")),
         Bad("score/out-is-a-directory", ("score", "{root}/models/linear", POOL, "--cache-dir", CACHE, "--out",
-                                        "{root}/results"), r"--out .*results is a directory: --out takes a file",
+                                        "{root}/results"), r"--out .*results is a directory, not a file: --out takes a file",
             ("results", "models/linear")),
         Bad("score/out-exists", ("score", "{root}/models/linear", POOL, "--cache-dir", CACHE, "--out",
                                  "{root}/results/scores.parquet"), r"results/scores.parquet already exists.*--overwr",
@@ -423,7 +423,7 @@ def _bon_cases():
         _bon("aggregation-empty-list", (POOL, "--agg", ","), r"aggregations must be a non-empty list"),
         _bon("aggregation-twice", (POOL, "--agg", "mean,mean"), r"name one twice"),
         _bon("prompts-unknown", (POOL, "--prompts", "some"), r"--prompts.*'some' is not one of 'test', 'all'"),
-        _bon("out-is-a-file", (POOL, "--out", F + "pool.csv"), r"--out .*pool.csv is a file: --out takes a directory",
+        _bon("out-is-a-file", (POOL, "--out", F + "pool.csv"), r"--out .*pool.csv is a file, not a directory",
              ("files", "models/linear")),
         _bon("out-holds-results", (POOL, "--out", "{root}/results/bon"), r"results/bon already exists and holds "
              r"results: pass --overwrite", ("results", "models/linear")),
@@ -454,7 +454,7 @@ def _method_cases():
                 r"holds results: pass --overwrite", ("real/cache", "results")) for name in ("laser", "policy")
     ]
     return cases + [
-        _method("moe", "out-is-a-file", (POOL, "--out", F + "pool.csv"), r"pool.csv is a file: --out takes a direct",
+        _method("moe", "out-is-a-file", (POOL, "--out", F + "pool.csv"), r"pool.csv is a file, not a directory",
                 ("real/cache", "files")),
         _method("composite", "no-gold", (F + "no-gold.csv",), r"no-gold.csv: no gold scores: composite needs"),
         _method("laser", "alpha-negative", (POOL, "--alpha", "-1"), r"alpha"),
@@ -598,6 +598,7 @@ def bad(renamed_pool, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=MARKS.get(c.id, ())) for c in CASES])
 def test_bad_input_fails_in_one_line_and_damages_nothing(case, bad):
     assert_clean_failure(case, bad)
@@ -611,6 +612,7 @@ def test_the_table_covers_every_command_with_distinct_cases():
     assert set(MODEL_DAMAGE) == set(DAMAGERS)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_earlier_results_only_when_asked(bad, tmp_path):
     """--overwrite is the way past the refusal: the same commands then succeed and replace what was there."""
     runner = CliRunner()

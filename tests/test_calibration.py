@@ -13,6 +13,7 @@ from embrm.evaluation._calibration import (
     pooled_reliability,
     reliability,
 )
+from embrm.evaluation._heldout import FitMetrics, PromptAccuracy
 from embrm.evaluation._metrics import expected_calibration_error
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -133,8 +134,13 @@ def test_errors_are_one_line(call, match):
     assert "\n" not in str(e.value)
 
 
-def test_reliability_is_a_dataclass():
-    assert isinstance(reliability([1.0]), Reliability)
+def test_fit_metrics_keep_their_reliability_and_per_prompt_records_typed_through_json():
+    r = reliability([2.0, -1.0, 0.5])
+    m = FitMetrics("gold order", 3, 1, 2 / 3, [2 / 3], 0.5, r.ece, 0.5, reliability=r,
+                   per_prompt=PromptAccuracy(["p"], [3], [2.0]))
+    back = FitMetrics.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert isinstance(back.reliability, Reliability) and isinstance(back.per_prompt, PromptAccuracy)
+    assert back == m and back.reliability.bin_count == r.bin_count
 
 
 def test_pooled_reliability_equals_one_run_over_all_pairs():

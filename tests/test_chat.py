@@ -61,6 +61,7 @@ def smollm2_tok():
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_carries_a_chat_template_and_renders_like_transformers(smollm2_tok):
     assert isinstance(smollm2_tok.chat_template, str) and "<|im_start|>" in smollm2_tok.chat_template
     chat = ChatTemplate.from_tokenizer(smollm2_tok)
@@ -128,6 +129,7 @@ def test_response_start_finds_the_response_after_inserted_text():
     assert texts[0][starts[0]:].startswith("a long answer here</assistant>")
 
 
+@pytest.mark.slow
 def test_spec_round_trip_renders_identically(smollm2_tok):
     for chat in (ChatTemplate.from_tokenizer(smollm2_tok), ChatTemplate(TRIM, {"eos_token": "</s>",
                                                                              "additional": ["<a>", "<b>"]})):
@@ -218,6 +220,7 @@ def test_load_chat_template_reads_only_the_tokenizer(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_renders_thousands_of_rows_per_second(smollm2_tok):
     chat = ChatTemplate.from_tokenizer(smollm2_tok)
     prompts = [f"Question {i // 8}: how do I cook dish number {i // 8}?" for i in range(8000)]

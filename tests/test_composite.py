@@ -9,9 +9,10 @@ from realdata import needs_data
 from synthdata import pool_file_with_cache
 
 from embrm.core._errors import EmbrmError
+from embrm.evaluation import pick_means
 from embrm.evaluation._bon import bon_curves
 from embrm.evaluation._pools import group_pools
-from embrm.methods._composite import composite_curves, fit_multipliers, pick_means, proxy_points, selection_scores
+from embrm.methods._composite import composite_curves, fit_multipliers, proxy_points, selection_scores
 
 KNEE, PEN = 0.5, 2.0  # gold = q + h - PEN * relu(h - KNEE)^2 peaks in h at KNEE + 1 / (2 PEN) = 0.75
 
@@ -116,15 +117,16 @@ def test_composite_cli_writes_outputs(tmp_path):
     assert bad.exit_code == 2 and "unknown component" in bad.output
 
 
+@pytest.mark.slow
 @needs_data
 def test_real_pool_composite_study(models_subset):
     from embrm.methods._composite import composite_study
 
     ds, X = models_subset
     summary, frame = composite_study(ds, X, seed=0, n_pairs=2000, k=2, steps=150)
-    assert summary["n_test_prompts"] == 6 and 10 <= summary["n"][-1] <= 15
+    assert summary.n_test_prompts == 6 and 10 <= summary.n[-1] <= 15
     first = frame.filter(pl.col("n") == 1)
     assert np.allclose(first["gold"], first["random"], atol=1e-12)
     # the dual ascent meets every training constraint (the held-out numbers are reported, not asserted)
-    assert max(summary["train_violation_at_n_max"].values()) <= 0.01
-    assert all(np.isfinite(m["gold_at_n_max"]) for m in summary["methods"].values())
+    assert max(c.train_violation_at_n_max for c in summary.components) <= 0.01
+    assert all(np.isfinite(m.gold_at_n_max) for m in summary.selections)

@@ -10,6 +10,7 @@ from embrm.data._dataset import load_file, load_pairs, load_pool
 from embrm.data._registry import REGISTRY, fetch, load_dataset
 
 
+@pytest.mark.slow
 @needs_data
 def test_hh_rlhf_loads_as_pairs_split_at_last_assistant_turn():
     ds = load_dataset("hh-rlhf-harmless-test", DATA_DIR)
@@ -28,6 +29,7 @@ def test_hh_rlhf_loads_as_pairs_split_at_last_assistant_turn():
     assert r["response_id"].is_unique().all()
 
 
+@pytest.mark.slow
 @needs_data
 def test_bon16_pool_keeps_unscored_samples_marked():
     ds = load_dataset("alpaca-eval-bon16", DATA_DIR)
@@ -38,6 +40,7 @@ def test_bon16_pool_keeps_unscored_samples_marked():
     assert r["response_id"][0] == "0:0" and {"model", "sample_idx"} & set(r.columns) == {"sample_idx"}
 
 
+@pytest.mark.slow
 @needs_data
 def test_models_pool_has_model_column_and_keeps_empty_answers():
     ds = load_dataset("alpaca-eval-models", DATA_DIR)
@@ -47,6 +50,7 @@ def test_models_pool_has_model_column_and_keeps_empty_answers():
     assert (r["response"] == "").sum() == 15  # real empty answers, scored by the judge
 
 
+@pytest.mark.slow
 @needs_data
 def test_registry_checksums_match_shared_data():
     for info in REGISTRY.values():

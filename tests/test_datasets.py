@@ -8,6 +8,7 @@ from embrm.core._errors import EmbrmError
 from embrm.data._registry import ALPACA_PROBES, Exclusion, dataset_spec, load_dataset, read_declaration
 
 
+@pytest.mark.slow
 @needs_data
 def test_the_registry_declares_the_probes_and_the_published_picks(monkeypatch):
     monkeypatch.delenv("EMBRM_DATA_DIR", raising=False)  # the data dir given as an argument must be enough
@@ -84,6 +85,7 @@ def test_rules_the_matcher_cannot_run_and_roles_on_one_column_are_refused(tmp_pa
         read_declaration(tmp_path / "d.toml")
 
 
+@pytest.mark.slow
 @needs_data
 def test_the_two_halves_of_a_dataset_are_disjoint_fixed_and_cover_it():
     from embrm.data._registry import DatasetSpec, half_of

@@ -52,6 +52,7 @@ def cold(pool_file, embedder, tmp_path_factory):
     return cache_dir, embed_dataset(load(pool_file), embedder, cache_dir=cache_dir, progress=False)
 
 
+@pytest.mark.slow
 def test_embed_dedups_caches_and_aligns(pool_file, embedder, cold):
     ds = load(pool_file)
     tmp_path, cold = cold
@@ -69,6 +70,7 @@ def test_embed_dedups_caches_and_aligns(pool_file, embedder, cold):
     np.testing.assert_array_equal(warm.X, cold.X)
 
 
+@pytest.mark.slow
 def test_warm_run_never_loads_the_model(pool_file, cold):
     ds = load(pool_file)
     tmp_path = cold[0]
@@ -77,6 +79,7 @@ def test_warm_run_never_loads_the_model(pool_file, cold):
     assert embed_dataset(ds, fresh, cache_dir=tmp_path, progress=False).n_embedded == 0
 
 
+@pytest.mark.slow
 def test_template_is_part_of_the_fingerprint(pool_file, embedder, cold):
     responses = load(pool_file).responses.head(20)
     a = embed_dataset(responses, embedder, cache_dir=cold[0], progress=False)
@@ -88,6 +91,7 @@ def _parts(cache_dir):
     return len(list(cache_dir.glob("*/part-*.parquet")))
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_merge_and_match_an_uninterrupted_run(pool_file, tmp_path, cold):
     """SIGKILLs at several points (mid-run, during start-up, mid-run again), then one completed run: at most the
     batch in flight is lost each time, the cache ends as one merged part that verifies, and the vectors match."""
@@ -141,6 +145,7 @@ def test_a_resumed_run_with_nothing_missing_still_merges(tmp_path):
     np.testing.assert_array_equal(cache.lookup(keys), X)
 
 
+@pytest.mark.slow
 def test_cli_embed_json_summary_and_cache_commands(pool_file, tmp_path, cold):
     runner = CliRunner()
     tmp_path = cold[0]
@@ -158,6 +163,7 @@ def test_cli_embed_json_summary_and_cache_commands(pool_file, tmp_path, cold):
     assert summary["n_embedded"] == 0  # the module's cold run filled this cache
 
 
+@pytest.mark.slow
 def test_cli_cache_verify_flags_a_truncated_part(pool_file, embedder, tmp_path):
     embed_dataset(load(pool_file).responses.head(8), embedder, cache_dir=tmp_path, progress=False)
     part = next(tmp_path.glob("*/part-*.parquet"))

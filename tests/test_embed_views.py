@@ -16,7 +16,7 @@ from embrm.core._errors import EmbrmError
 from embrm.data._dataset import load_pool
 from embrm.embedding._embed import CHAT, EmbedderConfig, cached_embeddings, embed_views, view_groups
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]  # a tiny causal LM built with transformers
 COLUMNS = ["--prompt-col", "instruction", "--response-col", "output", "--gold-col", "gold_winprob_vs_gpt4turbo",
            "--response-key", "model"]
 CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"

@@ -55,6 +55,7 @@ def tiny(tiny_dir, **options):
     return make_embedder("hf", str(tiny_dir), dtype="float32", **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_last_token_pooling_matches_unpadded_forward(tiny_dir, reference, side):
     emb = tiny(tiny_dir, padding_side=side, batch_size=3)  # batches mix lengths -> real padding
@@ -67,6 +68,7 @@ def test_last_token_pooling_matches_unpadded_forward(tiny_dir, reference, side):
     assert emb.dim == 32
 
 
+@pytest.mark.slow
 def test_layer_selection(tiny_dir, reference):
     for layer, index in [(0, 0), (1, 1), (-2, 1), (2, 2), (-3, 0)]:
         got = tiny(tiny_dir, layer=layer, batch_size=2).embed(TEXTS).vectors
@@ -76,6 +78,7 @@ def test_layer_selection(tiny_dir, reference):
         tiny(tiny_dir, layer=3).embed(["x"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_mean_response_pooling_equals_manual_mean(tiny_dir, reference, side):
     starts = [t.index("A: ") + 3 for t in TEXTS]
@@ -92,6 +95,7 @@ def test_mean_response_pooling_equals_manual_mean(tiny_dir, reference, side):
         tiny(tiny_dir, pooling="mean_response").embed(TEXTS)
 
 
+@pytest.mark.slow
 def test_truncation_keeps_eos_last(tiny_dir, reference):
     long = " ".join(CORPUS)
     b = tiny(tiny_dir, max_length=8).embed([long, "Q: hi"])
@@ -100,6 +104,7 @@ def test_truncation_keeps_eos_last(tiny_dir, reference):
     np.testing.assert_allclose(b.vectors[0], reference(long, max_tokens=8)[0][-1][-1], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_no_eos_and_normalize(tiny_dir):
     plain = tiny(tiny_dir, append_eos=False).embed(TEXTS)
     assert (plain.n_tokens == tiny(tiny_dir).embed(TEXTS).n_tokens - 1).all()
@@ -109,6 +114,7 @@ def test_no_eos_and_normalize(tiny_dir):
     np.testing.assert_allclose(unit, plain.vectors / np.linalg.norm(plain.vectors, axis=1, keepdims=True), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_spec_is_complete_and_needs_no_model(tiny_dir):
     emb = tiny(tiny_dir, layer=-2, pooling="mean_response", padding_side="left", max_length=64)
     spec = emb.spec()

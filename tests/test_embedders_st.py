@@ -48,6 +48,7 @@ def test_spec_without_loading_the_model():
     assert make_embedder("st", max_length=128, dtype="float32").spec()["max_length"] == 128
 
 
+@pytest.mark.slow
 @needs_responses
 def test_real_texts_shape_dtype_norm(fp32, fp32_batch, texts):
     b = fp32_batch
@@ -64,6 +65,7 @@ def test_real_texts_shape_dtype_norm(fp32, fp32_batch, texts):
     np.testing.assert_allclose(again, b.vectors[5:8][::-1], atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_responses
 def test_bf16_matches_fp32(fp32_batch, texts):
     emb = make_embedder("st", dtype="bfloat16")
@@ -75,6 +77,7 @@ def test_bf16_matches_fp32(fp32_batch, texts):
     np.testing.assert_array_equal(b16.n_tokens, fp32_batch.n_tokens)
 
 
+@pytest.mark.slow
 def test_truncation_flags_and_max_length(fp32):
     long = "word " * 2000
     b = fp32.embed(["short text", long])
@@ -87,6 +90,7 @@ def test_truncation_flags_and_max_length(fp32):
     np.testing.assert_allclose(b16.vectors[0], short.embed(["word " * 30]).vectors[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_normalize_off_gives_raw_pooled_vectors(fp32):
     raw = make_embedder("st", normalize=False, dtype="float32").embed(["a cat sat on the mat", "hello"]).vectors
     norms = np.linalg.norm(raw, axis=1)
@@ -94,6 +98,7 @@ def test_normalize_off_gives_raw_pooled_vectors(fp32):
     np.testing.assert_allclose(raw / norms[:, None], fp32.embed(["a cat sat on the mat", "hello"]).vectors, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_empty_and_bad_inputs(fp32):
     b = fp32.embed([])
     assert b.vectors.shape == (0, 384) and b.n_tokens.shape == (0,)
@@ -103,6 +108,7 @@ def test_empty_and_bad_inputs(fp32):
         fp32.embed("just one")
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line():
     cases = [
         (lambda: make_embedder("st", "/no/such/model"), "model path /no/such/model does not exist"),
@@ -118,6 +124,7 @@ def test_user_errors_are_one_line():
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_local_directory_path(tmp_path, fp32):
     """A directory saved by this sentence-transformers (max length in tokenizer_config, not sentence_bert_config)
     is loaded as given, named by its path in spec, and its default max_length is read without loading it."""

@@ -5,7 +5,7 @@ from synthdata import synthetic_pairs
 from embrm.core._errors import EmbrmError
 from embrm.evaluation._metrics import pairwise_accuracy
 from embrm.rewards._ensemble import bootstrap_split, fit_ensemble
-from embrm.rewards.heads import mlp
+from embrm.rewards.heads import _mlp as mlp
 from embrm.rewards.heads._mlp import MemberData, forward_stack, init_params, train_reference
 
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from embrm.cli import app
 from embrm.studies._config import jobs_of, load_study
-from embrm.studies._jobs import result_paths
 from embrm.studies._run import run_study
+from embrm.studies._store import result_paths
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]  # studies on renamed_pool (MiniLM vectors), a real Ray
 
 STUDY = """
 name = "tiny"
@@ -165,18 +165,24 @@ def test_jobs_run_on_a_real_local_ray(setup):
     assert result.bon.sort(["seed", "variant", "proxy"]).equals(local.bon.sort(["seed", "variant", "proxy"]))
 
 
-def test_the_cli_and_a_one_job_study_give_identical_numbers(setup, tmp_path):
-    """`embrm fit` + `embrm bon-sim` with the study's settings reproduce its job exactly (metrics and curves)."""
+def test_the_cli_and_a_study_worker_give_identical_numbers(setup, tmp_path, monkeypatch):
+    """`embrm fit` + `embrm bon-sim` in this process reproduce a study job run in a worker process bit for bit
+    (metrics and curves), with the default thread settings: nothing pinned, every core free to the CLI. They agree
+    because both run on the one thread policy (embrm.core.fit_threads); before it, the CLI's torch used every core
+    and a worker one, and an MLP wide enough for torch to split its work came out differently."""
+    for pinned in ("EMBRM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(pinned, raising=False)
     study = load_study(setup / "study.toml")
-    study.seeds, study.human_pairs, study.methods, study.learners = [1], [], [], study.learners[1:]
-    run_study(study, tmp_path / "one", cache_dir=setup / "cache", workers=1, progress=False)
-    (job,) = jobs_of(study)
+    study.seeds, study.human_pairs, study.methods = [0, 1], [], []  # two jobs on two workers: worker processes
+    study.learners = [replace(study.learners[1], params=(("epochs", 10), ("hidden", (256, 128))))]
+    run_study(study, tmp_path / "one", cache_dir=setup / "cache", workers=2, progress=False)
+    job = next(j for j in jobs_of(study) if j.seed == 1)
     run = json.loads(result_paths(tmp_path / "one" / "jobs", job, study)[0].read_text())
     curves = pl.read_parquet(result_paths(tmp_path / "one" / "jobs", job, study)[1]).drop("key")
     cli = CliRunner()
     declaration = str(Path(job.dataset.source).with_name("pool.toml"))  # the file the study's entry names
     fitted = cli.invoke(app, ["fit", declaration, "--dtype", "float32",
-                              "--cache-dir", str(setup / "cache"), "--head", "mlp", "--hidden", "16,8", "--epochs",
+                              "--cache-dir", str(setup / "cache"), "--head", "mlp", "--hidden", "256,128", "--epochs",
                               "10", "-k", "3", "--flip", "0.25", "--n-pairs", "300", "--seed", "1",
                               "--out", str(tmp_path / "m"), "--format", "json"])
     assert fitted.exit_code == 0, fitted.output

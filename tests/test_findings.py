@@ -3,21 +3,29 @@ and which learners count as plain (no length control)."""
 
 import numpy as np
 
+from embrm.evaluation import BonResult, Evaluation, FitMetrics, PromptPicks
+from embrm.pipeline import Learner, Protocol
 from embrm.studies._findings import findings
+from embrm.studies._store import JobResult
 
 GRID = [1, 2, 4, 8, 16]
 
 
 def run(seed: int, learner: str, curve: np.ndarray, *, k: int = 5, control: str = "none", noise: str = "bt10",
-        prompts: int = 30) -> dict:
-    """A job result with the fields findings read: per-prompt random / oracle / top pick and the mean's curve."""
+        prompts: int = 30) -> JobResult:
+    """A job result with the fields findings read: per-prompt random / oracle / top pick and the mean's curve; its
+    learner facts (length control, own ensemble size) come from its protocol's learner, never from its name."""
     rng = np.random.default_rng([seed, len(learner)])
     noisy = curve[None, :] + 0.02 * rng.standard_normal((prompts, len(curve)))
-    per_prompt = {"prompt_id": [f"s{seed}p{i:02d}" for i in range(prompts)], "random": [0.0] * prompts,
-                  "oracle": [1.0] * prompts, "pick": {"mean": noisy[:, -1].tolist(), "single": noisy[:, -1].tolist()},
-                  "n": GRID, "mean_curve": noisy.tolist()}
-    return {"dataset": "d", "learner": learner, "length_control": control, "k": k, "seed": seed, "noise": noise,
-            "bon": {"pool": {"per_prompt": per_prompt}}, "metrics": {}}
+    picks = PromptPicks([f"s{seed}p{i:02d}" for i in range(prompts)], [0.0] * prompts, [1.0] * prompts,
+                        {"mean": noisy[:, -1].tolist(), "single": noisy[:, -1].tolist()}, n=list(GRID),
+                        mean_curve=noisy.tolist())
+    spec = Learner(learner.split(".")[0], length_control=control, k=k if learner.endswith(f".k{k}") else None)
+    assert spec.name == learner
+    bon = BonResult("pool", None, {}, GRID[-1], prompts, prompts, 0.0, 1.0, picks)
+    metrics = FitMetrics("gold order", 0, prompts, 0.5, [], 0.0, 0.0, 0.5)
+    return JobResult(f"d/{noise}/{learner}/seed{seed}", "pool", "d", learner, noise, seed, k,
+                     Protocol(spec, seed=seed), 0, None, Evaluation(metrics, {"pool": bon}), 0.0, 0)
 
 
 def by_key(found) -> dict:
@@ -66,12 +74,12 @@ def test_prompts_whose_pools_are_smaller_than_the_peak_n_keep_their_whole_pool_a
     for s in range(3):
         for learner in ("linear", "mlp"):
             r = run(s, learner, np.array([0.1, 0.3, 0.6, 0.4, 0.2]))
-            pp = r["bon"]["pool"]["per_prompt"]
-            for row in pp["mean_curve"][:5]:  # five prompts have pools of 2: no value at n = 4, 8, 16
+            pp = r.bon["pool"].per_prompt
+            for i, row in enumerate(pp.mean_curve[:5]):  # five prompts have pools of 2: no value at n = 4, 8, 16
                 row[2:] = [float("nan")] * 3
-                pp["pick"]["mean"][pp["mean_curve"].index(row)] = row[1]
+                pp.pick["mean"][i] = row[1]
             if s == 2:  # another seed's largest pool is smaller: a shorter grid
-                pp["n"], pp["mean_curve"] = GRID[:4], [row[:4] for row in pp["mean_curve"]]
+                pp.n, pp.mean_curve = GRID[:4], [row[:4] for row in pp.mean_curve]
             results.append(r)
     drop = by_key(findings(results, pl.DataFrame()))["d|bt10|overoptimisation-drop"]
     assert drop.effect.n_prompts == 90 and drop.verdict == "reproduced"

@@ -11,11 +11,13 @@ from typer.testing import CliRunner
 
 from embrm.cli import app
 from embrm.data._registry import load_dataset
+from embrm.evaluation._calibration import cross_fitted_temperature, reliability
+from embrm.evaluation._heldout import held_out_pairs
 from embrm.pipeline._protocol import LabelConfig, Protocol
 from embrm.pipeline._steps import split, training_pairs
 from embrm.rewards._persist import load_ensemble
 
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]  # renamed_pool: embedded with the real MiniLM
 runner = CliRunner()
 EMBED = ["--dtype", "float32"]
 
@@ -123,13 +125,24 @@ def test_a_laplace_model_scores_its_posterior_and_bounds_best_of_n_conformally(r
     m = json.loads(fit(renamed_pool, tmp_path / "bayes", "--head", "laplace", "-k", "4").stdout)
     manifest = json.loads((tmp_path / "bayes" / "manifest.json").read_text())
     assert manifest["protocol"]["learner"]["mode"] == "posterior"
-    assert 0 <= m["calibrated_ece"] <= 1 and m["temperature"] > 0 and 0 <= m["mce"] <= 1 and 0 < m["brier"] < 1
     invoke("score", tmp_path / "bayes", renamed_pool / "pool.toml", "--cache-dir", renamed_pool / "cache",
            "--out", tmp_path / "scores.parquet")
     scores = pl.read_parquet(tmp_path / "scores.parquet")
     assert scores.columns[-2:] == ["posterior_mean", "posterior_std"] and (scores["posterior_std"] > 0).all()
     members = scores.select(f"member_{j}" for j in range(4)).to_numpy()
     assert not np.allclose(members[:, 0], members[:, 1])  # posterior draws, not one weight vector
+    # the fit's calibration figures are those of the saved model's mean score on its held-out gold-order pairs
+    ds = load_dataset(renamed_pool / "pool.toml")
+    pairs, _ = held_out_pairs(ds, np.asarray(manifest["split"]["test_prompts"]), manifest["protocol"]["seed"])
+    mean = members.mean(axis=1)
+    margins = mean[pairs[:, 0]].astype(np.float64) - mean[pairs[:, 1]]
+    plain = reliability(margins)
+    calibrated, temperatures = cross_fitted_temperature(margins, ds.responses["prompt_id"].to_numpy()[pairs[:, 0]],
+                                                        seed=manifest["protocol"]["seed"])
+    assert m["n_test_pairs"] == len(pairs)
+    assert (m["mce"], m["brier"], m["ece"]) == pytest.approx((plain.mce, plain.brier, plain.ece), rel=1e-5)
+    assert (m["calibrated_ece"], m["temperature"]) == pytest.approx((reliability(calibrated).ece,
+                                                                      np.mean(temperatures)), rel=1e-5)
     result = invoke("bon-sim", renamed_pool / "pool.toml", "--model", tmp_path / "bayes", "--cache-dir",
                     renamed_pool / "cache", "--agg", "mean,conformal", "--coverage", "0.8", "--out", tmp_path / "bon")
     assert "conformal lower bound: target coverage 0.80" in result.output

@@ -51,6 +51,7 @@ def test_budget_batches_cover_rows_within_budget():
     assert [len(b) for b in HFEmbedder("smollm2", batch_size=5).batches(kept)] == [5, 5, 2]
 
 
+@pytest.mark.slow
 def test_vectors_do_not_depend_on_batching(views_llama):
     """Observed on CPU float32: identical where the batches are (budget 24 = one row per batch here); otherwise
     within ~4e-7 (float32 rounding of other padded widths in the matmuls), so compared at float32 tolerance."""
@@ -70,6 +71,7 @@ def test_vectors_do_not_depend_on_batching(views_llama):
     assert tiny(views_llama, max_tokens=24, batch_size=3).spec() == spec  # batching is not in the fingerprint
 
 
+@pytest.mark.slow
 def test_views_equal_separate_embedders_and_share_forward_passes(views_llama):
     emb = tiny(views_llama, max_tokens=48)
     calls = []
@@ -85,6 +87,7 @@ def test_views_equal_separate_embedders_and_share_forward_passes(views_llama):
     assert emb.embed(TEXTS, STARTS).vectors.tobytes() == views[0].vectors.tobytes()  # embed() = the single view
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_max_pooling_matches_unpadded_forward(views_llama, side):
     tok = PreTrainedTokenizerFast.from_pretrained(views_llama)
@@ -100,6 +103,7 @@ def test_max_pooling_matches_unpadded_forward(views_llama, side):
     assert tiny(views_llama, pooling="max").spec()["pooling"] == "max"
 
 
+@pytest.mark.slow
 def test_views_normalize_and_empty_input(views_llama):
     emb = tiny(views_llama, normalize=True)
     for b in emb.embed_views(TEXTS[:4], None, [(-1, "max"), (0, "mean")]):
@@ -108,6 +112,7 @@ def test_views_normalize_and_empty_input(views_llama):
     assert [b.vectors.shape for b in empty] == [(0, 32), (0, 32)]
 
 
+@pytest.mark.slow
 def test_view_and_option_errors(views_llama):
     emb = tiny(views_llama)
     cases = [

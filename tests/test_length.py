@@ -242,6 +242,7 @@ def test_length_correlation_is_per_prompt_spearman_of_length():
 
 # ----------------------------------------------------------------------------- the real pool
 
+@pytest.mark.slow
 @needs_data
 def test_the_real_judge_likes_length_once_models_are_held_fixed():
     ds = load_dataset("alpaca-eval-models", DATA_DIR)

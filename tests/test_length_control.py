@@ -48,6 +48,7 @@ def plain(models_subset):
     return run_experiment(ds, X, protocol("linear", "none"), progress=False)
 
 
+@pytest.mark.slow
 def test_posthoc_removes_each_members_length_slope_fitted_on_training_answers_only(models_subset, plain):
     ds, X = models_subset
     result = run_experiment(ds, X, protocol("linear", "posthoc"), progress=False)
@@ -65,6 +66,7 @@ def test_posthoc_removes_each_members_length_slope_fitted_on_training_answers_on
         result.fit.ensemble.predict(X)
 
 
+@pytest.mark.slow
 def test_odin_scores_with_a_quality_head_decorrelated_from_length(models_subset):
     ds, X = models_subset
     result = run_experiment(ds, X, protocol("mlp", "odin", hidden=(32,)), progress=False)
@@ -74,6 +76,7 @@ def test_odin_scores_with_a_quality_head_decorrelated_from_length(models_subset)
     assert set(result.evaluation.bon) == {"pool", "pool-lc"}
 
 
+@pytest.mark.slow
 def test_rrm_trains_on_other_prompts_answers_which_must_be_embedded(models_subset, tmp_path_factory):
     ds, X = models_subset
     with pytest.raises(EmbrmError, match=r"augment=embed_dataset\(rrm_dataset\(ds\)\)\.X \(60 texts\)"):
@@ -90,6 +93,7 @@ def test_rrm_trains_on_other_prompts_answers_which_must_be_embedded(models_subse
     assert not np.allclose(fitted.ensemble.members[0].coef_, plain.ensemble.members[0].coef_)
 
 
+@pytest.mark.slow
 def test_a_saved_posthoc_model_scores_as_it_was_fitted(models_subset, tmp_path):
     ds, X = models_subset
     fitted = fit(ds, X, protocol("mlp", "posthoc", hidden=(16,)), progress=False)
@@ -108,6 +112,7 @@ def test_a_saved_posthoc_model_scores_as_it_was_fitted(models_subset, tmp_path):
         load_model(tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_fit_and_bon_sim_with_length_control_on_the_command_line(renamed_pool, tmp_path):
     runner = CliRunner()
     common = ["--cache-dir", str(renamed_pool / "cache"), "--dtype", "float32"]
@@ -121,7 +126,13 @@ def test_fit_and_bon_sim_with_length_control_on_the_command_line(renamed_pool, t
     assert res.exit_code == 0, res.output
     bon = json.loads(res.stdout)["bon"]
     assert set(bon) == {"pool", "pool-lc", "pool+probes"}
-    assert all(0 <= a["excluded_pick_rate"] <= 1 for a in bon["pool+probes"]["aggregations"].values())
+    # the probes are put back in pool+probes only: a pick rate there (the mean of its per-prompt shares), none in
+    # the plain pool
+    probes = bon["pool+probes"]
+    assert all(a["excluded_pick_rate"] is None for a in bon["pool"]["aggregations"].values())
+    assert {p: a["excluded_pick_rate"] for p, a in probes["aggregations"].items()} == pytest.approx(
+        {p: np.mean(shares) for p, shares in probes["per_prompt"]["excluded"].items()})
+    assert probes["n_responses"] > bon["pool"]["n_responses"]
     assert json.loads(res.stdout)["length_effect"]["source"] == "system"
 
 
@@ -136,5 +147,6 @@ def test_a_pool_without_length_variation_is_evaluated_without_a_length_controlle
     ds = pool_from_frame(frame, tmp_path / "pool.csv")  # every answer has 9 characters
     X = rng.standard_normal((60, 8)).astype(np.float32)
     result = run_experiment(ds, X, Protocol(labels=LabelConfig(n_pairs=200), k=2, test_size=0.3), progress=False)
-    assert "length does not vary within any prompt" in result.evaluation.length_effect["error"]
+    assert "length does not vary within any prompt" in result.evaluation.length_error
+    assert result.evaluation.length_effect is None
     assert set(result.evaluation.bon) == {"pool"}

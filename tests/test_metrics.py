@@ -87,6 +87,7 @@ def test_baselines():
     assert np.array_equal(r, random_reward(10_000, seed=0))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA_DIR / "alpaca_eval_models" / "responses.parquet").exists(),
                     reason=f"real data not found at {DATA_DIR} (set EMBRM_DATA_DIR)")
 def test_real_alpaca_eval_models_length_baseline():

@@ -102,16 +102,18 @@ def test_moe_study_summary_and_per_category_frame():
     df, X = category_pool()
     ds = Dataset("categories", df.with_columns(excluded=pl.lit(False)))
     summary, frame = moe_study(ds, X, categories="category", n_pairs=2500, test_size=0.3, seed=0)
-    h = summary["held_out"]
-    assert h["moe"]["accuracy"] > h["single"]["accuracy"] + 0.15
-    assert h["moe"]["bon_gold"] > h["single"]["bon_gold"] and summary["router_accuracy"] > 0.95
+    h = {r.name: r for r in summary.rewards}
+    assert h["moe"].accuracy > h["single"].accuracy + 0.15
+    assert h["moe"].bon_gold > h["single"].bon_gold and summary.router_accuracy > 0.95
     assert frame["category"].to_list() == ["a", "b", "c"]
     assert (frame["acc_moe"] > frame["acc_single"]).all()
-    json.dumps(summary)
+    d = json.loads(json.dumps(summary.to_dict()))
+    assert d["held_out"]["moe"]["bon_gold"] == h["moe"].bon_gold and d["per_category"] == frame.to_dicts()
     with pytest.raises(EmbrmError, match="no column"):
         moe_study(ds, X, categories="topic")
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_moe_on_a_real_pool(renamed_pool, tmp_path):
     out = tmp_path / "moe"

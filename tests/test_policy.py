@@ -147,6 +147,7 @@ def test_policy_cli_writes_outputs(tmp_path):
     assert bad.exit_code == 2 and "--betas" in bad.output
 
 
+@pytest.mark.slow
 @needs_data
 def test_real_pool_policy_study(models_subset):
     from embrm.methods._policy import policy_study
@@ -154,8 +155,8 @@ def test_real_pool_policy_study(models_subset):
     ds, X = models_subset
     summary, frame = policy_study(ds, X, seed=0, epochs=6, n_pairs=2000, k=2)
     ko = frame.filter(pl.col("curve") == "kl_optimum").sort("param")
-    assert np.isclose(ko["gold"][-1], summary["random"], atol=1e-3) and ko["kl"][-1] < 1e-4   # beta = 1e3
+    assert np.isclose(ko["gold"][-1], summary.random, atol=1e-3) and ko["kl"][-1] < 1e-4   # beta = 1e3
     assert ko["kl"][0] > 2.5                                                                 # ~log 14-15
     dpo = frame.filter(pl.col("curve") == "dpo").sort("param")
     assert dpo["kl"][0] == 0 and dpo["kl"][-1] > dpo["kl"][1] > 0
-    assert summary["rpo"]["end_kl"] < summary["dpo"]["end_kl"]
+    assert summary.curve("rpo").end_kl < summary.curve("dpo").end_kl

@@ -73,6 +73,7 @@ def single(pool_file, tmp_path_factory):
                              batch_size=MINILM.batch_size, progress=False)
 
 
+@pytest.mark.slow
 @needs_data
 def test_two_shard_processes_on_one_cache_equal_a_single_run(pool_file, single, tmp_path):
     cache = tmp_path / "cache"
@@ -107,6 +108,7 @@ class _DiesAfter:
         return self.inner.embed(texts, response_starts)
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_killed_shard_resumes_and_the_last_shard_merges(pool_file, single, tmp_path):
     ds, embedder = load(pool_file), MINILM.build()
@@ -126,6 +128,7 @@ def test_a_killed_shard_resumes_and_the_last_shard_merges(pool_file, single, tmp
     assert len(list(EmbeddingCache.open(warm.cache_dir).parts())) == 1
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_pending_shard_says_what_is_left(pool_file, tmp_path):
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--dtype", "float32", "--batch-size", "16",
@@ -133,8 +136,9 @@ def test_a_pending_shard_says_what_is_left(pool_file, tmp_path):
     assert res.exit_code == 0 and "not cached yet" in res.output, res.output
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--shard", "4/3"])
     assert res.exit_code == 2 and "numbered 1..N" in res.output
-    for args, message in [(["-j", "2"], "--workers is for --runner ray"), (["--runner", "ray", "--shard", "1/2"],
-                          "--shard is for separate processes"), (["--runner", "dask"], "use local or ray")]:
+    for args, message in [(["-j", "2"], "--workers: workers is for runner ray"),
+                          (["--runner", "ray", "--shard", "1/2"], "--shard: shard is for separate processes"),
+                          (["--runner", "dask"], '--runner: runner must be one of "local", "ray"')]:
         res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, *args])
         assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
@@ -156,6 +160,7 @@ def tiny_lm(tmp_path_factory, pool_file):
     return tiny_llama(tmp_path_factory.mktemp("tiny_lm"), texts, vocab_size=400, max_positions=512)
 
 
+@pytest.mark.slow
 @needs_data
 def test_ray_equals_a_single_run_for_minilm_and_a_causal_lm(local_ray, pool_file, single, tiny_lm, tmp_path,
                                                              capfd, monkeypatch):

@@ -124,3 +124,19 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
 def test_a_study_name_never_leaves_the_results_directory(name):
     with pytest.raises(EmbrmError, match="must be a plain name"):
         study_from_dict({"name": name}, "s.toml")
+
+
+def test_the_report_names_only_the_probes_of_the_studys_own_datasets(tmp_path):
+    import polars as pl
+
+    from embrm.studies._report import SETTING, _probes
+    from embrm.studies._store import ResultStore
+
+    default = load_study(None)
+    assert "NullModel" in SETTING.format(test=0.3, probes=_probes(default))
+    other = study_from_dict({"name": "x", "datasets": ["alpaca-eval-bon16"]})
+    assert _probes(other) == "" and "NullModel" not in SETTING.format(test=0.3, probes=_probes(other))
+    store = ResultStore(tmp_path)  # a study without published picks writes no empty published_picks.parquet
+    assert store.write_table("published_picks", pl.DataFrame()) is None
+    assert not (tmp_path / "published_picks.parquet").exists()
+    assert store.write_table("fit_metrics", pl.DataFrame({"a": [1]})) == tmp_path / "fit_metrics.parquet"

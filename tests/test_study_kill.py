@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from realdata import needs_data
 
-pytestmark = [needs_data, pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")]
+pytestmark = [needs_data, pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")]
 
 # Each job trains for minutes (no early stopping within 10,000 epochs of 32-pair batches): the kill comes first.
 STUDY = """

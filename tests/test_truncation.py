@@ -62,6 +62,7 @@ def raw_encode(emb, texts):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_right_cut_gave_identical_vectors_prompt_first_does_not(st):
     texts, starts = render(PROMPT, ANSWERS)
     old = raw_encode(st, texts)
@@ -77,6 +78,7 @@ def test_right_cut_gave_identical_vectors_prompt_first_does_not(st):
     assert (new.n_tokens > 256).all()
 
 
+@pytest.mark.slow
 def test_kept_text_is_the_prompt_end_plus_the_whole_response(st):
     texts, starts = render(PROMPT, ANSWERS)
     batch = st.embed(texts, starts)
@@ -90,6 +92,7 @@ def test_kept_text_is_the_prompt_end_plus_the_whole_response(st):
     np.testing.assert_allclose(batch.vectors, raw_encode(st, cut), atol=1e-6)  # the model saw exactly that
 
 
+@pytest.mark.slow
 def test_response_longer_than_the_window_keeps_its_start(st):
     answer = " ".join(f"Point {i}: the {WORDS[i % 16]} matters." for i in range(120))
     texts, starts = render("Short question?", [answer, "A short answer."])
@@ -103,6 +106,7 @@ def test_response_longer_than_the_window_keeps_its_start(st):
     np.testing.assert_allclose(batch.vectors[0], raw_encode(st, [cut[0]])[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_prompt_and_long_response_share_the_window(st):
     """Both too long: the prompt keeps its last quarter of the window, the response its start in the rest."""
     answer = " ".join(f"Point {i}: the {WORDS[i % 16]} matters." for i in range(120))
@@ -116,6 +120,7 @@ def test_long_prompt_and_long_response_share_the_window(st):
     assert st._prompt_first.count(cut)[0] <= st._prompt_first.window
 
 
+@pytest.mark.slow
 def test_texts_that_fit_are_unchanged(st):
     texts, starts = render("Name a colour.", ANSWERS)
     batch = st.embed(texts, starts)
@@ -135,6 +140,7 @@ def test_spec_names_the_policy_and_batch_is_backward_compatible():
     assert EmbedBatch.build(np.ones((1, 2)), [1], [True], [True]).response_cut.tolist() == [True]
 
 
+@pytest.mark.slow
 def test_bad_response_starts_are_one_line_errors(st):
     for starts, message in [([0], "got 1 response_starts for 2 texts"), ([0, 9], r"response_starts\[1\]=9 is outside"),
                             ([-1, 0], r"response_starts\[0\]=-1")]:
@@ -143,6 +149,7 @@ def test_bad_response_starts_are_one_line_errors(st):
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RESPONSES.exists(), reason=f"{RESPONSES} not found (set EMBRM_DATA_DIR)")
 def test_real_long_prompts_get_distinct_answers(st):
     """The real pool's longest prompt: its answers collapsed to one vector under the right cut."""
@@ -189,6 +196,7 @@ def tiny(tiny_dir, **options):
     return make_embedder("hf", str(tiny_dir), dtype="float32", max_length=HF_WINDOW, batch_size=3, **options)
 
 
+@pytest.mark.slow
 def test_hf_right_cut_gave_identical_vectors_prompt_first_does_not(tiny_dir, reference):
     texts, starts = render(PROMPT, ANSWERS)
     emb = tiny(tiny_dir)
@@ -206,6 +214,7 @@ def test_hf_right_cut_gave_identical_vectors_prompt_first_does_not(tiny_dir, ref
         np.testing.assert_allclose(vec, hidden[-1], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_hf_mean_response_offset_is_shifted_to_the_cut(tiny_dir, reference):
     texts, starts = render(PROMPT, ANSWERS)
     emb = tiny(tiny_dir, pooling="mean_response")
@@ -219,6 +228,7 @@ def test_hf_mean_response_offset_is_shifted_to_the_cut(tiny_dir, reference):
         np.testing.assert_allclose(vec, hidden[in_response].mean(0), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_hf_long_response_keeps_its_start_and_fitting_texts_are_unchanged(tiny_dir, reference):
     answer = " ".join(f"The {w} was fine." for w in WORDS * 3)
     texts, starts = render("Name a colour.", [answer] + ANSWERS)
@@ -235,6 +245,7 @@ def test_hf_long_response_keeps_its_start_and_fitting_texts_are_unchanged(tiny_d
     assert json.loads(json.dumps(emb.spec())) == emb.spec()
 
 
+@pytest.mark.slow
 def test_smollm2_tokenizer_junction_still_fits():
     """Byte-level BPE merges differently across the prompt/response junction ("\\n\\n" + word): the recount
     trims the prompt so the joined text fits exactly, the response intact."""

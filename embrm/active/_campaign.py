@@ -3,7 +3,8 @@ rule reaches a good reward model compared with labelling at random.
 
     result = run_active(ds, X, ActiveConfig(rounds=10, batch=50))
     result.frame        # one row per strategy x seed x round: labels, accuracy, Best-of-n gain, ECE, log det H, seconds
-    result.summary      # per strategy: final accuracy / gain, AUC, labels to target, effects vs random with intervals
+    result.summary      # ActiveSummary: per strategy (summary["bald"]) final accuracy / gain, AUC, labels to target,
+                        # effects vs random with intervals (embrm.evaluation.Effect)
     result.markdown(), result.plot("active.png"), result.write("results/active")
 
 Per seed (Settles 2009, "Active learning literature survey", pool-based sampling; the protocol of Shen, Sun et al.
@@ -12,17 +13,18 @@ Per seed (Settles 2009, "Active learning literature survey", pool-based sampling
   2. the candidates: every unordered within-prompt pair of usable responses on the training prompts (plus, with
      across_prompts, as many random cross-prompt pairs of training responses, deduplicated);
   3. the simulated annotator's label of every candidate, decided by ONE uniform draw per candidate from the seed
-     (common random numbers: a pair gets the same label under every strategy), as in ``embrm.data._labels``: BT
-     P(a > b) = sigmoid(beta (g_a - g_b) / s), s the population std of gold over the usable training responses, or
-     the better one flipped with probability flip; gold ties are a fair coin;
+     (common random numbers: a pair gets the same label under every strategy): ``embrm.pipeline.label_pairs`` with
+     the campaign's LabelConfig, BT P(a > b) = sigmoid(beta (g_a - g_b) / s), s the population std of gold over the
+     usable training responses, or the better one flipped with probability flip; gold ties are a fair coin;
   4. seed_pairs random candidates, the same for every strategy, labelled and fitted (``LaplaceBT(C)``);
   5. for each strategy, `rounds` rounds: the rule picks `batch` unlabelled candidates (``embrm.active._strategies``),
      the annotator labels them, the posterior is refitted (Newton warm-started from the previous mode), and the
      posterior mean is evaluated on the held-out prompts: pairwise accuracy vs the gold order
-     (``embrm.evaluation._heldout.gold_order_pairs``, ties 0.5), Best-of-n gain at n = N ((gold of the top response -
-     the pool's mean) / (the pool's best - its mean), averaged over prompts: 0 random, 1 oracle), ECE, log det H.
-Effects vs random are paired per seed and held-out prompt (``embrm.evaluation._stats.paired_effect``: seeds, then prompts,
-resampled).
+     (``embrm.evaluation.gold_order_pairs``, ties 0.5), Best-of-n gain at n = N from ``embrm.evaluation.top_picks``
+     ((gold of the top response - the pool's mean) / (the pool's best - its mean), each summed over prompts: 0
+     random, 1 oracle), ECE, log det H.
+Effects vs random are paired per seed and held-out prompt (``embrm.evaluation.paired_effect``: seeds, then prompts,
+resampled), with the evaluation's one verdict (``embrm.evaluation.verdict``) in this campaign's words.
 """
 
 from __future__ import annotations
@@ -35,13 +37,23 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from scipy.special import expit
-from threadpoolctl import threadpool_limits
 
 from embrm.active._strategies import STRATEGIES, Candidates, State, pair_sq_norms, select
-from embrm.core import SEED, EmbrmError, Integer, Number, Progress, check_embeddings, check_value, write_atomic
+from embrm.core import (
+    SEED,
+    EmbrmError,
+    Integer,
+    Number,
+    Progress,
+    cell,
+    check_embeddings,
+    check_value,
+    md_table,
+    write_atomic,
+)
 from embrm.data import Dataset
 from embrm.evaluation import (
+    Effect,
     Pools,
     Unit,
     expected_calibration_error,
@@ -50,15 +62,19 @@ from embrm.evaluation import (
     paired_effect,
     pyplot,
     save_figure,
+    top_picks,
+    verdict,
 )
-from embrm.pipeline import LabelConfig, split
+from embrm.pipeline import LabelConfig, label_pairs, split
 from embrm.rewards.heads import LaplaceBT
 
-__all__ = ["ActiveConfig", "ActiveResult", "run_active", "build_candidates", "annotate"]
+__all__ = ["ActiveConfig", "ActiveResult", "ActiveSummary", "StrategySummary", "run_active", "build_candidates"]
 
-HEADER = ("| strategy | final accuracy | final Best-of-n gain | AUC | labels to target | final accuracy vs random | "
-          "verdict | AUC vs random | verdict |")
-VERDICTS = ("beats random", "worse than random", "no difference from random (inconclusive)")
+HEADER = ["strategy", "final accuracy", "final Best-of-n gain", "AUC", "labels to target", "final accuracy vs random",
+          "verdict", "AUC vs random", "verdict"]
+# the evaluation's verdicts on "the strategy beats random" (embrm.evaluation.verdict), in this campaign's words
+VERDICTS = {"reproduced": "beats random", "reversed": "worse than random",
+            "not reproduced (inconclusive)": "no difference from random (inconclusive)"}
 N_BOOT = 2000
 RULES = {
     "seed_pairs": Integer(1, 100_000_000), "batch": Integer(1, 10_000_000), "rounds": Integer(1, 100_000),
@@ -132,6 +148,11 @@ class ActiveConfig:
         return self.seed_pairs + self.rounds * self.batch
 
     @property
+    def labels(self) -> LabelConfig:
+        """The simulated annotator as the pipeline's LabelConfig (flip wins when both are given)."""
+        return LabelConfig("simulated", self.beta, self.flip)
+
+    @property
     def annotator(self) -> str:
         if self.flip is not None:
             return f"flip {self.flip:g}"
@@ -175,13 +196,15 @@ def _cross_pairs(code: np.ndarray, want: int, rng: np.random.Generator) -> np.nd
     return np.stack([keys // n, keys % n], axis=1)
 
 
-def build_candidates(code: np.ndarray, across_prompts: bool = False,
+def build_candidates(prompt_index: np.ndarray, across_prompts: bool = False,
                      rng: np.random.Generator | None = None) -> Candidates:
-    """The candidate pairs over rows grouped by prompt (code (n,): each row's prompt index): every unordered
-    within-prompt pair, then (across_prompts) as many distinct random cross-prompt pairs (fewer when fewer exist).
-    Memory: M pairs and the (P, N_max, N_max) int64 pair_at table, fine for pools of tens of responses per prompt
-    (alpaca-eval-models: 458k pairs, 7.5 MB), not for thousands (the M within-prompt pairs alone grow as N^2)."""
-    pools = group_pools(code)
+    """The candidate pairs over rows grouped by prompt (prompt_index (n,): each row's prompt key, grouped by
+    embrm.evaluation.group_pools): every unordered within-prompt pair, then (across_prompts) as many distinct random
+    cross-prompt pairs (fewer when fewer exist). Memory: M pairs and the (P, N_max, N_max) int64 pair_at table, fine
+    for pools of tens of responses per prompt (alpaca-eval-models: 458k pairs, 7.5 MB), not for thousands (the M
+    within-prompt pairs alone grow as N^2)."""
+    pools = group_pools(prompt_index)
+    code = pools.locate(len(prompt_index))[0]
     prompt, cells = _within_pairs(pools)
     pairs = pools.rows[prompt[:, None], cells]
     pair_at = np.full((len(pools.sizes), pools.width, pools.width), -1, np.int64)
@@ -196,51 +219,30 @@ def build_candidates(code: np.ndarray, across_prompts: bool = False,
     return Candidates(pairs.astype(np.int64), prompt.astype(np.int64), cells.astype(np.int64), pools, pair_at)
 
 
-def annotate(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, *, beta: float | None = 10.0,
-             flip: float | None = None, scale: float = 1.0) -> np.ndarray:
-    """The simulated annotator's labels of `pairs` (m, 2), oriented preferred first, from one uniform draw u (m,)
-    per pair: a wins iff u < P(a wins), P = sigmoid(beta (g_a - g_b) / scale) (Bradley-Terry), or 1 - flip / flip /
-    0.5 when a is better / worse / tied (flip rate; Coste et al. 2023), or 1 / 0 / 0.5 (noiseless). The rules of
-    ``embrm.data._labels.simulate_pairs``, with a single draw so that a pair's label never depends on who asks."""
-    diff = gold[pairs[:, 0]] - gold[pairs[:, 1]]
-    if flip is not None:
-        p = np.where(diff > 0, 1.0 - flip, np.where(diff < 0, flip, 0.5))
-    elif beta is not None:
-        p = expit(beta * diff / scale)
-    else:
-        p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
-    return np.where((u < p)[:, None], pairs, pairs[:, ::-1])
-
-
 # ----------------------------------------------------------------------------- one seed's data
 
 @dataclass
 class HeldOut:
-    """The held-out prompts of a seed: their usable rows' embeddings and gold, gold-order pairs (better first,
-    rows of X), each pair's prompt, the prompts' pools and ids."""
+    """The held-out prompts of a seed: their usable rows' embeddings, gold and prompt keys, gold-order pairs (better
+    first, rows of X), each pair's prompt (its position in prompt_ids), the prompts' ids (sorted)."""
 
     X: np.ndarray
     gold: np.ndarray
+    prompt: np.ndarray
     pairs: np.ndarray
     pair_prompt: np.ndarray
-    pools: Pools
     prompt_ids: np.ndarray
 
     @property
     def n_pairs(self) -> np.ndarray:
         return np.bincount(self.pair_prompt, minlength=len(self.prompt_ids)).astype(np.float64)
 
-    def lift(self, scores: np.ndarray) -> np.ndarray:
-        """Per prompt: gold of the top-scored response (ties averaged) minus the prompt's mean gold (a random pick)."""
-        s = self.pools.gather(scores, fill=-np.inf)
-        g = self.pools.gather(self.gold)
-        top = self.pools.valid & (s == s.max(axis=1, keepdims=True))
-        return (g * top).sum(1) / top.sum(1) - g.sum(1) / self.pools.sizes
-
     def best_of_n(self, scores: np.ndarray) -> float:
-        """Best-of-n gain at n = N as the studies report it: (pick - random) / (oracle - random), each averaged over
-        the prompts (0: a random pick, 1: the best response of every pool)."""
-        return float(self.lift(scores).sum() / self.lift(self.gold).sum())
+        """Best-of-n gain at n = N as the studies report it (embrm.evaluation.top_picks): (pick - random) / (oracle -
+        random), each summed over the prompts (0: a random pick, 1: the best response of every pool)."""
+        picks = top_picks(self.prompt, {"scores": scores}, self.gold, np.ones(len(self.gold), bool))
+        random, pick = np.asarray(picks["random"]), np.asarray(picks["pick"]["scores"])
+        return float((pick - random).sum() / (np.asarray(picks["oracle"]) - random).sum())
 
     def oracle(self) -> float:
         """The oracle's gain: 1 by definition (kept as a column so curves show the scale)."""
@@ -284,10 +286,11 @@ def _held_out(ds: Dataset, X: np.ndarray, usable: np.ndarray, test_ids: np.ndarr
                          f"seed {seed}: use a pool with several scored responses per prompt, or a larger test_size")
     local = np.full(len(pid), -1, np.int64)
     local[rows] = np.arange(len(rows))
-    keys, code = np.unique(pid[rows], return_inverse=True)
+    pools = group_pools(pid[rows])
     pairs = local[pairs]
     gold = ds.responses["gold"].to_numpy()[rows].astype(np.float64)
-    return HeldOut(X[rows].astype(np.float64), gold, pairs, code[pairs[:, 0]], group_pools(code), keys)
+    return HeldOut(X[rows].astype(np.float64), gold, pid[rows], pairs, pools.locate(len(rows))[0][pairs[:, 0]],
+                   pools.keys)
 
 
 def _check_budget(config: ActiveConfig, n: int, seed: int, ds: Dataset) -> None:
@@ -299,21 +302,20 @@ def _check_budget(config: ActiveConfig, n: int, seed: int, ds: Dataset) -> None:
 
 def prepare_seed(ds: Dataset, X: np.ndarray, config: ActiveConfig, seed: int) -> SeedPool:
     """The split, candidates, labels, seed set and held-out evaluation of one seed."""
-    labels = LabelConfig("simulated", config.beta, config.flip)
+    labels = config.labels
     sp = split(ds, labels, config.test_size, seed)
     gold = ds.responses["gold"].to_numpy().astype(np.float64)
     usable = ds.usable & np.isfinite(gold)
     pid = ds.responses["prompt_id"].cast(pl.Utf8).to_numpy().astype(str)
     rows = np.flatnonzero(usable & np.isin(pid, sp.train))
-    code = np.unique(pid[rows], return_inverse=True)[1]
-    cand = build_candidates(code, config.across_prompts, _rng(seed, "candidates"))
+    cand = build_candidates(pid[rows], config.across_prompts, _rng(seed, "candidates"))
     _check_budget(config, len(cand), seed, ds)
     scale = float(np.std(gold[rows]))
     if scale == 0 and config.flip is None and config.beta is not None:
         raise EmbrmError(f"{ds.name}: all {len(rows)} usable training responses of seed {seed} have the same gold "
                          f"score: no preference can be simulated")
     u = _rng(seed, "labels").random(len(cand))
-    oriented = annotate(cand.pairs, gold[rows], u, beta=config.beta, flip=config.flip, scale=scale or 1.0)
+    oriented = label_pairs(cand.pairs, gold[rows], u, labels, scale=scale or 1.0)
     seed_set = _rng(seed, "seed_set").choice(len(cand), config.seed_pairs, replace=False)
     Xtr = np.ascontiguousarray(X[rows])
     pool = SeedPool(seed, Xtr, rows, cand, oriented, seed_set, _held_out(ds, X, usable, sp.test, seed))
@@ -396,6 +398,8 @@ def _prepared(ds: Dataset, X) -> tuple[Dataset, np.ndarray]:
 def run_active(ds: Dataset, X, config: ActiveConfig = ActiveConfig(), *, progress: bool | None = None
                ) -> ActiveResult:
     """Run every strategy of `config` on every seed (see the module doc); progress: as embrm.core._progress.Progress."""
+    from threadpoolctl import threadpool_limits
+
     if not isinstance(config, ActiveConfig):
         raise EmbrmError(f"config must be an embrm.active.ActiveConfig, got {type(config).__name__}")
     ds, X = _prepared(ds, X)
@@ -451,16 +455,7 @@ def _trapezoid_weights(labels: np.ndarray) -> np.ndarray:
     return w / dx.sum()
 
 
-def _verdict(lo: float, hi: float) -> str:
-    return VERDICTS[0] if lo > 0 else VERDICTS[1] if hi < 0 else VERDICTS[2]
-
-
-def _effect(units: list[Unit]) -> dict:
-    e = paired_effect(units, n_boot=N_BOOT)
-    return {"estimate": e.estimate, "lo": e.lo, "hi": e.hi, "verdict": _verdict(e.lo, e.hi), "method": e.method}
-
-
-def _effects(name: str, traces: dict, pools: dict, weights: np.ndarray) -> dict:
+def _effects(name: str, traces: dict, pools: dict, weights: np.ndarray) -> tuple[Effect, Effect]:
     """Effects vs random on final accuracy and on AUC, Units per seed over the held-out prompts with pairs."""
     final, auc = [], []
     for seed, pool in pools.items():
@@ -470,24 +465,84 @@ def _effects(name: str, traces: dict, pools: dict, weights: np.ndarray) -> dict:
         ids = pool.held.prompt_ids[keep]
         final.append(Unit(seed, name, ids, a[-1][keep], b[-1][keep], den[keep]))
         auc.append(Unit(seed, name, ids, (weights @ a)[keep], (weights @ b)[keep], den[keep]))
-    return {"final_accuracy": _effect(final), "auc": _effect(auc)}
+    return paired_effect(final, n_boot=N_BOOT), paired_effect(auc, n_boot=N_BOOT)
 
 
-def _summary(curves: pl.DataFrame, config: ActiveConfig, pools: dict, traces: dict, target: float | None) -> dict:
+def vs_random(effect: Effect | None) -> str:
+    """The verdict on "beats random" (embrm.evaluation.verdict) in the campaign's words; "-" without an effect."""
+    return "-" if effect is None else VERDICTS[verdict(effect.lo, effect.hi)]
+
+
+@dataclass(frozen=True)
+class StrategySummary:
+    """One strategy over the seeds: final accuracy and Best-of-n gain (seed means), the area under its accuracy
+    curve, the labels it needed to reach the target (None: not reached), and its effects vs random on final
+    accuracy and on AUC (None for random itself, or when random was not run)."""
+
+    name: str
+    final_accuracy: float
+    final_gain: float
+    auc: float
+    labels_to_target: int | None
+    accuracy_vs_random: Effect | None = None
+    auc_vs_random: Effect | None = None
+
+    def to_dict(self) -> dict:
+        vs = None if self.accuracy_vs_random is None else {
+            "final_accuracy": _effect_dict(self.accuracy_vs_random), "auc": _effect_dict(self.auc_vs_random)}
+        return {"final_accuracy": self.final_accuracy, "final_gain": self.final_gain, "auc": self.auc,
+                "labels_to_target": self.labels_to_target, "vs_random": vs}
+
+    def row(self) -> list[str]:
+        """The strategy's row of the campaign's table."""
+        a, b = self.accuracy_vs_random, self.auc_vs_random
+        return [self.name, cell(self.final_accuracy, 4), cell(self.final_gain, 4), cell(self.auc, 4),
+                "not reached" if self.labels_to_target is None else str(self.labels_to_target),
+                "-" if a is None else a.interval(4), vs_random(a), "-" if b is None else b.interval(4), vs_random(b)]
+
+
+def _effect_dict(e: Effect) -> dict:
+    return {"estimate": e.estimate, "lo": e.lo, "hi": e.hi, "verdict": vs_random(e), "method": e.method}
+
+
+@dataclass(frozen=True)
+class ActiveSummary:
+    """Every strategy's StrategySummary, in the config's order; read by name (summary["bald"]) or iterated (names)."""
+
+    strategies: tuple[StrategySummary, ...]
+
+    def __getitem__(self, name: str) -> StrategySummary:
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(s.name for s in self.strategies)
+
+    def __len__(self) -> int:
+        return len(self.strategies)
+
+    def to_dict(self) -> dict:
+        return {s.name: s.to_dict() for s in self.strategies}
+
+
+def _summary(curves: pl.DataFrame, config: ActiveConfig, pools: dict, traces: dict,
+             target: float | None) -> ActiveSummary:
     """Per strategy: final accuracy and gain (seed means), AUC, labels to target, effects vs random."""
     mean = (curves.group_by("strategy", "round").agg(pl.col("labels").first(), pl.col("accuracy").mean(),
                                                      pl.col("gain").mean()).sort("strategy", "round"))
-    out = {}
+    out = []
     for name in config.strategies:
         m = mean.filter(pl.col("strategy") == name)
         labels, acc = m["labels"].to_numpy(), m["accuracy"].to_numpy()
         weights = _trapezoid_weights(labels)
         reached = np.flatnonzero(acc >= target - 1e-12) if target is not None else np.zeros(0, np.int64)
-        out[name] = {"final_accuracy": float(acc[-1]), "final_gain": float(m["gain"][-1]),
-                     "auc": float(weights @ acc), "labels_to_target": int(labels[reached[0]]) if len(reached) else None,
-                     "vs_random": (_effects(name, traces, pools, weights)
-                                   if name != "random" and "random" in config.strategies else None)}
-    return out
+        effects = (_effects(name, traces, pools, weights) if name != "random" and "random" in config.strategies
+                   else (None, None))
+        out.append(StrategySummary(name, float(acc[-1]), float(m["gain"][-1]), float(weights @ acc),
+                                   int(labels[reached[0]]) if len(reached) else None, *effects))
+    return ActiveSummary(tuple(out))
 
 
 def _result(ds: Dataset, config: ActiveConfig, pools: dict, traces: dict, seconds: float) -> ActiveResult:
@@ -497,36 +552,31 @@ def _result(ds: Dataset, config: ActiveConfig, pools: dict, traces: dict, second
         target = float(curves.filter((pl.col("strategy") == "random") & (pl.col("round") == config.rounds))
                        ["accuracy"].mean())
     return ActiveResult(config, ds.name, curves, _summary(curves, config, pools, traces, target), seconds,
-                        target=target, candidates={s: len(p.candidates) for s, p in pools.items()},
+                        target=target, candidates=tuple(len(pools[s].candidates) for s in config.seeds),
                         prompts=prompts, queries=queries)
-
-
-def _interval(effect: dict | None) -> str:
-    if effect is None:
-        return "-"
-    return f"{effect['estimate']:+.4f} [{effect['lo']:+.4f}, {effect['hi']:+.4f}]"
 
 
 @dataclass
 class ActiveResult:
     """A campaign's results: the config, the dataset's name, the curves (one row per strategy x seed x round),
     the per-strategy summary and the seconds it took; also the accuracy target, the number of candidate pairs per
-    seed, the correct pairs per held-out prompt per round (prompts) and every labelled pair (queries)."""
+    seed (in the config's seed order), the correct pairs per held-out prompt per round (prompts) and every labelled
+    pair (queries)."""
 
     config: ActiveConfig
     dataset: str
     frame: pl.DataFrame
-    summary: dict
+    summary: ActiveSummary
     seconds: float
     target: float | None = None
-    candidates: dict = field(default_factory=dict)
+    candidates: tuple[int, ...] = ()
     prompts: pl.DataFrame | None = None
     queries: pl.DataFrame | None = None
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "config": self.config.to_dict(), "target": self.target,
-                "candidates": {str(k): v for k, v in self.candidates.items()}, "summary": self.summary,
-                "seconds": self.seconds}
+                "candidates": {str(k): v for k, v in zip(self.config.seeds, self.candidates)},
+                "summary": self.summary.to_dict(), "seconds": self.seconds}
 
     def markdown(self) -> str:
         """A table, one row per strategy, and a sentence saying which strategies beat random (or that none does)."""
@@ -536,24 +586,17 @@ class ActiveResult:
         lines = [f"### Active labelling on {self.dataset}", "",
                  f"LaplaceBT(C={c.C:g}) refitted after each of {c.rounds} rounds of {c.batch} pairs from a seed set "
                  f"of {c.seed_pairs} (budget {c.budget}); annotator {c.annotator}; seeds {list(c.seeds)}; "
-                 f"{min(self.candidates.values(), default=0):,} to {max(self.candidates.values(), default=0):,} "
+                 f"{min(self.candidates, default=0):,} to {max(self.candidates, default=0):,} "
                  f"candidate pairs per seed{' (within and across prompts)' if c.across_prompts else ''}. "
                  f"Target accuracy {target}. Effects vs random: 95 % intervals over seeds and held-out prompts. "
-                 f"Ran in {self.seconds:.1f} s.", "", HEADER,
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for name, s in self.summary.items():
-            vs = s["vs_random"] or {}
-            lines.append(f"| {name} | {s['final_accuracy']:.4f} | {s['final_gain']:.4f} | {s['auc']:.4f} | "
-                         f"{s['labels_to_target'] if s['labels_to_target'] is not None else 'not reached'} | "
-                         f"{_interval(vs.get('final_accuracy'))} | {vs.get('final_accuracy', {}).get('verdict', '-')}"
-                         f" | {_interval(vs.get('auc'))} | {vs.get('auc', {}).get('verdict', '-')} |")
+                 f"Ran in {self.seconds:.1f} s.", "", md_table(HEADER, [s.row() for s in self.summary.strategies])]
         return "\n".join(lines + ["", self._conclusion()]) + "\n"
 
     def _conclusion(self) -> str:
         if "random" not in self.config.strategies:
             return "Random was not run: no comparison with random."
-        wins = [n for n, s in self.summary.items() if s["vs_random"] and VERDICTS[0] in
-                (s["vs_random"]["final_accuracy"]["verdict"], s["vs_random"]["auc"]["verdict"])]
+        wins = [s.name for s in self.summary.strategies
+                if VERDICTS["reproduced"] in (vs_random(s.accuracy_vs_random), vs_random(s.auc_vs_random))]
         if not wins:
             return "No strategy beats random labelling (on final accuracy or on AUC)."
         return "Beats random (on final accuracy or AUC): " + ", ".join(wins) + "."

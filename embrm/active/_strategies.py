@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy.linalg import solve_triangular
-from scipy.special import expit, xlogy
 
 from embrm.evaluation import Pools
 from embrm.rewards.heads import LaplaceBT
@@ -116,6 +114,8 @@ class State:
     @cached_property
     def Z(self) -> np.ndarray:
         """(n, d) rows z = L^-1 x: x^T S y = z_x . z_y under the posterior covariance S = H^-1."""
+        from scipy.linalg import solve_triangular
+
         return solve_triangular(self.model.chol_, self.X64.T, lower=True).T.copy()
 
     @cached_property
@@ -146,12 +146,16 @@ def _top(positions: np.ndarray, score: np.ndarray, batch: int) -> np.ndarray:
 
 def _bt_weights(state: State, positions: np.ndarray) -> np.ndarray:
     """p (1 - p) under the MAP: each pair's BT Fisher information weight."""
+    from scipy.special import expit
+
     p = expit(state.margins(positions))
     return p * (1.0 - p)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Binary entropy in nats (0 at p = 0 or 1)."""
+    from scipy.special import xlogy
+
     return -(xlogy(p, p) + xlogy(1.0 - p, 1.0 - p))
 
 
@@ -188,6 +192,8 @@ def bald(state: State, batch: int, rng: np.random.Generator) -> np.ndarray:
     learning for classification and preference learning", arXiv 1112.5745): the mutual information between the
     pair's label and the weights, H[mean_k p_k] - mean_k H[p_k], p_k = sigmoid(margin under draw k), estimated
     over the K posterior draws; the top `batch`."""
+    from scipy.special import expit
+
     free = np.flatnonzero(state.available)
     p = expit(state.draw_margins(free))
     return _top(free, _entropy(p.mean(axis=1)) - _entropy(p).mean(axis=1), batch)

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
-from typer._click import exceptions as click  # typer vendors click; its errors live here
 from typer.core import TyperGroup
 
 from embrm.cli import active, data, imports, methods, model, study
-from embrm.cli.common import error_line
+from embrm.cli.common import error_line, quiet_libraries
 
 
 class OneLineErrors(TyperGroup):
@@ -20,15 +21,13 @@ class OneLineErrors(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.NoArgsIsHelpError as e:
-            print(e.ctx.get_help() if e.ctx else str(e))
-            raise SystemExit(2) from None
-        except click.UsageError as e:
-            command = e.ctx.command_path if e.ctx else "embrm"
-            error_line(f"{e.format_message()} (see `{command} --help`)")
-            raise SystemExit(2) from None
-        except click.ClickException as e:
-            error_line(e.format_message())
+        except typer.TyperException as e:  # click's errors (typer vendors click: they derive from this)
+            ctx = getattr(e, "ctx", None)  # usage errors carry the command's context
+            if type(e).__name__ == "NoArgsIsHelpError":  # `embrm cache` alone: its help (typer tells it by name too)
+                print(ctx.get_help() if ctx else str(e))
+                raise SystemExit(2) from None
+            hint = f" (see `{ctx.command_path if ctx else 'embrm'} --help`)" if hasattr(e, "ctx") else ""
+            error_line(e.format_message() + hint)
             raise SystemExit(e.exit_code) from None
         except typer.Abort:
             error_line("aborted")
@@ -57,4 +56,6 @@ app.command()(active.active)
 
 
 def main() -> None:
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        quiet_libraries()  # a file or a pipe gets no library progress bars
     app()

@@ -7,6 +7,7 @@ and the methods take the same dataset and embedder options, spelled the same way
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -19,14 +20,48 @@ from pathlib import Path
 from typing import Annotated, Optional, get_type_hints
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from embrm.core import EmbrmError
+from embrm.core import check_out as check_out  # the one --out check, re-exported for the commands
 from embrm.data import Dataset, load_dataset
 from embrm.embedding import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
 
-out = Console()
-err = Console(stderr=True)
+UNWRAPPED = 100_000  # the width of a file or pipe: no line is wrapped (rich would wrap at 80 columns)
+
+
+class PlainWhenPiped(Console):
+    """rich on a terminal; written to a file or a pipe, every line whole (no wrap at 80 columns, no colour), so
+    redirected output reads and greps like the terminal's."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED, size.height)
+
+
+out = PlainWhenPiped()
+err = PlainWhenPiped(stderr=True)
+
+
+def print_markdown(text: str) -> None:
+    """Rendered on a terminal; as the markdown itself elsewhere (rich pads rendered markdown to the width)."""
+    if not out.is_terminal:
+        return out.print(text, markup=False, highlight=False)
+    from rich.markdown import Markdown  # 50 ms of imports that `--help` need not pay
+
+    out.print(Markdown(text))
+
+
+def quiet_libraries() -> None:
+    """No progress bars of the model libraries (transformers' "Loading weights", hub downloads): embrm reports its
+    own progress, and a file or a JSON reader wants none. The environment variable covers libraries not yet
+    imported (they load lazily, when a command embeds); the calls those already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 class Format(str, Enum):
@@ -34,7 +69,14 @@ class Format(str, Enum):
     json = "json"
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", help="text (tables) or json (machine-readable summary).")]
+def _format_chosen(value: Format) -> Format:
+    if value == Format.json:
+        quiet_libraries()  # stdout is the JSON; stderr carries no library bars either
+    return value
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", callback=_format_chosen,
+                                           help="text (tables) or json (machine-readable summary).")]
 CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Embedding cache root.")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the results (JSON, Parquet, PNG) here.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds the prompt split, the simulated labels and the fit.")]
@@ -176,6 +218,24 @@ def command_line(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
+@contextlib.contextmanager
+def options_named(options: dict[str, str]):
+    """API errors name their field (EmbrmError.field); a command-line user needs the option that sets it:
+    `options` maps field -> option, and an error about a mapped field is prefixed with its option."""
+    try:
+        yield
+    except EmbrmError as e:
+        option = options.get(e.field)
+        if option is None or str(e).startswith(option):
+            raise
+        raise EmbrmError(f"{option}: {e}", field=e.field) from None
+
+
+# The API's field -> the option that sets it, for the options every command shares
+EMBED_OPTION = {"runner": "--runner", "shard": "--shard", "workers": "--workers", "address": "--address",
+                "views": "--views"}
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -195,25 +255,5 @@ def parse_numbers(values: list[str] | str | None, option: str, kind=float) -> li
         raise EmbrmError(f"{option}: expected comma-separated {kind.__name__}s, got {','.join(items)!r}") from None
 
 
-
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace results already at --out (without it, a non-empty --out is refused).")]
-
-
-def check_out(path: Path | None, overwrite: bool, *, file: bool = False, option: str = "--out") -> None:
-    """Refuse an --out that cannot be written, or that holds earlier results unless --overwrite. Commands call it
-    before any work, so a bad --out never costs an embedding or a fit and results are never replaced silently."""
-    if path is None:
-        return
-    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest existing ancestor
-    if not parent.is_dir():
-        raise EmbrmError(f"{option} {path}: {parent} is a file, not a directory: choose another {option}")
-    if path.exists() and path.is_dir() == file:
-        want = "a file path (e.g. scores.parquet)" if file else "a directory"
-        raise EmbrmError(f"{option} {path} is a {'directory' if file else 'file'}: {option} takes {want}")
-    where = path if path.is_dir() else parent  # where the results will be written
-    if not os.access(where, os.W_OK | os.X_OK):
-        raise EmbrmError(f"{option} {path}: cannot write into {where} (permission denied): choose another {option}")
-    if not overwrite and (path.is_file() or path.is_dir() and any(path.iterdir())):
-        raise EmbrmError(f"{option} {path} already exists and holds results: pass --overwrite to replace them, "
-                         f"or choose another {option}")

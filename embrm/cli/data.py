@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import typer
 from rich.table import Column, Table
 
 from embrm.cli.common import (
+    EMBED_OPTION,
     CacheDirOpt,
     DataOptions,
     DatasetArg,
@@ -19,12 +19,13 @@ from embrm.cli.common import (
     err,
     friendly,
     grouped,
+    options_named,
     out,
     print_json,
 )
 from embrm.core import EmbrmError
 from embrm.data import GENERATORS, REGISTRY, existing_data_dir
-from embrm.embedding import WHOLE, EmbeddingCache, Shard, cache_dirs, embed_on_ray, embed_views, verify
+from embrm.embedding import EmbeddingCache, EmbedRoute, cache_dirs, verify
 from embrm.embedding import leftovers as find_leftovers
 from embrm.embedding import repair as repair_cache
 
@@ -34,23 +35,40 @@ CachePathArg = Annotated[Path, typer.Argument(help="Cache root or one embedder's
 @friendly
 def datasets(data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Where named datasets live.")] = None,
              format: FormatOpt = Format.text):
-    """List the named datasets, their sources, exclusion rules and whether they are present locally.
+    """List the named datasets as declared (columns, exclusion rule, attachments), their sources and whether they
+    are present locally.
 
     Example: embrm datasets --data-dir ../shared/data
     """
     root = existing_data_dir(data_dir)
-    rows = [dict(name=i.name, kind=i.kind, present=(root / i.path).exists(), path=str(root / i.path),
-                 description=i.description, source=i.source,
-                 excluded=None if i.exclude is None else f"{i.exclude.name}: {i.exclude.column} ~ {i.exclude.pattern}")
-            for i in REGISTRY.values()]
+    rows = [_declared(info, root) for info in REGISTRY.values()]
     rows += [dict(name=name, kind="generated", present=True, path=None, description=g.description,
-                  source=g.make.__module__, excluded=None) for name, g in GENERATORS.items()]
+                  source=g.make.__module__, columns=None, excluded=None, exclude=None, answer_source=None,
+                  attachments=[]) for name, g in GENERATORS.items()]
     if format == Format.json:
         return print_json(rows)
-    table = Table("name", "kind", "present", "description", title=f"datasets in {root}")
+    table = Table("name", "kind", "present", "columns", "excluded", "attachments", "description",
+                  title=f"datasets in {root}")
     for r in rows:
-        table.add_row(r["name"], r["kind"], "yes" if r["present"] else "no", r["description"])
+        columns = ", ".join(f"{role}={column or '-'}" for role, column in (r["columns"] or {}).items())
+        attached = ", ".join(f"{a['name']} ({'present' if a['present'] else 'missing'})" for a in r["attachments"])
+        table.add_row(r["name"], r["kind"], "yes" if r["present"] else "no", columns or "-", r["excluded"] or "-",
+                      attached or "-", r["description"])
     out.print(table)
+
+
+def _declared(info, root: Path) -> dict:
+    """A registered dataset's declaration as the loader reads it: its columns (role -> column), exclusion rule and
+    attachments, with where they are and whether they are present."""
+    rule = info.exclude
+    return dict(name=info.name, kind=info.kind, present=(root / info.path).exists(), path=str(root / info.path),
+                description=info.description, source=info.source,
+                columns={option.removesuffix("_col"): column for option, column in info.columns.items()},
+                excluded=None if rule is None else f"{rule.name}: {rule.column} ~ {rule.pattern}",
+                exclude=None if rule is None else dict(name=rule.name, column=rule.column, pattern=rule.pattern),
+                answer_source=info.answer_source,
+                attachments=[dict(name=name, path=str(root / a.path), present=(root / a.path).exists(),
+                                  source=a.source) for name, a in info.attachments])
 
 
 @friendly
@@ -77,29 +95,15 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
              embrm embed my-pool.toml --backend hf --model smollm2 --shard 2/4        (one of four processes)
              embrm embed my-pool.toml --backend hf --model smollm2 --runner ray --address auto
     """
-    if runner not in ("local", "ray"):
-        raise EmbrmError(f"--runner {runner!r}: use local or ray")
-    if runner == "ray" and shard:
-        raise EmbrmError("--shard is for separate processes; --runner ray makes its own shards (--workers N)")
-    if runner == "local" and (workers is not None or address is not None):
-        raise EmbrmError(f"{'--workers' if workers is not None else '--address'} is for --runner ray: add --runner "
-                         f"ray, or start processes with --shard I/N")
-    if shard:
-        Shard.parse(shard)  # before the data is read
-    ds = data.load(dataset)
-    progress = None if format == Format.text else False
-    if views:
-        return _embed_views(ds, embedder.config(), views, cache_dir, shard, runner, format)
-    if shard:
-        outcome = embedder.config().embed_shard(ds, Shard.parse(shard), cache_dir, progress=progress)
-        if outcome.result is None:
-            return _shard_pending(ds, outcome, format)
-        result = outcome.result
-    elif runner == "ray":
-        result = embed_on_ray(ds, embedder.config(), cache_dir=cache_dir, workers=workers, address=address,
-                              progress=progress)
-    else:
-        result = embedder.embed(ds, cache_dir, format)
+    with options_named(EMBED_OPTION):
+        route = EmbedRoute(runner, shard, workers, address, views or ())  # checked before the data is read
+        ds = data.load(dataset)
+        outcomes = route.embed(ds, embedder.config(), cache_dir, progress=None if format == Format.text else False)
+    if route.views:
+        return _print_views(ds, route.views, outcomes, format)
+    if outcomes[0].result is None:
+        return _shard_pending(ds, outcomes[0], format)
+    result = outcomes[0].result
     if format == Format.json:
         return print_json({"dataset": ds.name, **result.summary()})
     out.print(f"{ds!r}\nembedded {result.n_embedded} new texts, {result.n_cached} from cache "
@@ -110,33 +114,16 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _embed_views(ds, config, views: str, cache_dir, shard, runner: str, format: Format) -> None:
-    if runner != "local":
-        raise EmbrmError("--views runs in this process (or with --shard): leave out --runner ray")
-    configs = [replace(config, layer=layer, pooling=pooling) for layer, pooling in parse_views(views)]
-    outcomes = embed_views(ds, configs, cache_dir=cache_dir, shard=Shard.parse(shard) if shard else WHOLE,
-                           progress=None if format == Format.text else False)
+def _print_views(ds, views: tuple, outcomes: list, format: Format) -> None:
     if format == Format.json:
-        return print_json([{"dataset": ds.name, "layer": c.layer, "pooling": c.pooling, **o.summary()}
-                           for c, o in zip(configs, outcomes)])
+        return print_json([{"dataset": ds.name, "layer": layer, "pooling": pooling, **o.summary()}
+                           for (layer, pooling), o in zip(views, outcomes)])
     first = outcomes[0]
     out.print(f"{ds!r}\nembedded {first.n_embedded} new texts in {first.seconds:.1f}s, one forward pass for "
-              f"{len(configs)} views:", markup=False, highlight=False)
-    for c, o in zip(configs, outcomes):
+              f"{len(views)} views:", markup=False, highlight=False)
+    for (layer, pooling), o in zip(views, outcomes):
         state = "complete" if o.result is not None else f"{o.n_missing} texts of other shards missing"
-        out.print(f"  layer {c.layer:>3} {c.pooling:<14} -> {o.cache_dir} ({state})", markup=False, highlight=False)
-
-
-def parse_views(text: str) -> list[tuple[int, str]]:
-    """'-1:last,10:max' -> [(-1, 'last'), (10, 'max')]."""
-    try:
-        pairs = [item.strip().rsplit(":", 1) for item in text.split(",") if item.strip()]
-        views = [(int(layer), pooling) for layer, pooling in pairs]
-    except ValueError:
-        views = []
-    if not views:
-        raise EmbrmError(f"--views {text!r}: write LAYER:POOLING pairs separated by commas, e.g. -1:last,10:max")
-    return views
+        out.print(f"  layer {layer:>3} {pooling:<14} -> {o.cache_dir} ({state})", markup=False, highlight=False)
 
 
 def _shard_pending(ds, outcome, format: Format) -> None:

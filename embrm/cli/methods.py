@@ -1,6 +1,7 @@
-"""The further seeds' commands (`laser`, `moe`, `composite`, `policy`): each embeds through the shared embedder
-options, runs its registered method (embrm.methods.run_method: excluded responses dropped unless
---with-excluded), prints its table and, with --out, writes summary.json, its frame as Parquet and its PNG."""
+"""The four methods' commands (`laser`, `moe`, `composite`, `policy`): each assembles its options, embeds through the
+shared embedder options, runs its registered method (embrm.methods.run_method: excluded responses dropped unless
+--with-excluded), prints the result's one rendering (MethodResult.markdown, the study report's section too) and,
+with --out, writes summary.json, its frame as Parquet and its PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.table import Table
 
 from embrm.cli.common import (
     CacheDirOpt,
@@ -31,7 +31,7 @@ from embrm.cli.common import (
     split_list,
 )
 from embrm.core import EmbrmError
-from embrm.methods import MethodResult, run_method
+from embrm.methods import run_method
 
 
 def _names(values: list[str] | None, option: str) -> list[str] | None:
@@ -52,9 +52,9 @@ BetaOpt = Annotated[float, typer.Option("--beta", help="Simulated BT annotator s
 
 
 def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOptions, cache_dir: Path, fmt: Format,
-         out_dir: Path | None, overwrite: bool, seed: int, with_excluded: bool, **params) -> MethodResult | None:
-    """Check --out, load (a pool with gold, before anything is embedded), embed, run the method, write its files;
-    None when the summary was printed as JSON."""
+         out_dir: Path | None, overwrite: bool, seed: int, with_excluded: bool, **params) -> None:
+    """Check --out, load (a pool with gold, before anything is embedded), embed, run the method, write its files,
+    print its summary (JSON) or its rendering."""
     check_out(out_dir, overwrite)
     ds = data.load(dataset)
     ds.require_pool(name)
@@ -65,16 +65,8 @@ def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOpti
         result.write(out_dir, command=command_line(ctx))
     if fmt == Format.json:
         print_json(result.to_dict())
-        return None
-    return result
-
-
-def _print_excluded_picks(r: MethodResult) -> None:
-    """With --with-excluded: how often each selection picked an excluded response (e.g. a hacking probe)."""
-    rates = r.summary.get("excluded_pick_rate")
-    if rates:
-        out.print("share of evaluated prompts whose pick is an excluded response: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+    else:
+        out.print(result.markdown(), soft_wrap=True, markup=False)
 
 
 @friendly
@@ -99,24 +91,9 @@ def laser(
     """
     if dim < 0:
         raise EmbrmError(f"--dim {dim}: give a PCA dimension >= 1, or 0 for the raw embeddings")
-    r = _run(ctx, "laser", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
-             arms=_names(arms, "--arms"), alpha=alpha, n=n, test_size=test_size, n_pairs=n_pairs, beta=beta,
-             dim=dim or None, warmup=warmup)
-    if r is None:
-        return
-    s = r.summary
-    table = Table("pick by", "mean gold (all rounds)", "mean gold (last half)", "rounds played",
-                  title=f"LASeR on {r.dataset}: {s['n_rounds']} held-out prompts, Best-of-{n or 'pool'}")
-    for key, gold in s["mean_gold"].items():
-        played = s["choices"].get(key[4:], "") if key.startswith("arm:") else ""
-        table.add_row(key, f"{gold:.4f}", f"{s['mean_gold_last_half'][key]:.4f}", str(played))
-    out.print(table)
-    reg = s["regret"]
-    out.print(f"cumulative regret: vs best single arm ({s['best_arm_in_hindsight']}) {reg['vs_best_arm']:.3f}, "
-              f"vs per-prompt oracle arm {reg['vs_oracle']:.3f}; per round vs oracle "
-              f"{reg['per_round_vs_oracle_first_quarter']:.4f} (first quarter) -> "
-              f"{reg['per_round_vs_oracle_last_quarter']:.4f} (last quarter)")
-    _print_excluded_picks(r)
+    _run(ctx, "laser", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+         arms=_names(arms, "--arms"), alpha=alpha, n=n, test_size=test_size, n_pairs=n_pairs, beta=beta,
+         dim=dim or None, warmup=warmup)
 
 
 @friendly
@@ -137,27 +114,9 @@ def moe(
 
     Example: embrm moe alpaca-eval-models --categories dataset --out runs/moe
     """
-    r = _run(ctx, "moe", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
-             categories=categories, n_clusters=n_clusters, n_pairs=n_pairs, beta=beta, test_size=test_size,
-             routing=routing, shrink=shrink)
-    if r is None:
-        return
-    s, refs = r.summary, r.summary["references"]
-    table = Table("reward", "pairwise acc", "spearman", f"BoN-{refs['bon_n']} gold", "BoN gain",
-                  title=f"MoE ({s['categories']}, {len(s['model']['categories'])} categories) on {r.dataset}: "
-                        f"{s['n_test_prompts']} held-out prompts")
-    for name, m in s["held_out"].items():
-        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['spearman']:.4f}", f"{m['bon_gold']:.4f}",
-                      f"{m['bon_gain']:.3f}")
-    table.add_row("random / oracle", "", "", f"{refs['random']:.4f} / {refs['oracle']:.4f}", "")
-    out.print(table)
-    cat = Table(*r.frame.columns, title="per category (held out)")
-    for row in r.frame.iter_rows():
-        cat.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    out.print(cat)
-    if s["router_accuracy"] is not None:
-        out.print(f"router accuracy on held-out prompts: {s['router_accuracy']:.3f}")
-    _print_excluded_picks(r)
+    _run(ctx, "moe", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+         categories=categories, n_clusters=n_clusters, n_pairs=n_pairs, beta=beta, test_size=test_size,
+         routing=routing, shrink=shrink)
 
 
 @friendly
@@ -176,23 +135,8 @@ def composite(
 
     Example: embrm composite alpaca-eval-models --components bt,length --out runs/composite
     """
-    r = _run(ctx, "composite", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
-             components=_names(components, "--components") or ["bt", "length"], n_max=n_max, n_pairs=n_pairs, k=k)
-    if r is None:
-        return
-    s = r.summary
-    names = s["components"]
-    table = Table("selection", "peak gold (n)", "gold at n_max", "drop", *[f"z {c} at n_max" for c in names],
-                  title=f"{r.dataset}: held-out Best-of-n, n = 1..{s['n'][-1]} "
-                        f"(random {s['random']:.3f}, oracle {s['oracle']:.3f})")
-    for method, m in s["methods"].items():
-        table.add_row(method, f"{m['peak_gold']:.3f} ({m['peak_n']})", f"{m['gold_at_n_max']:.3f}",
-                      f"{m['drop_from_peak']:.3f}", *[f"{m[f'z_{c}_at_n_max']:+.2f}" for c in names])
-    out.print(table)
-    out.print("thresholds (z): " + ", ".join(f"{c} {t:+.2f} (n* = {s['proxy_point_n'][c]})"
-                                             for c, t in s["thresholds"].items())
-              + "; multipliers at n_max: " + ", ".join(f"{c} {v:.3f}" for c, v in s["multipliers_at_n_max"].items()))
-    _print_excluded_picks(r)
+    _run(ctx, "composite", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+         components=_names(components, "--components") or ["bt", "length"], n_max=n_max, n_pairs=n_pairs, k=k)
 
 
 @friendly
@@ -214,20 +158,6 @@ def policy(
 
     Example: embrm policy alpaca-eval-models --epochs 30 --rpo-weight 0.01 --out runs/policy
     """
-    r = _run(ctx, "policy", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
-             betas=_numbers(betas, "--betas"), dpo=dpo, rpo_weight=rpo_weight, epochs=epochs,
-             dpo_beta=dpo_beta, n_pairs=n_pairs, label_beta=label_beta)
-    if r is None:
-        return
-    s = r.summary
-    table = Table("curve", "peak gold", "at (beta | n | epoch)", "KL at peak", "gold at end", "KL at end",
-                  title=f"{r.dataset}: held-out expected gold (random {s['random']:.3f}, oracle {s['oracle']:.3f})")
-    for name in ("kl_optimum", "bon", "dpo", "rpo"):
-        if name in s:
-            c = s[name]
-            table.add_row(name, f"{c['peak_gold']:.3f}", f"{c['peak_at']:g}", f"{c['peak_kl']:.2f}",
-                          f"{c['end_gold']:.3f}", f"{c['end_kl']:.2f}")
-    out.print(table)
-    ko = s["kl_optimum"]
-    out.print(f"Gao RL fit R(d) = d (a - b log d): a = {ko['gao_rl_alpha']:.3f}, b = {ko['gao_rl_beta']:.3f}")
-    _print_excluded_picks(r)
+    _run(ctx, "policy", dataset, data, embedder, cache_dir, format, out_dir, overwrite, seed, with_excluded,
+         betas=_numbers(betas, "--betas"), dpo=dpo, rpo_weight=rpo_weight, epochs=epochs,
+         dpo_beta=dpo_beta, n_pairs=n_pairs, label_beta=label_beta)

@@ -29,12 +29,13 @@ from embrm.cli.common import (
     command_line,
     friendly,
     grouped,
+    options_named,
     out,
     parse_numbers,
     print_json,
     split_list,
 )
-from embrm.core import EmbrmError, cell
+from embrm.core import EmbrmError, cell, write_atomic
 from embrm.data import Dataset, rrm_dataset
 from embrm.evaluation import AGGREGATIONS, ALL_N_LIMIT, Evaluation, FitMetrics
 from embrm.pipeline import (
@@ -64,7 +65,8 @@ ModelDirArg = Annotated[Path, typer.Argument(help="A model directory written by 
 
 @dataclass
 class FitOptions:
-    """The learner and the annotator. Defaults are the default study's (`embrm run`)."""
+    """The learner and the annotator. Defaults are the default study's (`embrm run`) where it has one: its annotator,
+    split and K; the head is the linear one (the study also fits mlp, lgbm and laplace: --head)."""
 
     head: Annotated[str, typer.Option(
         "--head", help="linear | mlp | lgbm | laplace (Bayesian linear BT: members are posterior draws)")] = "linear"
@@ -74,7 +76,7 @@ class FitOptions:
                        "posterior (laplace, its default).")] = None
     objective: Annotated[Optional[str], typer.Option("--objective", help="mlp/lgbm: bt | classification.")] = None
     hidden: Annotated[Optional[str], typer.Option(
-        "--hidden", help="mlp: hidden widths (default 256,128 as the default study; Sun et al.: 1024,512).")] = None
+        "--hidden", help="mlp: hidden widths (default 256,128, the default study's; Sun et al.: 1024,512).")] = None
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="mlp: maximum epochs (early stopping).")] = None
     labels: Annotated[str, typer.Option(
         "--labels", help="human (the dataset's pairs) | simulated (from gold) | auto.")] = "auto"
@@ -95,29 +97,24 @@ class FitOptions:
     def protocol(self, seed: int, with_excluded: bool) -> Protocol:
         if self.head not in DEFAULT_LEARNERS:
             raise EmbrmError(f"--head {self.head!r}: use one of {', '.join(DEFAULT_LEARNERS)}")
-        try:
-            learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode, length_control=self.length_control)
-        except EmbrmError as e:
-            raise EmbrmError(f"--length-control / --mode: {e}") from None
         hidden = parse_numbers(self.hidden, "--hidden", int)
         if self.hidden is not None and not hidden:
             raise EmbrmError(f"--hidden {self.hidden!r}: give comma-separated layer widths, e.g. 256,128")
-        try:
+        with options_named(FIT_OPTION):  # the protocol's errors name their field; the user needs the option
+            learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode, length_control=self.length_control)
             learner = learner.with_params(objective=self.objective, epochs=self.epochs,
                                           hidden=tuple(hidden) if hidden else None)
             labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
             return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
-        except EmbrmError as e:  # the protocol names its field; a command-line user needs the option
-            field = str(e).split(" must be", 1)[0].split(" = ", 1)[0].split(": ")[-1]
-            if field not in FIT_OPTION:
-                raise
-            raise EmbrmError(f"{FIT_OPTION[field]}: {e}") from None
 
 
-# Protocol field (as its errors name it) -> the `embrm fit` option that sets it
-FIT_OPTION = {"seed": "--seed", "k (ensemble size)": "--ensemble", "flip": "--flip", "beta": "--beta",
-              "n_pairs": "--n-pairs", "test_size": "--test-size", "epochs": "--epochs",
-              "hidden": "--hidden", "objective": "--objective"}
+# Protocol field (EmbrmError.field) -> the `embrm fit` option that sets it
+FIT_OPTION = {"seed": "--seed", "k": "--ensemble", "flip": "--flip", "beta": "--beta", "n_pairs": "--n-pairs",
+              "test_size": "--test-size", "epochs": "--epochs", "hidden": "--hidden", "objective": "--objective",
+              "mode": "--mode", "length_control": "--length-control"}
+# ... and the `embrm bon-sim` option
+BON_OPTION = {"lam": "--lam", "lcb_beta": "--lcb-beta", "temperature": "--temperature", "member": "--member",
+              "coverage": "--coverage", "n_max": "--n-max", "aggregation": "--agg"}
 
 
 @friendly
@@ -128,8 +125,9 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
         overwrite: OverwriteOpt = False):
     """Train a K-member reward-model ensemble on embeddings (embedding what is missing) and save it.
 
-    Defaults are the default study's: 1,000 simulated BT(beta=10) pairs, 20 % of prompts held out, K = 5, MLP
-    256-128. Excluded responses (e.g. the hacking probes of alpaca-eval-models) never label or train.
+    Defaults are the default study's annotator, split and K: 1,000 simulated BT(beta=10) pairs, 20 % of prompts held
+    out, K = 5; the head is linear (--head mlp: the study's MLP, 256-128). Excluded responses (e.g. the hacking
+    probes of alpaca-eval-models) never label or train.
 
     Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
     """
@@ -217,12 +215,7 @@ def score(model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
     ds = data.load(dataset)
     frame = score_model(model, ds, model_embeddings(model, ds, cache_dir))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")  # written whole, then renamed: never a half-written file
-    try:
-        frame.write_parquet(tmp)
-        tmp.replace(out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out_file, frame.write_parquet)  # never a half-written file
     out.print(f"{frame.width - 2} score columns for {len(frame)} responses -> {out_file}")
 
 
@@ -259,8 +252,9 @@ def bon_sim(
                    n_grid=_n_grid(n_grid),
                    aggregations=tuple(split_list([agg])) if agg is not None else None)
     # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
-    protocol = replace(model.protocol, with_excluded=with_excluded,
-                       **{k: v for k, v in changes.items() if v is not None})
+    with options_named(BON_OPTION):
+        protocol = replace(model.protocol, with_excluded=with_excluded,
+                           **{k: v for k, v in changes.items() if v is not None})
     ds = data.load(dataset)
     ds.require_pool("Best-of-n simulation")
     result = evaluate(ds, model_embeddings(model, ds, cache_dir), model.ensemble, model.split, protocol,
@@ -309,18 +303,18 @@ def print_bon(result: Evaluation) -> None:
         table.add_row(proxy, cell(s.gold_at_n_max), cell(s.gain_at_n_max), *extra, cell(s.length_correlation),
                       str(s.best_n))
     out.print(table)
-    if result.conformal and "error" in result.conformal:
-        out.print(f"no conformal lower bound: {result.conformal['error']}")
+    if result.conformal_error:
+        out.print(f"no conformal lower bound: {result.conformal_error}")
     elif result.conformal:
         c = result.conformal
-        out.print(f"conformal lower bound: target coverage {c['coverage']:.2f}, held-out coverage "
-                  f"{c['empirical_coverage']:.3f} (each prompt judged by a bound calibrated on the other half)")
-    if result.length_effect and "error" in result.length_effect:
-        out.print(f"no length-controlled gold: {result.length_effect['error']}")
+        out.print(f"conformal lower bound: target coverage {c.coverage:.2f}, held-out coverage "
+                  f"{c.empirical_coverage:.3f} (each prompt judged by a bound calibrated on the other half)")
+    if result.length_error:
+        out.print(f"no length-controlled gold: {result.length_error}")
     elif result.length_effect:
         e = result.length_effect
-        out.print(f"length-controlled gold: gold - {e['effect']:.3f} x log(1 + characters) (fitted with prompt"
-                  f"{' and ' + e['source'] if e.get('source') else ''} effects on {e['n_rows']} responses)")
+        out.print(f"length-controlled gold: gold - {e.effect:.3f} x log(1 + characters) (fitted with prompt"
+                  f"{' and ' + e.source if e.source else ''} effects on {e.n_rows} responses)")
     if result.published:
         t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
                   title="Published reward models' best-of-N picks (same prompts; scored picks only)")

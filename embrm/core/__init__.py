@@ -12,6 +12,7 @@ from embrm.core._checks import (
     check_embeddings,
     check_fitted,
     check_group_ids,
+    check_out,
     check_pairs,
     check_params,
     check_value,
@@ -21,7 +22,15 @@ from embrm.core._checks import (
 from embrm.core._errors import EmbrmError
 from embrm.core._files import write_atomic
 from embrm.core._format import cell, fmt, md_table
-from embrm.core._hardware import fast_bf16, torch_threads
+from embrm.core._hardware import (
+    THREADS_ENV,
+    current_threads,
+    fast_bf16,
+    fit_threads,
+    on_fit_threads,
+    policy_threads,
+    torch_threads,
+)
 from embrm.core._progress import Progress, Stages, format_duration
 
-__all__ = ['cell', 'fmt', 'md_table', 'EmbrmError', 'Integer', 'Number', 'OneOf', 'Progress', 'RANDOM_STATE', 'SEED', 'Sizes', 'Stages', 'check_embeddings', 'check_fitted', 'check_group_ids', 'check_pairs', 'check_params', 'check_value', 'fast_bf16', 'format_duration', 'is_int', 'shown', 'torch_threads', 'write_atomic']
+__all__ = ['cell', 'fmt', 'md_table', 'EmbrmError', 'Integer', 'Number', 'OneOf', 'Progress', 'RANDOM_STATE', 'SEED', 'Sizes', 'Stages', 'check_embeddings', 'check_fitted', 'check_group_ids', 'check_out', 'check_pairs', 'check_params', 'check_value', 'current_threads', 'THREADS_ENV', 'fast_bf16', 'fit_threads', 'format_duration', 'is_int', 'on_fit_threads', 'policy_threads', 'shown', 'torch_threads', 'write_atomic']

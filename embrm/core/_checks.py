@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -159,10 +161,12 @@ SEED = Integer(0, MAX_SEED)
 RANDOM_STATE = Integer(0, MAX_SEED, none=True)  # a head's random_state (None: 0)
 
 
-def check_value(name: str, value, rule):
-    """value, or a one-line EmbrmError naming the parameter, what is allowed and what was given."""
+def check_value(name: str, value, rule, *, field: str | None = None):
+    """value, or a one-line EmbrmError naming the parameter, what is allowed and what was given. The error's
+    `field` is `field` (the parameter's own name, where `name` is a longer description such as "k (ensemble
+    size)"), else `name`."""
     if not rule.ok(value):
-        raise EmbrmError(f"{name} must be {rule}, got {shown(value)}")
+        raise EmbrmError(f"{name} must be {rule}, got {shown(value)}", field=field or name)
     return value
 
 
@@ -170,5 +174,29 @@ def check_params(params: dict, rules: dict, owner: str) -> None:
     """Every parameter known to `owner` (a head's name) and allowed by its rule."""
     for name, value in params.items():
         if name not in rules:
-            raise EmbrmError(f"unknown key {name!r}: {owner} takes {', '.join(rules)}")
+            raise EmbrmError(f"unknown key {name!r}: {owner} takes {', '.join(rules)}", field=name)
         check_value(name, value, rules[name])
+
+
+def check_out(path: Path | None, overwrite: bool = True, *, file: bool = False, option: str = "--out") -> None:
+    """Refuse an output path that cannot be written, or that holds earlier results unless `overwrite`: checked
+    before any work, so a bad path never costs an embedding or a fit and results are never replaced silently.
+    `file`: the path names a file (else a directory, which may not exist yet). `option` names it in the error."""
+    if path is None:
+        return
+    path = Path(path)
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest existing ancestor
+    if not parent.is_dir():
+        raise EmbrmError(f"{option} {path}: {parent} is a file, not a directory: choose another {option}",
+                         field=option)
+    if path.exists() and path.is_dir() == file:
+        fix = f"{option} takes a file path (e.g. scores.parquet)" if file else f"choose another {option}"
+        kind = "a directory, not a file" if file else "a file, not a directory"
+        raise EmbrmError(f"{option} {path} is {kind}: {fix}", field=option)
+    where = path if path.is_dir() else parent  # where the results will be written
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise EmbrmError(f"{option} {path}: cannot write into {where} (permission denied): choose another {option}",
+                         field=option)
+    if not overwrite and (path.is_file() or path.is_dir() and any(path.iterdir())):
+        raise EmbrmError(f"{option} {path} already exists and holds results: pass --overwrite to replace them, "
+                         f"or choose another {option}", field=option)

@@ -1,9 +1,14 @@
-"""What this CPU does fast: one place that decides where bfloat16 pays (embedders and MLP heads both ask it)."""
+"""What this CPU does fast (one place decides where bfloat16 pays: embedders and MLP heads both ask it), and the one
+thread policy of fits and evaluations (fit_threads, $EMBRM_THREADS)."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
+import os
+
+from embrm.core._errors import EmbrmError
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,3 +54,58 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- the thread policy
+
+THREADS_ENV = "EMBRM_THREADS"
+
+
+def policy_threads() -> int:
+    """Threads of every fit and evaluation (torch intra-op, BLAS, LightGBM): $EMBRM_THREADS, else 1. One number for
+    every entry point (`embrm fit`, `embrm bon-sim`, a study's workers, the methods, the Python API), because float
+    reductions split over threads sum in another order: only a fixed count gives bit-identical numbers whatever
+    the machine's cores. One thread costs little here (a study runs W workers on W cores); raise it for one large
+    fit, and every entry point follows."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise EmbrmError(f"{THREADS_ENV}={raw!r}: must be a whole number of threads >= 1 (unset: 1)")
+    return int(raw)
+
+
+# The count of the fit_threads block being run: a nested block without its own count keeps it.
+_ACTIVE: contextvars.ContextVar[int | None] = contextvars.ContextVar("embrm_fit_threads", default=None)
+
+
+def current_threads() -> int:
+    """The count of the fit_threads block being run, else the policy's."""
+    return _ACTIVE.get() or policy_threads()
+
+
+@contextlib.contextmanager
+def fit_threads(n: int | None = None):
+    """Run the numerical work inside on `n` torch intra-op and BLAS threads (default: the enclosing block's count,
+    else policy_threads()), both restored afterwards; embrm.pipeline gives LightGBM the same count. Entered by
+    every fit and evaluation, never around embedding (the encoders use every core; their vectors are cached)."""
+    from threadpoolctl import threadpool_limits
+
+    n = current_threads() if n is None else int(n)
+    token = _ACTIVE.set(n)
+    try:
+        with torch_threads(n), threadpool_limits(n, user_api="blas"):  # torch loads here, before a head imports it
+            yield n
+    finally:
+        _ACTIVE.reset(token)
+
+
+def on_fit_threads(function):
+    """Decorate a fit or evaluation entry point: it runs inside fit_threads(its `threads=` keyword, if any)."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with fit_threads(kwargs.get("threads")):
+            return function(*args, **kwargs)
+
+    return run

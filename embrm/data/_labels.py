@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from scipy.special import expit
 
 from embrm.core import EmbrmError
 
@@ -103,6 +102,8 @@ def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None 
 
     Returns a polars DataFrame: prompt_id, chosen_id, rejected_id, gold_chosen, gold_rejected, label_correct
     (True where the chosen response has the higher gold; null for ties kept with ties="random")."""
+    from scipy.special import expit
+
     if beta is not None and flip is not None:
         raise EmbrmError("pass either beta (Bradley-Terry annotator) or flip (flip-rate annotator), not both")
     if beta is not None and not (np.isfinite(beta) and beta >= 0):

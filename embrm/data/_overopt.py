@@ -72,7 +72,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
-from scipy.special import ndtr
 
 from embrm.core import SEED, EmbrmError, check_value
 from embrm.data._dataset import Dataset
@@ -111,6 +110,8 @@ class OveroptTruth:
     @property
     def base_fraction_past_threshold(self) -> float:
         """P(h > threshold) for a base-policy candidate of a random prompt: h ~ N(0, 1 + prompt_hack_spread^2)."""
+        from scipy.special import ndtr
+
         return float(1.0 - ndtr(self.threshold / np.sqrt(1.0 + self.prompt_hack_spread ** 2)))
 
     def parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
@@ -253,6 +254,8 @@ def ideal_proxy_curve(truth: OveroptTruth, n) -> np.ndarray:
     (E ~ N(0, 1) independent of Z); the pick's Z has density n Phi(z)^(n-1) phi(z), and E[relu(h - t)^2 | Z] has
     the closed form (m^2 + q^2) Phi(m / q) + m q phi(m / q) with m = hack c Z - t, q = sd of the E part.
     Integrated on a fine z grid (trapezoid)."""
+    from scipy.special import ndtr
+
     a, t, b = truth.hack, truth.threshold, truth.hack_penalty
     c = 1.0 / np.sqrt(1.0 + a * a)
     q = np.sqrt(max(1.0 - (a * c) ** 2, 1e-300))

@@ -16,8 +16,8 @@ from embrm.embedding._embed import (
     view_groups,
 )
 from embrm.embedding._importer import SUFFIXES, import_embeddings
-from embrm.embedding._ray import ShardResult, embed_on_ray, ray_session
+from embrm.embedding._ray import RUNNERS, EmbedRoute, ShardResult, embed_on_ray, parsed_views, ray_session
 from embrm.embedding._shards import WHOLE, Shard
 from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
 
-__all__ = ['CHAT', 'DEFAULT_CACHE_DIR', 'DEFAULT_TEMPLATE', 'EmbedResult', 'EmbedderConfig', 'EmbeddingCache', 'SUFFIXES', 'Shard', 'ShardResult', 'WHOLE', 'cache_dirs', 'cached_embeddings', 'embed_dataset', 'embed_on_ray', 'embed_views', 'import_embeddings', 'leftovers', 'ray_session', 'render', 'repair', 'verify', 'view_groups']
+__all__ = ['CHAT', 'DEFAULT_CACHE_DIR', 'DEFAULT_TEMPLATE', 'EmbedResult', 'EmbedRoute', 'EmbedderConfig', 'EmbeddingCache', 'SUFFIXES', 'Shard', 'RUNNERS', 'ShardResult', 'WHOLE', 'cache_dirs', 'cached_embeddings', 'embed_dataset', 'embed_on_ray', 'embed_views', 'import_embeddings', 'leftovers', 'parsed_views', 'ray_session', 'render', 'repair', 'verify', 'view_groups']

@@ -28,13 +28,15 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embrm.core import EmbrmError, write_atomic
+
+if TYPE_CHECKING:  # annotations only: pyarrow loads when a part is read or written
+    import pyarrow as pa
 
 SCHEMA_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
@@ -265,6 +267,8 @@ class EmbeddingCache:
     def write_part(self, keys: list[str], vectors: np.ndarray, n_tokens: np.ndarray | None = None,
                    truncated: np.ndarray | None = None, response_cut: np.ndarray | None = None) -> Path:
         """Append one immutable part: temp file, rename, then list it in the manifest."""
+        import pyarrow as pa
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
         if n != len(keys):
@@ -284,6 +288,9 @@ class EmbeddingCache:
         return self._add_part(table, dim)
 
     def _add_part(self, table: pa.Table, dim: int, replaces: tuple[PartEntry, ...] = ()) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd", write_page_checksum=True, write_statistics=False)
         data = sink.getvalue()  # an Arrow buffer: checksummed and written without a copy
@@ -302,6 +309,8 @@ class EmbeddingCache:
 
     def read_part(self, entry: PartEntry, strong: bool = False) -> pa.Table:
         """A listed part, refused unless its bytes are exactly those listed and its pages pass their checksums."""
+        import pyarrow as pa
+
         if not strong and entry.name in self._tables:
             return self._tables[entry.name]
         path = self.path / entry.name
@@ -400,6 +409,8 @@ class EmbeddingCache:
     def _merge(self, manifest: Manifest) -> None:
         """Write the merged part and list it alone (one manifest replace), then delete the old parts; a crash
         anywhere leaves either the old listing or the new one, plus files the next settle() removes."""
+        import pyarrow as pa
+
         tables = [self.read_part(p) for p in manifest.parts]
         index = self.index()
         offsets = np.cumsum([0] + [len(t) for t in tables])
@@ -422,6 +433,9 @@ class EmbeddingCache:
 
 def parse_part(data: bytes | pa.Buffer, fingerprint: str) -> pa.Table | str:
     """The part's table (page checksums verified), or what is wrong with it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(pa.py_buffer(data) if isinstance(data, bytes) else data,
                               page_checksum_verification=True)
@@ -443,6 +457,8 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 
 def _complete(table: pa.Table) -> pa.Table:
     """A part's table with every column of today's schema (older parts lack response_cut) and no metadata."""
+    import pyarrow as pa
+
     if "response_cut" not in table.column_names:
         table = table.append_column("response_cut", pa.array(np.zeros(len(table), bool)))
     return table.select(list(COLUMNS)).replace_schema_metadata(None)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embrm.core import EmbrmError, write_atomic
 from embrm.embedding._cache import (
@@ -176,6 +174,9 @@ def _restore_identity(path: Path) -> bool:
 
 
 def _footer_spec(part: Path) -> dict | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         meta = pq.read_schema(part).metadata or {}
         spec = json.loads(meta[b"embrm.spec"])

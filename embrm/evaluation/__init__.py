@@ -7,18 +7,29 @@ from embrm.evaluation._bon import (
     ALL_N_LIMIT,
     GRID_POINTS,
     BonCurves,
+    PromptBon,
     bon_curves,
+    bon_weight_tensor,
     bon_weights,
     curves_frame,
     expected_best_of_n,
     fit_gao,
     kl_bon,
     log_grid,
+    per_prompt_bon,
+    pick_means,
 )
-from embrm.evaluation._calibration import plot_reliability, pooled_reliability, reliability
+from embrm.evaluation._calibration import Reliability, plot_reliability, pooled_reliability, reliability
+from embrm.evaluation._conformal import ConformalResult
 from embrm.evaluation._heldout import (
+    BonResult,
     Evaluation,
     FitMetrics,
+    LengthEffect,
+    PromptAccuracy,
+    PromptPicks,
+    ProxySummary,
+    PublishedPick,
     best_of_n,
     conformal_proxy,
     ensemble_proxies,
@@ -26,6 +37,7 @@ from embrm.evaluation._heldout import (
     gold_order_pairs,
     length_proxy,
     pairwise_metrics,
+    pool_curves,
     published_picks,
     rows_of,
     top_picks,
@@ -39,6 +51,6 @@ from embrm.evaluation._metrics import (
 )
 from embrm.evaluation._plots import plot_bon, plot_gao_fit, pyplot, save_figure
 from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
-from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect
+from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect, verdict
 
-__all__ = ['bt_log_loss', 'pairwise_accuracy', 'AGGREGATIONS', 'ALL_N_LIMIT', 'BonCurves', 'Effect', 'Evaluation', 'FitMetrics', 'GRID_POINTS', 'Pools', 'Unit', 'aggregate_all', 'agreement', 'avg_ranks', 'best_of_n', 'bon_curves', 'bon_weights', 'conformal_proxy', 'curves_frame', 'ensemble_proxies', 'excluded_indicator', 'expected_best_of_n', 'expected_calibration_error', 'fit_gao', 'gold_order_pairs', 'group_pools', 'kl_bon', 'length_proxy', 'length_reward', 'log_grid', 'paired_effect', 'pairwise_metrics', 'per_prompt_spearman', 'plot_bon', 'plot_gao_fit', 'plot_reliability', 'pooled_reliability', 'published_picks', 'pyplot', 'reliability', 'rows_of', 'save_figure', 'score_columns', 'standardize', 'tie_average', 'top_picks']
+__all__ = ['PromptBon', 'bon_weight_tensor', 'per_prompt_bon', 'pick_means', 'pool_curves', 'BonResult', 'ConformalResult', 'LengthEffect', 'PromptAccuracy', 'PromptPicks', 'ProxySummary', 'PublishedPick', 'Reliability', 'verdict', 'bt_log_loss', 'pairwise_accuracy', 'AGGREGATIONS', 'ALL_N_LIMIT', 'BonCurves', 'Effect', 'Evaluation', 'FitMetrics', 'GRID_POINTS', 'Pools', 'Unit', 'aggregate_all', 'agreement', 'avg_ranks', 'best_of_n', 'bon_curves', 'bon_weights', 'conformal_proxy', 'curves_frame', 'ensemble_proxies', 'excluded_indicator', 'expected_best_of_n', 'expected_calibration_error', 'fit_gao', 'gold_order_pairs', 'group_pools', 'kl_bon', 'length_proxy', 'length_reward', 'log_grid', 'paired_effect', 'pairwise_metrics', 'per_prompt_spearman', 'plot_bon', 'plot_gao_fit', 'plot_reliability', 'pooled_reliability', 'published_picks', 'pyplot', 'reliability', 'rows_of', 'save_figure', 'score_columns', 'standardize', 'tie_average', 'top_picks']

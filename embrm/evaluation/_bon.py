@@ -56,13 +56,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.special import gammaln
 
 from embrm.core import EmbrmError
-from embrm.evaluation._pools import avg_ranks, group_pools, score_columns, tie_average
+from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
 
-__all__ = ["ALL_N_LIMIT", "GRID_POINTS", "BonCurves", "bon_curves", "bon_weights", "curves_frame",
-           "expected_best_of_n", "fit_gao", "kl_bon", "log_grid"]
+__all__ = ["ALL_N_LIMIT", "GRID_POINTS", "BonCurves", "PromptBon", "bon_curves", "bon_weight_tensor", "bon_weights",
+           "curves_frame", "expected_best_of_n", "fit_gao", "kl_bon", "log_grid", "per_prompt_bon", "pick_means"]
 
 # Largest scored pool for which the default n_grid is every n = 1..n_max (above: ``log_grid``). All-n needs an
 # (N, N) float64 weight matrix per distinct pool size (8 MB at 1,024, 128 MB at 4,096, 29 GB at 60,000) and gives
@@ -141,6 +140,8 @@ _lf_table = np.zeros(1)  # log(k!) for k = 0..len-1, grown on demand (values do 
 
 def _log_factorial(m: int) -> np.ndarray:
     """log(k!) for k = 0..m (a read-only prefix of one shared table)."""
+    from scipy.special import gammaln
+
     global _lf_table
     with _lock:
         if _lf_table.shape[0] <= m:
@@ -626,3 +627,83 @@ def expected_best_of_n(proxy, gold, n: int) -> float:
     p = np.asarray(proxy, dtype=np.float64)
     c = bon_curves(np.zeros(p.shape[0], np.int64), p, gold, n_max=int(n), dtype=np.float64, n_grid=[int(n)])
     return float(c.gold[0, 0])
+
+
+# ----------------------------------------------------------------------------- variants the methods build on
+
+@dataclass
+class PromptBon:
+    """Best-of-n at one n per prompt: names (A,) of the proxies; prompts (P,) str keys in the estimator's prompt
+    order; gold (A, P) float64 expected gold of each proxy's pick; random (P,) the pool's mean gold and oracle (P,)
+    its best; pool_size (P,). Per-prompt values pass through float32 (as ``BonCurves.per_prompt_gold``)."""
+
+    names: tuple[str, ...]
+    prompts: np.ndarray
+    gold: np.ndarray
+    random: np.ndarray
+    oracle: np.ndarray
+    pool_size: np.ndarray
+
+
+def per_prompt_bon(prompt_index, proxy, gold, n: int | None = None) -> PromptBon:
+    """Exact expected gold of each proxy's Best-of-n pick per prompt, at n = min(n, the prompt's scored pool)
+    (None: the whole pool, i.e. the top-scored response, ties averaged); ``bon_curves`` on the grid of the n used.
+    proxy: as ``bon_curves`` ((n,), (n, A) or {name: (n,)}); gold: (n,), NaN = unscored (dropped)."""
+    if n is not None and int(n) < 1:
+        raise EmbrmError(f"n (Best-of-n size) must be >= 1, got {n}")
+    g = np.asarray(gold, dtype=np.float64)
+    names, cols, _ = score_columns(proxy, None, g.shape[0])
+    pidx = np.asarray(prompt_index).astype(str)
+    sizes = group_pools(pidx, np.isfinite(g)).sizes  # the scored pool sizes
+    grid = np.unique(np.r_[1, sizes, np.minimum(int(n), sizes) if n is not None else []]).astype(np.int64)
+    # gold as its own last proxy: its pick at n = 1 is the pool mean, at n = N the pool's best
+    columns = {j: c for j, c in enumerate(cols)} | {len(cols): g}
+    cur = bon_curves(pidx, columns, g, per_prompt=True, dtype=np.float64, n_grid=grid)
+    ppg = cur.per_prompt_gold.astype(np.float64)  # (A + 1, P, len(grid))
+    sizes, every = np.asarray(cur.pool_size), np.arange(len(cur.pool_size))
+    at_n = ppg[:, every, cur.index(np.minimum(sizes if n is None else int(n), sizes))]
+    return PromptBon(tuple(names), np.asarray(cur.prompts).astype(str), at_n[:-1], ppg[-1, :, 0],
+                     ppg[-1, every, cur.index(sizes)], sizes)
+
+
+def bon_weight_tensor(sizes, ns) -> tuple[np.ndarray, np.ndarray]:
+    """W (P, N_max, G): probability that the candidate at ascending proxy rank i (0-based) of prompt p's pool is
+    the Best-of-n pick, for each n in ``ns``; and contributing (P, G): n <= pool size (W is 0 elsewhere)."""
+    sizes = np.asarray(sizes, np.int64)
+    ns = np.asarray(ns, np.int64)
+    if ns.min() < 1:
+        raise EmbrmError(f"n must be >= 1, got {int(ns.min())}")
+    W = np.zeros((sizes.size, int(sizes.max()), ns.size))
+    contrib = ns[None, :] <= sizes[:, None]
+    for size in np.unique(sizes):
+        ok = ns <= size
+        if ok.any():
+            W[np.ix_(sizes == size, np.arange(size), np.flatnonzero(ok))] = bon_weights(int(size), n=ns[ok])[None]
+    return W, contrib
+
+
+def pick_means(scores, values, pools: Pools, ns, *, diagonal: bool = False, weights=None) -> np.ndarray:
+    """Exact expected ``values`` (any channels, not only gold) at the Best-of-n pick of any selection scores,
+    averaged over the prompts whose pool has >= n candidates: the estimator of ``bon_curves`` for scores that
+    change with n (a constrained composite's Lagrangian) and several value channels at once.
+
+    scores: (A, P, N_max) selection scores over ``pools`` (padding ignored); values: (P, N_max, C) per-candidate
+    values. Returns (A, G, C) for every score and every n in ``ns``; with ``diagonal`` (A == G: score a is meant for
+    n_a) returns (G, C), computing only the matching pairs. ``weights``: ``bon_weight_tensor(pools.sizes, ns)`` when
+    the caller reuses it (dual ascent).
+    """
+    W, contrib = bon_weight_tensor(pools.sizes, ns) if weights is None else weights
+    P, N, C = values.shape
+    s = np.where(pools.valid[None], scores, np.inf)
+    order = np.argsort(s, axis=-1)              # tie order is irrelevant: tied blocks are averaged below
+    srt = np.take_along_axis(s, order, axis=-1)
+    vals = np.take(values.reshape(P * N, C), order + (np.arange(P) * N)[None, :, None], axis=0)
+    vals = tie_average(srt, vals)
+    count = contrib.sum(axis=0)
+    if diagonal:
+        if s.shape[0] != len(ns):
+            raise EmbrmError(f"diagonal pick_means needs one score per n: {s.shape[0]} scores, {len(ns)} n values")
+        per = np.einsum("gpic,pig->gpc", vals, W)
+        return np.einsum("gpc,pg->gc", per, contrib) / count[:, None]
+    per = np.einsum("apic,pig->apgc", vals, W)
+    return per.sum(axis=1) / count[None, :, None]

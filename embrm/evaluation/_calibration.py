@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit
 
 from embrm.core import EmbrmError
 from embrm.evaluation._plots import pyplot, save_figure
@@ -74,6 +72,8 @@ def _temperature(temperature) -> float:
 def reliability(margins, n_bins: int = 10, temperature: float = 1.0) -> Reliability:
     """Reliability of p = sigmoid(margin / temperature) in the predicted-winner view (see the module doc); the one
     implementation behind ``embrm.evaluation._metrics.expected_calibration_error``. ±inf margins count as certain."""
+    from scipy.special import expit
+
     if int(n_bins) != n_bins or n_bins < 1:
         raise EmbrmError(f"n_bins must be a positive integer, got {n_bins}")
     n_bins = int(n_bins)
@@ -123,6 +123,8 @@ def fit_temperature(margins) -> float:
     """Temperature scaling (Guo et al. 2017): T = argmin_T mean softplus(-m / T), searched on log T in
     [-7, 7] (bounded Brent). All-zero margins carry no information: T = 1. Separable margins (all > 0) give the
     smallest T allowed, as maximum likelihood does."""
+    from scipy.optimize import minimize_scalar
+
     m = _margins(margins, finite=True)
     if not m.any():
         return 1.0

@@ -39,7 +39,7 @@ class ConformalResult:
     ``to_dict``. A fold's q bounds new rows as (centred mean) / mu_scale - q * max(spread, sigma_floor), the mean
     and gold centred within prompt; y = centred gold / gold_scale."""
 
-    bound: np.ndarray = field(repr=False)
+    bound: np.ndarray | None = field(repr=False)  # None when read back from a stored result
     coverage: float  # the target, 1 - alpha
     empirical_coverage: float  # share of evaluated scored rows with y >= bound (each judged out of its own fold)
     quantiles: list[float]  # q per fold
@@ -55,6 +55,11 @@ class ConformalResult:
         if not bound:
             del d["bound"]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConformalResult:
+        """The result of to_dict() (a job's stored result); the per-row bound only when it was stored."""
+        return cls(**{"bound": None, **d})
 
 
 def _inputs(scores, gold, prompt_ids, evaluated, reference):

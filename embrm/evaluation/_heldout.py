@@ -9,18 +9,18 @@ mean; gain 0 by definition), never a random draw.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, write_atomic
 from embrm.data import Dataset, pair_indices
 from embrm.evaluation import _metrics as M
 from embrm.evaluation._aggregate import aggregate_all, standardize
 from embrm.evaluation._bon import BonCurves, bon_curves, curves_frame, fit_gao
-from embrm.evaluation._calibration import cross_fitted_temperature, reliability
+from embrm.evaluation._calibration import Reliability, cross_fitted_temperature, reliability
 from embrm.evaluation._conformal import ConformalResult, conformal_lower_bound
 from embrm.evaluation._plots import plot_bon, plot_gao_fit
 
@@ -36,6 +36,16 @@ def rows_of(responses: pl.DataFrame, prompt_ids) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- pairwise metrics
+
+@dataclass
+class PromptAccuracy:
+    """Per held-out prompt: its held-out pairs and the ones the ensemble mean orders as labelled (ties 0.5), lists in
+    one prompt order (JSON-able): the findings' intervals over prompts."""
+
+    prompt_id: list[str]
+    pairs: list[int]
+    correct: list[float]
+
 
 @dataclass
 class FitMetrics:
@@ -58,12 +68,19 @@ class FitMetrics:
     brier: float | None = None
     calibrated_ece: float | None = None
     temperature: float | None = None  # the mean of the folds' fitted temperatures
-    reliability: dict | None = field(default=None, repr=False)  # the uncalibrated reliability bins
-    # per held-out prompt: prompt_id, pairs, correct (the ensemble mean; ties 0.5): the findings' intervals
-    per_prompt: dict | None = field(default=None, repr=False)
+    reliability: Reliability | None = field(default=None, repr=False)  # the uncalibrated reliability bins
+    per_prompt: PromptAccuracy | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitMetrics:
+        """The FitMetrics of to_dict() (a job's stored result)."""
+        d = dict(d)
+        d["reliability"] = d.get("reliability") and Reliability(**d["reliability"])
+        d["per_prompt"] = d.get("per_prompt") and PromptAccuracy(**d["per_prompt"])
+        return cls(**d)
 
 
 def gold_order_pairs(responses: pl.DataFrame, prompt_ids, max_pairs: int = MAX_EVAL_PAIRS, seed: int = 0,
@@ -141,7 +158,7 @@ def _calibration(out: FitMetrics, ds: Dataset, mean: np.ndarray, pairs: np.ndarr
     other half of the held-out prompts (cross-fitted: no pair calibrates its own probability)."""
     margins = mean[pairs[:, 0]].astype(np.float64) - mean[pairs[:, 1]]
     plain = reliability(margins)
-    out.mce, out.brier, out.reliability = plain.mce, plain.brier, plain.to_dict()
+    out.mce, out.brier, out.reliability = plain.mce, plain.brier, plain
     groups = ds.responses["prompt_id"].to_numpy()[pairs[:, 0]]
     if len(np.unique(groups)) >= 2:
         calibrated, temperatures = cross_fitted_temperature(margins, groups, seed=seed)
@@ -153,13 +170,12 @@ def _finite(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _correct_by_prompt(ds: Dataset, scores: np.ndarray, pairs: np.ndarray) -> dict:
-    """Held-out pairs and the ones the reward orders as labelled (ties 0.5), per prompt (lists, JSON-able)."""
+def _correct_by_prompt(ds: Dataset, scores: np.ndarray, pairs: np.ndarray) -> PromptAccuracy:
+    """Held-out pairs and the ones the reward orders as labelled (ties 0.5), per prompt."""
     margin = scores[pairs[:, 0]].astype(np.float64) - scores[pairs[:, 1]]
     prompts, index = np.unique(ds.responses["prompt_id"].to_numpy()[pairs[:, 0]], return_inverse=True)
     correct = np.bincount(index, (margin > 0) + 0.5 * (margin == 0), len(prompts))
-    return {"prompt_id": prompts.tolist(), "pairs": np.bincount(index, minlength=len(prompts)).tolist(),
-            "correct": correct.tolist()}
+    return PromptAccuracy(prompts.tolist(), np.bincount(index, minlength=len(prompts)).tolist(), correct.tolist())
 
 
 def member_accuracies(scores: np.ndarray, pairs: np.ndarray) -> list[float]:
@@ -214,6 +230,25 @@ class ProxySummary:
 
 
 @dataclass
+class PromptPicks:
+    """Best-of-n at n = N per evaluated prompt (prompts sorted; lists, JSON-able): the pool's mean (random) and best
+    (oracle) gold, the gold of each proxy's top pick, with excluded responses in the pool each proxy's share of
+    excluded top picks, and, where asked, the grid `n` with the ensemble mean's expected gold at each n per prompt."""
+
+    prompt_id: list[str]
+    random: list[float]
+    oracle: list[float]
+    pick: dict[str, list[float]]  # proxy -> gold of its top pick per prompt
+    excluded: dict[str, list[float]] | None = None  # proxy -> share of excluded top picks per prompt
+    n: list[int] | None = None
+    mean_curve: list[list[float]] | None = None  # (prompts, len(n)); NaN (None in JSON) past a prompt's pool
+
+    def to_dict(self) -> dict:
+        """JSON-able; the optional parts only when present."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
 class BonResult:
     """Exact Best-of-n curves of every proxy on one evaluated pool, and a summary per proxy.
 
@@ -223,22 +258,29 @@ class BonResult:
     random_at_n_max: expected gold of a uniformly random pick (the pool mean): THE random baseline."""
 
     pool: str  # "pool", "pool-lc" (length-controlled gold) or "pool+<excluded>" (e.g. "pool+probes")
-    curves: BonCurves
+    curves: BonCurves | None  # None when read back from a stored result (its curves are stored apart)
     proxies: dict[str, ProxySummary]
     n_max: int
     n_prompts: int
     n_responses: int
     random_at_n_max: float
     oracle_at_n_max: float
-    # prompt_id, random, oracle, pick {proxy: gold of its top pick}[, excluded {proxy: share of excluded top picks}]
-    # [, n (the grid) and mean_curve (per prompt: the ensemble mean's expected gold at each n)]
-    per_prompt: dict = field(default_factory=dict, repr=False)
+    per_prompt: PromptPicks | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("pool", "n_max", "n_prompts", "n_responses", "random_at_n_max",
-                                            "oracle_at_n_max", "per_prompt")}
+                                            "oracle_at_n_max")}
+        d["per_prompt"] = self.per_prompt.to_dict() if self.per_prompt is not None else {}
         d["aggregations"] = {name: asdict(s) for name, s in self.proxies.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BonResult:
+        """The summaries of to_dict() (a job's stored result), without curves."""
+        proxies = {name: ProxySummary(**s) for name, s in d["aggregations"].items()}
+        per_prompt = PromptPicks(**d["per_prompt"]) if d.get("per_prompt") else None
+        return cls(d["pool"], None, proxies, d["n_max"], d["n_prompts"], d["n_responses"], d["random_at_n_max"],
+                   d["oracle_at_n_max"], per_prompt)
 
     @property
     def grid(self) -> str:
@@ -276,13 +318,13 @@ def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool:
     _, rho = M.per_prompt_spearman(proxies, gold, pid, mask=rows, by_prompt=True)
     rho = np.asarray(rho).reshape(len(rho), -1)
     length_rho = M.per_prompt_spearman(proxies, M.length_reward(responses).astype(np.float64), pid, mask=rows)
-    per_prompt = top_picks(pid, proxies, gold, rows, excluded)
+    per_prompt = PromptPicks(**top_picks(pid, proxies, gold, rows, excluded))
     if curves.per_prompt_gold is not None:
         order = np.argsort(curves.prompts.astype(str))  # top_picks' prompts are sorted
-        per_prompt["n"] = curves.n.tolist()
+        per_prompt.n = curves.n.tolist()
         mean = curves.per_prompt_gold[curves.aggregations.index("mean")][order]
-        per_prompt["mean_curve"] = np.round(mean.astype(np.float64), 6).tolist()
-    picks, rand, orc = per_prompt["pick"], np.mean(per_prompt["random"]), np.mean(per_prompt["oracle"])
+        per_prompt.mean_curve = np.round(mean.astype(np.float64), 6).tolist()
+    picks, rand, orc = per_prompt.pick, np.mean(per_prompt.random), np.mean(per_prompt.oracle)
     summaries = {}
     for j, name in enumerate(curves.aggregations):
         alpha, beta = fit_gao(curves.d, curves.gold[j] - curves.gold[j, 0]) if len(curves.n) >= 3 else (None, None)
@@ -292,10 +334,20 @@ def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool:
             top, (top - rand) / (orc - rand) if orc > rand else float("nan"), float(curves.percentile[j, -1]),
             float(curves.proxy[j, -1]), int(curves.n[best]), float(curves.gold[j, best]),
             float(np.nanmean(rho[:, j])) if np.isfinite(rho[:, j]).any() else None, alpha, beta,
-            float(np.mean(per_prompt["excluded"][name])) if excluded is not None else None,
+            float(np.mean(per_prompt.excluded[name])) if excluded is not None else None,
             _finite(length_rho[j]))
     return BonResult(pool, curves, summaries, int(curves.n[-1]), int(len(curves.prompts)), int(rows.sum()),
                      float(rand), float(orc), per_prompt)
+
+
+def pool_curves(responses: pl.DataFrame, proxies, rows: np.ndarray, *, gold: np.ndarray | None = None,
+                n_grid=None, dtype=np.float32) -> BonCurves:
+    """The exact Best-of-n curves alone (no summaries) of any proxies ((n,) or {name: (n,)}) on the scored rows
+    where `rows`, judged by `gold` (default: the table's; e.g. ``excluded_indicator`` for the share of excluded
+    picks): for a method that adds its own steps around them. n_grid and dtype as ``bon_curves``."""
+    gold = responses["gold"].to_numpy().astype(np.float64) if gold is None else np.asarray(gold, np.float64)
+    rows = rows & responses["scored"].to_numpy() & np.isfinite(gold)
+    return bon_curves(responses["prompt_id"].to_numpy(), proxies, gold, mask=rows, n_grid=n_grid, dtype=dtype)
 
 
 def top_picks(prompt_ids: np.ndarray, proxies: dict, gold: np.ndarray, rows: np.ndarray,
@@ -366,33 +418,67 @@ def published_picks(responses: pl.DataFrame, eval_rows: np.ndarray, picks_file: 
 # ----------------------------------------------------------------------------- all of it
 
 @dataclass
+class LengthEffect:
+    """The fit behind a pool's length-controlled gold (embrm.rewards' ControlledGold without its per-row gold): gold
+    per unit of log(1 + characters) with prompt (and answer-source) effects held, its cluster-robust standard error
+    (None with fewer than 2 prompts), the rows and prompts fitted, the source column, the within-prompt R²."""
+
+    effect: float
+    stderr: float | None
+    n_rows: int
+    n_prompts: int
+    source: str | None
+    r2_within: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Evaluation:
-    """A model's held-out evaluation: pairwise metrics, Best-of-n per evaluated pool, published picks."""
+    """A model's held-out evaluation: pairwise metrics, Best-of-n per evaluated pool, published picks, the fit behind
+    the length-controlled gold and the conformal bound's calibration (each, when it could not be made, None with
+    the reason in its `*_error`)."""
 
     metrics: FitMetrics
     bon: dict[str, BonResult] = field(default_factory=dict)  # "pool", "pool-lc" [, "pool+<excluded>"]
     published: list[PublishedPick] = field(default_factory=list)
-    length_effect: dict | None = None  # the length-controlled gold's fit (embrm.rewards._length.ControlledGold.to_dict)
-    conformal: dict | None = None  # the conformal aggregation's calibration (embrm.evaluation._conformal.ConformalResult)
+    length_effect: LengthEffect | None = None
+    length_error: str | None = None  # why the pool has no length-controlled gold
+    conformal: ConformalResult | None = None
+    conformal_error: str | None = None  # why the conformal bound could not be calibrated
 
     def to_dict(self) -> dict:
+        """JSON-able; a missing length effect or conformal calibration written as {"error": why}."""
         return {"metrics": self.metrics.to_dict(), "bon": {k: v.to_dict() for k, v in self.bon.items()},
-                "published_picks": [asdict(p) for p in self.published], "length_effect": self.length_effect,
-                "conformal": self.conformal}
+                "published_picks": [asdict(p) for p in self.published],
+                "length_effect": _or_error(self.length_effect, self.length_error),
+                "conformal": _or_error(self.conformal, self.conformal_error)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Evaluation:
+        """The Evaluation of to_dict() (a job's stored result), without curves or the conformal per-row bound."""
+        length, conformal = d.get("length_effect") or {}, d.get("conformal") or {}
+        return cls(FitMetrics.from_dict(d["metrics"]), {k: BonResult.from_dict(v) for k, v in d["bon"].items()},
+                   [PublishedPick(**p) for p in d.get("published_picks") or []],
+                   LengthEffect(**length) if length and "error" not in length else None, length.get("error"),
+                   ConformalResult.from_dict(conformal) if conformal and "error" not in conformal else None,
+                   conformal.get("error"))
 
     def frame(self) -> pl.DataFrame:
         """Every evaluated pool's curves, one row per (pool, proxy, n)."""
         return pl.concat([b.frame() for b in self.bon.values()]) if self.bon else pl.DataFrame()
 
     def write(self, out_dir, *, title: str | None = None, extra: dict | None = None) -> dict[str, Path]:
-        """curves.parquet, curves.csv, summary.json and, per evaluated pool, gold_vs_kl[_<pool>].png + gao_fit.png."""
+        """curves.parquet, curves.csv, summary.json (each written atomically) and, per evaluated pool,
+        gold_vs_kl[_<pool>].png + gao_fit.png."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         frame = self.frame()
         paths = {"curves": out / "curves.parquet", "csv": out / "curves.csv", "summary": out / "summary.json"}
-        frame.write_parquet(paths["curves"])
-        frame.write_csv(paths["csv"])
-        paths["summary"].write_text(json.dumps({**(extra or {}), **self.to_dict()}, indent=2, default=str) + "\n")
+        write_atomic(paths["curves"], frame.write_parquet)
+        write_atomic(paths["csv"], frame.write_csv)
+        write_atomic(paths["summary"], json.dumps({**(extra or {}), **self.to_dict()}, indent=2, default=str) + "\n")
         refs = {p.reward_model: p.gold for p in self.published} or None
         for name, result in self.bon.items():
             stem = "gold_vs_kl" if name == "pool" else f"gold_vs_kl_{name.replace('+', '_')}"
@@ -401,3 +487,7 @@ class Evaluation:
         if "pool" in self.bon:
             paths["gao"] = plot_gao_fit(self.bon["pool"].curves, out / "gao_fit.png")
         return paths
+
+
+def _or_error(result, error: str | None) -> dict | None:
+    return {"error": error} if error is not None else None if result is None else result.to_dict()

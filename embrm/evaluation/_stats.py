@@ -13,7 +13,8 @@ mean over that seed's units of the unit effect on all its prompts.
 
     Unit(seed, name, prompts, num_a, num_b, den)     one learner's per-prompt arrays on one seed's held-out prompts
     paired_effect(units, n_boot, level, seed)        -> Effect: estimate, two-stage bootstrap interval, effect size
-    Effect.verdict(direction)                        "reproduced" / "reversed" / "not reproduced (inconclusive)"
+    verdict(lo, hi, direction)                       "reproduced" / "reversed" / "not reproduced (inconclusive)"
+    Effect.verdict(direction), Effect.interval()     the same for an Effect; "+estimate [+lo, +hi]"
     agreement(first, second, direction)              replication check over two disjoint halves of the prompts
 
 Why not a Student-t interval over (learner, seed) pairs: the learners of one seed share their held-out prompts, so
@@ -98,17 +99,27 @@ class Effect:
     level: float = field(default=0.95)
 
     def verdict(self, direction: int = +1) -> str:
-        """'reproduced' iff the interval excludes 0 in the claimed direction (lo > 0 for +1, hi < 0 for -1),
-        'reversed' iff it excludes 0 the other way, else 'not reproduced (inconclusive)'."""
-        direction = _direction(direction)
-        if self.lo > 0:
-            return "reproduced" if direction > 0 else "reversed"
-        if self.hi < 0:
-            return "reproduced" if direction < 0 else "reversed"
-        return "not reproduced (inconclusive)"
+        """The verdict of this interval on a claim of `direction` (see `verdict`)."""
+        return verdict(self.lo, self.hi, direction)
+
+    def interval(self, digits: int = 3) -> str:
+        """"+estimate [+lo, +hi]": the one way reports write an effect."""
+        return f"{self.estimate:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def verdict(lo: float, hi: float, direction: int = +1) -> str:
+    """The one verdict of an interval [lo, hi] on a claim that the effect is > 0 (direction +1) or < 0 (-1):
+    'reproduced' iff it excludes 0 in the claimed direction, 'reversed' iff it excludes 0 the other way, else
+    'not reproduced (inconclusive)' (VERDICTS, in that order)."""
+    direction = _direction(direction)
+    if lo > 0:
+        return VERDICTS[0] if direction > 0 else VERDICTS[1]
+    if hi < 0:
+        return VERDICTS[0] if direction < 0 else VERDICTS[1]
+    return VERDICTS[2]
 
 
 def _direction(direction: int) -> int:

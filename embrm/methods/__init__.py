@@ -1,48 +1,54 @@
-"""The seeds' further methods over cached embeddings and candidate pools, behind one protocol:
+"""The four methods over cached embeddings and candidate pools, behind one protocol:
 
     laser       LinUCB selection of a reward model per prompt (Nguyen et al., LASeR)
     moe         routed mixture-of-experts reward heads (Quan, DMoERM)
     composite   constrained composite rewards with per-component thresholds (Moskovitz et al.)
     policy      policy-side over-optimisation on candidate pools: KL-regularised optimum, DPO / RPO
 
-Every method is a callable `study(ds, X, *, seed, **params) -> (summary dict, frame)` that takes its split and
-labels from embrm.pipeline._steps; `run_method` drops the dataset's excluded responses (unless asked to keep them in
-the evaluated pools; they never label either way), times it and returns a typed MethodResult:
+Every method is a callable `study(ds, X, *, seed, **params) -> (typed summary, frame)` that takes its split, labels
+and fits from embrm.pipeline and its Best-of-n from embrm.evaluation, adding only its own steps; `run_method` drops
+the dataset's excluded responses (unless asked to keep them in the evaluated pools; they never label either way),
+times it and returns a MethodResult. A summary is a dataclass read by attribute; it renders itself once (markdown:
+the study report's section and the command's output) and becomes a dict only at the JSON boundary:
 
     result = run_method("composite", ds, X, seed=0, components=["bt", "length"])
-    result.summary, result.frame, result.markdown(), result.write("results/composite")
+    result.summary.selections, result.frame, result.markdown(), result.to_dict(), result.write("results/composite")
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, Stages
+from embrm.core import EmbrmError, Stages, fit_threads, write_atomic
 from embrm.data import Dataset
+from embrm.evaluation import bon_weight_tensor, pick_means  # moved to embrm.evaluation; kept here for one release
 from embrm.methods._composite import (
     COMPONENTS,
+    Component,
+    CompositeSelection,
+    CompositeSummary,
     Multipliers,
     ProxyPoints,
-    bon_weight_tensor,
     composite_curves,
     composite_study,
     fit_multipliers,
     fit_proxy_reward,
-    n_grid,
-    pick_means,
     plot_composite,
     proxy_points,
     selection_scores,
 )
 from embrm.methods._laser import (
+    LaserSummary,
     LinUCBResult,
+    Regret,
+    Selection,
     arm_reward_matrix,
     default_arms,
     laser_experiment,
@@ -53,10 +59,12 @@ from embrm.methods._laser import (
     prompt_means,
     train_arms,
 )
-from embrm.methods._moe import MoEReward, moe_study
+from embrm.methods._moe import ExpertModel, MoEReward, MoESummary, RewardScore, moe_study
 from embrm.methods._policy import (
+    CurveSummary,
     KLCurves,
     PolicyRun,
+    PolicySummary,
     default_betas,
     fit_gao_rl,
     kl_optimum_curves,
@@ -66,30 +74,28 @@ from embrm.methods._policy import (
     tilted_policy,
     train_policy,
 )
-from embrm.methods._sections import composite_section, generic_section, policy_section
+from embrm.methods._sections import MethodSummary, rates
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    study: Callable[..., tuple[dict, pl.DataFrame]]
+    study: Callable[..., tuple[MethodSummary, pl.DataFrame]]
     description: str
-    section: Callable[[dict], str] = generic_section  # the report's markdown for a summary
     plot: Callable | None = None  # plot(summary, frame, path, title) -> Path
     frame_name: str = "curves"
 
 
-def _plot_laser(summary, frame, path, title):
+def _plot_laser(summary: LaserSummary, frame, path, title):
     return plot_regret(frame, path, title=title)
 
 
-def _plot_composite(summary, frame, path, title):
-    return plot_composite(frame, path, thresholds=summary["thresholds"], title=title)
+def _plot_composite(summary: CompositeSummary, frame, path, title):
+    return plot_composite(frame, path, thresholds=summary.thresholds, title=title)
 
 
-def _plot_policy(summary, frame, path, title):
-    ko = summary["kl_optimum"]
-    return plot_policy(frame, path, gao_rl=(ko["gao_rl_alpha"], ko["gao_rl_beta"]), title=title)
+def _plot_policy(summary: PolicySummary, frame, path, title):
+    return plot_policy(frame, path, gao_rl=(summary.gao_rl_alpha, summary.gao_rl_beta), title=title)
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in [
@@ -101,22 +107,20 @@ REGISTRY: dict[str, Method] = {m.name: m for m in [
            "a learned combiner, vs one head trained on everything", frame_name="per_category"),
     Method("composite", composite_study,
            "Constrained composite reward (Moskovitz et al.): Best-of-n on a fixed sum vs a clipped sum vs "
-           "Lagrangian selection that keeps each component below its proxy point",
-           section=composite_section, plot=_plot_composite),
+           "Lagrangian selection that keeps each component below its proxy point", plot=_plot_composite),
     Method("policy", policy_study,
            "Policy-side over-optimisation: the KL-regularised optimum over each pool, and DPO / RPO linear "
-           "softmax policies trained on the preference pairs (gold and KL on held-out prompts)",
-           section=policy_section, plot=_plot_policy),
+           "softmax policies trained on the preference pairs (gold and KL on held-out prompts)", plot=_plot_policy),
 ]}
 
 
 @dataclass
 class MethodResult:
-    """A method's run: its JSON-able summary, its table, how long it took, and how to show it."""
+    """A method's run: its typed summary, its table, how long it took, and how to show it."""
 
     method: Method
     dataset: str
-    summary: dict
+    summary: MethodSummary
     frame: pl.DataFrame
     seconds: float
 
@@ -125,15 +129,16 @@ class MethodResult:
         return self.method.name
 
     def to_dict(self) -> dict:
-        return {**self.summary, "method": self.name, "dataset": self.dataset, "seconds": self.seconds}
+        return {**self.summary.to_dict(), "method": self.name, "dataset": self.dataset, "seconds": self.seconds}
 
     def markdown(self) -> str:
+        """The one rendering: the study report's section, and what `embrm <method>` prints."""
         text = (f"### {self.name}\n\n{self.method.description}. Ran in {self.seconds:.1f} s.\n\n"
-                f"{self.method.section(self.summary)}")
-        rates = self.summary.get("excluded_pick_rate")
-        if rates:
+                f"{self.summary.markdown()}")
+        picks = self.summary.excluded_picks()
+        if picks:
             text += ("\n\nShare of evaluated prompts whose pick is an excluded response (excluded_pick_rate): "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()) + ".")
+                     f"{rates(picks)}.")
         return text
 
     def plot(self, path) -> Path | None:
@@ -142,12 +147,13 @@ class MethodResult:
         return self.method.plot(self.summary, self.frame, Path(path), f"{self.name} on {self.dataset}")
 
     def write(self, out_dir, **extra) -> dict[str, Path]:
-        """summary.json, <frame>.parquet and the method's PNG (if it has one) under out_dir."""
+        """summary.json, <frame>.parquet and the method's PNG (if it has one) under out_dir, each written
+        atomically."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"summary": out / "summary.json", "frame": out / f"{self.method.frame_name}.parquet"}
-        paths["summary"].write_text(json.dumps({**extra, **self.to_dict()}, indent=2, default=str) + "\n")
-        self.frame.write_parquet(paths["frame"])
+        write_atomic(paths["summary"], json.dumps({**extra, **self.to_dict()}, indent=2, default=str) + "\n")
+        write_atomic(paths["frame"], self.frame.write_parquet)
         png = self.plot(out / f"{self.name}.png")
         if png is not None:
             paths["plot"] = png
@@ -165,30 +171,42 @@ def run_method(name: str, ds: Dataset, X: np.ndarray, *, seed: int = 0, with_exc
         X = np.asarray(X)[~ds.excluded]
         ds = ds.without_excluded()
     start = time.perf_counter()
-    with Stages(f"{name} on {ds.name}", 1, progress) as stage:
+    with Stages(f"{name} on {ds.name}", 1, progress) as stage, fit_threads():  # the one thread policy
         summary, frame = REGISTRY[name].study(ds, X, seed=seed, **params)
         stage.done(name)
-    summary["with_excluded"] = with_excluded
-    return MethodResult(REGISTRY[name], ds.name, summary, frame, time.perf_counter() - start)
+    return MethodResult(REGISTRY[name], ds.name, replace(summary, with_excluded=with_excluded), frame,
+                        time.perf_counter() - start)
 
 
 def render_methods(results: list[MethodResult]) -> str:
     """The study report's section: one subsection per method."""
-    lines = ["## Further seeds on the real pool (excluded responses removed, one seed)", ""]
+    lines = ["## The four methods on the real pool (excluded responses removed, one seed)", ""]
     return "\n".join(lines + [r.markdown() + "\n" for r in results])
 
 
 __all__ = [
     'COMPONENTS',
+    'Component',
+    'CompositeSelection',
+    'CompositeSummary',
+    'CurveSummary',
+    'ExpertModel',
     'KLCurves',
+    'LaserSummary',
     'LinUCBResult',
     'Method',
     'MethodResult',
+    'MethodSummary',
     'MoEReward',
+    'MoESummary',
     'Multipliers',
     'PolicyRun',
+    'PolicySummary',
     'ProxyPoints',
     'REGISTRY',
+    'Regret',
+    'RewardScore',
+    'Selection',
     'arm_reward_matrix',
     'bon_weight_tensor',
     'composite_curves',
@@ -203,7 +221,6 @@ __all__ = [
     'laser_study',
     'linucb_select',
     'moe_study',
-    'n_grid',
     'pick_means',
     'plot_composite',
     'plot_policy',

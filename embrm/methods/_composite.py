@@ -21,91 +21,41 @@ Proxy points (``proxy_points``) come from each component's own Best-of-n curve o
 that curve's expected gold peaks, and t_c = E[z_c at the pick] at n*. A component whose gold curve never turns
 down gets its value at n_max (a threshold that does not bind at any n <= n_max).
 
-All expectations are exact Best-of-n expectations (embrm.evaluation._bon's weights C(i-1, n-1) / C(N, n) over proxy ranks),
-vectorised over prompts, candidates, n and selection scores: pools are a padded (P, N_max) layout
-(``embrm.evaluation._pools.group_pools``); a prompt contributes to n only when n <= its pool size; ties in a selection score
-share the pick (block-averaged values, as in embrm.evaluation._bon). The only Python loops are over dual-ascent iterations and
-distinct pool sizes.
+All expectations are exact Best-of-n expectations of several value channels at once (``embrm.evaluation.pick_means``:
+the weights C(i-1, n-1) / C(N, n) over selection-score ranks, ties sharing the pick), vectorised over prompts,
+candidates, n and selection scores over the padded pools of ``embrm.evaluation.group_pools``; a prompt contributes to n
+only when n <= its pool size. The grid of n is ``embrm.evaluation.log_grid``; the split, labels and fits come from
+embrm.pipeline. The only Python loop here is over dual-ascent iterations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError
-from embrm.data import pair_indices
 from embrm.evaluation import (
-    Pools,
-    bon_weights,
+    bon_weight_tensor,
     excluded_indicator,
     group_pools,
     kl_bon,
     length_reward,
+    log_grid,
+    pick_means,
     pyplot,
     save_figure,
-    tie_average,
 )
-from embrm.pipeline import LabelConfig, split, training_pairs
-from embrm.rewards import fit_ensemble
+from embrm.methods._sections import MethodSummary, rates, table
+from embrm.pipeline import LabelConfig, Learner, fit_pairs, split, training_pairs
 
-__all__ = ["bon_weight_tensor", "pick_means", "proxy_points", "ProxyPoints",
-           "fit_multipliers", "Multipliers", "selection_scores", "composite_curves", "composite_study",
-           "fit_proxy_reward", "n_grid", "plot_composite", "COMPONENTS"]
+__all__ = ["proxy_points", "ProxyPoints", "fit_multipliers", "Multipliers", "selection_scores", "composite_curves",
+           "composite_study", "fit_proxy_reward", "plot_composite", "COMPONENTS", "CompositeSummary", "Component",
+           "CompositeSelection", "GRID_POINTS"]
 
 COMPONENTS = ("bt", "bt_flip", "length")
-
-
-# ----------------------------------------------------------------------------- grids
-
-def n_grid(n_max: int, points: int = 16) -> np.ndarray:
-    """About ``points`` log-spaced integers from 1 to n_max (both included)."""
-    return np.unique(np.round(np.geomspace(1, max(int(n_max), 1), points)).astype(np.int64))
-
-
-# ----------------------------------------------------------------------------- exact Best-of-n expectations
-
-def bon_weight_tensor(sizes, ns) -> tuple[np.ndarray, np.ndarray]:
-    """W (P, N_max, G): probability that the candidate at ascending proxy rank i (0-based) of prompt p's pool is
-    the Best-of-n pick, for each n in ``ns``; and contributing (P, G): n <= pool size (W is 0 elsewhere)."""
-    sizes = np.asarray(sizes, np.int64)
-    ns = np.asarray(ns, np.int64)
-    if ns.min() < 1:
-        raise EmbrmError(f"n must be >= 1, got {int(ns.min())}")
-    W = np.zeros((sizes.size, int(sizes.max()), ns.size))
-    contrib = ns[None, :] <= sizes[:, None]
-    for size in np.unique(sizes):
-        ok = ns <= size
-        if ok.any():
-            W[np.ix_(sizes == size, np.arange(size), np.flatnonzero(ok))] = bon_weights(int(size), n=ns[ok])[None]
-    return W, contrib
-
-
-def pick_means(scores, values, pools: Pools, ns, *, diagonal: bool = False, weights=None) -> np.ndarray:
-    """Exact expected ``values`` at the Best-of-n pick, averaged over the prompts whose pool has >= n candidates.
-
-    scores: (A, P, N_max) selection scores (padding ignored); values: (P, N_max, C) per-candidate values.
-    Returns (A, G, C) for every score and every n in ``ns``; with ``diagonal`` (A == G: score a is meant for n_a)
-    returns (G, C), computing only the matching pairs. ``weights``: ``bon_weight_tensor(pools.sizes, ns)`` when
-    the caller reuses it (dual ascent).
-    """
-    W, contrib = bon_weight_tensor(pools.sizes, ns) if weights is None else weights
-    P, N, C = values.shape
-    s = np.where(pools.valid[None], scores, np.inf)
-    order = np.argsort(s, axis=-1)              # tie order is irrelevant: tied blocks are averaged below
-    srt = np.take_along_axis(s, order, axis=-1)
-    vals = np.take(values.reshape(P * N, C), order + (np.arange(P) * N)[None, :, None], axis=0)
-    vals = tie_average(srt, vals)
-    count = contrib.sum(axis=0)
-    if diagonal:
-        if s.shape[0] != len(ns):
-            raise EmbrmError(f"diagonal pick_means needs one score per n: {s.shape[0]} scores, {len(ns)} n values")
-        per = np.einsum("gpic,pig->gpc", vals, W)
-        return np.einsum("gpc,pg->gc", per, contrib) / count[:, None]
-    per = np.einsum("apic,pig->apgc", vals, W)
-    return per.sum(axis=1) / count[None, :, None]
+GRID_POINTS = 16  # points of the log grid of n the multipliers are fitted on (embrm.evaluation.log_grid)
 
 
 # ----------------------------------------------------------------------------- proxy points and multipliers
@@ -204,7 +154,7 @@ def fit_multipliers(components, prompt_index, thresholds, *, weights=None, ns=No
     if steps < 1 or not lr > 0:
         raise EmbrmError(f"dual ascent needs steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     pools = group_pools(prompt_index, mask)
-    ns = n_grid(int(pools.sizes.min())) if ns is None else np.asarray(ns, np.int64)
+    ns = log_grid(int(pools.sizes.min()), GRID_POINTS) if ns is None else np.asarray(ns, np.int64)
     zp = pools.gather(Z)
     plan = bon_weight_tensor(pools.sizes, ns)
     lam = np.zeros((len(ns), C))
@@ -264,8 +214,7 @@ def fit_proxy_reward(ds, X, train_ids, *, n_pairs: int = 10_000, beta: float | N
     """A linear Bradley-Terry ensemble's mean reward (n,) trained on simulated pairs from the TRAINING prompts
     (annotator: ``beta`` or ``flip``), and those pairs."""
     pairs = training_pairs(ds, LabelConfig("simulated", beta, flip, n_pairs).resolved(ds), train_ids, seed)
-    idx = pair_indices(pairs, ds.responses)
-    ens = fit_ensemble(X, idx, head="linear", k=k, pair_prompt_ids=pairs["prompt_id"].to_numpy(), seed=seed)
+    ens = fit_pairs(ds, X, pairs, Learner("linear"), k=k, seed=seed)
     return ens.predict(X).mean(axis=1).astype(np.float64), pairs
 
 
@@ -285,11 +234,101 @@ def _component_columns(ds, X, train_ids, names, *, n_pairs: int, k: int, seed: i
     return np.stack(cols, axis=1)
 
 
+@dataclass(frozen=True)
+class Component:
+    """One component: its threshold (proxy point, z), the n* where its own Best-of-n gold peaks on the training
+    prompts and that curve's gold there and at n_max, and the Lagrangian's multiplier and constraint value (training
+    prompts) at n_max."""
+
+    name: str
+    threshold: float
+    proxy_point_n: int
+    own_gold_at_proxy_point: float
+    own_gold_at_n_max: float
+    multiplier_at_n_max: float
+    train_violation_at_n_max: float
+
+
+@dataclass(frozen=True)
+class CompositeSelection:
+    """One selection rule (fixed | clipped | lagrangian) on the held-out prompts: gold at n_max, its peak (and where),
+    the drop from it, each component's mean z at the pick at n_max, and the share of excluded picks at n_max when the
+    pools keep excluded responses."""
+
+    method: str
+    gold_at_n_max: float
+    peak_gold: float
+    peak_n: int
+    drop_from_peak: float
+    z_at_n_max: tuple[float, ...]  # one per component, in the summary's component order
+    excluded_pick_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class CompositeSummary(MethodSummary):
+    """The composite study: the components (thresholds, multipliers) fitted on training prompts and the three
+    selection rules compared on held-out prompts at the n of ``n``."""
+
+    dataset: str
+    seed: int
+    components: tuple[Component, ...]
+    n_train_prompts: int
+    n_test_prompts: int
+    n: tuple[int, ...]
+    random: float
+    oracle: float
+    selections: tuple[CompositeSelection, ...]
+    evaluated_on: str
+    with_excluded: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.components]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {c.name: c.threshold for c in self.components}
+
+    def excluded_picks(self) -> list[tuple[str, float]]:
+        return [(m.method, m.excluded_pick_rate) for m in self.selections if m.excluded_pick_rate is not None]
+
+    def to_dict(self) -> dict:
+        cs = self.components
+        d = {"dataset": self.dataset, "seed": self.seed, "components": self.names,
+             "n_train_prompts": self.n_train_prompts, "n_test_prompts": self.n_test_prompts, "n": list(self.n),
+             "thresholds": self.thresholds, "proxy_point_n": {c.name: c.proxy_point_n for c in cs},
+             "own_bon_gold_train": {c.name: {"at_proxy_point": c.own_gold_at_proxy_point,
+                                             "at_n_max": c.own_gold_at_n_max} for c in cs},
+             "multipliers_at_n_max": {c.name: c.multiplier_at_n_max for c in cs},
+             "train_violation_at_n_max": {c.name: c.train_violation_at_n_max for c in cs},
+             "random": self.random, "oracle": self.oracle,
+             "methods": {m.method: {"gold_at_n_max": m.gold_at_n_max, "peak_gold": m.peak_gold, "peak_n": m.peak_n,
+                                    "drop_from_peak": m.drop_from_peak,
+                                    **{f"z_{c}_at_n_max": z for c, z in zip(self.names, m.z_at_n_max)}}
+                         for m in self.selections},
+             "evaluated_on": self.evaluated_on}
+        if self.excluded_picks():
+            d["excluded_pick_rate"] = dict(self.excluded_picks())
+        return d | {"with_excluded": self.with_excluded}
+
+    def markdown(self) -> str:
+        rows = [[m.method, f"{m.peak_gold:.3f} ({m.peak_n})", m.gold_at_n_max, m.drop_from_peak,
+                 *[f"{z:+.2f}" for z in m.z_at_n_max]] for m in self.selections]
+        cs = self.components
+        return (f"{self.dataset}: held-out Best-of-n at {len(self.n)} values of n in 1..{self.n[-1]} (random "
+                f"{self.random:.3f}, oracle {self.oracle:.3f}; {self.evaluated_on}).\n\n"
+                + table(["selection", "peak gold (n)", "gold at n_max", "drop from peak",
+                         *[f"z {c} at n_max" for c in self.names]], rows)
+                + "\n\nThresholds (z): " + ", ".join(f"{c.name} {c.threshold:+.2f} (n* = {c.proxy_point_n})"
+                                                      for c in cs)
+                + f"; multipliers at n_max: {rates((c.name, c.multiplier_at_n_max) for c in cs)}.")
+
+
 def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max: int | None = None,
                     n_pairs: int = 10_000, k: int = 5, test_size: float = 0.2, weights=None,
-                    steps: int = 300) -> tuple[dict, pl.DataFrame]:
+                    steps: int = 300) -> tuple[CompositeSummary, pl.DataFrame]:
     """Train the components on TRAINING prompts, estimate proxy points and multipliers there, and compare the
-    fixed, clipped and Lagrangian composites on HELD-OUT prompts. Returns (JSON-able summary, curves frame).
+    fixed, clipped and Lagrangian composites on HELD-OUT prompts. Returns (CompositeSummary, curves frame).
 
     Components: ``bt`` (linear BT ensemble mean, BT annotator beta = 10), ``bt_flip`` (the same learner on labels
     with 25 % flips, other seed), ``length`` (log(1 + characters)); each z-scored on the training rows."""
@@ -307,7 +346,7 @@ def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max:
     pp = proxy_points(Z, gold, pid.to_numpy(), mask=train, n_max=n_max)
     test = ~train & np.isfinite(gold)
     n_hi = min(len(pp.gold[0]), int(group_pools(pid.to_numpy(), test).sizes.min()))
-    mult = fit_multipliers(Z, pid.to_numpy(), pp.thresholds, weights=weights, ns=n_grid(n_hi),
+    mult = fit_multipliers(Z, pid.to_numpy(), pp.thresholds, weights=weights, ns=log_grid(n_hi, GRID_POINTS),
                            mask=train & np.isfinite(gold), steps=steps)
     frame = composite_curves(Z, gold, pid.to_numpy(), thresholds=pp.thresholds, multipliers=mult,
                              weights=weights, mask=~train, names=names)
@@ -316,33 +355,27 @@ def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max:
         share = composite_curves(Z, excluded_indicator(gold, ds.excluded), pid.to_numpy(), thresholds=pp.thresholds,
                                  multipliers=mult, weights=weights, mask=~train, names=names)
         last = share.filter(pl.col("n") == share["n"].max())
-        summary["excluded_pick_rate"] = dict(zip(last["method"].to_list(), last["gold"].to_list()))
+        rate = dict(zip(last["method"].to_list(), last["gold"].to_list()))
+        summary = replace(summary, selections=tuple(replace(m, excluded_pick_rate=rate[m.method])
+                                                    for m in summary.selections))
     return summary, frame
 
 
 def _summary(ds, names, pp: ProxyPoints, mult: Multipliers, frame: pl.DataFrame, n_train: int, n_test: int,
-             seed: int) -> dict:
-    methods = {}
+             seed: int) -> CompositeSummary:
+    selections = []
     for method in ("fixed", "clipped", "lagrangian"):
         sub = frame.filter(pl.col("method") == method).sort("n")
         g = sub["gold"].to_numpy()
-        methods[method] = {"gold_at_n_max": float(g[-1]), "peak_gold": float(g.max()),
-                           "peak_n": int(sub["n"][int(np.argmax(g))]),
-                           "drop_from_peak": float(g.max() - g[-1]),
-                           **{f"z_{c}_at_n_max": float(sub[f"z_{c}"][-1]) for c in names}}
+        selections.append(CompositeSelection(method, float(g[-1]), float(g.max()), int(sub["n"][int(np.argmax(g))]),
+                                             float(g.max() - g[-1]), tuple(float(sub[f"z_{c}"][-1]) for c in names)))
+    components = tuple(Component(c, float(t), int(n), float(g.max()), float(g[-1]), float(lam), float(v))
+                       for c, t, n, g, lam, v in zip(names, pp.thresholds, pp.n_peak, pp.gold, mult.lam[-1],
+                                                     mult.violation[-1]))
     last = frame.filter(pl.col("method") == "fixed").sort("n")
-    return {
-        "dataset": ds.name, "seed": seed, "components": names, "n_train_prompts": n_train,
-        "n_test_prompts": n_test, "n": [int(v) for v in mult.n],
-        "thresholds": {c: float(t) for c, t in zip(names, pp.thresholds)},
-        "proxy_point_n": {c: int(v) for c, v in zip(names, pp.n_peak)},
-        "own_bon_gold_train": {c: {"at_proxy_point": float(g.max()), "at_n_max": float(g[-1])}
-                               for c, g in zip(names, pp.gold)},
-        "multipliers_at_n_max": {c: float(v) for c, v in zip(names, mult.lam[-1])},
-        "train_violation_at_n_max": {c: float(v) for c, v in zip(names, mult.violation[-1])},
-        "random": float(last["random"][-1]), "oracle": float(last["oracle"][-1]),
-        "methods": methods, "evaluated_on": "held-out prompts (components, thresholds, multipliers: training)",
-    }
+    return CompositeSummary(ds.name, seed, components, n_train, n_test, tuple(int(v) for v in mult.n),
+                            float(last["random"][-1]), float(last["oracle"][-1]), tuple(selections),
+                            "held-out prompts (components, thresholds, multipliers: training)")
 
 
 def plot_composite(frame: pl.DataFrame, path, *, thresholds: dict | None = None, title: str | None = None):

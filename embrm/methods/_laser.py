@@ -2,6 +2,7 @@
 
     result = linucb_select(contexts, arm_rewards, alpha=0.1, seed=0)         # the bandit alone (pure, testable)
     summary, trace = laser_study(responses, X, scores, ["bt", "length"], alpha=0.1, n=None, seed=0)
+    summary.selection("laser").mean_gold, summary.regret.vs_oracle, summary.to_dict()
 
 The bandit (LinUCB, Li et al. 2010, as LASeR uses it). Prompts arrive one per round in a seeded random order.
 Round t sees the prompt's context c (d,), scores every arm at once,
@@ -13,8 +14,8 @@ so a round costs O(M d^2) and ``theta_k = A_k^-1 b_k`` is exactly the ridge leas
 observed rewards on its contexts.
 
 Rewards in the Best-of-n simulation (``laser_study``): an arm's reward for a prompt is the exact expected gold of
-its Best-of-n pick (embrm.evaluation._bon estimator; n = the prompt's full scored pool by default, else min(n, pool size))
-minus the pool's mean gold, i.e. the gold GAIN over a random pick. The full (P, M) reward matrix is known to the
+its Best-of-n pick (embrm.evaluation.per_prompt_bon; n = the prompt's full scored pool by default, else min(n, pool
+size)) minus the pool's mean gold, i.e. the gold GAIN over a random pick. The full (P, M) reward matrix is known to the
 simulation (for regret), never to the bandit, which only sees the chosen arm's entry.
 
 Contexts (``prompt_contexts``): one vector per prompt, the mean of its responses' embeddings (or a given prompt
@@ -25,21 +26,21 @@ feature (lets an arm's mean reward be learned without any embedding direction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError, check_embeddings
-from embrm.data import pair_indices, simulate_pairs
-from embrm.evaluation import bon_curves, excluded_indicator, length_reward, pyplot, save_figure, standardize
+from embrm.data import pair_indices
+from embrm.evaluation import excluded_indicator, length_reward, per_prompt_bon, pyplot, save_figure, standardize
 from embrm.methods._moe import MoEReward, prompt_means
-from embrm.pipeline import LabelConfig, check_aligned, split
-from embrm.rewards import fit_ensemble
+from embrm.methods._sections import MethodSummary, table
+from embrm.pipeline import LabelConfig, Learner, check_aligned, fit_pairs, split, training_pairs
 from embrm.rewards.heads import LinearBT
 
 __all__ = ["LinUCBResult", "linucb_select", "prompt_contexts", "prompt_means", "arm_reward_matrix", "laser_study",
-           "laser_experiment", "train_arms", "default_arms", "plot_regret"]
+           "laser_experiment", "train_arms", "default_arms", "plot_regret", "LaserSummary", "Selection", "Regret"]
 
 
 # ----------------------------------------------------------------------------- the bandit
@@ -165,7 +166,7 @@ def prompt_contexts(prompt_index, X, *, dim: int | None = 32, bias: bool = True,
 
 
 def arm_reward_matrix(prompt_index, scores, gold, n: int | None = None, *, extra: dict | None = None) -> dict:
-    """Exact expected gold of each arm's Best-of-n pick, per prompt (embrm.evaluation._bon, ties averaged).
+    """Exact expected gold of each arm's Best-of-n pick, per prompt (embrm.evaluation.per_prompt_bon, ties averaged).
 
     scores: (rows, M) arm scores; gold: (rows,) (NaN = unscored, dropped). n: Best-of-n size per prompt, capped at
     the prompt's scored pool size (None = the full pool). extra: further {name: (rows,)} proxies evaluated the same
@@ -175,27 +176,100 @@ def arm_reward_matrix(prompt_index, scores, gold, n: int | None = None, *, extra
     S = np.asarray(scores, dtype=np.float64)
     if S.ndim != 2:
         raise EmbrmError(f"scores must be (n_responses, M) arm scores, got shape {S.shape}")
-    if n is not None and int(n) < 1:
-        raise EmbrmError(f"n (Best-of-n size) must be >= 1, got {n}")
-    g = np.asarray(gold, dtype=np.float64)
     extra = dict(extra or {})
     proxies = {f"arm{j}": S[:, j] for j in range(S.shape[1])} | {f"x:{k}": np.asarray(v) for k, v in extra.items()}
-    proxies["gold"] = g  # gold as its own proxy: best-of-N = pool max, best-of-1 = pool mean
-    pidx = np.asarray(prompt_index).astype(str)
-    sizes = np.unique(pidx[np.isfinite(g)], return_counts=True)[1]  # the scored pool sizes
-    grid = np.unique(np.r_[1, sizes, np.minimum(int(n), sizes) if n is not None else []]).astype(np.int64)
-    cur = bon_curves(pidx, proxies, g, per_prompt=True, dtype=np.float64, n_grid=grid)  # only the n used below
-    ppg = cur.per_prompt_gold.astype(np.float64)                   # (A, P, len(grid))
-    sizes = np.asarray(cur.pool_size)
-    col = cur.index(np.minimum(sizes if n is None else int(n), sizes))
-    at_n = ppg[:, np.arange(len(sizes)), col]                      # (A, P)
+    bon = per_prompt_bon(prompt_index, proxies, gold, n)
     M = S.shape[1]
-    return {"prompts": np.asarray(cur.prompts).astype(str), "bon": at_n[:M].T,
-            "extra": {k: at_n[M + j] for j, k in enumerate(extra)},
-            "mean": ppg[-1, :, 0], "max": ppg[-1, np.arange(len(sizes)), cur.index(sizes)], "pool_size": sizes}
+    return {"prompts": bon.prompts, "bon": bon.gold[:M].T, "extra": {k: bon.gold[M + j] for j, k in enumerate(extra)},
+            "mean": bon.random, "max": bon.oracle, "pool_size": bon.pool_size}
 
 
 # ----------------------------------------------------------------------------- the study
+
+@dataclass(frozen=True)
+class Selection:
+    """One way of picking a response per held-out prompt and the mean gold of its picks: "laser", "arm:<arm>", the
+    average-score "ensemble", "random" (the pool mean), "oracle_arm" (the best arm per prompt), "oracle_response"."""
+
+    name: str
+    mean_gold: float  # over all rounds
+    mean_gold_last_half: float  # over the last half of the rounds (after learning)
+    rounds_played: int | None = None  # arms: rounds LASeR played it
+    oracle_arm_share: float | None = None  # arms: share of rounds where it is the best arm
+    excluded_pick_rate: float | None = None  # laser and the arms, when the pools keep excluded responses
+
+
+@dataclass(frozen=True)
+class Regret:
+    """Cumulative regret of LASeR's choices, and its mean per round in the first and the last quarter."""
+
+    vs_best_arm: float
+    vs_oracle: float
+    per_round_vs_oracle_first_quarter: float
+    per_round_vs_oracle_last_quarter: float
+
+
+@dataclass(frozen=True)
+class LaserSummary(MethodSummary):
+    """LASeR's run: the bandit's settings, every selection's mean gold, the regret; with the experiment's settings
+    when it came from laser_experiment."""
+
+    alpha: float
+    n: int | None
+    dim: int | None
+    lam: float
+    warmup: int
+    seed: int
+    ctx_dim: int
+    n_rounds: int
+    arms: tuple[str, ...]
+    best_arm_in_hindsight: str
+    selections: tuple[Selection, ...]
+    regret: Regret
+    dataset: str | None = None
+    test_size: float | None = None
+    n_pairs: int | None = None
+    beta: float | None = None
+    n_train_prompts: int | None = None
+    setting: str | None = None
+    with_excluded: bool = False
+
+    def selection(self, name: str) -> Selection:
+        return next(s for s in self.selections if s.name == name)
+
+    def excluded_picks(self) -> list[tuple[str, float]]:
+        return [(s.name, s.excluded_pick_rate) for s in self.selections if s.excluded_pick_rate is not None]
+
+    def to_dict(self) -> dict:
+        arms = [self.selection(f"arm:{a}") for a in self.arms]
+        d = {"method": "laser-linucb", "alpha": self.alpha, "n": self.n, "dim": self.dim, "lam": self.lam,
+             "warmup": self.warmup, "seed": self.seed, "ctx_dim": self.ctx_dim, "n_rounds": self.n_rounds,
+             "arms": list(self.arms), "best_arm_in_hindsight": self.best_arm_in_hindsight,
+             "mean_gold": {s.name: s.mean_gold for s in self.selections},
+             "mean_gold_last_half": {s.name: s.mean_gold_last_half for s in self.selections},
+             "regret": asdict(self.regret), "choices": {a: s.rounds_played for a, s in zip(self.arms, arms)},
+             "oracle_arm_share": {a: s.oracle_arm_share for a, s in zip(self.arms, arms)}}
+        if self.excluded_picks():
+            d["excluded_pick_rate"] = dict(self.excluded_picks())
+        if self.dataset is not None:
+            d.update(dataset=self.dataset, test_size=self.test_size, n_pairs=self.n_pairs, beta=self.beta,
+                     n_train_prompts=self.n_train_prompts, setting=self.setting)
+        return d | {"with_excluded": self.with_excluded}
+
+    def markdown(self) -> str:
+        r = self.regret
+        rows = [[s.name, s.mean_gold, s.mean_gold_last_half, s.rounds_played, s.oracle_arm_share]
+                for s in self.selections]
+        where = f" ({self.setting})" if self.setting else ""
+        return (f"LASeR on {self.dataset or 'the given pools'}: {self.n_rounds} held-out prompts, Best-of-"
+                f"{self.n or 'pool'}, arms {', '.join(self.arms)}{where}.\n\n"
+                + table(["pick by", "mean gold (all rounds)", "mean gold (last half)", "rounds played",
+                         "oracle arm share"], rows, 4)
+                + f"\n\nCumulative regret: vs the best single arm in hindsight ({self.best_arm_in_hindsight}) "
+                  f"{r.vs_best_arm:.3f}, vs the per-prompt oracle arm {r.vs_oracle:.3f}; per round vs the oracle "
+                  f"{r.per_round_vs_oracle_first_quarter:.4f} (first quarter) -> "
+                  f"{r.per_round_vs_oracle_last_quarter:.4f} (last quarter).")
+
 
 def _ensemble_proxy(S: np.ndarray) -> np.ndarray:
     """Average-score ensemble: the mean of the arms' scores, each z-scored over the given rows."""
@@ -204,11 +278,11 @@ def _ensemble_proxy(S: np.ndarray) -> np.ndarray:
 
 def laser_study(responses: pl.DataFrame, X, scores, arm_names, *, alpha: float = 0.1, n: int | None = None,
                 seed: int = 0, dim: int | None = 32, lam: float = 1.0, warmup: int = 0,
-                prompt_X=None) -> tuple[dict, pl.DataFrame]:
+                prompt_X=None) -> tuple[LaserSummary, pl.DataFrame]:
     """Run LASeR over the prompts of ``responses`` (pass HELD-OUT prompts: the arms must not have trained on them).
 
     responses: table with prompt_id and gold (null/NaN = unscored); X: (rows, d) embeddings aligned with it;
-    scores: (rows, M) arm scores; arm_names: M names. Returns (summary dict, JSON-able; per-round trace frame).
+    scores: (rows, M) arm scores; arm_names: M names. Returns (LaserSummary, per-round trace frame).
     The summary compares the mean gold of LASeR's picks with each single arm, the average-score ensemble, a random
     pick, the per-prompt oracle arm and the oracle response, over all rounds and over the last half (after
     learning), plus cumulative regret and how often each arm was played.
@@ -229,10 +303,9 @@ def laser_study(responses: pl.DataFrame, X, scores, arm_names, *, alpha: float =
     ctx = ctx[np.searchsorted(keys, arms["prompts"])]              # align contexts with the scored prompts
     R = arms["bon"] - arms["mean"][:, None]                        # gold gain of each arm's pick
     res = linucb_select(ctx, R, alpha=alpha, seed=seed, lam=lam, warmup=warmup)
-    trace = _trace(res, arms, names)
     summary = _summary(res, arms, names, alpha=alpha, n=n, dim=dim, lam=lam, warmup=warmup, seed=seed,
                        ctx_dim=ctx.shape[1])
-    return summary, trace
+    return summary, _trace(res, arms, names)
 
 
 def _trace(res: LinUCBResult, arms: dict, names: list[str]) -> pl.DataFrame:
@@ -246,30 +319,27 @@ def _trace(res: LinUCBResult, arms: dict, names: list[str]) -> pl.DataFrame:
     })
 
 
-def _summary(res: LinUCBResult, arms: dict, names: list[str], **params) -> dict:
+def _summary(res: LinUCBResult, arms: dict, names: list[str], **params) -> LaserSummary:
     o = res.order
     T = len(o)
     late = o[T // 2:]                                              # prompts of the last half of the rounds
     laser_gold = arms["mean"][o] + res.rewards
 
-    def gold_of(rows):
+    def gold_of(rows) -> dict[str, float]:
         cols = {f"arm:{a}": arms["bon"][rows, j] for j, a in enumerate(names)}
         return {**{k: float(v.mean()) for k, v in cols.items()},
                 "ensemble": float(arms["extra"]["ensemble"][rows].mean()), "random": float(arms["mean"][rows].mean()),
                 "oracle_arm": float(arms["bon"][rows].max(axis=1).mean()),
                 "oracle_response": float(arms["max"][rows].mean())}
 
-    first_q, last_q = res.quarter_regret()
-    return {
-        "method": "laser-linucb", **params, "n_rounds": T, "arms": names,
-        "best_arm_in_hindsight": names[res.best_arm],
-        "mean_gold": {"laser": float(laser_gold.mean()), **gold_of(o)},
-        "mean_gold_last_half": {"laser": float(laser_gold[T // 2:].mean()), **gold_of(late)},
-        "regret": {"vs_best_arm": float(res.regret_vs_best_arm[-1]), "vs_oracle": float(res.regret_vs_oracle[-1]),
-                   "per_round_vs_oracle_first_quarter": first_q, "per_round_vs_oracle_last_quarter": last_q},
-        "choices": {a: int(c) for a, c in zip(names, res.counts)},
-        "oracle_arm_share": {a: float(np.mean(res.oracle_arm == j)) for j, a in enumerate(names)},
-    }
+    every = {"laser": float(laser_gold.mean()), **gold_of(o)}
+    last = {"laser": float(laser_gold[T // 2:].mean()), **gold_of(late)}
+    played = {f"arm:{a}": (int(c), float(np.mean(res.oracle_arm == j)))
+              for j, (a, c) in enumerate(zip(names, res.counts))}
+    selections = tuple(Selection(k, every[k], last[k], *played.get(k, (None, None))) for k in every)
+    regret = Regret(float(res.regret_vs_best_arm[-1]), float(res.regret_vs_oracle[-1]), *res.quarter_regret())
+    return LaserSummary(**params, n_rounds=T, arms=tuple(names), best_arm_in_hindsight=names[res.best_arm],
+                        selections=selections, regret=regret)
 
 
 def plot_regret(trace: pl.DataFrame, path, *, title: str | None = None):
@@ -313,9 +383,10 @@ def _slice_value(spec: str, responses: pl.DataFrame, train_ids: np.ndarray, col:
     return str(values[col][0])
 
 
-def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_pairs: int = 10_000,
-               beta: float = 10.0, k: int = 5, slice_col: str = "dataset") -> tuple[list[str], np.ndarray]:
-    """Train the arms named in ``arms`` on the TRAINING prompts and score every row: (names, (rows, M) float64).
+def train_arms(ds, X, arms, train_ids, *, seed: int = 0, n_pairs: int = 10_000, beta: float = 10.0, k: int = 5,
+               slice_col: str = "dataset") -> tuple[list[str], np.ndarray]:
+    """Train the arms named in ``arms`` on the TRAINING prompts of the Dataset ``ds`` and score every row: (names,
+    (rows, M) float64). Labels and ensemble fits come from embrm.pipeline (training_pairs, fit_pairs).
 
     bt          mean of a K-member linear-BT ensemble (independent members) on simulated pairs (beta)
     length      response length in characters (no training)
@@ -330,15 +401,15 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
     if len(set(arms)) < 2 or len(set(arms)) != len(arms):
         raise EmbrmError(f"LASeR needs at least 2 distinct arms to choose between, got {list(arms)}: e.g. "
                          f"--arms bt,length")
+    responses = ds.responses
     train_ids = np.asarray(train_ids).astype(str)
-    df = simulate_pairs(responses, n_pairs, beta=beta, prompt_ids=train_ids, seed=seed)
+    df = training_pairs(ds, LabelConfig("simulated", beta, None, n_pairs), train_ids, seed)
     pairs = pair_indices(df, responses)
     cols, names = [], []
     for spec in arms:
         kind = spec.split(":", 1)[0]
         if kind == "bt":
-            col = fit_ensemble(X, pairs, head="linear", k=k, pair_prompt_ids=df["prompt_id"].to_numpy(),
-                               seed=seed).predict(X).mean(axis=1)
+            col = fit_pairs(ds, X, df, Learner("linear"), k=k, seed=seed).predict(X).mean(axis=1)
         elif kind == "length":
             col = length_reward(responses)
         elif kind == "slice":
@@ -351,7 +422,7 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
             col = LinearBT().fit(X, pairs[keep]).predict(X)
             spec = f"slice:{value}"
         elif kind == "noisy":
-            noisy = simulate_pairs(responses, n_pairs, flip=0.25, prompt_ids=train_ids, seed=seed + 1)
+            noisy = training_pairs(ds, LabelConfig("simulated", None, 0.25, n_pairs), train_ids, seed + 1)
             col = LinearBT().fit(X, pair_indices(noisy, responses)).predict(X)
         else:  # moe
             pidx = responses["prompt_id"].cast(pl.Utf8).to_numpy()
@@ -363,7 +434,7 @@ def train_arms(responses: pl.DataFrame, X, arms, train_ids, *, seed: int = 0, n_
 
 
 def _excluded_picks(responses: pl.DataFrame, S: np.ndarray, names: list[str], excluded: np.ndarray,
-                    trace: pl.DataFrame, n: int | None) -> dict:
+                    trace: pl.DataFrame, n: int | None) -> dict[str, float]:
     """Expected share of prompts whose Best-of-n pick is an excluded response: per arm, and for LASeR's choices."""
     gold = responses["gold"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     flag = excluded_indicator(gold, excluded)
@@ -377,23 +448,23 @@ def _excluded_picks(responses: pl.DataFrame, S: np.ndarray, names: list[str], ex
 
 def laser_experiment(ds, X, *, arms=None, alpha: float = 0.1, n: int | None = None, seed: int = 0,
                      test_size: float = 0.5, n_pairs: int = 10_000, beta: float = 10.0, dim: int | None = 32,
-                     warmup: int = 0, slice_col: str = "dataset") -> tuple[dict, pl.DataFrame]:
-    """End to end on a pool: split prompts (seeded), train the arms on the training prompts (``train_arms``), run
-    LASeR over the held-out prompts (``laser_study``). ds: a Dataset; X: aligned embeddings. The split is
-    embrm.pipeline._steps's."""
+                     warmup: int = 0, slice_col: str = "dataset") -> tuple[LaserSummary, pl.DataFrame]:
+    """End to end on a pool: the pipeline's prompt split (seeded), the arms trained on the training prompts
+    (``train_arms``), LASeR over the held-out prompts (``laser_study``). ds: a Dataset; X: aligned embeddings."""
     check_aligned(ds, np.asarray(X))
     responses = ds.responses
     parts = split(ds, LabelConfig("simulated", beta, None, n_pairs), test_size, seed)
     train_ids, test_ids = parts.train, parts.test
-    names, S = train_arms(responses, X, arms or default_arms(responses), train_ids, seed=seed, n_pairs=n_pairs,
-                          beta=beta, slice_col=slice_col)
+    names, S = train_arms(ds, X, arms or default_arms(responses), train_ids, seed=seed, n_pairs=n_pairs, beta=beta,
+                          slice_col=slice_col)
     test = responses["prompt_id"].cast(pl.Utf8).is_in(test_ids.tolist()).to_numpy()
     summary, trace = laser_study(responses.filter(pl.Series(test)), np.asarray(X)[test], S[test], names,
                                  alpha=alpha, n=n, seed=seed, dim=dim, warmup=warmup)
     if ds.excluded[test].any():
-        summary["excluded_pick_rate"] = _excluded_picks(responses.filter(pl.Series(test)), S[test], names,
-                                                        ds.excluded[test], trace, n)
-    summary.update(dataset=ds.name, test_size=test_size, n_pairs=n_pairs, beta=beta,
-                   n_train_prompts=int(len(train_ids)), setting="arms trained on the other prompts of this pool; "
-                   "the bandit runs over held-out prompts")
+        shares = _excluded_picks(responses.filter(pl.Series(test)), S[test], names, ds.excluded[test], trace, n)
+        summary = replace(summary, selections=tuple(replace(s, excluded_pick_rate=shares.get(s.name))
+                                                    for s in summary.selections))
+    summary = replace(summary, dataset=ds.name, test_size=test_size, n_pairs=n_pairs, beta=beta,
+                      n_train_prompts=int(len(train_ids)), setting="arms trained on the other prompts of this pool; "
+                      "the bandit runs over held-out prompts")
     return summary, trace

@@ -2,7 +2,7 @@
 
     moe = MoEReward(n_clusters=5).fit(X, pairs, prompt_index, categories=responses["dataset"])
     rewards = moe.predict(X_new, prompt_index_new)          # (n,) one reward per response
-    summary, per_category = moe_study(ds, X, categories="dataset", seed=0)
+    summary, per_category = moe_study(ds, X, categories="dataset", seed=0)   # a MoESummary and a frame
 
 The model (all parts fitted on the training pairs only):
     router     a prompt's category from its PROMPT-LEVEL embedding (the mean of its responses' embeddings, or a
@@ -23,33 +23,50 @@ Pairs belong to the category of their preferred response's prompt.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError
 from embrm.data import pair_indices, split_pairs
 from embrm.evaluation import (
-    bon_curves,
     gold_order_pairs,
+    group_pools,
     length_reward,
     pairwise_accuracy,
     per_prompt_spearman,
+    pool_curves,
+    rows_of,
     top_picks,
 )
+from embrm.methods._sections import MethodSummary, rates, table
 from embrm.pipeline import LabelConfig, check_aligned, split, training_pairs
 from embrm.rewards.heads import HEADS, LinearBT, check_embeddings, check_pairs
 
-__all__ = ["MoEReward", "moe_study"]
+__all__ = ["MoEReward", "moe_study", "MoESummary", "RewardScore", "ExpertModel"]
+
+
+def _prompt_groups(prompt_index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct prompt keys (as str), each row's prompt position and each prompt's row count (the pools of
+    embrm.evaluation.group_pools)."""
+    pidx = np.asarray(prompt_index).astype(str)
+    pools = group_pools(pidx)
+    return pools.keys, pools.locate(len(pidx))[0], pools.sizes
+
+
+def _group_means(inv: np.ndarray, counts: np.ndarray, X) -> np.ndarray:
+    """(P, d) mean of X's rows per group (inv: each row's group), one sparse matmul."""
+    from scipy import sparse
+
+    G = sparse.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(counts), len(inv)))
+    return np.asarray(G @ np.asarray(X, np.float64)) / counts.astype(np.float64)[:, None]
 
 
 def prompt_means(prompt_index, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct prompt keys (as str) and the (P, d) mean of X's rows per prompt (one sparse matmul)."""
-    from scipy import sparse
-
-    keys, inv = np.unique(np.asarray(prompt_index).astype(str), return_inverse=True)
-    G = sparse.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(keys), len(inv)))
-    counts = np.bincount(inv, minlength=len(keys)).astype(np.float64)
-    return keys, np.asarray(G @ np.asarray(X, np.float64)) / counts[:, None]
+    """Sorted distinct prompt keys (as str) and the (P, d) mean of X's rows per prompt."""
+    keys, inv, counts = _prompt_groups(prompt_index)
+    return keys, _group_means(inv, counts, X)
 
 
 def _prompt_level(prompt_index, X, prompt_X=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,8 +76,8 @@ def _prompt_level(prompt_index, X, prompt_X=None) -> tuple[np.ndarray, np.ndarra
     if pidx.shape != (len(E),):
         raise EmbrmError(f"prompt_index must hold one prompt key per embedding row ({len(E)}), got shape "
                          f"{pidx.shape}")
-    keys, Z = prompt_means(pidx, E)
-    return keys, np.searchsorted(keys, pidx), Z
+    keys, inv, counts = _prompt_groups(pidx)
+    return keys, inv, _group_means(inv, counts, E)
 
 
 def _prompt_labels(keys, row_prompt, categories) -> np.ndarray:
@@ -249,19 +266,107 @@ def resolve_categories(responses: pl.DataFrame, categories: str | None) -> str |
     return categories
 
 
-def _eval_scores(responses: pl.DataFrame, test_ids, proxies: dict, seed: int) -> tuple[dict, dict]:
-    """Held-out metrics per proxy: pairwise accuracy vs gold order, per-prompt Spearman, BoN gold at the full
-    pool; plus the BoN random/oracle references."""
+@dataclass(frozen=True)
+class RewardScore:
+    """One reward on the held-out prompts: pairwise accuracy against the gold order, per-prompt Spearman, the
+    Best-of-n gold and normalised gain at the largest n (the evaluation's curves), and the share of excluded picks
+    at n = N when the pools keep excluded responses."""
+
+    name: str
+    accuracy: float
+    spearman: float
+    bon_gold: float
+    bon_gain: float
+    excluded_pick_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class ExpertModel:
+    """The fitted MoEReward, described (MoEReward.summary())."""
+
+    categories: tuple[str, ...]
+    pairs_per_category: tuple[int, ...]
+    expert_weight: tuple[float, ...]
+    combiner: tuple[float, ...]
+    routing: str
+    combiner_kind: str
+    head: str
+    category_source: str
+
+
+@dataclass(frozen=True)
+class MoESummary(MethodSummary):
+    """The MoE study: the rewards on held-out prompts (moe, single, length), the Best-of-n references, the router and
+    the experts; per_category: one row per category (held-out accuracies)."""
+
+    dataset: str
+    categories: str  # the category column, or "kmeans"
+    seed: int
+    n_pairs: int
+    beta: float
+    test_size: float
+    n_train_prompts: int
+    n_test_prompts: int
+    rewards: tuple[RewardScore, ...]
+    random: float
+    oracle: float
+    n_eval_pairs: int
+    bon_n: int
+    router_accuracy: float | None
+    model: ExpertModel
+    per_category: pl.DataFrame = field(compare=False, repr=False)
+    with_excluded: bool = False
+
+    def excluded_picks(self) -> list[tuple[str, float]]:
+        return [(r.name, r.excluded_pick_rate) for r in self.rewards if r.excluded_pick_rate is not None]
+
+    def to_dict(self) -> dict:
+        d = {"method": "moe", "dataset": self.dataset, "categories": self.categories, "seed": self.seed,
+             "n_pairs": self.n_pairs, "beta": self.beta, "test_size": self.test_size,
+             "n_train_prompts": self.n_train_prompts, "n_test_prompts": self.n_test_prompts,
+             "held_out": {r.name: {"accuracy": r.accuracy, "spearman": r.spearman, "bon_gold": r.bon_gold,
+                                   "bon_gain": r.bon_gain} for r in self.rewards},
+             "references": {"random": self.random, "oracle": self.oracle, "n_pairs": self.n_eval_pairs,
+                            "bon_n": self.bon_n},
+             "router_accuracy": self.router_accuracy, "model": asdict(self.model),
+             "per_category": self.per_category.to_dicts()}
+        if self.excluded_picks():
+            d["excluded_pick_rate"] = dict(self.excluded_picks())
+        return d | {"with_excluded": self.with_excluded}
+
+    def markdown(self) -> str:
+        rows = [[r.name, r.accuracy, r.spearman, r.bon_gold, r.bon_gain] for r in self.rewards]
+        rows.append(["random / oracle", None, None, f"{self.random:.4f} / {self.oracle:.4f}", None])
+        m = self.model
+        router = ("" if self.router_accuracy is None
+                  else f"Router accuracy on held-out prompts: {self.router_accuracy:.3f}. ")
+        return (f"MoE ({self.categories}, {len(m.categories)} categories) on {self.dataset}: {self.n_test_prompts} "
+                f"held-out prompts, {self.n_pairs} training pairs (BT beta {self.beta:g}).\n\n"
+                + table(["reward", "pairwise acc", "spearman", f"BoN-{self.bon_n} gold", "BoN gain"], rows, 4)
+                + "\n\nPer category (held out):\n\n"
+                + table(self.per_category.columns, [list(r) for r in self.per_category.iter_rows()], 4)
+                + f"\n\n{router}Expert weights: {rates(zip(m.categories, m.expert_weight))}; {m.routing} routing, "
+                  f"{m.combiner_kind} combiner.")
+
+
+def _eval_scores(ds, test_ids, proxies: dict, seed: int) -> tuple[tuple[RewardScore, ...], dict]:
+    """Held-out metrics per proxy: pairwise accuracy vs gold order, per-prompt Spearman, the gold and gain at the
+    largest n of the evaluation's Best-of-n curves (pool_curves) and, when the pools keep excluded responses, the
+    share of excluded picks at n = N (top_picks); plus the Best-of-n random/oracle references."""
+    responses = ds.responses
     pairs = gold_order_pairs(responses, test_ids, seed=seed)
     if len(pairs) == 0:
         raise EmbrmError("no held-out pairs with different gold on the test prompts: use a larger --test-size")
-    test = responses.with_row_index("row").filter(pl.col("scored") & pl.col("prompt_id").is_in(list(test_ids)))
-    rows, pid, gold = test["row"].to_numpy(), test["prompt_id"].to_numpy(), test["gold"].to_numpy()
-    cur = bon_curves(pid, {k: v[rows] for k, v in proxies.items()}, gold)
-    out = {k: {"accuracy": pairwise_accuracy(v, pairs), "spearman": per_prompt_spearman(v[rows], gold, pid),
-               "bon_gold": float(cur.gold[j, -1]), "bon_gain": float(cur.gain[j, -1])}
-           for j, (k, v) in enumerate(proxies.items())}
-    return out, {"random": float(cur.random[-1]), "oracle": float(cur.oracle[-1]), "n_pairs": int(len(pairs)),
+    held = responses["scored"].to_numpy() & rows_of(responses, test_ids)
+    rows = np.flatnonzero(held)
+    pid, gold = responses["prompt_id"].to_numpy(), responses["gold"].to_numpy().astype(np.float64)
+    cur = pool_curves(responses, proxies, held)
+    shares = top_picks(pid, proxies, gold, held, ds.excluded)["excluded"] if ds.excluded.any() else {}
+    out = tuple(RewardScore(k, float(pairwise_accuracy(v, pairs)),
+                            float(per_prompt_spearman(v[rows], gold[rows], pid[rows])), float(cur.gold[j, -1]),
+                            float(cur.gain[j, -1]), float(np.mean(shares[k])) if k in shares else None)
+                for j, (k, v) in enumerate(proxies.items()))
+    return out, {"random": float(cur.random[-1]), "oracle": float(cur.oracle[-1]), "n_eval_pairs": int(len(pairs)),
                  "bon_n": int(cur.n[-1])}
 
 
@@ -284,19 +389,19 @@ def _per_category(responses, test_ids, category: np.ndarray, proxies: dict, moe,
 
 
 def _router_accuracy(pidx: np.ndarray, routed: np.ndarray, labels: np.ndarray, test_ids) -> float:
-    """Share of held-out PROMPTS the router puts in their given category."""
-    df = pl.DataFrame({"p": pidx, "ok": routed == labels}).filter(pl.col("p").is_in(list(test_ids)))
-    return float(df.group_by("p").agg(pl.col("ok").first())["ok"].mean())
+    """Share of held-out PROMPTS the router puts in their given category (routing and labels are per prompt)."""
+    pools = group_pools(pidx, np.isin(pidx, np.asarray(test_ids).astype(str)))
+    return float(np.mean((routed == labels)[pools.rows[:, 0]]))
 
 
 def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, seed: int = 0, n_pairs: int = 10_000,
-              beta: float = 10.0, test_size: float = 0.2, **moe_params) -> tuple[dict, pl.DataFrame]:
+              beta: float = 10.0, test_size: float = 0.2, **moe_params) -> tuple[MoESummary, pl.DataFrame]:
     """Fit MoEReward and one global head of the same type on simulated pairs (BT annotator, beta) over the training
     prompts; compare them (and the length baseline when the pool has texts) on held-out prompts.
 
-    ds: a Dataset (split and labels from embrm.pipeline._steps). categories: a column name, "auto"
-    (`dataset` when present) or "kmeans". Returns (summary dict, per-category frame; categories are the given
-    labels, or the router's k-means clusters)."""
+    ds: a Dataset (split and labels from embrm.pipeline, Best-of-n from embrm.evaluation). categories: a column
+    name, "auto" (`dataset` when present) or "kmeans". Returns (MoESummary, per-category frame; categories are the
+    given labels, or the router's k-means clusters)."""
     X = check_embeddings(X)
     check_aligned(ds, X)
     responses = ds.responses
@@ -311,19 +416,13 @@ def moe_study(ds, X, *, categories: str | None = "auto", n_clusters: int = 5, se
     proxies = {"moe": moe.predict(X, pidx), "single": moe.global_.predict(X)}
     if "response" in responses.columns:
         proxies["length"] = length_reward(responses)
-    metrics, refs = _eval_scores(responses, test_ids, proxies, seed)
+    rewards, refs = _eval_scores(ds, test_ids, proxies, seed)
     routed = moe.predict_category(X, pidx)
     frame = _per_category(responses, test_ids, routed if labels is None else labels, proxies, moe, seed)
-    summary = {
-        "method": "moe", "dataset": ds.name, "categories": col or "kmeans",
-        "seed": seed, "n_pairs": int(len(pairs)), "beta": beta, "test_size": test_size,
-        "n_train_prompts": int(len(train_ids)), "n_test_prompts": int(len(test_ids)),
-        "held_out": metrics, "references": refs,
-        "router_accuracy": None if labels is None else _router_accuracy(pidx, routed, labels, test_ids),
-        "model": moe.summary(), "per_category": frame.to_dicts(),
-    }
-    if ds.excluded.any():
-        rows = ds.responses["scored"].to_numpy() & responses["prompt_id"].is_in(test_ids.tolist()).to_numpy()
-        shares = top_picks(pidx, proxies, responses["gold"].to_numpy().astype(np.float64), rows, ds.excluded)
-        summary["excluded_pick_rate"] = {k: float(np.mean(v)) for k, v in shares["excluded"].items()}
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in moe.summary().items()}
+    summary = MoESummary(
+        ds.name, col or "kmeans", seed, int(len(pairs)), beta, test_size, int(len(train_ids)), int(len(test_ids)),
+        rewards, **refs,
+        router_accuracy=None if labels is None else _router_accuracy(pidx, routed, labels, test_ids),
+        model=ExpertModel(**model), per_category=frame)
     return summary, frame

@@ -29,19 +29,20 @@ pi_ref uniform over the pool (pi_ref(y) = 1 / N_p).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError, torch_threads
 from embrm.data import pair_indices
-from embrm.evaluation import Pools, bon_curves, excluded_indicator, group_pools, pyplot, save_figure
+from embrm.evaluation import Pools, excluded_indicator, group_pools, pool_curves, pyplot, save_figure
 from embrm.methods._composite import fit_proxy_reward
+from embrm.methods._sections import MethodSummary, table
 from embrm.pipeline import LabelConfig, split, training_pairs
 
 __all__ = ["tilted_policy", "KLCurves", "kl_optimum_curves", "fit_gao_rl", "default_betas", "policy_loss",
-           "PolicyRun", "train_policy", "policy_study", "plot_policy"]
+           "PolicyRun", "train_policy", "policy_study", "plot_policy", "PolicySummary", "CurveSummary"]
 
 
 # ----------------------------------------------------------------------------- (1) the KL-regularised optimum
@@ -252,15 +253,101 @@ def _evaluate(theta, phi, valid, gold, pairs, beta: float) -> dict:
 
 # ----------------------------------------------------------------------------- the real-data study
 
+@dataclass(frozen=True)
+class CurveSummary:
+    """One held-out curve (kl_optimum: the beta sweep; bon: Best-of-n on the proxy; dpo / rpo: per epoch): its peak
+    gold, where (beta | n | epoch) and at which KL, its end (largest KL of a sweep, last epoch) and the drop from the
+    peak; dpo / rpo also their final held-out DPO loss and pair accuracy; kl_optimum / bon, when the pools keep
+    excluded responses, the share of excluded picks at the end."""
+
+    name: str
+    peak_gold: float
+    peak_at: float
+    peak_kl: float
+    end_gold: float
+    end_kl: float
+    drop_from_peak: float
+    final_heldout_dpo_loss: float | None = None
+    final_pair_accuracy: float | None = None
+    excluded_pick_rate: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("peak_gold", "peak_at", "peak_kl", "end_gold", "end_kl", "drop_from_peak")}
+        if self.final_heldout_dpo_loss is not None:
+            d.update(final_heldout_dpo_loss=self.final_heldout_dpo_loss, final_pair_accuracy=self.final_pair_accuracy)
+        return d
+
+
+EXCLUDED_AT = {"kl_optimum": "largest KL", "bon": "n = N"}  # where each curve's excluded pick rate is read
+
+
+@dataclass(frozen=True)
+class PolicySummary(MethodSummary):
+    """The policy study on held-out prompts: the curves (kl_optimum, bon[, dpo, rpo]) with the Gao RL fit of the KL
+    optimum, the random / oracle references, and the settings."""
+
+    dataset: str
+    seed: int
+    n_train_prompts: int
+    n_test_prompts: int
+    n_pairs: int
+    label_beta: float
+    random: float
+    oracle: float
+    curves: tuple[CurveSummary, ...]
+    gao_rl_alpha: float
+    gao_rl_beta: float
+    evaluated_on: str
+    dpo_beta: float | None = None  # the DPO / RPO settings, when they were trained
+    rpo_weight: float | None = None
+    epochs: int | None = None
+    with_excluded: bool = False
+
+    def curve(self, name: str) -> CurveSummary | None:
+        return next((c for c in self.curves if c.name == name), None)
+
+    def excluded_picks(self) -> list[tuple[str, float]]:
+        return [(f"{c.name} ({EXCLUDED_AT[c.name]})", c.excluded_pick_rate) for c in self.curves
+                if c.excluded_pick_rate is not None]
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("dataset", "seed", "n_train_prompts", "n_test_prompts", "n_pairs",
+                                            "label_beta", "random", "oracle")}
+        d["kl_optimum"] = self.curve("kl_optimum").to_dict() | {"gao_rl_alpha": self.gao_rl_alpha,
+                                                                "gao_rl_beta": self.gao_rl_beta}
+        d["bon"] = self.curve("bon").to_dict()
+        d["evaluated_on"] = self.evaluated_on
+        if self.epochs is not None:
+            d.update(dpo_beta=self.dpo_beta, rpo_weight=self.rpo_weight, epochs=self.epochs)
+            d.update({c.name: c.to_dict() for c in self.curves if c.name in ("dpo", "rpo")})
+        if self.excluded_picks():
+            d["excluded_pick_rate"] = dict(self.excluded_picks())
+        return d | {"with_excluded": self.with_excluded}
+
+    def markdown(self) -> str:
+        rows = [[c.name, c.peak_gold, f"{c.peak_at:g}", c.peak_kl, c.end_gold, c.end_kl, c.drop_from_peak]
+                for c in self.curves]
+        trained = "" if self.epochs is None else (f"; DPO beta {self.dpo_beta:g}, RPO weight {self.rpo_weight:g}, "
+                                                   f"{self.epochs} epochs")
+        return (f"{self.dataset}: held-out expected gold (random {self.random:.3f}, oracle {self.oracle:.3f}); proxy "
+                f"and policies trained on {self.n_pairs} pairs of {self.n_train_prompts} training prompts (BT beta "
+                f"{self.label_beta:g}){trained}.\n\n"
+                + table(["curve", "peak gold", "at (beta | n | epoch)", "KL at peak", "gold at end", "KL at end",
+                         "drop from peak"], rows)
+                + f"\n\nGao RL fit of the KL optimum, R(d) = d (a - b log d): a = {self.gao_rl_alpha:.3f}, "
+                  f"b = {self.gao_rl_beta:.3f}.")
+
+
 def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weight: float = 0.01,
                  epochs: int = 30, dpo_beta: float = 0.1, lr: float = 0.05, batch_size: int = 1024,
                  n_pairs: int = 10_000, label_beta: float = 1.0, k: int = 5,
-                 test_size: float = 0.2) -> tuple[dict, pl.DataFrame]:
+                 test_size: float = 0.2) -> tuple[PolicySummary, pl.DataFrame]:
     """Policy-side over-optimisation on a pool with gold. Pairs are simulated on TRAINING prompts (BT annotator
     ``label_beta``); the proxy r is a linear BT ensemble mean fitted on them (z-scored on training rows). On
     HELD-OUT prompts: the KL-optimum sweep over ``betas`` with the Gao RL fit, Best-of-n on the same proxy for
-    reference (KL = log n - (n-1)/n), and (``dpo``) DPO and RPO (``rpo_weight``) trajectories per epoch.
-    Returns (JSON-able summary, tidy frame: curve, param (beta | n | epoch), kl, d, gold, proxy, losses)."""
+    reference (KL = log n - (n-1)/n; embrm.evaluation.pool_curves), and (``dpo``) DPO and RPO (``rpo_weight``)
+    trajectories per epoch. Returns (PolicySummary, tidy frame: curve, param (beta | n | epoch), kl, d, gold, proxy,
+    losses)."""
     if not ds.has_gold:
         raise EmbrmError(f"{ds.name}: no gold scores: the policy study needs a pool with a gold column")
     labels = LabelConfig("simulated", label_beta, None, n_pairs)
@@ -274,19 +361,15 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
     reward = (reward - reward[train].mean()) / max(float(reward[train].std()), 1e-12)
     kc = kl_optimum_curves(pid.to_numpy(), reward, gold, betas, mask=test)
     alpha, beta_g = fit_gao_rl(kc.d, kc.gold - kc.random)
-    bc = bon_curves(pid.to_numpy(), reward, gold, mask=test, dtype=np.float64)
+    bc = pool_curves(ds.responses, reward, test, gold=gold, dtype=np.float64)
     n_all = int((bc.n_prompts == len(bc.prompts)).sum())  # n up to the smallest held-out pool: every prompt
     bon = pl.DataFrame({"curve": "bon", "param": bc.n[:n_all].astype(np.float64), "kl": bc.kl[:n_all],
                         "d": bc.d[:n_all], "gold": bc.gold[0, :n_all], "proxy": bc.proxy[0, :n_all]})
     frames = [kc.frame(), bon]
-    summary = {"dataset": ds.name, "seed": seed, "n_train_prompts": len(train_ids), "n_test_prompts": len(test_ids),
-               "n_pairs": len(pairs), "label_beta": label_beta, "random": kc.random, "oracle": kc.oracle,
-               "kl_optimum": _curve_summary(kc.frame(), int(np.argmax(kc.kl)))
-               | {"gao_rl_alpha": alpha, "gao_rl_beta": beta_g},
-               "bon": _curve_summary(bon, n_all - 1),
-               "evaluated_on": "held-out prompts (proxy and policy trained on training prompts)"}
+    curves = [_curve_summary("kl_optimum", kc.frame(), int(np.argmax(kc.kl))), _curve_summary("bon", bon, n_all - 1)]
+    trained = {}
     if dpo:
-        summary["dpo_beta"], summary["rpo_weight"], summary["epochs"] = dpo_beta, rpo_weight, epochs
+        trained = {"dpo_beta": dpo_beta, "rpo_weight": rpo_weight, "epochs": epochs}
         test_pairs = training_pairs(ds, LabelConfig("simulated", label_beta, None, max(n_pairs // 4, 20)), test_ids,
                                     seed + 1)
         tr_pools, te_pools = group_pools(pid.to_numpy(), train), group_pools(pid.to_numpy(), test)
@@ -298,24 +381,27 @@ def policy_study(ds, X, *, seed: int = 0, betas=None, dpo: bool = True, rpo_weig
             frames.append(h.select(pl.lit(name).alias("curve"), pl.col("epoch").cast(pl.Float64).alias("param"),
                                    "kl", "d", "gold", "loss", "dpo_loss", "nll", "heldout_dpo_loss",
                                    "pair_accuracy"))
-            summary[name] = _curve_summary(h.rename({"epoch": "param"}), h.height - 1) | {
-                "final_heldout_dpo_loss": float(h["heldout_dpo_loss"][-1]),
-                "final_pair_accuracy": float(h["pair_accuracy"][-1])}
+            curves.append(_curve_summary(name, h.rename({"epoch": "param"}), h.height - 1,
+                                         final_heldout_dpo_loss=float(h["heldout_dpo_loss"][-1]),
+                                         final_pair_accuracy=float(h["pair_accuracy"][-1])))
     if ds.excluded.any():  # expected share of excluded picks: the same policies, scored by the exclusion flag
         flag = excluded_indicator(gold, ds.excluded)
         kx = kl_optimum_curves(pid.to_numpy(), reward, flag, betas, mask=test)
-        bx = bon_curves(pid.to_numpy(), reward, flag, mask=test, dtype=np.float64)
-        summary["excluded_pick_rate"] = {"kl_optimum (largest KL)": float(kx.gold[int(np.argmax(kx.kl))]),
-                                         "bon (n = N)": float(bx.gold[0, n_all - 1])}
+        bx = pool_curves(ds.responses, reward, test, gold=flag, dtype=np.float64)
+        shares = {"kl_optimum": float(kx.gold[int(np.argmax(kx.kl))]), "bon": float(bx.gold[0, n_all - 1])}
+        curves = [replace(c, excluded_pick_rate=shares.get(c.name)) for c in curves]
+    summary = PolicySummary(ds.name, seed, len(train_ids), len(test_ids), len(pairs), label_beta, kc.random, kc.oracle,
+                            tuple(curves), alpha, beta_g,
+                            "held-out prompts (proxy and policy trained on training prompts)", **trained)
     return summary, pl.concat(frames, how="diagonal_relaxed")
 
 
-def _curve_summary(frame: pl.DataFrame, end: int) -> dict:
+def _curve_summary(name: str, frame: pl.DataFrame, end: int, **extra) -> CurveSummary:
     """Peak gold (where: param, KL) and the curve's end (row ``end``: largest KL of a sweep, last epoch)."""
     g = frame["gold"].to_numpy()
     i = int(np.nanargmax(g))
-    return {"peak_gold": float(g[i]), "peak_at": float(frame["param"][i]), "peak_kl": float(frame["kl"][i]),
-            "end_gold": float(g[end]), "end_kl": float(frame["kl"][end]), "drop_from_peak": float(g[i] - g[end])}
+    return CurveSummary(name, float(g[i]), float(frame["param"][i]), float(frame["kl"][i]), float(g[end]),
+                        float(frame["kl"][end]), float(g[i] - g[end]), **extra)
 
 
 def plot_policy(frame: pl.DataFrame, path, *, gao_rl: tuple[float, float] | None = None, title: str | None = None):

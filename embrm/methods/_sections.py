@@ -1,42 +1,35 @@
-"""Markdown sections of the methods' summaries for the study report (each Method names its own)."""
+"""What every method's typed summary shares: the JSON boundary, the excluded-pick rates and one markdown rendering
+(the study report's section and the command's output are the same text)."""
 
 from __future__ import annotations
 
 from embrm.core import cell, md_table
 
 
-def _table(rows: dict, columns: list[str]) -> str:
-    return md_table(["", *columns], [[k, *(cell(r.get(c)) for c in columns)] for k, r in rows.items()])
+class MethodSummary:
+    """Base of the methods' summary dataclasses (each has a `with_excluded: bool` field, set by run_method)."""
+
+    with_excluded: bool
+
+    def to_dict(self) -> dict:
+        """JSON-able, at the boundary only (summary.json, --format json)."""
+        raise NotImplementedError
+
+    def excluded_picks(self) -> list[tuple[str, float]]:
+        """(selection, share of evaluated prompts whose pick is an excluded response); empty when the evaluated
+        pools hold no excluded response."""
+        raise NotImplementedError
+
+    def markdown(self) -> str:
+        """The method's tables and sentences."""
+        raise NotImplementedError
 
 
-def _fmt_dict(d: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+def table(header: list[str], rows: list[list], digits: int = 3) -> str:
+    """A markdown table; numbers through core's one cell format."""
+    return md_table(header, [[cell(v, digits) for v in row] for row in rows])
 
 
-def composite_section(s: dict) -> str:
-    return (_table(s["methods"], ["gold_at_n_max", "peak_gold", "peak_n", "drop_from_peak"])
-            + f"\n\nThresholds (z): {_fmt_dict(s['thresholds'])}; multipliers at n_max: "
-              f"{_fmt_dict(s['multipliers_at_n_max'])}; random {s['random']:.3f}, oracle {s['oracle']:.3f}.")
-
-
-def policy_section(s: dict) -> str:
-    rows = {k: s[k] for k in ("kl_optimum", "bon", "dpo", "rpo") if k in s}
-    return (_table(rows, ["peak_gold", "peak_at", "peak_kl", "end_gold", "end_kl", "drop_from_peak"])
-            + f"\n\nRandom {s['random']:.3f}, oracle {s['oracle']:.3f}; Gao RL fit of the KL optimum: "
-              f"alpha {s['kl_optimum'].get('gao_rl_alpha', float('nan')):.3f}, "
-              f"beta {s['kl_optimum'].get('gao_rl_beta', float('nan')):.3f}.")
-
-
-def generic_section(s: dict) -> str:
-    """Scalars as a list, and dicts of scalar dicts as tables (for summaries without a dedicated layout)."""
-    scalars = {k: v for k, v in s.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    parts = [_fmt_dict(scalars)]
-    for key, value in s.items():
-        if key == "excluded_pick_rate":  # MethodResult.markdown states it for every method
-            continue
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            cols = list(dict.fromkeys(c for v in value.values() for c, x in v.items() if isinstance(x, (int, float))))
-            parts.append(f"**{key}**\n\n" + _table(value, cols))
-        elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
-            parts.append(f"**{key}**: {_fmt_dict(value)}")
-    return "\n\n".join(parts)
+def rates(pairs) -> str:
+    """"name 0.123, ..." for (name, value) pairs."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in pairs)

@@ -1,5 +1,7 @@
 """The one path from a dataset to a result: a Protocol (learner, labels, aggregations, grid) walked by split ->
-training_pairs -> fit -> evaluate. Every command, study job, method and notebook goes through it.
+training_pairs -> fit -> evaluate. Every command, study job, method and notebook goes through it; a method that
+needs a variant takes it from here too: label_pairs (the annotator on given pairs), fit_pairs (the fit step on
+pairs it drew).
 """
 
 from embrm.pipeline._protocol import (
@@ -19,6 +21,8 @@ from embrm.pipeline._steps import (
     check_aligned,
     evaluate,
     fit,
+    fit_pairs,
+    label_pairs,
     load_model,
     model_embeddings,
     run_experiment,
@@ -27,4 +31,4 @@ from embrm.pipeline._steps import (
     training_pairs,
 )
 
-__all__ = ['CALIBRATED', 'DEFAULT_AGGREGATIONS', 'DEFAULT_LEARNERS', 'ExperimentResult', 'FittedModel', 'LabelConfig', 'Learner', 'N_GRIDS', 'Protocol', 'SavedModel', 'check_aligned', 'checked_n_grid', 'evaluate', 'fit', 'load_model', 'model_embeddings', 'run_experiment', 'score', 'split', 'training_pairs']
+__all__ = ['CALIBRATED', 'DEFAULT_AGGREGATIONS', 'DEFAULT_LEARNERS', 'ExperimentResult', 'FittedModel', 'LabelConfig', 'Learner', 'N_GRIDS', 'Protocol', 'SavedModel', 'check_aligned', 'checked_n_grid', 'evaluate', 'fit', 'fit_pairs', 'label_pairs', 'load_model', 'model_embeddings', 'run_experiment', 'score', 'split', 'training_pairs']

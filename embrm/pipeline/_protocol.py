@@ -55,17 +55,18 @@ MAX_GRID = 10_000  # values of n in a user grid: the curves keep (aggregations x
 
 def _check(obj, names: tuple[str, ...]) -> None:
     for name in names:
-        check_value(SHOWN_AS.get(name, name), getattr(obj, name), RULES[name])
+        check_value(SHOWN_AS.get(name, name), getattr(obj, name), RULES[name], field=name)
 
 
 def _check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise EmbrmError(f"{name} must be true or false, got {shown(value)}")
+        raise EmbrmError(f"{name} must be true or false, got {shown(value)}", field=name)
 
 
-def _check_choice(name: str, value, allowed) -> None:
+def _check_choice(name: str, value, allowed, field: str | None = None) -> None:
     if value not in allowed:
-        raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(allowed)}")
+        raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(allowed)}",
+                         field=field or name)
 
 
 def _frozen_params(params) -> tuple:
@@ -95,20 +96,21 @@ class Learner:
         if self.mode is None:
             object.__setattr__(self, "mode", "posterior" if self.head == "laplace" else "independent")
         if self.k is not None:
-            check_value(SHOWN_AS["k"], self.k, RULES["k"])
+            check_value(SHOWN_AS["k"], self.k, RULES["k"], field="k")
         _check_choice("mode", self.mode, MODES)
         _check_choice("length_control", self.length_control, LENGTH_CONTROLS)
         if self.length_control == "odin" and (self.head not in ("linear", "mlp")
                                               or self.mode not in ("independent", "bootstrap")):
             raise EmbrmError("length_control odin trains a quality and a length head: it needs head = linear or mlp "
-                             "with mode = independent or bootstrap")
+                             "with mode = independent or bootstrap", field="length_control")
         if self.mode == "shared_trunk" and self.head != "mlp":
-            raise EmbrmError("mode shared_trunk needs head = mlp (an MLP trunk with K linear heads)")
+            raise EmbrmError("mode shared_trunk needs head = mlp (an MLP trunk with K linear heads)", field="mode")
         if self.mode == "linear_heads" and self.head != "linear":
-            raise EmbrmError("mode linear_heads needs head = linear (K linear heads on the frozen embeddings)")
+            raise EmbrmError("mode linear_heads needs head = linear (K linear heads on the frozen embeddings)",
+                             field="mode")
         if (self.mode == "posterior") != (self.head == "laplace"):
             raise EmbrmError("head laplace draws its members from its posterior: it takes mode = posterior, and "
-                             "mode posterior needs head = laplace")
+                             "mode posterior needs head = laplace", field="mode")
         object.__setattr__(self, "params", _frozen_params(self.params))
         rules = {k: r for k, r in HEAD_CLASSES[self.head].PARAMS.items() if k != "random_state"}
         if self.length_control == "odin":
@@ -163,7 +165,7 @@ class LabelConfig:
     within_prompt: bool = True
 
     def __post_init__(self):
-        _check_choice("labels source (--labels)", self.source, LABEL_SOURCES)
+        _check_choice("labels source (--labels)", self.source, LABEL_SOURCES, field="source")
         _check(self, ("n_pairs",))
         for name in ("beta", "flip"):  # None: not this annotator
             if getattr(self, name) is not None:
@@ -255,7 +257,7 @@ def checked_n_grid(grid) -> str | tuple | None:
         raise EmbrmError(f"n_grid must be {' or '.join(repr(g) for g in N_GRIDS)} or a list of 1 to {MAX_GRID:,} "
                          f"integers n >= 1, got {shown(grid)}")
     for n in grid:
-        check_value("n_grid value", n, Integer(1, 1_000_000))
+        check_value("n_grid value", n, Integer(1, 1_000_000), field="n_grid")
     return tuple(sorted({int(n) for n in grid}))
 
 

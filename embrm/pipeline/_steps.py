@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, Stages
+from embrm.core import EmbrmError, Stages, current_threads, on_fit_threads
 from embrm.data import Dataset, pair_indices, rrm_dataset, rrm_pairs, simulate_pairs, split_prompts
 from embrm.embedding import cached_embeddings
 from embrm.evaluation import (
+    ConformalResult,
     Evaluation,
     FitMetrics,
+    LengthEffect,
     best_of_n,
     conformal_proxy,
     ensemble_proxies,
@@ -41,7 +43,7 @@ from embrm.evaluation import (
     published_picks,
     rows_of,
 )
-from embrm.pipeline._protocol import CALIBRATED, LabelConfig, Protocol
+from embrm.pipeline._protocol import CALIBRATED, LabelConfig, Learner, Protocol
 from embrm.rewards import (
     LengthCorrection,
     RewardEnsemble,
@@ -84,6 +86,38 @@ def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: 
                           within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name)
 
 
+def label_pairs(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, labels: LabelConfig,
+                scale: float = 1.0) -> np.ndarray:
+    """The simulated annotator of `labels` on GIVEN pairs of rows (m, 2), oriented preferred first, from one uniform
+    draw u (m,) per pair: a wins iff u < P(a wins), P = sigmoid(beta (g_a - g_b) / scale) (Bradley-Terry; scale: the
+    gold's std), or 1 - flip / flip / 0.5 when a is better / worse / tied (flip rate), or 1 / 0 / 0.5 (neither:
+    noiseless). The annotators of `training_pairs` with a single draw per pair, so that a pair's label never depends
+    on who asks (active labelling's common random numbers)."""
+    from scipy.special import expit
+
+    diff = gold[pairs[:, 0]] - gold[pairs[:, 1]]
+    if labels.flip is not None:
+        p = np.where(diff > 0, 1.0 - labels.flip, np.where(diff < 0, labels.flip, 0.5))
+    elif labels.beta is not None:
+        p = expit(labels.beta * diff / scale)
+    else:
+        p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
+    return np.where((u < p)[:, None], pairs, pairs[:, ::-1])
+
+
+@on_fit_threads
+def fit_pairs(ds: Dataset, X: np.ndarray, pairs: pl.DataFrame, learner: Learner = Learner(), k: int = 5,
+              seed: int = 0) -> RewardEnsemble:
+    """The fit step of `fit` on a labelled pairs table of ds that the caller drew (e.g. `training_pairs` with a
+    method's own LabelConfig): K members of the learner (its head parameters), split and bootstrapped by prompt,
+    seeded as `fit` seeds them. Length control needs `fit` (it reads the whole dataset)."""
+    if learner.length_control != "none":
+        raise EmbrmError(f"fit_pairs fits a learner without length control, got length_control "
+                         f"{learner.length_control!r}: use pipeline.fit")
+    return fit_ensemble(X, pair_indices(pairs, ds.responses), head=learner.head, k=k, mode=learner.mode,
+                        pair_prompt_ids=pairs["prompt_id"].to_numpy(), seed=seed, **learner.head_params())
+
+
 def check_aligned(ds: Dataset, X: np.ndarray) -> None:
     """X has one finite row per response of ds."""
     if X.shape[0] != len(ds.responses):
@@ -123,6 +157,7 @@ class FittedModel:
                              overwrite=overwrite)
 
 
+@on_fit_threads
 def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
         threads: int | None = None, progress: bool | None = None) -> FittedModel:
     """Split prompts, label the training prompts, fit K members (with the learner's length control), measure
@@ -135,8 +170,8 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
         pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
         stages.done("labels")
         params = learner.head_params()
-        if learner.head == "lgbm" and threads:
-            params.setdefault("n_jobs", threads)
+        if learner.head == "lgbm":  # the thread policy's count (embrm.core.fit_threads), as torch and BLAS
+            params.setdefault("n_jobs", current_threads())
         pairs, pair_prompts = pair_indices(pairs_df, ds.responses), pairs_df["prompt_id"].to_numpy()
         X_fit, length = X, length_feature(ds.responses)
         if learner.length_control == "rrm":
@@ -209,6 +244,7 @@ def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.nda
     return out, conformal
 
 
+@on_fit_threads
 def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
              prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None) -> Evaluation:
     """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
@@ -230,15 +266,17 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not ds.has_gold:
         return result
     scored, conformal = proxies(ds, X, ensemble, scores, split_, protocol, evaluated)
-    result.conformal = None if conformal is None else {k: v for k, v in conformal.items() if k != "bound"}
+    if conformal is not None:
+        result.conformal_error = conformal.get("error")
+        result.conformal = None if result.conformal_error else ConformalResult.from_dict(conformal)
     grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
     try:
         controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
     except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
-        result.length_effect = {"error": str(e)}
+        result.length_error = str(e)
     else:
-        result.length_effect = controlled.to_dict()
+        result.length_effect = LengthEffect(**controlled.to_dict())
         result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
                                           gold=controlled.gold, **grid)
     if protocol.with_excluded and ds.excluded.any():
@@ -264,6 +302,7 @@ class ExperimentResult:
         return self.evaluation.frame()
 
 
+@on_fit_threads
 def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
                    threads: int | None = None, progress: bool | None = None) -> ExperimentResult:
     """fit, then evaluate on the held-out prompts."""
@@ -311,6 +350,7 @@ def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
     return X
 
 
+@on_fit_threads
 def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
     """response_id, prompt_id and one column per member (member_0..member_{K-1}); a Laplace model (mode posterior)
     adds its posterior mean reward and epistemic standard deviation (posterior_mean, posterior_std; before any

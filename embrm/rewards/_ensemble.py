@@ -18,8 +18,9 @@ Modes
 With length_control="odin" (linear or MLP heads, modes independent / bootstrap) every member is trained as a
 quality head plus a length head on the BT loss of their sum (embrm.rewards.heads._odin, Chen et al. 2024); the member IS
 its quality head (a LinearBT or an MLPReward), so it is scored, saved and loaded as any other member.
-`length_correction` (embrm.rewards._length.LengthCorrection, set by embrm.pipeline._steps for length_control="posthoc") removes
-each member's fitted length slope: predict then needs the responses' length feature.
+`length_correction` (embrm.rewards._length.LengthCorrection, set by embrm.pipeline._steps for
+length_control="posthoc") removes each member's fitted length slope: predict then needs the responses' length
+feature.
 
 MLP members are trained together (one batched forward/backward for all K per step; see embrm.rewards.heads._mlp). With
 warm=True (default) they share ONE initialisation (from `seed`) and differ in split, batch order and data, and
@@ -37,8 +38,9 @@ import numpy as np
 from embrm.core import SEED, EmbrmError, Integer, Number, check_params, check_value
 from embrm.data import split_pairs
 from embrm.rewards.heads import HEADS, LaplaceBT, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
-from embrm.rewards.heads._mlp import MemberData, forward_stack, init_params, train_stack
+from embrm.rewards.heads._mlp import forward_stack, init_params, train_stack
 from embrm.rewards.heads._odin import ODIN_PARAMS, train_odin
+from embrm.rewards.heads._stack import MemberData
 
 MODES = ("independent", "bootstrap", "shared_trunk", "linear_heads", "posterior")
 # Ensembles in the literature have 5-20 members; every member is a full fit (and K scores per response), so K is

@@ -6,7 +6,7 @@ one length feature, ``length_feature`` = log1p(characters of the response) (via 
 
     length_feature(responses)               (n,) float64 log1p(character length)
     length_correlation(scores, length, pid) mean within-prompt Spearman of each score column with length: how much a
-                                            reward follows length inside a prompt's pool (``metrics.per_prompt_spearman``
+                                            reward follows length inside a prompt's pool (``per_prompt_spearman``
                                             with length in the place of gold)
     LengthCorrection.fit(...).apply(...)    post-hoc length correction of reward scores: per score column, the
                                             least-squares slope of score on length, fitted on TRAINING rows only,

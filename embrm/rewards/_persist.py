@@ -5,7 +5,8 @@ A model directory holds:
                            package versions, plus whatever the caller adds (embedder fingerprint, label settings,
                            train/test prompt ids, ...)
     weights.npz            every array (linear coefficients, stacked MLP weights, WARM weights, trunk weights,
-                           a Laplace posterior's mean and precision factor, per-member split positions); read back with np.load(allow_pickle=False)
+                           a Laplace posterior's mean and precision factor, per-member split positions); read
+                           back with np.load(allow_pickle=False)
     lgbm_member_{k}.txt    LightGBM members, LightGBM's own text format (Booster.save_model)
 
     save_ensemble("models/rm", ens, {"embedder": fingerprint, "labels": {"beta": 1.0}})

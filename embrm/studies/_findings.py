@@ -1,7 +1,7 @@
 """A study's findings: the anchors' claims and the length-control questions, each measured from the jobs'
 per-prompt records with an interval over seeds AND held-out prompts (embrm.evaluation._stats.paired_effect), and a verdict.
 
-    found = findings(results, fits, bon)           # results: the jobs' result dicts (embrm.studies._jobs)
+    found = findings(results, bon)           # results: the jobs' JobResults (embrm.studies._store)
     [f.markdown() for f in found]
 
 A claim is "reproduced" only when its 95 % interval excludes 0 in the claimed direction, "reversed" only when it
@@ -13,12 +13,13 @@ one reward, two rewards of one seed, or two annotators of one learner, on the sa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
 
 from embrm.evaluation import Effect, Unit, agreement, paired_effect
+from embrm.studies._store import JobResult
 
 CONSERVATIVE = ("min", "uwo", "lcb", "conformal")  # Coste et al.'s conservative aggregations (+ a calibrated one)
 
@@ -47,7 +48,7 @@ class Finding:
         if self.effect is None:
             return f"{head}: {self.note}"
         e = self.effect
-        return (f"{head}: {self.measure} {e.estimate:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}] (effect size "
+        return (f"{head}: {self.measure} {e.interval()} (effect size "
                 f"{e.effect_size:+.2f}; {e.n_seeds} seeds, {e.n_units} runs, {e.n_prompts} held-out prompts) "
                 f"→ **{self.verdict}**.")
 
@@ -58,29 +59,29 @@ class Finding:
 
 # ----------------------------------------------------------------------------- per-prompt records -> units
 
-def _records(results: list[dict], dataset: str, variant: str) -> list[dict]:
-    return [r for r in results if r["dataset"] == dataset and variant in (r.get("bon") or {})]
+def _records(results: list[JobResult], dataset: str, variant: str) -> list[JobResult]:
+    return [r for r in results if r.dataset == dataset and variant in r.bon]
 
 
-def _bon_units(runs: list[tuple[dict, dict]], variant: str, a: str, b: str, measure: str) -> list[Unit]:
+def _bon_units(runs: list[tuple[JobResult, JobResult]], variant: str, a: str, b: str, measure: str) -> list[Unit]:
     """One unit per (result_a, result_b) run pair: proxy a of result_a against proxy b of result_b, per prompt.
     measure "gain": num = pick - random, den = oracle - random; "excluded": num = share of excluded picks."""
     units = []
     for ra, rb in runs:
-        pa, pb = ra["bon"][variant]["per_prompt"], rb["bon"][variant]["per_prompt"]
-        if a not in pa["pick"] or b not in pb["pick"] or pa["prompt_id"] != pb["prompt_id"]:
+        pa, pb = ra.bon[variant].per_prompt, rb.bon[variant].per_prompt
+        if a not in pa.pick or b not in pb.pick or pa.prompt_id != pb.prompt_id:
             continue
         if measure == "excluded":
-            if "excluded" not in pa:
+            if pa.excluded is None or pb.excluded is None:
                 continue
-            num_a, num_b = np.asarray(pa["excluded"][a]), np.asarray(pb["excluded"][b])
+            num_a, num_b = np.asarray(pa.excluded[a]), np.asarray(pb.excluded[b])
             den = np.ones(len(num_a))
         else:
-            random, oracle = np.asarray(pa["random"]), np.asarray(pa["oracle"])
-            num_a, num_b = np.asarray(pa["pick"][a]) - random, np.asarray(pb["pick"][b]) - random
+            random, oracle = np.asarray(pa.random), np.asarray(pa.oracle)
+            num_a, num_b = np.asarray(pa.pick[a]) - random, np.asarray(pb.pick[b]) - random
             den = oracle - random
-        name = ra["learner"] if ra is rb else f"{ra['learner']}/{rb['learner']}"
-        units.append(Unit(ra["seed"], f"{ra['noise']}/{name}", np.asarray(pa["prompt_id"]), num_a, num_b, den))
+        name = ra.learner if ra is rb else f"{ra.learner}/{rb.learner}"
+        units.append(Unit(ra.seed, f"{ra.noise}/{name}", np.asarray(pa.prompt_id), num_a, num_b, den))
     return units
 
 
@@ -89,21 +90,20 @@ def _effect(units: list[Unit]) -> Effect | None:
     return paired_effect(units) if units else None
 
 
-def _same_job(results: list[dict], noise: str | None, learners=None) -> list[tuple[dict, dict]]:
-    return [(r, r) for r in results if (noise is None or r["noise"] == noise)
-            and (learners is None or r["learner"] in learners)]
+def _same_job(results: list[JobResult], noise: str | None, learners=None) -> list[tuple[JobResult, JobResult]]:
+    return [(r, r) for r in results if (noise is None or r.noise == noise)
+            and (learners is None or r.learner in learners)]
 
 
-def _controlled_pairs(results: list[dict], variant_learner: str, base: str) -> list[tuple[dict, dict]]:
-    """(length-controlled run, plain run) of the same noise and seed."""
-    plain = {(r["noise"], r["seed"]): r for r in results if r["learner"] == base}
-    return [(r, plain[(r["noise"], r["seed"])]) for r in results
-            if r["learner"] == variant_learner and (r["noise"], r["seed"]) in plain]
+def _paired_runs(results: list[JobResult], learner: str, base: str) -> list[tuple[JobResult, JobResult]]:
+    """(run of `learner`, run of `base`) of the same noise and seed."""
+    other = {(r.noise, r.seed): r for r in results if r.learner == base}
+    return [(r, other[(r.noise, r.seed)]) for r in results if r.learner == learner and (r.noise, r.seed) in other]
 
 
 # ----------------------------------------------------------------------------- the claims
 
-def _aggregation_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+def _aggregation_findings(results: list[JobResult], dataset: str, noises: list[str]) -> list[Finding]:
     out = []
     pool = _records(results, dataset, "pool")
     for a, b, claim in (("min", "mean", "worst-case (WCO, min) beats the ensemble mean"),
@@ -122,8 +122,7 @@ def _aggregation_findings(results: list[dict], dataset: str, noises: list[str]) 
             out.append(Finding(f"{dataset}|all|mean-vs-length|{variant}", dataset, "all", "Sun et al.",
                                f"an embedding-based ensemble (mean) beats the length-only reward on {gold}",
                                "gain difference (mean − length)", +1, effect))
-    probes = [v for v in {v for r in results if r["dataset"] == dataset for v in r.get("bon") or {}}
-              if v.startswith("pool+")]
+    probes = [v for v in {v for r in results if r.dataset == dataset for v in r.bon} if v.startswith("pool+")]
     for variant in sorted(probes):
         what = variant.removeprefix("pool+")
         for agg in CONSERVATIVE:
@@ -136,11 +135,11 @@ def _aggregation_findings(results: list[dict], dataset: str, noises: list[str]) 
     return out
 
 
-def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]:
+def _length_control_findings(results: list[JobResult], dataset: str) -> list[Finding]:
     """Per length-controlled learner: does it beat length-only on length-controlled gold, beat its plain learner
     there, and pick fewer probes than its plain learner?"""
     out = []
-    controlled = {r["learner"]: _base_learner(r) for r in results if r["dataset"] == dataset and not _plain(r)}
+    controlled = {r.learner: r.plain_learner for r in results if r.dataset == dataset and not r.plain}
     for learner, base in sorted(controlled.items()):
         lc = _records(results, dataset, "pool-lc")
         effect = _effect(_bon_units(_same_job(lc, None, {learner}), "pool-lc", "mean", "length", "gain"))
@@ -148,14 +147,14 @@ def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]
             out.append(Finding(f"{dataset}|all|{learner}-vs-length|pool-lc", dataset, "all", "embrm",
                                f"the length-controlled reward {learner} (mean) beats length-only on "
                                f"length-controlled gold", "gain difference (mean − length)", +1, effect))
-        effect = _effect(_bon_units(_controlled_pairs(lc, learner, base), "pool-lc", "mean", "mean", "gain"))
+        effect = _effect(_bon_units(_paired_runs(lc, learner, base), "pool-lc", "mean", "mean", "gain"))
         if effect is not None:
             out.append(Finding(f"{dataset}|all|{learner}-vs-{base}|pool-lc", dataset, "all", "embrm",
                                f"length control ({learner}) beats the plain {base} on length-controlled gold",
                                f"gain difference ({learner} − {base}, mean)", +1, effect))
-        for variant in sorted({v for r in results for v in r.get("bon") or {} if v.startswith("pool+")}):
+        for variant in sorted({v for r in results for v in r.bon if v.startswith("pool+")}):
             what = variant.removeprefix("pool+")
-            runs = _controlled_pairs(_records(results, dataset, variant), learner, base)
+            runs = _paired_runs(_records(results, dataset, variant), learner, base)
             effect = _effect(_bon_units(runs, variant, "mean", "mean", "excluded"))
             if effect is not None:
                 out.append(Finding(f"{dataset}|all|{learner}-vs-{base}|{what}", dataset, "all", "embrm",
@@ -164,44 +163,19 @@ def _length_control_findings(results: list[dict], dataset: str) -> list[Finding]
     return out
 
 
-def _control(r: dict) -> str:
-    """The job's length control (results before it was recorded: read from the learner's name, `<head>.<control>`)."""
-    if "length_control" in r:
-        return r["length_control"]
-    parts = r["learner"].split(".")
-    return parts[1].replace("-", "_") if len(parts) > 1 and not parts[1].startswith("k") else "none"
-
-
-def _plain(r: dict) -> bool:
-    return _control(r) == "none"
-
-
-def _base_learner(r: dict) -> str:
-    """The same learner without its length control (`mlp.posthoc` -> `mlp`, `mlp.odin.k10` -> `mlp.k10`)."""
-    return r["learner"].replace("." + _control(r).replace("_", "-"), "", 1)
-
-
-def _size_pairs(results: list[dict], learner: str, base: str) -> list[tuple[dict, dict]]:
-    """(run of `learner`, run of `base`) of the same noise and seed."""
-    other = {(r["noise"], r["seed"]): r for r in results if r["learner"] == base}
-    return [(r, other[(r["noise"], r["seed"])]) for r in results
-            if r["learner"] == learner and (r["noise"], r["seed"]) in other]
-
-
-def _ensemble_size_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+def _ensemble_size_findings(results: list[JobResult], dataset: str, noises: list[str]) -> list[Finding]:
     """A learner with its own ensemble size (`<learner>.k<K>`) against the same learner at the study's K, per noise:
     the gain of their means at n = N (Coste et al. report 4-5 members enough)."""
     out = []
     pool = _records(results, dataset, "pool")
-    sized = {r["learner"]: (re.sub(r"\.k\d+$", "", r["learner"]), r["k"]) for r in pool
-             if "k" in r and re.search(r"\.k\d+$", r["learner"])}
+    sized = {r.learner: (r.unsized_learner, r.k) for r in pool if r.sized}
     for learner, (base, k) in sorted(sized.items()):
-        base_k = next((r["k"] for r in pool if r["learner"] == base and "k" in r), None)
+        base_k = next((r.k for r in pool if r.learner == base), None)
         if base_k is None or base_k == k:
             continue
         bigger, smaller = (learner, base) if k > base_k else (base, learner)
         for noise in noises:
-            runs = [p for p in _size_pairs(pool, learner, base) if p[0]["noise"] == noise]
+            runs = [p for p in _paired_runs(pool, learner, base) if p[0].noise == noise]
             effect = _effect(_bon_units(runs, "pool", "mean", "mean", "gain"))
             if effect is not None:
                 out.append(Finding(f"{dataset}|{noise}|{learner}-vs-{base}", dataset, noise, "Coste et al.",
@@ -211,36 +185,41 @@ def _ensemble_size_findings(results: list[dict], dataset: str, noises: list[str]
     return out
 
 
-def _peak_units(runs: list[dict]) -> list[Unit]:
+def _peak_units(runs: list[JobResult]) -> list[Unit]:
     """Per run: the mean's expected gold at the n where the OTHER seeds' mean curves peak (cross-fitted, so that the
     peak is not chosen on the prompts it is measured on) against its gold at n = N (the whole pool), per prompt."""
     units = []
     for r in runs:
-        pp = r["bon"]["pool"]["per_prompt"]
-        others = [o["bon"]["pool"]["per_prompt"] for o in runs if o["seed"] != r["seed"]
-                  and o["learner"] == r["learner"] and o["noise"] == r["noise"]]
-        others = [o for o in others if "mean_curve" in o]
-        if "mean_curve" not in pp or not others:
+        pp = r.bon["pool"].per_prompt
+        others = [o.bon["pool"].per_prompt for o in runs if o.seed != r.seed
+                  and o.learner == r.learner and o.noise == r.noise]
+        others = [o for o in others if o.mean_curve is not None]
+        if pp.mean_curve is None or not others:
             continue
-        common = np.asarray(sorted(set(pp["n"]).intersection(*(o["n"] for o in others))))  # grids may differ
-        curve = np.mean([np.nanmean(np.asarray(o["mean_curve"], np.float64), axis=0)[np.searchsorted(o["n"], common)]
-                         for o in others], axis=0)
-        peak = int(np.searchsorted(pp["n"], common[np.nanargmax(curve)]))
-        random, oracle = (np.asarray(pp[k], np.float64) for k in ("random", "oracle"))
-        top = np.asarray(pp["pick"]["mean"], np.float64)
-        at_peak = np.asarray(pp["mean_curve"], np.float64)[:, peak]
+        common = np.asarray(sorted(set(pp.n).intersection(*(o.n for o in others))))  # grids may differ
+        curve = np.mean([np.nanmean(_array(o.mean_curve), axis=0)[np.searchsorted(o.n, common)] for o in others],
+                        axis=0)
+        peak = int(np.searchsorted(pp.n, common[np.nanargmax(curve)]))
+        random, oracle = _array(pp.random), _array(pp.oracle)
+        top = _array(pp.pick["mean"])
+        at_peak = _array(pp.mean_curve)[:, peak]
         at_peak = np.where(np.isfinite(at_peak), at_peak, top)  # a pool smaller than the peak n: its whole pool
-        units.append(Unit(r["seed"], f"{r['noise']}/{r['learner']}", np.asarray(pp["prompt_id"]), at_peak - random,
+        units.append(Unit(r.seed, f"{r.noise}/{r.learner}", np.asarray(pp.prompt_id), at_peak - random,
                           top - random, oracle - random))
     return units
 
 
-def _overoptimisation_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+def _array(values) -> np.ndarray:
+    """float64, None (NaN in JSON read back as null) as NaN."""
+    return np.asarray(values, np.float64)
+
+
+def _overoptimisation_findings(results: list[JobResult], dataset: str, noises: list[str]) -> list[Finding]:
     """Gao et al.: the ensemble mean's gold at its peak n exceeds its gold at n = N (it falls past the peak)."""
     out = []
     pool = _records(results, dataset, "pool")
     for noise in noises:
-        effect = _effect(_peak_units([r for r in pool if r["noise"] == noise]))
+        effect = _effect(_peak_units([r for r in pool if r.noise == noise]))
         if effect is not None:
             out.append(Finding(f"{dataset}|{noise}|overoptimisation-drop", dataset, noise, "Gao et al.",
                                "over-optimisation: the ensemble mean's gold falls from its peak n to n = N "
@@ -249,34 +228,33 @@ def _overoptimisation_findings(results: list[dict], dataset: str, noises: list[s
     return out
 
 
-def _accuracy_units(runs: list[tuple[dict, dict]], chance: bool) -> list[Unit]:
+def _accuracy_units(runs: list[tuple[JobResult, JobResult]], chance: bool) -> list[Unit]:
     units = []
     for ra, rb in runs:
-        pa, pb = ra["metrics"].get("per_prompt"), rb["metrics"].get("per_prompt")
-        if not pa or not pb or pa["prompt_id"] != pb["prompt_id"]:
+        pa, pb = ra.metrics.per_prompt, rb.metrics.per_prompt
+        if pa is None or pb is None or pa.prompt_id != pb.prompt_id:
             continue
-        pairs = np.asarray(pa["pairs"], np.float64)
-        num_b = 0.5 * pairs if chance else np.asarray(pb["correct"])
-        units.append(Unit(ra["seed"], f"{ra['noise']}/{ra['learner']}", np.asarray(pa["prompt_id"]),
-                          np.asarray(pa["correct"]), num_b, pairs))
+        pairs = np.asarray(pa.pairs, np.float64)
+        num_b = 0.5 * pairs if chance else np.asarray(pb.correct)
+        units.append(Unit(ra.seed, f"{ra.noise}/{ra.learner}", np.asarray(pa.prompt_id), np.asarray(pa.correct),
+                          num_b, pairs))
     return units
 
 
-def _labels_of(runs: list[dict], noise: str) -> tuple:
-    """(beta, flip) and the label budget of an annotator, from its jobs' protocols (None for older results)."""
-    labels = next((r["protocol"]["labels"] for r in runs if r["noise"] == noise and "protocol" in r), None)
-    return (None, None) if labels is None else ((labels["beta"], labels["flip"]), labels["n_pairs"])
+def _labels_of(runs: list[JobResult], noise: str) -> tuple:
+    """(beta, flip) and the label budget of an annotator, from its jobs' protocols (None without jobs)."""
+    labels = next((r.labels for r in runs if r.noise == noise), None)
+    return (None, None) if labels is None else ((labels.beta, labels.flip), labels.n_pairs)
 
 
-def _accuracy_pairs(runs: list[dict], a: str, b: str) -> list[tuple[dict, dict]]:
-    first = {(r["learner"], r["seed"]): r for r in runs if r["noise"] == a}
-    return [(first[(r["learner"], r["seed"])], r) for r in runs
-            if r["noise"] == b and (r["learner"], r["seed"]) in first]
+def _accuracy_pairs(runs: list[JobResult], a: str, b: str) -> list[tuple[JobResult, JobResult]]:
+    first = {(r.learner, r.seed): r for r in runs if r.noise == a}
+    return [(first[(r.learner, r.seed)], r) for r in runs if r.noise == b and (r.learner, r.seed) in first]
 
 
-def _accuracy_findings(results: list[dict], dataset: str, noises: list[str]) -> list[Finding]:
+def _accuracy_findings(results: list[JobResult], dataset: str, noises: list[str]) -> list[Finding]:
     out = []
-    runs = [r for r in results if r["dataset"] == dataset]
+    runs = [r for r in results if r.dataset == dataset]
     labels = {n: _labels_of(runs, n) for n in noises}
     if len(noises) >= 2 and labels[noises[0]][1] == labels[noises[1]][1]:  # two annotators, one label budget
         effect = _effect(_accuracy_units(_accuracy_pairs(runs, noises[0], noises[1]), chance=False))
@@ -312,28 +290,44 @@ def _overoptimisation(bon: pl.DataFrame, dataset: str) -> Finding | None:
                    f"in {peaked.height} of {mean.height} runs, by {drop:.3f} gold on average (descriptive)")
 
 
-def findings(results: list[dict], bon: pl.DataFrame) -> list[Finding]:
+def findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:
     """Every claim the study's jobs can measure, dataset by dataset. The papers' claims are measured on the plain
     learners (no length control); the length-control questions compare each controlled learner with its plain one."""
     out = []
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    datasets = list(dict.fromkeys(r.dataset for r in results))
     for dataset in datasets:
-        runs = [r for r in results if r["dataset"] == dataset]
-        plain = [r for r in runs if _plain(r)]
-        noises = list(dict.fromkeys(r["noise"] for r in runs if r["noise"] != "human"))
-        if runs and runs[0].get("bon"):
+        runs = [r for r in results if r.dataset == dataset]
+        plain = [r for r in runs if r.plain]
+        noises = list(dict.fromkeys(r.noise for r in runs if r.noise != "human"))
+        if runs and runs[0].bon:
             out += _aggregation_findings(plain, dataset, noises)
             out += _overoptimisation_findings(plain, dataset, noises)
             out += _ensemble_size_findings(plain, dataset, noises)
             out += _length_control_findings(runs, dataset)
-            plain_names = sorted({r["learner"] for r in plain})
+            plain_names = sorted({r.learner for r in plain})
             if bon.height and (gao := _overoptimisation(bon.filter(pl.col("learner").is_in(plain_names)), dataset)):
                 out.append(gao)
         out += _accuracy_findings(plain, dataset, noises)
     return out
 
 
-def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
+@dataclass
+class Replication:
+    """One finding measured on both halves of the prompts: each half's verdict and estimate, and their agreement."""
+
+    key: str
+    finding: str
+    first: str
+    second: str
+    first_estimate: float
+    second_estimate: float
+    agreement: str  # embrm.evaluation.agreement
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def replication(first: list[Finding], second: list[Finding]) -> list[Replication]:
     """Per finding measured in both halves: the two verdicts and whether they agree (embrm.evaluation._stats.agreement).
     Findings are matched by key with the halves' dataset names (`<name>.half1`, `.half2`, and
     `<name>.half1@<embedder>` in a study comparing embedders) read as one."""
@@ -346,8 +340,7 @@ def replication(first: list[Finding], second: list[Finding]) -> list[dict]:
         g = other.get(key(f))
         if f.effect is None or g is None or g.effect is None:
             continue
-        rows.append({"key": key(f), "finding": f"{re.sub(r'[.]half[12](?=@|$)', '', f.dataset)}, {f.labels}: {f.claim}",
-                     "first": f.verdict,
-                     "second": g.verdict, "first_estimate": f.effect.estimate, "second_estimate": g.effect.estimate,
-                     "agreement": agreement(f.effect, g.effect, f.direction)})
+        rows.append(Replication(key(f), f"{re.sub(r'[.]half[12](?=@|$)', '', f.dataset)}, {f.labels}: {f.claim}",
+                                f.verdict, g.verdict, f.effect.estimate, g.effect.estimate,
+                                agreement(f.effect, g.effect, f.direction)))
     return rows

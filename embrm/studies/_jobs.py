@@ -1,17 +1,16 @@
 """Run a study's jobs: each fits one ensemble on cached embeddings and evaluates it; results are kept per job.
 
-    results = run_jobs(study, jobs, out_dir / "jobs", specs, cache_dir, workers=2)           # local processes
-    results = run_jobs(study, jobs, out_dir / "jobs", specs, cache_dir, backend="ray")       # a local Ray, or address=
+    results = run_jobs(study, jobs, ResultStore(out_dir), specs, cache_dir, workers=2)       # local processes
+    results = run_jobs(study, jobs, ResultStore(out_dir), specs, cache_dir, backend="ray")   # a local Ray, or address=
 
 `specs` maps each embedder's name (None: the study's one [embedder]) to its cache spec: a job reads the vectors
 of its own embedder.
 
-A job's result is one JSON file (metrics, per-proxy Best-of-n summaries) and one Parquet file (curves), each written
-atomically (a temporary file renamed over it) under `jobs/`, the JSON last; a job whose files exist with the same
-digest and read back whole is not run again, so an interrupted study resumes where it stopped (a damaged result
-is reported in one line and its job runs again). Workers read embeddings from the Parquet cache themselves
-(zero-copy) instead of being sent them, run single-threaded so that W workers use W cores, and end with the
-process that started them, even when it is SIGKILLed.
+A job's result is a JobResult (embrm.studies._store): the ResultStore writes it under `jobs/` (one JSON, one Parquet
+of curves) and reads it back; a job whose files exist with the same digest and read back whole is not run again, so
+an interrupted study resumes where it stopped (a damaged result is reported in one line and its job runs again). Workers read embeddings from the Parquet cache themselves
+(zero-copy) instead of being sent them, run on the thread policy's count (embrm.core.fit_threads: 1 unless
+$EMBRM_THREADS) so that W workers use W cores, and end with the process that started them, even when it is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -24,19 +23,16 @@ import sys
 import threading
 import time
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import polars as pl
-from threadpoolctl import threadpool_limits
 
-from embrm.core import EmbrmError, Integer, OneOf, Progress, check_value, write_atomic
+from embrm.core import EmbrmError, Integer, OneOf, Progress, check_value
 from embrm.data import DatasetSpec, load_dataset, rrm_dataset
 from embrm.embedding import cached_embeddings
 from embrm.pipeline import run_experiment
 from embrm.studies._config import Job, Study
+from embrm.studies._store import JobResult, ResultStore
 
-RESULT_VERSION = 6  # 6: calibration metrics and the conformal bound's coverage; 5: Best-of-n on a grid of n, ...
 BACKENDS = OneOf(("local", "ray"))
 WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
@@ -59,11 +55,11 @@ def _augment(spec: DatasetSpec, data_dir: str | None, embed_spec_json: str, cach
     return cached_embeddings(rrm_dataset(_dataset(spec, data_dir)), json.loads(embed_spec_json), cache_dir)
 
 
-def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: str | None, threads: int = 1) -> dict:
-    """The job's experiment (embrm.pipeline._steps.run_experiment). Returns {"result": JSON-able dict, "curves": columns}."""
-    import torch
-
-    torch.set_num_threads(threads)
+def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: str | None,
+            threads: int | None = None) -> JobResult:
+    """The job's experiment (embrm.pipeline.run_experiment) as a JobResult carrying its curves to the store. It runs
+    on the thread policy's count (embrm.core.fit_threads), as `embrm fit` and `embrm bon-sim` do: W workers use W
+    cores, and a job's numbers are those of the CLI with the same settings, bit for bit."""
     start = time.perf_counter()
     ds = _dataset(job.dataset, data_dir)
     if job.kind == "human" and ds.pairs is None:
@@ -72,92 +68,31 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     augment = (_augment(job.dataset, data_dir, spec_json, str(cache_dir)) if job.learner.length_control == "rrm"
                else None)
     protocol = job.protocol(study)
-    with threadpool_limits(threads, user_api="blas"):  # numpy's BLAS too: W workers, W cores (no oversubscription)
-        result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
-    out, frame = result.to_dict(), result.frame()
-    out.update(key=job.key, kind=job.kind, dataset=job.group, learner=job.learner.name,
-               head=job.learner.head, mode=job.learner.mode, length_control=job.learner.length_control, k=protocol.k,
-               seed=job.seed, noise=job.noise.name if job.noise else "human", seconds=time.perf_counter() - start,
-               version=RESULT_VERSION, curves_rows=frame.height)  # a resume checks the curves file against it
-    if job.embedder is not None:  # a study comparing embedders: `dataset` is `<dataset>@<embedder>`
-        out.update(embedder=job.embedder, dataset_label=job.dataset.label)
-    return {"result": out, "curves": None if frame.is_empty() else frame.to_dict(as_series=False)}
-
-
-# ----------------------------------------------------------------------------- storing and resuming
-
-def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
-    stem = job.key.replace("/", "__") + "-" + job.digest(study)
-    return jobs_dir / f"{stem}.json", jobs_dir / f"{stem}.parquet"
-
-
-def save_result(jobs_dir: Path, job: Job, study: Study, out: dict) -> None:
-    """Curves first, then the JSON (written last): a JSON on disk means a complete job."""
-    jpath, cpath = result_paths(jobs_dir, job, study)
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    if out["curves"] is not None:
-        frame = pl.DataFrame(out["curves"]).with_columns(key=pl.lit(job.key))
-        write_atomic(cpath, frame.write_parquet)
-    text = json.dumps(out["result"], indent=1, default=_json_default)
-    write_atomic(jpath, text)
-
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
-
-
-def load_result(jobs_dir: Path, job: Job, study: Study, inputs: str | None = None) -> dict | None:
-    """The job's stored result, or None when the job must run: no result yet, one from another embrm version, one
-    computed from other inputs (other vectors or data under the same names: `inputs` is their digest), or a damaged
-    one (truncated, unreadable: reported in one line on stderr; the job runs again)."""
-    jpath, cpath = result_paths(jobs_dir, job, study)
-    if not jpath.exists():
-        return None
-    try:
-        result = json.loads(jpath.read_text(encoding="utf-8"))
-        if not isinstance(result, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return _damaged(jpath, job, e)
-    if result.get("version") != RESULT_VERSION or result.get("inputs") != inputs:
-        return None
-    rows = result.get("curves_rows")
-    try:
-        found = pl.read_parquet(cpath).height if cpath.exists() else 0
-    except (OSError, pl.exceptions.PolarsError) as e:
-        return _damaged(cpath, job, e)
-    if rows is not None and found != rows:
-        return _damaged(cpath, job, f"{found} curve rows, {rows} expected")
-    return result
-
-
-def _damaged(path: Path, job: Job, why) -> None:
-    why = " ".join(str(why).split())[:200] or type(why).__name__
-    print(f"{path}: damaged result ({why}): running job {job.key} again", file=sys.stderr, flush=True)
-    return None
+    result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
+    fitted = result.fit
+    return JobResult(job.key, job.kind, job.group, job.learner.name, job.noise.name if job.noise else "human", job.seed,
+                     protocol.k, fitted.protocol, fitted.n_train_pairs, fitted.label_accuracy, result.evaluation,
+                     time.perf_counter() - start, 0, embedder=job.embedder,
+                     dataset_label=job.dataset.label if job.embedder is not None else None, curves=result.frame())
 
 
 # ----------------------------------------------------------------------------- executors
 
 def check_run_options(workers: int, backend: str) -> None:
-    check_value("backend (--backend)", backend, BACKENDS)
+    check_value("runner (--runner)", backend, BACKENDS, field="runner")  # the runner; `backend` is the embedder's
     check_value("workers (--workers)", workers, WORKERS)
 
 
-def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, specs: dict, cache_dir, *, data_dir=None,
+def run_jobs(study: Study, jobs: list[Job], store: ResultStore, specs: dict, cache_dir, *, data_dir=None,
              workers: int = 2, backend: str = "local", address: str | None = None, progress: bool | None = None,
-             inputs: dict[str, str] | None = None) -> list[dict]:
+             inputs: dict[str, str] | None = None) -> list[JobResult]:
     """Run the jobs not already done (resume), with a progress display; returns every job's result. `specs` maps an
     embedder's name (None for the one [embedder]) to its cache spec; `inputs` maps a job's group (Job.group: the
     dataset's label, `<dataset>@<embedder>` when comparing embedders) to the digest of its vectors and data
     (experiment.inputs_digest): a stored result computed from other inputs is not reused."""
-    jobs_dir, inputs = Path(jobs_dir), inputs or {}
+    inputs = inputs or {}
     check_run_options(workers, backend)
-    results = {j.key: r for j in jobs if (r := load_result(jobs_dir, j, study, inputs.get(j.group))) is not None}
+    results = {j.key: r for j in jobs if (r := store.load(j, study, inputs.get(j.group))) is not None}
     todo = [(j, json.dumps(specs[j.embedder], sort_keys=True)) for j in jobs if j.key not in results]
     args = (str(cache_dir), None if data_dir is None else str(data_dir))
     label = f"jobs ({len(results)} of {len(jobs)} already done)" if results else "jobs"
@@ -166,10 +101,9 @@ def run_jobs(study: Study, jobs: list[Job], jobs_dir: Path, specs: dict, cache_d
             done = _run_ray(study, todo, args, workers, address, bar)
         else:
             done = _run_local(study, todo, args, workers, bar)
-        for job, out in done:
-            out["result"]["inputs"] = inputs.get(job.group)
-            save_result(jobs_dir, job, study, out)
-            results[job.key] = out["result"]
+        for job, result in done:
+            result.inputs = inputs.get(job.group)
+            results[job.key] = store.save(job, study, result)
             bar.advance()
     return [results[j.key] for j in jobs]
 
@@ -178,8 +112,7 @@ def _run_local(study, todo, args, workers, bar):
     if workers <= 1 or len(todo) <= 1:
         for job, spec_json in todo:
             bar.set_description("1 running")
-            yield job, run_job(job, study, spec_json, *args,
-                               threads=max(1, os.cpu_count() or 1) if workers <= 1 else 1)
+            yield job, run_job(job, study, spec_json, *args)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -196,7 +129,7 @@ def _run_local(study, todo, args, workers, bar):
             bar.set_description(f"{min(workers, len(pending))} running")
 
 
-def _outcome(fut, job: Job) -> dict:
+def _outcome(fut, job: Job) -> JobResult:
     from concurrent.futures.process import BrokenProcessPool
 
     try:
@@ -233,7 +166,7 @@ def _run_ray(study, todo, args, workers, address, bar):
     try:
         import ray
     except ImportError:
-        raise EmbrmError("--backend ray needs Ray: pip install 'embrm[ray]'") from None
+        raise EmbrmError("--runner ray needs Ray: pip install 'embrm[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
         opts = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}

@@ -13,6 +13,7 @@ import polars as pl
 
 from embrm.core import fmt, md_table
 from embrm.embedding import CHAT, DEFAULT_TEMPLATE
+from embrm.evaluation import LengthEffect
 from embrm.methods import render_methods
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, group_label
@@ -22,9 +23,9 @@ SETTING = ("Setting: reward models trained on simulated annotators over the TRAI
            "estimator over each held-out prompt's scored pool; `gold@N` is the gold of each held-out prompt's "
            "top-scored response (n = N, the whole pool), averaged over prompts, and `gain` = (gold − random) / "
            "(oracle − random). Members are standardised on the training responses before aggregating. A dataset's "
-           "excluded responses (on `alpaca-eval-models` its reward-hacking probes NullModel, gpt4_gamed, *_verbose) "
-           "never label, train or enter the evaluated pool; `pool+<name>` puts them back and reports how often each "
-           "reward picks one. `random pick (expected)` is the pool mean, the expected gold of a uniformly random pick. "
+           "excluded responses{probes} never label, train or enter the evaluated pool; `pool+<name>` puts them back "
+           "and reports how often each reward picks one. `random pick (expected)` is the pool mean, the expected gold "
+           "of a uniformly random pick. "
            "Tables show the mean ± 95 % Student-t interval over seeds; findings use intervals over seeds AND "
            "held-out prompts (below).")
 LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's within-prompt regression on length "
@@ -34,6 +35,15 @@ LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's w
                   "gold, in the spirit of AlpacaEval's length-controlled win rate (Dubois et al. 2024), is the "
                   "gold with a fitted length term removed: gold ~ prompt + answer source (where the pool names "
                   "one) + effect × log(1 + characters).")
+
+
+PROBES = {"alpaca-eval-models": "reward-hacking probes NullModel, gpt4_gamed, *_verbose"}  # named in the setting
+
+
+def _probes(study: Study) -> str:
+    """The excluded responses of the study's own datasets that the setting names (none: "")."""
+    named = [f"on `{d.label}` its {PROBES[d.label]}" for d in study.datasets if d.label in PROBES]
+    return f" ({'; '.join(named)})" if named else ""
 
 
 def _findings_section(result) -> list[str]:
@@ -51,7 +61,7 @@ def _findings_section(result) -> list[str]:
              "differences. The papers' claims are measured on the plain learners.", ""]
     lines += [f"- {f.markdown()}" for f in result.findings] + [""]
     if result.replication is not None:
-        agree = sum(r["agreement"] == "agree" for r in result.replication)
+        agree = sum(r.agreement == "agree" for r in result.replication)
         lines += ["### Replication on two disjoint halves of the prompts", "",
                   f"Every pool job ran again on each of two disjoint halves of the pool's prompts (a fixed seeded "
                   f"split; jobs `<pool>.half1/...`, `.half2/...`), with the same protocols and intervals: "
@@ -59,21 +69,22 @@ def _findings_section(result) -> list[str]:
                   f"A finding reproduced on all prompts but inconclusive on a half lacked the power to show on half "
                   f"the prompts; one that disagrees is not robust.", "",
                   md_table(["finding", "first half", "second half", "agreement"],
-                             [[r["finding"], f"{r['first']} ({r['first_estimate']:+.3f})",
-                               f"{r['second']} ({r['second_estimate']:+.3f})", r["agreement"]]
+                             [[r.finding, f"{r.first} ({r.first_estimate:+.3f})",
+                               f"{r.second} ({r.second_estimate:+.3f})", r.agreement]
                               for r in result.replication]), ""]
     return lines
 
 
-def _length_effect_line(effect: dict | None) -> str:
+def _length_effect_line(effect: LengthEffect | str | None) -> str:
+    """The fit behind a pool's length-controlled gold, or why it has none (a str)."""
     if not effect:
         return ""
-    if "error" in effect:
-        return f"No length-controlled gold for this pool: {effect['error']}"
-    source = f" and answer source (`{effect['source']}`)" if effect.get("source") else ""
-    return (f"Fitted length effect: gold changes by {effect['effect']:+.3f} ± {1.96 * effect['stderr']:.3f} per unit "
-            f"of log(1 + characters), holding the prompt{source} fixed ({effect['n_rows']} responses, "
-            f"{effect['n_prompts']} prompts; within-prompt R² {effect['r2_within']:.2f}). The length-controlled "
+    if isinstance(effect, str):
+        return f"No length-controlled gold for this pool: {effect}"
+    source = f" and answer source (`{effect.source}`)" if effect.source else ""
+    return (f"Fitted length effect: gold changes by {effect.effect:+.3f} ± {1.96 * effect.stderr:.3f} per unit "
+            f"of log(1 + characters), holding the prompt{source} fixed ({effect.n_rows} responses, "
+            f"{effect.n_prompts} prompts; within-prompt R² {effect.r2_within:.2f}). The length-controlled "
             f"gold removes this term.")
 
 
@@ -233,7 +244,7 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
              f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members"
              f"{' (unless a learner names its own, .k<K>)' if any(l.k for l in study.learners) else ''} · "
              f"embedder {_embedder_text(study, generated)} · {' / '.join(map(str, budgets))} simulated pairs per "
-             f"job.", "", SETTING.format(test=study.test_size), ""]
+             f"job.", "", SETTING.format(test=study.test_size, probes=_probes(study)), ""]
     lines += [f"Generated data `{name}`: {source}. Its embeddings come with it; the gold is known exactly." for
               name, source in generated.items()] + ([""] if generated else [])
     if any(not l.length_control == "none" for l in study.learners):

@@ -5,8 +5,9 @@
     result = run_study(load_study(), "results/default")        # the default study on the real pools
     print(result.report_path.read_text())
 
-Writes into the results directory: jobs/ (one JSON + one Parquet per finished job: the resume points),
-fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet, published_picks.parquet, embedders.json (per
+Writes into the results directory, every file through its ResultStore (embrm.studies._store): jobs/ (one JSON + one
+Parquet per finished job: the resume points), fit_metrics.parquet, bon_summary.parquet, bon_curves.parquet,
+published_picks.parquet (when the study's pools carry published reward models' picks), embedders.json (per
 embedder and dataset: its description, held-out accuracy, Best-of-n gain, length correlation), study.json (the
 resolved study, command, machine, package versions, timings), PNG plots and report.md.
 
@@ -17,7 +18,6 @@ results, tables and findings call a dataset's jobs `<dataset>@<embedder>` (embrm
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import time
@@ -27,16 +27,18 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveResult, run_active
-from embrm.core import EmbrmError, Progress, write_atomic
+from embrm.core import EmbrmError, Progress, check_out
 from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
 from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
+from embrm.evaluation import LengthEffect
 from embrm.methods import MethodResult, run_method
 from embrm.rewards import package_versions
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, check_rrm_texts, group_label, jobs_of
-from embrm.studies._findings import Finding, findings, replication
-from embrm.studies._jobs import check_run_options, result_paths, run_jobs
+from embrm.studies._findings import Finding, Replication, findings, replication
+from embrm.studies._jobs import check_run_options, run_jobs
 from embrm.studies._report import embedder_rows, render_report
+from embrm.studies._store import JobResult, ResultStore
 
 
 @dataclass
@@ -51,8 +53,8 @@ class StudyResult:
     methods: list[MethodResult] = field(default_factory=list)
     active: list[ActiveResult] = field(default_factory=list)  # one active labelling campaign per pool
     embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
-    length_effects: dict = field(default_factory=dict)  # per pool: the length-controlled gold's fit
-    replication: list[dict] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
+    length_effects: dict[str, LengthEffect | str] = field(default_factory=dict)  # per pool: its fit, or why none
+    replication: list[Replication] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
     embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
 
     @property
@@ -134,14 +136,6 @@ def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
 
 
-def check_dir_option(path: Path, option: str) -> None:
-    """A directory this run will write under (it may not exist yet): refused up front when it, or the nearest of
-    its parents that exists, is not a directory, so that no work is lost to a bad path."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise EmbrmError(f"{option} {path}: {existing} is a file, not a directory: choose another {option}")
-
-
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
               backend: str = "local", address: str | None = None, progress: bool | None = None,
               command: str | None = None, replicate: bool | None = None) -> StudyResult:
@@ -150,10 +144,11 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     the study's `replicate`): run the study's pools again on each of two disjoint halves of their prompts
     (under out_dir/replication/half1, half2) and report which findings agree."""
     out, cache_dir = Path(out_dir), Path(cache_dir)
+    store = ResultStore(out)
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     check_run_options(workers, backend)
-    check_dir_option(out, "--out")
-    check_dir_option(cache_dir, "--cache-dir")
+    check_out(out, option="--out")  # directories this run writes under: refused up front, before any work
+    check_out(cache_dir, option="--cache-dir")
     t0 = time.perf_counter()
     replicate = study.replicate if replicate is None else replicate
     specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
@@ -164,46 +159,44 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     inputs = {label: facts["inputs"] for label, facts in embedding.items()}
     inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
                for j in halves}
-    done = run_jobs(study, jobs + halves, out / "jobs", specs, cache_dir, data_dir=data_dir, workers=workers,
+    done = run_jobs(study, jobs + halves, store, specs, cache_dir, data_dir=data_dir, workers=workers,
                     inputs=inputs, backend=backend, address=address, progress=progress)
     results = done[:len(jobs)]
     t2 = time.perf_counter()
-    curve_files = [c for j in jobs if (c := result_paths(out / "jobs", j, study)[1]).exists()]
-    curves = _curves(curve_files, results)
+    curves = store.curves(jobs, study, results)
     fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
     for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
-        write_atomic(out / f"{name}.parquet", frame.write_parquet)
+        store.write_table(name, frame)
     timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
-               "job_seconds": {r["key"]: round(r["seconds"], 2) for r in done}, "n_jobs": len(jobs),
+               "job_seconds": {r.key: round(r.seconds, 2) for r in done}, "n_jobs": len(jobs),
                "n_replication_jobs": len(halves), "workers": workers, "backend": backend}
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
                          length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))
-    write_atomic(out / "embedders.json", json.dumps(result.embedders, indent=1) + "\n")
-    write_atomic(out / "findings.json", json.dumps([f.to_dict() for f in result.findings], indent=1) + "\n")
+    store.write_json("embedders.json", result.embedders)
+    store.write_json("findings.json", [f.to_dict() for f in result.findings])
     if replicate:
-        result.replication = _compare_halves(done[len(jobs):], halves, out)
+        result.replication = _compare_halves(done[len(jobs):], halves, store)
     first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
-    result.methods = _run_methods(study, first, cache_dir, data_dir, out, progress)
+    result.methods = _run_methods(study, first, cache_dir, data_dir, store, progress)
     timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
-    result.active = _run_active(study, first, cache_dir, data_dir, out, progress)
+    result.active = _run_active(study, first, cache_dir, data_dir, store, progress)
     timings["active"] = {a.dataset: round(a.seconds, 2) for a in result.active}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
               if n == fits.filter(pl.col("dataset") == d)["noise"][0]
               and (p := R.plot_reliability_study(results, out, d, n)) is not None]
     timings["total"] = time.perf_counter() - t0
-    manifest = json.dumps({"study": study.to_dict(), "command": command, "embedder_spec": specs.get(None, specs),
-                           "machine": machine(), "timings": timings, "embedding": embedding,
-                           "embedders": result.embedders}, indent=2, default=str) + "\n"
-    write_atomic(out / "study.json", manifest)
-    report = render_report(study, result, plots, command)
-    write_atomic(result.report_path, report)
+    store.write_json("study.json", {"study": study.to_dict(), "command": command,
+                                    "embedder_spec": specs.get(None, specs), "machine": machine(), "timings": timings,
+                                    "embedding": embedding, "embedders": result.embedders}, indent=2)
+    store.write_text(result.report_path.name, render_report(study, result, plots, command))
     return result
 
 
-def _length_effects(results: list[dict]) -> dict:
-    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool)."""
-    return {r["dataset"]: r["length_effect"] for r in results if r.get("length_effect")}
+def _length_effects(results: list[JobResult]) -> dict[str, LengthEffect | str]:
+    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool), or why it has none."""
+    effects = {r.dataset: r.evaluation.length_effect or r.evaluation.length_error for r in results}
+    return {dataset: effect for dataset, effect in effects.items() if effect}
 
 
 def replication_jobs(study: Study) -> list:
@@ -213,16 +206,16 @@ def replication_jobs(study: Study) -> list:
             jobs_of(replace(study, datasets=[replace(d, half=half) for d in study.datasets], human_pairs=[]))]
 
 
-def _compare_halves(results: list[dict], jobs: list, out: Path) -> list[dict]:
+def _compare_halves(results: list[JobResult], jobs: list, store: ResultStore) -> list[Replication]:
     """Each half's findings, and which agree (replication.json)."""
     halves = [findings(part, R.bon_table(part)) for half in (1, 2)
               if (part := [r for r, j in zip(results, jobs) if j.dataset.half == half])]
     rows = replication(*halves) if len(halves) == 2 else []
-    write_atomic(out / "replication.json", json.dumps(rows, indent=1) + "\n")
+    store.write_json("replication.json", [r.to_dict() for r in rows])
     return rows
 
 
-def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None,
+def _run_methods(study: Study, spec: dict, cache_dir, data_dir, store: ResultStore, progress: bool | None,
                  ) -> list[MethodResult]:
     """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
     if not study.methods or not study.datasets:
@@ -233,13 +226,13 @@ def _run_methods(study: Study, spec: dict, cache_dir, data_dir, out: Path, progr
     with Progress(len(study.methods), "methods", "methods", progress) as bar:
         for name in study.methods:
             result = run_method(name, ds, X, seed=study.seeds[0], progress=False)
-            result.write(out / "methods" / name)
+            store.write_method(result)
             results.append(result)
             bar.advance()
     return results
 
 
-def _run_active(study: Study, spec: dict, cache_dir, data_dir, out: Path, progress: bool | None
+def _run_active(study: Study, spec: dict, cache_dir, data_dir, store: ResultStore, progress: bool | None
                 ) -> list[ActiveResult]:
     """The study's active labelling campaign on every pool (results under out/active/<pool>)."""
     if study.active is None:
@@ -249,16 +242,9 @@ def _run_active(study: Study, spec: dict, cache_dir, data_dir, out: Path, progre
         ds = load_dataset(spec_, data_dir)
         result = run_active(ds, cached_embeddings(ds, spec, cache_dir), study.active, progress=progress)
         result.dataset = spec_.label  # the report links its files by the study's (plain) name of the pool
-        result.write(out / "active" / spec_.label)
+        store.write_active(result)
         results.append(result)
     return results
-
-
-def _curves(files: list[Path], results: list[dict]) -> pl.DataFrame:
-    if not files:
-        return pl.DataFrame()
-    meta = pl.DataFrame([{k: r[k] for k in ("key", "dataset", "noise", "learner", "seed")} for r in results])
-    return pl.concat([pl.read_parquet(f) for f in files]).join(meta, on="key")
 
 
 def _plot_choice(study: Study) -> tuple[str, str]:

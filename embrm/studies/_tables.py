@@ -9,60 +9,61 @@ the seed-to-seed spread of the pool split does not hide a consistent difference.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from embrm.core import fmt, md_table
 from embrm.evaluation import plot_bon, plot_reliability, pooled_reliability
+from embrm.studies._store import JobResult
 
 BASELINES = ("length", "shortest")  # rulers beside every reward (the random pick is its own row: an expectation)
 
 
 # ----------------------------------------------------------------------------- tidy tables
 
-def fit_table(results: list[dict]) -> pl.DataFrame:
+def fit_table(results: list[JobResult]) -> pl.DataFrame:
     rows = []
     for r in results:
-        m = r["metrics"]
-        rows.append({"dataset": r["dataset"], "noise": r["noise"], "learner": r["learner"], "seed": r["seed"],
-                     "accuracy": m["accuracy"], "member_accuracy": float(np.mean(m["member_accuracy"])),
-                     "log_loss": m["log_loss"], "ece": m["ece"], "spearman": m.get("spearman"),
-                     "length_accuracy": m["length_accuracy"], "length_spearman": m.get("length_spearman"),
-                     "length_correlation": m.get("length_correlation"),
-                     "mce": m.get("mce"), "brier": m.get("brier"), "calibrated_ece": m.get("calibrated_ece"),
-                     "temperature": m.get("temperature"),
-                     "conformal_coverage": (r.get("conformal") or {}).get("empirical_coverage"),
-                     "conformal_target": (r.get("conformal") or {}).get("coverage"),
-                     "conformal_error": (r.get("conformal") or {}).get("error"),
-                     "against": m["against"],
-                     "n_test_pairs": m["n_test_pairs"], "n_train_pairs": r["n_train_pairs"],
-                     "label_accuracy": r.get("label_accuracy"), "seconds": r["seconds"]})
+        m, conformal = r.metrics, r.evaluation.conformal
+        rows.append({"dataset": r.dataset, "noise": r.noise, "learner": r.learner, "seed": r.seed,
+                     "accuracy": m.accuracy, "member_accuracy": float(np.mean(m.member_accuracy)),
+                     "log_loss": m.log_loss, "ece": m.ece, "spearman": m.spearman,
+                     "length_accuracy": m.length_accuracy, "length_spearman": m.length_spearman,
+                     "length_correlation": m.length_correlation,
+                     "mce": m.mce, "brier": m.brier, "calibrated_ece": m.calibrated_ece,
+                     "temperature": m.temperature,
+                     "conformal_coverage": conformal and conformal.empirical_coverage,
+                     "conformal_target": conformal and conformal.coverage,
+                     "conformal_error": r.evaluation.conformal_error,
+                     "against": m.against,
+                     "n_test_pairs": m.n_test_pairs, "n_train_pairs": r.n_train_pairs,
+                     "label_accuracy": r.label_accuracy, "seconds": r.seconds})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def bon_table(results: list[dict]) -> pl.DataFrame:
+def bon_table(results: list[JobResult]) -> pl.DataFrame:
     rows = []
     for r in results:
-        for variant, s in (r.get("bon") or {}).items():
-            for proxy, a in s["aggregations"].items():
-                rows.append({"dataset": r["dataset"], "variant": variant, "noise": r["noise"],
-                             "learner": r["learner"], "seed": r["seed"], "proxy": proxy,
-                             "gold": a["gold_at_n_max"], "gain": a["gain_at_n_max"],
-                             "percentile": a["percentile_at_n_max"], "best_n": a["best_n"],
-                             "gold_at_best_n": a["gold_at_best_n"], "spearman": a["spearman"],
-                             "gao_alpha": a["gao_alpha"], "gao_beta": a["gao_beta"],
-                             "excluded_pick_rate": a["excluded_pick_rate"],
-                             "length_correlation": a.get("length_correlation"), "n_max": s["n_max"],
-                             "n_prompts": s["n_prompts"],
-                             "random": s["random_at_n_max"], "oracle": s["oracle_at_n_max"]})
+        for variant, s in r.bon.items():
+            for proxy, a in s.proxies.items():
+                rows.append({"dataset": r.dataset, "variant": variant, "noise": r.noise,
+                             "learner": r.learner, "seed": r.seed, "proxy": proxy,
+                             "gold": a.gold_at_n_max, "gain": a.gain_at_n_max,
+                             "percentile": a.percentile_at_n_max, "best_n": a.best_n,
+                             "gold_at_best_n": a.gold_at_best_n, "spearman": a.spearman,
+                             "gao_alpha": a.gao_alpha, "gao_beta": a.gao_beta,
+                             "excluded_pick_rate": a.excluded_pick_rate,
+                             "length_correlation": a.length_correlation, "n_max": s.n_max,
+                             "n_prompts": s.n_prompts,
+                             "random": s.random_at_n_max, "oracle": s.oracle_at_n_max})
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def published_table(results: list[dict]) -> pl.DataFrame:
-    rows = [{"dataset": r["dataset"], "seed": r["seed"], **p} for r in results for p in r.get("published_picks", [])]
+def published_table(results: list[JobResult]) -> pl.DataFrame:
+    rows = [{"dataset": r.dataset, "seed": r.seed, **asdict(p)} for r in results for p in r.published]
     if not rows:
         return pl.DataFrame()
     return pl.DataFrame(rows, infer_schema_length=None).unique(["dataset", "seed", "reward_model"], maintain_order=True)
@@ -72,6 +73,8 @@ def published_table(results: list[dict]) -> pl.DataFrame:
 
 def interval(values) -> tuple[float, float]:
     """(mean, half-width of the 95 % Student-t interval over seeds; NaN for one value)."""
+    from scipy import stats
+
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
     if len(v) == 0:
         return float("nan"), float("nan")
@@ -253,13 +256,12 @@ def conformal_line(fits: pl.DataFrame, dataset: str) -> str:
             + (" " + failure if failure else ""))
 
 
-def plot_reliability_study(results: list[dict], out: Path, dataset: str, noise: str) -> Path | None:
+def plot_reliability_study(results: list[JobResult], out: Path, dataset: str, noise: str) -> Path | None:
     """One reliability diagram per pool and annotator: each learner's held-out bins pooled over its seeds."""
     curves = {}
     for r in results:
-        bins = (r["metrics"].get("reliability") or {}) if r["dataset"] == dataset and r["noise"] == noise else {}
-        if bins:
-            curves.setdefault(r["learner"], []).append(bins)
+        if r.dataset == dataset and r.noise == noise and r.metrics.reliability is not None:
+            curves.setdefault(r.learner, []).append(r.metrics.reliability.to_dict())
     if not curves:
         return None
     pooled = {name: pooled_reliability(parts) for name, parts in curves.items()}

@@ -17,8 +17,9 @@ from embrm.core import check_embeddings, check_fitted, check_group_ids, check_pa
 from embrm.rewards.heads._laplace import LaplaceBT
 from embrm.rewards.heads._lgbm import LGBMReward
 from embrm.rewards.heads._linear import LinearBT
-from embrm.rewards.heads._mlp import MemberData, MLPReward, forward_stack, init_params, train_stack
+from embrm.rewards.heads._mlp import MLPReward, forward_stack, init_params, train_stack
 from embrm.rewards.heads._odin import ODIN_PARAMS, train_odin
+from embrm.rewards.heads._stack import MemberData
 
 HEADS = {"linear": LinearBT, "mlp": MLPReward, "lgbm": LGBMReward, "laplace": LaplaceBT}
 

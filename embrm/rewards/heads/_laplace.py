@@ -10,8 +10,9 @@ alignment"; lasgroup/rewarduq) is the Gaussian at the mode with the negative log
 
 which gives a posterior-mean reward x.w_map, an epistemic standard deviation sqrt(x^T H^-1 x) per response and
 sqrt(d^T H^-1 d) per pair, and posterior draws that stand in for ensemble members in every aggregation
-(embrm.rewards._ensemble mode "posterior"). The mode is found by Newton's method (exact Hessian; the problem is convex and
-d is the embedding width), warm-started from `init` when the labels grow (active labelling refits every round).
+(embrm.rewards._ensemble mode "posterior"). The mode is found by Newton's method (exact Hessian; the problem is
+convex and d is the embedding width), warm-started from `init` when the labels grow (active labelling refits every
+round).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """MLP reward head (Sun et al.): d -> 1024 -> 512 -> 1 ReLU, Adam, early stopping on a held-out 20 %.
 
-The training engine trains a STACK of K members at once: weights are stacked (K, in, out) and every step is one
-batched forward/backward (torch.baddbmm / bmm) for all members. Each member keeps its own data (its own train and
-validation pairs, its own batch order), its own Adam state and step count, and its own early stopping; members
-that stop drop out of the stack. One member (K = 1) is what `MLPReward.fit` runs, so a single head and an ensemble
-go through the same code.
+Training runs on the stacked trainer shared with ODIN (embrm.rewards.heads._stack): K members at once, weights
+stacked (K, in, out), one batched forward/backward (torch.baddbmm / bmm) per step for all members, each member with
+its own data, batch order, torch.optim.Adam state and early stopping. One member (K = 1) is what `MLPReward.fit`
+runs, so a single head and an ensemble go through the same code.
 
 Forward and backward are written out by hand (three matmuls per layer at most, no autograd graph): this lets the
 matmuls run in a half type (bfloat16 on CPUs with fast bf16 units; see resolve_dtype) while the master
@@ -25,11 +24,10 @@ noise into a random walk of about lr per step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from embrm.core import (
     RANDOM_STATE,
@@ -46,12 +44,14 @@ from embrm.core import (
     fast_bf16,
 )
 from embrm.data import split_pairs
+from embrm.rewards.heads._stack import MemberData, PairBatch, bt_loss, fit_stack
+
+if TYPE_CHECKING:
+    import torch
 
 OBJECTIVES = ("bt", "classification")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # matmul dtypes, named as torch names them
 FP16_SAFE_MAX = 1e3  # float16 matmuls are refused for embeddings with |x| above this (float16 ends at 65504)
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------- precision
@@ -81,6 +81,8 @@ def resolve_dtype(dtype: str, X: np.ndarray | None = None, sizes: tuple[int, ...
 def init_params(d: int, hidden: tuple[int, ...], seed: int) -> list[np.ndarray]:
     """PyTorch nn.Linear's default init, seeded: [W1 (d, h1), b1 (h1,), ..., W_out (h_last, 1), b_out (1,)].
     Weights are stored (in, out)."""
+    import torch
+
     g = torch.Generator().manual_seed(int(seed) % (2 ** 63))
     sizes = [d, *hidden, 1]
     out = []
@@ -93,6 +95,8 @@ def init_params(d: int, hidden: tuple[int, ...], seed: int) -> list[np.ndarray]:
 
 def forward_stack(X: np.ndarray, params: list[np.ndarray], chunk: int = 16384) -> np.ndarray:
     """Rewards of K stacked members in float32: params [W1 (K, d, h1), b1 (K, h1), ...] -> (n, K)."""
+    import torch
+
     Ws = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in params[0::2]]
     bs = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in params[1::2]]
     Xt = torch.from_numpy(X)
@@ -119,14 +123,6 @@ def matmul_flops(n_rows: int, sizes: list[int], backward: bool) -> float:
 # ----------------------------------------------------------------------------- batched engine
 
 @dataclass
-class MemberData:
-    """One member's data for the stacked trainer: row-index pairs into X and a seed for its batch order."""
-    train_pairs: np.ndarray
-    val_pairs: np.ndarray
-    seed: int
-
-
-@dataclass
 class StackResult:
     params: list[np.ndarray]            # best weights, stacked (K, ...), float32
     val_history: list[list[float]]      # per member, val loss per epoch run
@@ -137,94 +133,28 @@ class StackResult:
     dtype: str
     flops: float = 0.0                  # matmul FLOPs executed (forward + backward + validation)
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
-@dataclass
-class PaddedPairs:
-    """Several members' pairs over each member's distinct rows, padded to (K, U) rows and (K, B) pairs (numpy):
-    gather (K, U) row ids into X (padding: row 0), mask (K, U) 1.0 on real rows, rows (K,) distinct rows per
-    member; ic, ir (K, B) positions of chosen / rejected rows in the gathered rows; w (K, B) = pair mask / the
-    member's pair count (so sum(w * loss) is the member's mean loss); sizes (K,) pairs per member."""
-    gather: np.ndarray
-    mask: np.ndarray
-    rows: np.ndarray
-    ic: np.ndarray
-    ir: np.ndarray
-    w: np.ndarray
-    sizes: np.ndarray
-
-
-def pad_pairs(n: int, pair_lists: list[np.ndarray]) -> PaddedPairs:
-    """PaddedPairs of K members' pairs (row-index pairs into an n-row X), vectorised over members and pairs."""
-    K = len(pair_lists)
-    sizes = np.array([len(p) for p in pair_lists])
-    B = max(int(sizes.max()), 1)
-    member = np.repeat(np.arange(K), sizes)
-    slot = np.arange(len(member)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    cat = np.concatenate(pair_lists) if sizes.sum() else np.zeros((0, 2), np.int64)
-    keys = np.concatenate([member * n + cat[:, 0], member * n + cat[:, 1]])
-    uniq, inv = np.unique(keys, return_inverse=True)
-    umember = uniq // n
-    ucount = np.bincount(umember, minlength=K)
-    upos = np.arange(len(uniq)) - np.repeat(np.cumsum(ucount) - ucount, ucount)
-    U = max(int(ucount.max()) if len(ucount) else 1, 1)
-    gather = np.zeros((K, U), np.int64)
-    gather[umember, upos] = uniq % n
-    mask = np.zeros((K, U), np.float32)
-    mask[umember, upos] = 1.0
-    pos = upos[inv]
-    ic = np.zeros((K, B), np.int64)
-    ir = np.zeros((K, B), np.int64)
-    ic[member, slot] = pos[:len(member)]
-    ir[member, slot] = pos[len(member):]
-    w = np.zeros((K, B), np.float32)
-    w[member, slot] = (1.0 / np.maximum(sizes, 1))[member]
-    return PaddedPairs(gather, mask, ucount, ic, ir, w, sizes)
-
-
-class _Batch:
-    """Pairs of several members gathered into padded tensors (pad_pairs); each member's rows deduplicated.
-
-    xg (K, U, d) compute dtype; ic, ir (K, B) positions of chosen/rejected rows in xg; w (K, B) float32 =
-    mask / member pair count (so sum(w * loss) is the member's mean loss); count (K,)."""
-
-    def __init__(self, Xc: torch.Tensor, n: int, pair_lists: list[np.ndarray]):
-        p = pad_pairs(n, pair_lists)
-        K, U = p.gather.shape
-        self.xg = Xc.index_select(0, torch.from_numpy(p.gather.ravel())).view(K, U, Xc.shape[1])
-        self.ic, self.ir = torch.from_numpy(p.ic), torch.from_numpy(p.ir)
-        self.w = torch.from_numpy(p.w)
-        self.count = torch.from_numpy(p.sizes.astype(np.float32))
-        self.rows = U
-
-    def select(self, keep: torch.Tensor) -> "_Batch":
-        b = object.__new__(_Batch)
-        b.xg, b.ic, b.ir, b.w, b.count = (t.index_select(0, keep) for t in (self.xg, self.ic, self.ir, self.w,
-                                                                             self.count))
-        b.rows = self.rows
-        return b
-
-
-def _pair_loss(r: torch.Tensor, batch: _Batch, objective: str, grad: bool):
+def _pair_loss(r: torch.Tensor, batch: PairBatch, objective: str, grad: bool):
     """Per-member mean loss (K,) and, with grad, d(loss)/d(r) (K, U) in float32."""
-    rc, rr = r.gather(1, batch.ic), r.gather(1, batch.ir)
+    import torch
+    import torch.nn.functional as F
+
     if objective == "bt":
-        margin = rc - rr
-        loss = F.softplus(-margin)
+        loss = bt_loss(r, batch)
         if grad:
-            g = -torch.sigmoid(-margin)
+            g = -torch.sigmoid(r.gather(1, batch.ir) - r.gather(1, batch.ic))
             gc, gr = g, -g
     else:
-        loss = 0.5 * (F.softplus(-rc) + F.softplus(rr))
+        rc, rr = r.gather(1, batch.ic), r.gather(1, batch.ir)
+        loss = (0.5 * (F.softplus(-rc) + F.softplus(rr)) * batch.w).sum(1)
         if grad:
             gc, gr = -0.5 * torch.sigmoid(-rc), 0.5 * torch.sigmoid(rr)
-    mean = (loss * batch.w).sum(1)
     if not grad:
-        return mean, None
+        return loss, None
     dr = torch.zeros_like(r)
     dr.scatter_add_(1, batch.ic, gc * batch.w).scatter_add_(1, batch.ir, gr * batch.w)
-    return mean, dr
+    return loss, dr
 
 
 LOOP_MIN_FLOPS = 2 ** 26  # stacked matmuls at least this big per member run as one 2-D GEMM per member (_bmm)
@@ -235,11 +165,13 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> 
 
     Large products run as one 2-D GEMM per member (torch.mm / addmm with out= into one stacked result): each is
     the same multithreaded kernel the sequential trainer gets. With torch.bmm (the whole stack to one batched
-    GEMM) the engine ran the 10-member Sun et al. setting at 0.66x the sequential loop on a 2-core Xeon (issue 4;
-    on a 2-core EPYC bmm and per-member GEMMs run at the same speed), so per-member GEMMs are the choice that
+    GEMM) the engine ran the 10-member Sun et al. setting at 0.66x the sequential loop on a 2-core Xeon (on a
+    2-core EPYC bmm and per-member GEMMs run at the same speed), so per-member GEMMs are the choice that
     cannot fall behind the baseline's matmul efficiency. Small products (tests, tiny heads) go through one
     torch.bmm, where the per-call overhead of a Python loop would dominate. Operands may be transposed views:
     BLAS reads them through their strides."""
+    import torch
+
     K, m, inner = a.shape
     n = b.shape[-1]
     if 2.0 * m * inner * n < LOOP_MIN_FLOPS:
@@ -254,6 +186,8 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> 
 
 
 def _forward(xg, Wc, bc):
+    import torch
+
     acts = [xg]
     h = xg
     for W, b in zip(Wc[:-1], bc[:-1]):
@@ -263,192 +197,74 @@ def _forward(xg, Wc, bc):
     return r, acts
 
 
+def _backward(dr, acts, Wc, scale, cdt) -> list:
+    """Gradients of the (scaled) loss for [W1, b1, ...] from d(loss)/d(r) (A, U), by hand (no autograd graph):
+    weight grads in the compute dtype, bias sums as a matmul with ones in half precision (faster than a half sum),
+    all returned in float32."""
+    import torch
+
+    g = (dr if scale is None else dr * scale[:, None]).to(cdt).unsqueeze(-1)  # d(scaled loss)/d(layer output)
+    grads = [None] * (2 * len(Wc))
+    ones_h = None if cdt == torch.float32 else torch.ones(g.shape[0], 1, g.shape[1], dtype=cdt)
+    for li in range(len(Wc) - 1, -1, -1):
+        h_in = acts[li]
+        grads[2 * li] = _bmm(h_in.transpose(1, 2), g).float()
+        grads[2 * li + 1] = g.sum(1) if ones_h is None else torch.bmm(ones_h, g)[:, 0].float()
+        if li > 0:
+            g = _bmm(g, Wc[li].transpose(1, 2))
+            g = torch.ops.aten.threshold_backward(g, h_in, 0)  # ReLU backward, one fused pass
+    return grads
+
+
 def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.ndarray]], *,
                 objective: str = "bt", lr: float = 1e-3, epochs: int = 30, batch_size: int | None = None,
                 patience: int = 3, weight_decay: float = 0.0, dtype: str = "auto") -> StackResult:
-    """Train K MLP members at once (see module doc). inits: one parameter list per member (share one list for
-    WARM: members then start from the same point). batch_size None = full batch (one step per epoch)."""
+    """Train K MLP members at once on the shared stacked trainer (embrm.rewards.heads._stack; see module doc).
+    inits: one parameter list per member (share one list for WARM: members then start from the same point).
+    batch_size None = full batch (one step per epoch)."""
     import time
 
+    import torch
+
     t0 = time.perf_counter()
-    K = len(members)
     n, d = X.shape
     sizes = [d] + [p.shape[-1] for p in inits[0][0::2]]
     cdt_name = resolve_dtype(dtype, X, tuple(sizes))
-    cdt = DTYPES[cdt_name]
+    cdt = getattr(torch, cdt_name)
     Xt = torch.from_numpy(X)
     Xc = Xt if cdt == torch.float32 else Xt.to(cdt)
-
     P = [torch.from_numpy(np.stack([np.asarray(init[i], np.float32) for init in inits])).contiguous()
          for i in range(len(inits[0]))]
-    M = [torch.zeros_like(p) for p in P]
-    V = [torch.zeros_like(p) for p in P]
-    best = [p.clone() for p in P]
-    step_t = torch.zeros(K, dtype=torch.float64)
-    scale = torch.ones(K) if cdt == torch.float32 else torch.tensor(
+    scale = None if cdt == torch.float32 else torch.tensor(  # loss scale: a member's batch size
         [float(max(len(m.train_pairs), 1)) if batch_size is None else float(min(batch_size, len(m.train_pairs)))
          for m in members])
-    members_left = torch.arange(K)  # stack position -> member id
-    rngs = [np.random.default_rng(m.seed) for m in members]
-    n_batches = [1 if batch_size is None else max(1, math.ceil(len(m.train_pairs) / batch_size)) for m in members]
-    has_val = [len(m.val_pairs) > 0 for m in members]
-    best_loss = [math.inf] * K
-    bad = [0] * K
-    val_hist: list[list[float]] = [[] for _ in range(K)]
-    train_hist: list[list[float]] = [[] for _ in range(K)]
-    best_epoch = [0] * K
-    n_epochs = [0] * K
-    skipped = [0] * K
     flops = 0.0
-    full_batch = _Batch(Xc, n, [m.train_pairs for m in members]) if batch_size is None else None
-    val_batch = _Batch(Xc, n, [m.val_pairs for m in members]) if any(has_val) else None
-    b1, b2 = ADAM_BETAS
 
-    for epoch in range(epochs):
-        ids = members_left.tolist()
-        if not ids:
-            break
-        if batch_size is None:
-            chunks = None
-        else:
-            chunks = {k: np.array_split(rngs[k].permutation(len(members[k].train_pairs)), n_batches[k])
-                      for k in ids}
-        ep_loss = torch.zeros(len(ids))
-        for s in range(max(n_batches[k] for k in ids)):
-            if full_batch is not None:
-                batch = full_batch if len(ids) == K else full_batch.select(members_left)
-                present = torch.ones(len(ids), dtype=torch.bool)
-            else:
-                lists = [members[k].train_pairs[chunks[k][s]] if s < n_batches[k] else
-                         np.zeros((0, 2), np.int64) for k in ids]
-                batch = _Batch(Xc, n, lists)
-                present = torch.tensor([s < n_batches[k] for k in ids])
-            Wc = [p if cdt == torch.float32 else p.to(cdt) for p in P[0::2]]
-            bc = [p if cdt == torch.float32 else p.to(cdt) for p in P[1::2]]
-            r, acts = _forward(batch.xg, Wc, bc)
-            loss, dr = _pair_loss(r, batch, objective, grad=True)
-            if not torch.isfinite(loss).all():
-                raise EmbrmError(f"MLP training produced a non-finite loss at epoch {epoch + 1} (dtype {cdt_name}): "
-                                 f"use dtype='float32' or a lower lr, and check the embeddings' scale")
-            ep_loss += loss.detach() * present
-            # backward, by hand: g is d(scaled loss)/d(layer output)
-            g = (dr * scale[:, None]).to(cdt).unsqueeze(-1)
-            grads = [None] * len(P)
-            ones_h = None if cdt == torch.float32 else torch.ones(len(ids), 1, batch.rows, dtype=cdt)
-            for li in range(len(Wc) - 1, -1, -1):
-                h_in = acts[li]
-                grads[2 * li] = _bmm(h_in.transpose(1, 2), g).float()
-                # bias grad: a matmul beats a half-precision sum; float32 sums directly
-                grads[2 * li + 1] = g.sum(1) if ones_h is None else torch.bmm(ones_h, g)[:, 0].float()
-                if li > 0:
-                    g = _bmm(g, Wc[li].transpose(1, 2))
-                    g = torch.ops.aten.threshold_backward(g, h_in, 0)  # ReLU backward, one fused pass
-            del acts, g
-            if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
-                grads[-1].zero_()
-            flops += matmul_flops(batch.rows * len(ids), sizes, backward=True)
-            finite = _unscale(grads, scale) if ones_h is not None else torch.ones(len(ids), dtype=torch.bool)
-            upd = present & finite
-            overflow = present & ~finite
-            if overflow.any():
-                scale[overflow] /= 2
-                for j in torch.nonzero(overflow).ravel().tolist():
-                    skipped[ids[j]] += 1
-            step_t[upd] += 1
-            _adam(P, M, V, grads, upd, step_t, lr, weight_decay, b1, b2)
-        # validation and early stopping
-        for j, k in enumerate(ids):
-            train_hist[k].append(float(ep_loss[j]) / n_batches[k])
-            n_epochs[k] = epoch + 1
-        if val_batch is None:
-            continue
-        vb = val_batch if len(ids) == K else val_batch.select(members_left)
-        with torch.no_grad():
-            Wc = [p if cdt == torch.float32 else p.to(cdt) for p in P[0::2]]
-            bc = [p if cdt == torch.float32 else p.to(cdt) for p in P[1::2]]
-            r, _ = _forward(vb.xg, Wc, bc)
-            vloss, _ = _pair_loss(r, vb, objective, grad=False)
-        flops += matmul_flops(vb.rows * len(ids), sizes, backward=False)
-        improved, keep = [], []
-        for j, k in enumerate(ids):
-            if not has_val[k]:
-                keep.append(j)
-                continue
-            v = float(vloss[j])
-            val_hist[k].append(v)
-            if v < best_loss[k]:
-                best_loss[k], bad[k], best_epoch[k] = v, 0, epoch + 1
-                improved.append(j)
-            else:
-                bad[k] += 1
-            if bad[k] < patience:
-                keep.append(j)
-        if improved:
-            src = torch.tensor(improved)
-            dst = members_left[src]
-            for bp, p in zip(best, P):
-                bp.index_copy_(0, dst, p.index_select(0, src))
-        if len(keep) < len(ids):
-            kt = torch.tensor(keep, dtype=torch.long)
-            P = [p.index_select(0, kt) for p in P]
-            M = [m.index_select(0, kt) for m in M]
-            V = [v.index_select(0, kt) for v in V]
-            step_t, scale, members_left = step_t[kt], scale[kt], members_left[kt]
-    # members without validation keep their last weights
-    no_val = [j for j, k in enumerate(members_left.tolist()) if not has_val[k]]
-    if no_val:
-        src = torch.tensor(no_val)
-        dst = members_left[src]
-        for bp, p in zip(best, P):
-            bp.index_copy_(0, dst, p.index_select(0, src))
-        for k in dst.tolist():
-            best_epoch[k] = n_epochs[k]
-    return StackResult([b.numpy() for b in best], val_hist, train_hist, best_epoch, n_epochs, skipped, cdt_name,
-                       flops, time.perf_counter() - t0)
+    def cast(Pa):
+        return [p if cdt == torch.float32 else p.to(cdt) for p in Pa]
 
+    def step(Pa, active, batch, scale_a):
+        nonlocal flops
+        Wc, bc = cast(Pa[0::2]), cast(Pa[1::2])
+        r, acts = _forward(batch.tables[0], Wc, bc)
+        loss, dr = _pair_loss(r, batch, objective, grad=True)
+        grads = _backward(dr, acts, Wc, scale_a, cdt)
+        if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
+            grads[-1].zero_()
+        flops += matmul_flops(batch.width * len(active), sizes, backward=True)
+        return loss, grads
 
-def _unscale(grads: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """Divide half-precision gradients by each member's loss scale, in place; (K,) bool: all finite.
-    float32 runs skip this (scale 1; a non-finite loss is caught before the backward pass)."""
-    inv_scale = 1.0 / scale
-    finite = torch.ones(len(scale), dtype=torch.bool)
-    for gr in grads:
-        gr.mul_(inv_scale.view((-1,) + (1,) * (gr.dim() - 1)))
-        finite &= torch.isfinite(gr.flatten(1)).all(1)
-    return finite
+    def val_loss(Pa, active, batch):
+        nonlocal flops
+        r, _ = _forward(batch.tables[0], cast(Pa[0::2]), cast(Pa[1::2]))
+        flops += matmul_flops(batch.width * len(active), sizes, backward=False)
+        return _pair_loss(r, batch, objective, grad=False)[0]
 
-
-def _adam(P, M, V, grads, upd, step_t, lr, weight_decay, b1, b2):
-    """torch.optim.Adam's update (L2 weight decay added to the gradient), per member with its own step count,
-    only where upd. Uses torch's fused CPU Adam kernel on per-member views of the stacked tensors (one pass over
-    memory instead of ~10) when available."""
-    if not upd.any():
-        return
-    members = torch.nonzero(upd).ravel().tolist()
-    if hasattr(torch, "_fused_adam_"):
-        steps = [torch.tensor(float(step_t[j])) for j in members]
-        views = [[t[j] for t in group for j in members] for group in (P, grads, M, V)]
-        torch._fused_adam_(*views, [], steps * len(P), lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
-                           eps=ADAM_EPS, amsgrad=False, maximize=False)
-        return
-    idx = None if upd.all() else torch.tensor(members)
-    t = step_t if idx is None else step_t[idx]
-    step_size = (lr / (1 - b1 ** t)).float()
-    bc2_sqrt = (1 - b2 ** t).sqrt().float()
-    for p, m, v, g in zip(P, M, V, grads):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        if idx is None:
-            ps, ms, vs, gs = p, m, v, g
-        else:
-            ps, ms, vs, gs = p[idx], m[idx], v[idx], g[idx]
-        if weight_decay:
-            gs = gs.add(ps, alpha=weight_decay)
-        ms.lerp_(gs, 1 - b1)
-        vs.mul_(b2).addcmul_(gs, gs, value=1 - b2)
-        denom = (vs.sqrt() / bc2_sqrt.view(shape)).add_(ADAM_EPS)
-        ps.sub_((ms / denom).mul_(step_size.view(shape)))
-        if idx is not None:
-            p[idx], m[idx], v[idx] = ps, ms, vs
+    fit = fit_stack(P, members, [Xc], step, val_loss, lr=lr, epochs=epochs, batch_size=batch_size,
+                    patience=patience, weight_decay=weight_decay, loss_scale=scale, what="MLP training",
+                    fix=f"(dtype {cdt_name}) use dtype='float32' or a lower lr, and check the embeddings' scale")
+    return StackResult([b.numpy() for b in fit.params], fit.val_history, fit.train_history, fit.best_epoch,
+                       fit.n_epochs, fit.skipped_steps, cdt_name, flops, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- reference (plain) trainer
@@ -459,6 +275,9 @@ def train_reference(X: np.ndarray, member: MemberData, init: list[np.ndarray], *
     """One member trained the plain way: float32 nn.Sequential, autograd, torch.optim.Adam, chosen and rejected
     rows forwarded separately. Same data order and early-stopping rule as train_stack: the benchmark baseline
     and the tests' oracle."""
+    import torch
+    import torch.nn.functional as F
+
     sizes = [X.shape[1]] + [p.shape[-1] for p in init[0::2]]
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -614,6 +433,8 @@ class MLPReward:
                              f"{self.params_[0].shape[0]}: use the same embedder as for training")
         params = self.params_[:-2] if last_hidden else self.params_
         if last_hidden:
+            import torch
+
             Ws = [torch.from_numpy(p) for p in params[0::2]]
             bs = [torch.from_numpy(p) for p in params[1::2]]
             with torch.no_grad():
