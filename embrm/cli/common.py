@@ -152,13 +152,19 @@ class EmbedderOptions:
         return self.config().embed(ds, cache_dir, progress=None if fmt == Format.text else False)
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """A group's option annotations, evaluated once (every command that takes the group reuses them)."""
+    return get_type_hints(cls, include_extras=True)
+
+
 def grouped(**groups: type):
     """Add each option group's fields to a command's options; the command receives one instance per group."""
     def decorate(fn):
         sig = inspect.signature(fn, eval_str=True)
         own = [p for name, p in sig.parameters.items() if name not in groups]
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                   annotation=get_type_hints(cls, include_extras=True)[f.name])
+                                   annotation=_hints(cls)[f.name])
                  for cls in groups.values() for f in fields(cls)]
 
         @functools.wraps(fn)

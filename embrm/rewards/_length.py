@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from embrm.core import EmbrmError
 from embrm.evaluation import length_reward, per_prompt_spearman
@@ -73,6 +72,7 @@ class _Groups:
     whose product with (n,) or (n, C) values gives every group's sums, all columns at once."""
 
     def __init__(self, labels):
+        import scipy.sparse as sp
         if not isinstance(labels, pl.Series):
             labels = pl.Series(np.asarray(labels).ravel())
         if labels.dtype == pl.Object:

@@ -101,7 +101,7 @@ def grid_mean(frame: pl.DataFrame, metric: str) -> tuple[float, float]:
     values = frame.filter(pl.col(metric).is_not_null()) if metric in frame.columns else frame.clear()
     if values.is_empty():
         return float("nan"), float("nan")
-    per_seed = values.group_by("seed").agg(pl.col(metric).cast(pl.Float64).mean())
+    per_seed = values.group_by("seed").agg(pl.col(metric).cast(pl.Float64).mean()).sort("seed")  # one order: one sum
     return interval(per_seed[metric].to_list())
 
 

@@ -18,7 +18,6 @@ round).
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
 
 from embrm.core import (
     RANDOM_STATE,
@@ -85,6 +84,7 @@ class LaplaceBT:
     def fit(self, X, pairs, prompt_ids=None, *, init=None) -> "LaplaceBT":
         """Posterior of w given pairs (m, 2) of row indices into X (column 0 preferred). init: (d,) weights to
         start Newton from (the previous fit's coef_ when labels were added). prompt_ids is accepted and unused."""
+        from scipy.linalg import cho_solve
         check_params(self.get_params(), self.PARAMS, "LaplaceBT")
         X = check_embeddings(X)
         pairs = check_pairs(pairs, len(X))
@@ -152,6 +152,7 @@ class LaplaceBT:
 
     def predict_std(self, X) -> np.ndarray:
         """Epistemic standard deviation of each response's reward, sqrt(x^T H^-1 x), (n,) float64."""
+        from scipy.linalg import solve_triangular
         X = self._checked(X)
         out = np.empty(len(X))
         for lo in range(0, len(X), CHUNK_ROWS):
@@ -161,6 +162,7 @@ class LaplaceBT:
 
     def pair_moments(self, X, pairs) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of each pair's margin r_a - r_b: (m,), (m,) float64."""
+        from scipy.linalg import solve_triangular
         X = self._checked(X)
         pairs = check_pairs(pairs, len(X))
         mean, var = np.empty(len(pairs)), np.empty(len(pairs))
@@ -172,6 +174,7 @@ class LaplaceBT:
 
     def covariance(self) -> np.ndarray:
         """Posterior covariance H^-1 (d, d) float64."""
+        from scipy.linalg import cho_solve
         check_fitted(self, "chol_")
         return cho_solve((self.chol_, True), np.eye(len(self.chol_)))
 
@@ -182,6 +185,7 @@ class LaplaceBT:
 
     def sample(self, k: int, seed: int | None = None) -> np.ndarray:
         """k posterior draws of w, (d, k) float64: w_map + H^-1/2 z with L^T v = z (L the Cholesky factor of H)."""
+        from scipy.linalg import solve_triangular
         check_fitted(self, "chol_")
         rng = np.random.default_rng(self.random_state if seed is None else seed)
         z = rng.standard_normal((len(self.chol_), int(k)))

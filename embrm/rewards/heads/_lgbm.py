@@ -15,7 +15,6 @@ objective="bt": the exact Bradley-Terry loss sum_pairs -log sigmoid(f(x_c) - f(x
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from embrm.core import (
     RANDOM_STATE,
@@ -87,6 +86,7 @@ class LGBMReward:
     def fit(self, X, pairs, prompt_ids=None) -> "LGBMReward":
         """Fit on pairs (m, 2) of row indices into X (column 0 = preferred). prompt_ids is accepted and unused."""
         import lightgbm as lgb
+        from scipy.special import expit
 
         check_params(self.get_params(), self.PARAMS, "LGBMReward")
         X = check_embeddings(X)

@@ -171,7 +171,7 @@ def test_prompts_keeps_the_first_prompts_of_a_dataset():
                                       "human_pairs": []}, "s.toml").datasets[0], DATA_DIR)
 
 
-@pytest.mark.parametrize("path", [Path(__file__).parents[1] / "studies" / "embedders.toml"], ids=["embedders.toml"])
+@pytest.mark.parametrize("path", [Path(__file__).parents[2] / "studies" / "embedders.toml"], ids=["embedders.toml"])
 def test_the_shipped_comparison_study_is_small(path):
     study = load_study(path)
     assert len(study.embedders) >= 3 and study.datasets[0].prompts and len(jobs_of(study)) <= 100

@@ -97,7 +97,7 @@ def test_end_to_end_through_run_experiment():
                             progress=False)
     ev = result.evaluation
     assert "pool" in ev.bon and "pool-lc" not in ev.bon
-    assert "length does not vary" in ev.length_effect["error"]  # skipped with its reason
+    assert ev.length_effect is None and "length does not vary" in ev.length_error  # skipped with its reason
     c = ev.bon["pool"].curves
     assert c.n[-1] == 200 and np.isfinite(c.gold).all()
     assert {"mean", "min", "uwo", "lcb", "single", "length"} <= set(c.aggregations)

@@ -84,7 +84,7 @@ def test_bad_toml_is_one_error(tmp_path):
         load_study(tmp_path / "missing.toml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "studies").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "studies").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_studies_are_valid(path):
     study = load_study(path)
     assert jobs_of(study)

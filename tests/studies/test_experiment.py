@@ -10,6 +10,7 @@ import pytest
 from realdata import needs_data
 from typer.testing import CliRunner
 
+from embrm.evaluation import verdict
 from embrm.cli import app
 from embrm.studies._config import jobs_of, load_study
 from embrm.studies._run import run_study
@@ -73,8 +74,13 @@ def test_run_writes_tables_report_and_plots(setup):
     assert "gain, length-controlled gold" in report and "Fitted length effect" in report
     # findings carry intervals over seeds and prompts; the halves of the prompts ran and were compared
     found = json.loads((out / "findings.json").read_text())
-    assert found and all(f["verdict"] in ("reproduced", "reversed", "not reproduced (inconclusive)", "not measured")
-                         for f in found)
+    measured = [f for f in found if f["effect"]]
+    assert measured, "the study measured no finding"
+    for f in measured:  # each verdict is the one its interval gives, and the interval brackets the estimate
+        e = f["effect"]
+        assert e["lo"] <= e["estimate"] <= e["hi"] and e["n_seeds"] == 2, f["key"]
+        assert f["verdict"] == verdict(e["lo"], e["hi"], f["direction"]), f["key"]
+    assert all(f["verdict"] == "not measured" for f in found if not f["effect"])
     halves = json.loads((out / "replication.json").read_text())
     assert halves and {"first", "second", "agreement"} <= set(halves[0])
     assert "### Replication" in report and summary["timings"]["n_replication_jobs"] == 2 * 2 * 2  # pools only
