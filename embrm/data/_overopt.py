@@ -198,7 +198,7 @@ def overopt_dataset(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 3
         pl.lit(False).alias("excluded"),
         "candidate",
     )
-    ds = Dataset(name, responses, source=f"embrm.data._overopt (seed {seed}): {truth.describe()}", vectors=X)
+    ds = Dataset(name, responses, source=f"embrm.overopt_dataset (seed {seed}): {truth.describe()}", vectors=X)
     return ds, X
 
 

@@ -151,5 +151,5 @@ def test_a_generated_study_runs_on_a_log_grid_with_label_budgets_ensemble_sizes_
             "gen|bt10-400-vs-bt10-100|labels-raise-accuracy"} <= keys
     assert not any(k.endswith("noise-costs-accuracy") for k in keys)  # one annotator: only the budget differs
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "Generated data `gen`: embrm.data._overopt (seed 1): gold = u.x" in report and "peak n (median)" in report
+    assert "Generated data `gen`: embrm.overopt_dataset (seed 1): gold = u.x" in report and "peak n (median)" in report
     assert (tmp_path / "out" / "overoptimisation_gen_bt10-100.png").stat().st_size > 1000

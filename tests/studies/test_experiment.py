@@ -10,8 +10,8 @@ import pytest
 from realdata import needs_data
 from typer.testing import CliRunner
 
-from embrm.evaluation import verdict
 from embrm.cli import app
+from embrm.evaluation import verdict
 from embrm.studies._config import jobs_of, load_study
 from embrm.studies._run import run_study
 from embrm.studies._store import result_paths
