@@ -127,7 +127,7 @@ def threads_comparison(ds, X, config: ActiveConfig) -> dict:
     campaign's default, BLAS_THREADS = 1)."""
     from threadpoolctl import threadpool_info
 
-    from embrm.active import campaign as module
+    from embrm.active import _campaign as module
 
     default = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=None)
     saved, seconds = module.BLAS_THREADS, {}
