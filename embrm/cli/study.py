@@ -56,9 +56,9 @@ def run(
     if format == Format.json:
         return print_json({"out_dir": str(out_dir), "findings": [f.to_dict() for f in result.findings],
                            "replication": result.replication and [r.to_dict() for r in result.replication],
-                           "timings": result.timings})
+                           "timings": result.timings.to_dict()})
     print_markdown("\n".join(f"- {f.markdown()}" for f in result.findings))
-    out.print(f"report -> {result.report_path}  ({result.timings['total']:.0f}s)")
+    out.print(f"report -> {result.report_path}  ({result.timings.total:.0f}s)")
 
 
 def _runner(runner: str, backend: str | None) -> str:

@@ -19,4 +19,9 @@ from embrm.data._registry import (
 )
 from embrm.data._synthetic import synthetic_pool
 
-__all__ = ['AUG_COLUMNS', 'Dataset', 'DatasetSpec', 'Exclusion', 'GENERATORS', 'OveroptTruth', 'REGISTRY', 'dataset_spec', 'existing_data_dir', 'half_of', 'ideal_proxy_curve', 'load_dataset', 'overopt_dataset', 'overopt_truth', 'pair_indices', 'rrm_dataset', 'rrm_pairs', 'simulate_pairs', 'spec_from_table', 'split_pairs', 'split_prompts', 'synthetic_pool']
+__all__ = [
+    "AUG_COLUMNS", "Dataset", "dataset_spec", "DatasetSpec", "Exclusion", "existing_data_dir", "GENERATORS",
+    "half_of", "ideal_proxy_curve", "load_dataset", "overopt_dataset", "overopt_truth", "OveroptTruth",
+    "pair_indices", "REGISTRY", "rrm_dataset", "rrm_pairs", "simulate_pairs", "spec_from_table", "split_pairs",
+    "split_prompts", "synthetic_pool"
+]

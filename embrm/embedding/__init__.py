@@ -20,4 +20,9 @@ from embrm.embedding._ray import RUNNERS, EmbedRoute, ShardResult, embed_on_ray,
 from embrm.embedding._shards import WHOLE, Shard
 from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
 
-__all__ = ['CHAT', 'DEFAULT_CACHE_DIR', 'DEFAULT_TEMPLATE', 'EmbedResult', 'EmbedRoute', 'EmbedderConfig', 'EmbeddingCache', 'SUFFIXES', 'Shard', 'RUNNERS', 'ShardResult', 'WHOLE', 'cache_dirs', 'cached_embeddings', 'embed_dataset', 'embed_on_ray', 'embed_views', 'import_embeddings', 'leftovers', 'parsed_views', 'ray_session', 'render', 'repair', 'verify', 'view_groups']
+__all__ = [
+    "cache_dirs", "cached_embeddings", "CHAT", "DEFAULT_CACHE_DIR", "DEFAULT_TEMPLATE", "embed_dataset",
+    "embed_on_ray", "embed_views", "EmbedderConfig", "EmbeddingCache", "EmbedResult", "EmbedRoute",
+    "import_embeddings", "leftovers", "parsed_views", "ray_session", "render", "repair", "RUNNERS", "Shard",
+    "ShardResult", "SUFFIXES", "verify", "view_groups", "WHOLE"
+]

@@ -53,4 +53,14 @@ from embrm.evaluation._plots import plot_bon, plot_gao_fit, pyplot, save_figure
 from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
 from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect, verdict
 
-__all__ = ['PromptBon', 'bon_weight_tensor', 'per_prompt_bon', 'pick_means', 'pool_curves', 'BonResult', 'ConformalResult', 'LengthEffect', 'PromptAccuracy', 'PromptPicks', 'ProxySummary', 'PublishedPick', 'Reliability', 'verdict', 'bt_log_loss', 'pairwise_accuracy', 'AGGREGATIONS', 'ALL_N_LIMIT', 'BonCurves', 'Effect', 'Evaluation', 'FitMetrics', 'GRID_POINTS', 'Pools', 'Unit', 'aggregate_all', 'agreement', 'avg_ranks', 'best_of_n', 'bon_curves', 'bon_weights', 'conformal_proxy', 'curves_frame', 'ensemble_proxies', 'excluded_indicator', 'expected_best_of_n', 'expected_calibration_error', 'fit_gao', 'gold_order_pairs', 'group_pools', 'kl_bon', 'length_proxy', 'length_reward', 'log_grid', 'paired_effect', 'pairwise_metrics', 'per_prompt_spearman', 'plot_bon', 'plot_gao_fit', 'plot_reliability', 'pooled_reliability', 'published_picks', 'pyplot', 'reliability', 'rows_of', 'save_figure', 'score_columns', 'standardize', 'tie_average', 'top_picks']
+__all__ = [
+    "aggregate_all", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n", "bon_curves",
+    "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "conformal_proxy", "ConformalResult",
+    "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator", "expected_best_of_n",
+    "expected_calibration_error", "fit_gao", "FitMetrics", "gold_order_pairs", "GRID_POINTS", "group_pools", "kl_bon",
+    "length_proxy", "length_reward", "LengthEffect", "log_grid", "paired_effect", "pairwise_accuracy",
+    "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman", "pick_means", "plot_bon", "plot_gao_fit",
+    "plot_reliability", "pool_curves", "pooled_reliability", "Pools", "PromptAccuracy", "PromptBon", "PromptPicks",
+    "ProxySummary", "published_picks", "PublishedPick", "pyplot", "Reliability", "reliability", "rows_of",
+    "save_figure", "score_columns", "standardize", "tie_average", "top_picks", "Unit", "verdict"
+]

@@ -31,4 +31,8 @@ from embrm.pipeline._steps import (
     training_pairs,
 )
 
-__all__ = ['CALIBRATED', 'DEFAULT_AGGREGATIONS', 'DEFAULT_LEARNERS', 'ExperimentResult', 'FittedModel', 'LabelConfig', 'Learner', 'N_GRIDS', 'Protocol', 'SavedModel', 'check_aligned', 'checked_n_grid', 'evaluate', 'fit', 'fit_pairs', 'label_pairs', 'load_model', 'model_embeddings', 'run_experiment', 'score', 'split', 'training_pairs']
+__all__ = [
+    "CALIBRATED", "check_aligned", "checked_n_grid", "DEFAULT_AGGREGATIONS", "DEFAULT_LEARNERS", "evaluate",
+    "ExperimentResult", "fit", "fit_pairs", "FittedModel", "label_pairs", "LabelConfig", "Learner", "load_model",
+    "model_embeddings", "N_GRIDS", "Protocol", "run_experiment", "SavedModel", "score", "split", "training_pairs"
+]

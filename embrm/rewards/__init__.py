@@ -13,17 +13,7 @@ from embrm.rewards._length import (
 from embrm.rewards._persist import check_replaceable, load_ensemble, package_versions, save_ensemble
 
 __all__ = [
-    'ControlledGold',
-    'K',
-    'LengthCorrection',
-    'MODES',
-    'RewardEnsemble',
-    'check_replaceable',
-    'controlled_gold',
-    'fit_ensemble',
-    'length_correlation',
-    'length_feature',
-    'load_ensemble',
-    'package_versions',
-    'save_ensemble',
+    "check_replaceable", "controlled_gold", "ControlledGold", "fit_ensemble", "K", "length_correlation",
+    "length_feature", "LengthCorrection", "load_ensemble", "MODES", "package_versions", "RewardEnsemble",
+    "save_ensemble"
 ]

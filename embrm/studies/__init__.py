@@ -5,7 +5,7 @@ result store, tidy tables, findings and the report.
 from embrm.studies._config import Study, load_study
 from embrm.studies._findings import Finding, Replication
 from embrm.studies._run import StudyResult, run_study
-from embrm.studies._store import JobResult, ResultStore
-from embrm.studies._tables import md_table
+from embrm.studies._store import JobResult, ResultStore, StudyTimings, TextFacts
 
-__all__ = ['Finding', 'JobResult', 'Replication', 'ResultStore', 'Study', 'StudyResult', 'load_study', 'md_table', 'run_study']
+__all__ = ["Finding", "JobResult", "Replication", "ResultStore", "Study", "StudyResult", "StudyTimings", "TextFacts",
+           "load_study", "run_study"]

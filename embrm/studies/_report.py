@@ -17,6 +17,7 @@ from embrm.evaluation import LengthEffect
 from embrm.methods import render_methods
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, group_label
+from embrm.studies._store import TextFacts
 
 SETTING = ("Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
            "evaluated on held-out prompts ({test:.0%} of prompts, split per seed). Best-of-n is the exact unbiased "
@@ -117,18 +118,18 @@ def _pool_sections(result, noises: list[str]) -> list[str]:
     return lines
 
 
-def _embedding_section(embedding: dict) -> list[str]:
+def _embedding_section(embedding: dict[str, TextFacts]) -> list[str]:
     """What the embedder's window did to the texts: a result built on responses it never saw must say so."""
     if not embedding:
         return []
-    rows = [[f"`{name}`", str(f["n_texts"]), str(f["n_truncated"]), str(f["n_response_cut"]),
-             str(len(f["indistinguishable"]))] for name, f in embedding.items()]
+    rows = [[f"`{name}`", str(f.n_texts), str(f.n_truncated), str(f.n_response_cut), str(len(f.indistinguishable))]
+            for name, f in embedding.items()]
     lines = ["## What the embedder saw", "", "Texts longer than the embedder's window lose the prompt's start first; "
              "a response longer than the window (with a quarter of it kept for the prompt's end) loses its end. "
              "Prompts whose different responses still got identical vectors cannot be ranked by any reward.", "",
              md_table(["dataset", "texts", "cut to the window", "response lost tokens",
                          "prompts with indistinguishable responses"], rows), ""]
-    tied = {name: f["indistinguishable"] for name, f in embedding.items() if f["indistinguishable"]}
+    tied = {name: f.indistinguishable for name, f in embedding.items() if f.indistinguishable}
     lines += [f"- `{name}`: indistinguishable responses on prompt(s) {', '.join(ids[:10])}"
               f"{' ...' if len(ids) > 10 else ''}" for name, ids in tied.items()]
     return lines + ([""] if tied else [])
@@ -224,11 +225,11 @@ EMBEDDERS = ("Every job ran once per embedder on the same prompts, train/test sp
 
 def _timing_section(result) -> list[str]:
     t, fits = result.timings, result.fits
-    rows = [["embedding (cached texts are free)", f"{t['embed_total']:.1f}"],
-            [f"{t['n_jobs']} jobs + {t.get('n_replication_jobs', 0)} replication jobs on {t['workers']} "
-             f"{t['backend']} workers (wall)", f"{t['jobs_wall']:.1f}"],
-            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.get("methods", {}).items()],
-            ["total", f"{t.get('total', 0):.1f}"]]
+    rows = [["embedding (cached texts are free)", f"{t.embed_total:.1f}"],
+            [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers (wall)",
+             f"{t.jobs_wall:.1f}"],
+            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.methods.items()],
+            ["total", f"{t.total:.1f}"]]
     per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
     return ["## Timing", "", md_table(["stage", "seconds"], rows), "",
             md_table(["learner", "mean seconds per job (fit + evaluation)"],
@@ -238,7 +239,7 @@ def _timing_section(result) -> list[str]:
 def render_report(study: Study, result, plots: list[Path], command: str | None) -> str:
     fits = result.fits
     noises = [n.name for n in study.noise]
-    generated = {name: f["generated"] for name, f in result.embedding.items() if f.get("generated")}
+    generated = {name: f.generated for name, f in result.embedding.items() if f.generated}
     budgets = sorted({n.n_pairs or study.labels["n_pairs"] for n in study.noise})
     lines = [f"# embrm study `{study.name}`", "",
              f"Command: `{command or 'embrm run'}` · seeds {study.seeds} · K = {study.k} members"
@@ -267,7 +268,7 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
         lines += ["## Active labelling (which pairs to label next)", "", ACTIVE, ""]
         for a in result.active:
             lines += [a.markdown(), f"![active labelling on {a.dataset}](active/{a.dataset}/active.png)", ""]
-    lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.get("generated")})
+    lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.generated})
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines + _timing_section(result))
 

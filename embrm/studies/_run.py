@@ -38,7 +38,7 @@ from embrm.studies._config import Study, check_rrm_texts, group_label, jobs_of
 from embrm.studies._findings import Finding, Replication, findings, replication
 from embrm.studies._jobs import check_run_options, run_jobs
 from embrm.studies._report import embedder_rows, render_report
-from embrm.studies._store import JobResult, ResultStore
+from embrm.studies._store import JobResult, ResultStore, StudyTimings, TextFacts
 
 
 @dataclass
@@ -48,11 +48,11 @@ class StudyResult:
     bon: pl.DataFrame
     curves: pl.DataFrame
     published: pl.DataFrame
-    timings: dict
+    timings: StudyTimings
     findings: list[Finding]
     methods: list[MethodResult] = field(default_factory=list)
     active: list[ActiveResult] = field(default_factory=list)  # one active labelling campaign per pool
-    embedding: dict = field(default_factory=dict)  # per dataset: texts, truncated, responses cut, tied prompts
+    embedding: dict[str, TextFacts] = field(default_factory=dict)  # per job group
     length_effects: dict[str, LengthEffect | str] = field(default_factory=dict)  # per pool: its fit, or why none
     replication: list[Replication] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
     embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
@@ -116,10 +116,8 @@ def _embed_with(study: Study, name: str | None, loaded: dict, cache_dir, progres
         group = group_label(dataset.label, name)
         seconds[group] = res.seconds
         spec = spec if ds.vectors is not None else res.spec  # the embedder's, for the jobs' cache reads
-        facts[group] = {k: getattr(res, k) for k in ("n_texts", "n_truncated", "n_response_cut", "indistinguishable")}
-        facts[group]["inputs"] = inputs_digest(ds, res)
-        if ds.vectors is not None:  # a generated dataset: its source says what its gold is
-            facts[group]["generated"] = ds.source
+        facts[group] = TextFacts(res.n_texts, res.n_truncated, res.n_response_cut, list(res.indistinguishable),
+                                 inputs_digest(ds, res), ds.source if ds.vectors is not None else None)
     return spec
 
 
@@ -156,7 +154,7 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     t1 = time.perf_counter()
     jobs = jobs_of(study)
     halves = replication_jobs(study) if replicate else []
-    inputs = {label: facts["inputs"] for label, facts in embedding.items()}
+    inputs = {label: facts.inputs for label, facts in embedding.items()}
     inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
                for j in halves}
     done = run_jobs(study, jobs + halves, store, specs, cache_dir, data_dir=data_dir, workers=workers,
@@ -167,9 +165,8 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
     for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
         store.write_table(name, frame)
-    timings = {"embed_seconds": embed_seconds, "embed_total": t1 - t0, "jobs_wall": t2 - t1,
-               "job_seconds": {r.key: round(r.seconds, 2) for r in done}, "n_jobs": len(jobs),
-               "n_replication_jobs": len(halves), "workers": workers, "backend": backend}
+    timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, backend, embed_seconds,
+                           {r.key: round(r.seconds, 2) for r in done})
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
                          length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))
     store.write_json("embedders.json", result.embedders)
@@ -178,17 +175,18 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
         result.replication = _compare_halves(done[len(jobs):], halves, store)
     first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
     result.methods = _run_methods(study, first, cache_dir, data_dir, store, progress)
-    timings["methods"] = {m.name: round(m.seconds, 2) for m in result.methods}
+    timings.methods = {m.name: round(m.seconds, 2) for m in result.methods}
     result.active = _run_active(study, first, cache_dir, data_dir, store, progress)
-    timings["active"] = {a.dataset: round(a.seconds, 2) for a in result.active}
+    timings.active = {a.dataset: round(a.seconds, 2) for a in result.active}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
     plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
               if n == fits.filter(pl.col("dataset") == d)["noise"][0]
               and (p := R.plot_reliability_study(results, out, d, n)) is not None]
-    timings["total"] = time.perf_counter() - t0
+    timings.total = time.perf_counter() - t0
     store.write_json("study.json", {"study": study.to_dict(), "command": command,
-                                    "embedder_spec": specs.get(None, specs), "machine": machine(), "timings": timings,
-                                    "embedding": embedding, "embedders": result.embedders}, indent=2)
+                                    "embedder_spec": specs.get(None, specs), "machine": machine(), "timings": timings.to_dict(),
+                                    "embedding": {k: v.to_dict() for k, v in embedding.items()},
+                                    "embedders": result.embedders}, indent=2)
     store.write_text(result.report_path.name, render_report(study, result, plots, command))
     return result
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,39 @@ def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
     """A job's JSON and curves files: its key and the digest of everything that shapes its result."""
     stem = job.key.replace("/", "__") + "-" + job.digest(study)
     return jobs_dir / f"{stem}.json", jobs_dir / f"{stem}.parquet"
+
+
+@dataclass
+class TextFacts:
+    """What the embedder's window did to one job group's texts, and which inputs its jobs read."""
+    n_texts: int
+    n_truncated: int
+    n_response_cut: int
+    indistinguishable: list[str]  # prompts whose different responses got identical vectors
+    inputs: str  # digest of the texts and vectors (a changed input re-runs the jobs)
+    generated: str | None = None  # a generated dataset's source (its gold is known exactly)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "generated" or v is not None}
+
+
+@dataclass
+class StudyTimings:
+    """Seconds per stage of `embrm run` (wall clock) and the run's shape."""
+    embed_total: float
+    jobs_wall: float
+    n_jobs: int
+    n_replication_jobs: int
+    workers: int
+    runner: str
+    embed_seconds: dict[str, float]  # per job group
+    job_seconds: dict[str, float]  # per job key
+    methods: dict[str, float] = field(default_factory=dict)
+    active: dict[str, float] = field(default_factory=dict)  # per pool
+    total: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backend": self.runner}  # "backend": the key's name before 0.2
 
 
 class ResultStore:

@@ -123,7 +123,7 @@ def test_a_result_from_other_data_is_not_reused(setup, renamed_pool, tmp_path):
         tmp_path / "pool.parquet")
     again = run_study(study, tmp_path / "out", cache_dir=setup / "cache", workers=1, progress=False)
     assert jpath.stat().st_mtime_ns != stamp
-    assert first.embedding["renamed-pool"]["inputs"] != again.embedding["renamed-pool"]["inputs"]
+    assert first.embedding["renamed-pool"].inputs != again.embedding["renamed-pool"].inputs
 
 
 def test_a_damaged_job_result_is_run_again(setup, capsys):
@@ -209,5 +209,5 @@ def test_a_replicated_rrm_study_embeds_each_halfs_own_augmentation(setup, tmp_pa
     study.learners = [replace(study.learners[0], length_control="rrm")]
     shutil.copytree(setup / "cache", tmp_path / "cache")
     result = run_study(study, tmp_path / "out", cache_dir=tmp_path / "cache", workers=1, progress=False)
-    assert result.timings["n_replication_jobs"] == 2 and result.replication is not None
+    assert result.timings.n_replication_jobs == 2 and result.replication is not None
     assert result.fits["learner"].to_list() == ["linear.rrm"]
