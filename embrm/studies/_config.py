@@ -19,7 +19,7 @@ exist is one error naming the file, the key and the allowed values.
                                 # every n for pools up to embrm.evaluation._bon.ALL_N_LIMIT candidates, the log grid beyond
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
-    methods = ["laser", "moe", "composite", "policy"]            # further seeds, run on the first pool, seed 0
+    methods = ["laser", "moe", "composite", "policy"]            # the four methods, run on the first pool, seed 0
     [active]                    # active labelling campaigns (embrm.active) on every pool; left out: none. Keys:
     strategies = ["random", "dopt", "bald"]     # strategies, seed_pairs, batch, rounds, seeds (default: the
     rounds = 10                                 # study's), samples, C, lcb_beta, across_prompts, beta / flip, target

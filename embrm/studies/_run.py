@@ -215,7 +215,7 @@ def _compare_halves(results: list[JobResult], jobs: list, store: ResultStore) ->
 
 def _run_methods(study: Study, spec: dict, cache_dir, data_dir, store: ResultStore, progress: bool | None,
                  ) -> list[MethodResult]:
-    """The further seeds (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
+    """The four methods (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
     if not study.methods or not study.datasets:
         return []
     ds = load_dataset(study.datasets[0], data_dir)
