@@ -170,6 +170,15 @@ def check_value(name: str, value, rule, *, field: str | None = None):
     return value
 
 
+def check_choice(name: str, value, allowed, *, field: str | None = None):
+    """value if it is one of `allowed` (a name from a fixed vocabulary: a head, a mode, an aggregation...), else a
+    one-line EmbrmError naming the parameter and every allowed value. `field` as in check_value."""
+    if value not in allowed:
+        raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(map(str, allowed))}",
+                         field=field or name)
+    return value
+
+
 def check_params(params: dict, rules: dict, owner: str) -> None:
     """Every parameter known to `owner` (a head's name) and allowed by its rule."""
     for name, value in params.items():

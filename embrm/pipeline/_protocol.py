@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from embrm.core import SEED, EmbrmError, Integer, Number, check_params, check_value, shown
+from embrm.core import SEED, EmbrmError, Integer, Number, check_choice, check_params, check_value, shown
 from embrm.data import Dataset
 from embrm.evaluation import AGGREGATIONS
 from embrm.rewards import MODES, K
@@ -63,12 +63,6 @@ def _check_bool(name: str, value) -> None:
         raise EmbrmError(f"{name} must be true or false, got {shown(value)}", field=name)
 
 
-def _check_choice(name: str, value, allowed, field: str | None = None) -> None:
-    if value not in allowed:
-        raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(allowed)}",
-                         field=field or name)
-
-
 def _frozen_params(params) -> tuple:
     """(key, value) pairs (or a dict) as sorted pairs with lists as tuples: hashable, one spelling."""
     items = params.items() if isinstance(params, dict) else params
@@ -92,13 +86,13 @@ class Learner:
     k: int | None = None  # this learner's ensemble size, when it differs from the Protocol's (a study's learners)
 
     def __post_init__(self):
-        _check_choice("head", self.head, HEADS)
+        check_choice("head", self.head, HEADS)
         if self.mode is None:
             object.__setattr__(self, "mode", "posterior" if self.head == "laplace" else "independent")
         if self.k is not None:
             check_value(SHOWN_AS["k"], self.k, RULES["k"], field="k")
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("length_control", self.length_control, LENGTH_CONTROLS)
+        check_choice("mode", self.mode, MODES)
+        check_choice("length_control", self.length_control, LENGTH_CONTROLS)
         if self.length_control == "odin" and (self.head not in ("linear", "mlp")
                                               or self.mode not in ("independent", "bootstrap")):
             raise EmbrmError("length_control odin trains a quality and a length head: it needs head = linear or mlp "
@@ -165,7 +159,7 @@ class LabelConfig:
     within_prompt: bool = True
 
     def __post_init__(self):
-        _check_choice("labels source (--labels)", self.source, LABEL_SOURCES, field="source")
+        check_choice("labels source (--labels)", self.source, LABEL_SOURCES, field="source")
         _check(self, ("n_pairs",))
         for name in ("beta", "flip"):  # None: not this annotator
             if getattr(self, name) is not None:
@@ -268,6 +262,6 @@ def _check_aggregations(aggregations) -> None:
         raise EmbrmError(f"aggregations must be a non-empty list of {', '.join(allowed)}, "
                          f"got {shown(aggregations)}")
     for a in aggregations:
-        _check_choice("aggregation", a, allowed)
+        check_choice("aggregation", a, allowed)
     if len(set(aggregations)) < len(aggregations):
         raise EmbrmError(f"aggregations {shown(list(aggregations))} name one twice: list each once")

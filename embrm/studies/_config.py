@@ -85,7 +85,7 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveConfig
-from embrm.core import SEED, EmbrmError, Integer, check_value, shown
+from embrm.core import SEED, EmbrmError, Integer, check_choice, check_value, shown
 from embrm.data import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
 from embrm.embedding import CHAT, EmbedderConfig, render
 from embrm.embedding.backends import BACKENDS
@@ -266,11 +266,6 @@ def _check_keys(where: str, doc: dict, allowed: dict) -> dict:
     return {k: _typed(where, k, v, allowed[k]) for k, v in doc.items()}
 
 
-def _one_of(where: str, key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise EmbrmError(f"{where}: {key} = {shown(value)} is not allowed: use one of {', '.join(map(str, allowed))}")
-
-
 def _checked(where: str, build):
     """build() (a Learner, LabelConfig, Protocol...: they hold the rules), its error prefixed with where the values
     came from."""
@@ -361,7 +356,7 @@ def _embedder(where: str, doc) -> EmbedderConfig:
     """The [embedder] table, checked now by building the embedder (no model is loaded) and rendering the
     template once, so that a bad option fails before any work."""
     options = _check_keys(where, doc, EMBEDDER_KEYS)
-    _one_of(where, "backend", options.get("backend", "st"), tuple(BACKENDS))
+    check_choice(f"{where}: backend", options.get("backend", "st"), tuple(BACKENDS))
     if "batch_size" in options:  # embed_dataset refuses < 1 too, but only once the study runs, without the file
         _checked(where, lambda: check_value("batch_size", options["batch_size"], EMBED_BATCH))
     config = _checked(where, lambda: EmbedderConfig(**options))
@@ -455,7 +450,7 @@ def _validate(study: Study, where: str) -> None:
             raise EmbrmError(f"{where}: {spec.label}: a generated dataset carries its own vectors, the same under "
                              f"every embedder: compare [[embedders]] on text datasets, run it in another study")
     for method in study.methods:
-        _one_of(where, "methods entry", method, METHODS)
+        check_choice(f"{where}: methods entry", method, METHODS)
     _distinct(where, "methods", study.methods)
     _checked(where, lambda: Protocol(k=study.k, test_size=study.test_size, aggregations=tuple(study.aggregations),
                                      lam=study.lam, lcb_beta=study.lcb_beta, with_excluded=study.with_excluded,
