@@ -147,3 +147,29 @@ def test_importing_embrm_and_its_cli_loads_no_heavy_library():
 def test_the_heavy_import_check_sees_a_fit_load_torch():
     """The check above can fail: the same probe sees torch once a fit's thread policy (and its heads) need it."""
     assert "torch" in loaded_after("import embrm\nfrom embrm.core import fit_threads\nwith fit_threads(): pass")
+
+
+# The one path: only these packages call these steps (everything else asks them).
+ONLY_CALLED_IN = {"bon_curves": "evaluation", "simulate_pairs": "pipeline", "fit_ensemble": "pipeline"}
+
+
+def calls_outside_their_package(edges_from=MODULES) -> list[str]:
+    found = []
+    for name, path in edges_from.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                home = ONLY_CALLED_IN.get(called)
+                if home and package_of(name) != home:
+                    found.append(f"{name}:{node.lineno} calls {called}")
+    return found
+
+
+def test_split_labels_fits_and_best_of_n_come_from_the_pipeline_and_evaluation():
+    assert not calls_outside_their_package(), "\n".join(calls_outside_their_package())
+
+
+def test_the_call_check_sees_a_call_outside(tmp_path):
+    stray = tmp_path / "stray.py"
+    stray.write_text("from embrm.evaluation import bon_curves\nbon_curves(1, 2, 3)\n")
+    assert calls_outside_their_package({"embrm.methods._stray": stray}) == ["embrm.methods._stray:2 calls bon_curves"]
