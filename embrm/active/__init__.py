@@ -53,25 +53,7 @@ def annotate(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, *, beta: float 
 
 
 __all__ = [
-    'ActiveConfig',
-    'ActiveResult',
-    'ActiveSummary',
-    'Candidates',
-    'SELECTORS',
-    'STRATEGIES',
-    'State',
-    'StrategySummary',
-    'annotate',
-    'bald',
-    'build_candidates',
-    'disagreement',
-    'dopt',
-    'dopt_past',
-    'dts',
-    'greedy_dopt',
-    'log_det_gain',
-    'maxminlcb',
-    'random_pairs',
-    'run_active',
-    'select',
+    "ActiveConfig", "ActiveResult", "ActiveSummary", "annotate", "bald", "build_candidates", "Candidates",
+    "disagreement", "dopt", "dopt_past", "dts", "greedy_dopt", "log_det_gain", "maxminlcb", "random_pairs",
+    "run_active", "select", "SELECTORS", "State", "STRATEGIES", "StrategySummary"
 ]

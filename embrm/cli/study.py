@@ -50,7 +50,7 @@ def run(
     runner = _runner(runner, backend)
     study = load_study(config)
     out_dir = out_dir or Path("results") / study.name  # the name is a plain name: this stays under results/
-    result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, backend=runner,
+    result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, runner=runner,
                        address=address, progress=None if format == Format.text else False, command=command_line(ctx),
                        replicate=replicate)
     if format == Format.json:

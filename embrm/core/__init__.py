@@ -35,8 +35,8 @@ from embrm.core._hardware import (
 from embrm.core._progress import Progress, Stages, format_duration
 
 __all__ = [
-    "cell", "check_choice", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs", "check_params",
-    "check_value", "current_threads", "EmbrmError", "fast_bf16", "fit_threads", "fmt", "format_duration", "Integer",
-    "is_int", "md_table", "Number", "on_fit_threads", "OneOf", "policy_threads", "Progress", "RANDOM_STATE", "SEED",
-    "shown", "Sizes", "Stages", "THREADS_ENV", "torch_threads", "write_atomic"
+    "cell", "check_choice", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs",
+    "check_params", "check_value", "current_threads", "EmbrmError", "fast_bf16", "fit_threads", "fmt",
+    "format_duration", "Integer", "is_int", "md_table", "Number", "on_fit_threads", "OneOf", "policy_threads",
+    "Progress", "RANDOM_STATE", "SEED", "shown", "Sizes", "Stages", "THREADS_ENV", "torch_threads", "write_atomic"
 ]

@@ -4,7 +4,7 @@ labels and simulated annotators, prompt splits, RRM augmentation and generated d
 
 from embrm.data._augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
 from embrm.data._dataset import Dataset
-from embrm.data._labels import pair_indices, simulate_pairs, split_pairs, split_prompts
+from embrm.data._labels import label_given_pairs, pair_indices, simulate_pairs, split_pairs, split_prompts
 from embrm.data._overopt import OveroptTruth, ideal_proxy_curve, overopt_dataset, overopt_truth
 from embrm.data._registry import (
     GENERATORS,
@@ -21,7 +21,7 @@ from embrm.data._synthetic import synthetic_pool
 
 __all__ = [
     "AUG_COLUMNS", "Dataset", "dataset_spec", "DatasetSpec", "Exclusion", "existing_data_dir", "GENERATORS",
-    "half_of", "ideal_proxy_curve", "load_dataset", "overopt_dataset", "overopt_truth", "OveroptTruth",
-    "pair_indices", "REGISTRY", "rrm_dataset", "rrm_pairs", "simulate_pairs", "spec_from_table", "split_pairs",
-    "split_prompts", "synthetic_pool"
+    "half_of", "ideal_proxy_curve", "label_given_pairs", "load_dataset", "overopt_dataset", "overopt_truth",
+    "OveroptTruth", "pair_indices", "REGISTRY", "rrm_dataset", "rrm_pairs", "simulate_pairs", "spec_from_table",
+    "split_pairs", "split_prompts", "synthetic_pool"
 ]

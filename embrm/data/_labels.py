@@ -188,6 +188,25 @@ def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None 
     })
 
 
+def label_given_pairs(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, *, beta: float | None = None,
+                      flip: float | None = None, scale: float = 1.0) -> np.ndarray:
+    """The simulated annotator on GIVEN pairs of rows (m, 2), oriented preferred first, from one uniform draw u (m,)
+    per pair: a wins iff u < P(a wins), P = sigmoid(beta (g_a - g_b) / scale) (Bradley-Terry; scale: the gold's
+    std), or 1 - flip / flip / 0.5 when a is better / worse / tied (flip rate; flip wins when both are given), or
+    1 / 0 / 0.5 (neither: noiseless). simulate_pairs' annotators with a single draw per pair, so that a pair's label
+    never depends on who asks (active labelling's common random numbers)."""
+    from scipy.special import expit
+
+    diff = gold[pairs[:, 0]] - gold[pairs[:, 1]]
+    if flip is not None:
+        p = np.where(diff > 0, 1.0 - flip, np.where(diff < 0, flip, 0.5))
+    elif beta is not None:
+        p = expit(beta * diff / scale)
+    else:
+        p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
+    return np.where((u < p)[:, None], pairs, pairs[:, ::-1])
+
+
 # ----------------------------------------------------------------------------- ids -> rows
 
 def pair_indices(pairs: pl.DataFrame, responses: pl.DataFrame, name: str = "pairs") -> np.ndarray:

@@ -16,7 +16,8 @@ from embrm.embedding._embed import (
     view_groups,
 )
 from embrm.embedding._importer import SUFFIXES, import_embeddings
-from embrm.embedding._ray import RUNNERS, EmbedRoute, ShardResult, embed_on_ray, parsed_views, ray_session
+from embrm.embedding._ray import ShardResult, embed_on_ray, ray_session
+from embrm.embedding._route import RUNNERS, EmbedRoute, parsed_views
 from embrm.embedding._shards import WHOLE, Shard
 from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
 

@@ -1,8 +1,6 @@
-"""Embedding on Ray: the shards of embrm.embedding._shards as Ray tasks, one model load per task, into one shared cache;
-and EmbedRoute, the one entry that picks a route (this process, one shard, Ray, several views) from its options.
+"""Embedding on Ray: the shards of embrm.embedding._shards as Ray tasks, one model load per task, into one shared cache.
 
     result = embed_on_ray(ds, EmbedderConfig(backend="hf", model="smollm2"), cache_dir="/shared/cache", workers=4)
-    (outcome,) = EmbedRoute(runner="ray", workers=4).embed(ds, config, cache_dir="/shared/cache")
 
 Every task builds the embedder once and embeds shard i/N of the dataset's missing texts; each batch is an atomic
 cache part, so a failed task loses at most one batch and a second call resumes. A task asks for one GPU when the
@@ -15,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
-from embrm.core import EmbrmError, Integer, OneOf, Progress, check_value
+from embrm.core import EmbrmError, Integer, Progress, check_value
 from embrm.data import Dataset
 from embrm.embedding._cache import text_keys
 from embrm.embedding._embed import (
@@ -31,12 +28,10 @@ from embrm.embedding._embed import (
     carried_vectors,
     dataset_caches,
     embed_shard,
-    embed_views,
 )
-from embrm.embedding._shards import WHOLE, Shard
+from embrm.embedding._shards import Shard
 
 POLL_SECONDS = 2.0  # how often the driver counts the texts the shards have cached (the progress bar)
-RUNNERS = OneOf(("local", "ray"))  # where work runs: this process (and processes started by hand) | Ray tasks
 WORKERS = Integer(1, 1024, none=True)  # Ray tasks (None: the cluster's GPUs, else its CPUs)
 
 
@@ -120,73 +115,4 @@ def _task_outcome(ray, ref) -> dict:
                          f"command again to resume") from None
 
 
-
-
-@dataclass(frozen=True)
-class EmbedRoute:
-    """How a dataset's missing texts get embedded, checked before any data is read:
-
-    views    (layer, pooling) pairs of one hf model (or their text '-1:last,10:max'): one forward pass per batch
-             fills one cache per view; in this process, or as one shard
-    shard    Shard I/N (or its text 'I/N'): this process embeds one of N shares into the shared cache; the last
-             to finish merges
-    runner   "local" (this process) | "ray" (`workers` Ray tasks, one shard each, at `address`)
-
-    embed() returns one ShardResult per view (one without views): `result` is the dataset's EmbedResult once every
-    text is cached (None for a shard whose siblings have not finished). An error names its field (EmbrmError.field).
-    """
-
-    runner: str = "local"
-    shard: Shard | str | None = None
-    workers: int | None = None
-    address: str | None = None
-    views: tuple | str = ()
-
-    def __post_init__(self):
-        check_value("runner", self.runner, RUNNERS)
-        if self.runner == "ray" and self.shard is not None:
-            raise EmbrmError("shard is for separate processes; runner ray makes its own shards (workers N)",
-                             field="shard")
-        for name in ("workers", "address"):
-            if self.runner == "local" and getattr(self, name) is not None:
-                raise EmbrmError(f"{name} is for runner ray: use runner ray, or start processes with shard I/N",
-                                 field=name)
-        check_value("workers", self.workers, WORKERS)
-        if self.views and self.runner != "local":
-            raise EmbrmError("views run in this process (or one shard of them): leave out runner ray", field="views")
-        object.__setattr__(self, "shard", Shard.parse(self.shard) if isinstance(self.shard, str) else self.shard)
-        object.__setattr__(self, "views", parsed_views(self.views))
-
-    def embed(self, data: Dataset | pl.DataFrame, config: EmbedderConfig, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-              progress: bool | None = None) -> list[ShardResult]:
-        shard = self.shard or WHOLE
-        if self.views:
-            configs = [replace(config, layer=layer, pooling=pooling) for layer, pooling in self.views]
-            return embed_views(data, configs, cache_dir=cache_dir, shard=shard, progress=progress)
-        if shard != WHOLE:
-            return [config.embed_shard(data, shard, cache_dir, progress=progress)]
-        if self.runner == "ray":
-            result = embed_on_ray(data, config, cache_dir=cache_dir, workers=self.workers, address=self.address,
-                                  progress=progress)
-        else:
-            result = config.embed(data, cache_dir, progress=progress)
-        return [ShardResult(WHOLE, result.n_embedded, 0, result.cache_dir, result.fingerprint, result.seconds,
-                            result)]
-
-
-def parsed_views(views: tuple | list | str) -> tuple[tuple[int, str], ...]:
-    """'-1:last,10:max' (or [(-1, 'last'), (10, 'max')]) -> ((-1, 'last'), (10, 'max'))."""
-    if not isinstance(views, str):
-        return tuple((layer, pooling) for layer, pooling in views)
-    try:
-        pairs = [item.strip().rsplit(":", 1) for item in views.split(",") if item.strip()]
-        parsed = tuple((int(layer), pooling) for layer, pooling in pairs)
-    except ValueError:
-        parsed = ()
-    if not parsed:
-        raise EmbrmError(f"views {views!r}: write LAYER:POOLING pairs separated by commas, e.g. -1:last,10:max",
-                         field="views")
-    return parsed
-
-
-__all__ = ["RUNNERS", "EmbedRoute", "ShardResult", "embed_on_ray", "parsed_views", "ray_session"]
+__all__ = ["ShardResult", "embed_on_ray", "ray_session"]

@@ -28,7 +28,15 @@ import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError, Stages, current_threads, on_fit_threads
-from embrm.data import Dataset, pair_indices, rrm_dataset, rrm_pairs, simulate_pairs, split_prompts
+from embrm.data import (
+    Dataset,
+    label_given_pairs,
+    pair_indices,
+    rrm_dataset,
+    rrm_pairs,
+    simulate_pairs,
+    split_prompts,
+)
 from embrm.embedding import cached_embeddings
 from embrm.evaluation import (
     ConformalResult,
@@ -89,20 +97,9 @@ def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: 
 def label_pairs(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, labels: LabelConfig,
                 scale: float = 1.0) -> np.ndarray:
     """The simulated annotator of `labels` on GIVEN pairs of rows (m, 2), oriented preferred first, from one uniform
-    draw u (m,) per pair: a wins iff u < P(a wins), P = sigmoid(beta (g_a - g_b) / scale) (Bradley-Terry; scale: the
-    gold's std), or 1 - flip / flip / 0.5 when a is better / worse / tied (flip rate), or 1 / 0 / 0.5 (neither:
-    noiseless). The annotators of `training_pairs` with a single draw per pair, so that a pair's label never depends
-    on who asks (active labelling's common random numbers)."""
-    from scipy.special import expit
-
-    diff = gold[pairs[:, 0]] - gold[pairs[:, 1]]
-    if labels.flip is not None:
-        p = np.where(diff > 0, 1.0 - labels.flip, np.where(diff < 0, labels.flip, 0.5))
-    elif labels.beta is not None:
-        p = expit(labels.beta * diff / scale)
-    else:
-        p = np.where(diff > 0, 1.0, np.where(diff < 0, 0.0, 0.5))
-    return np.where((u < p)[:, None], pairs, pairs[:, ::-1])
+    draw u (m,) per pair (embrm.data.label_given_pairs; scale: the gold's std): the annotators of `training_pairs`
+    with a single draw per pair, so that a pair's label never depends on who asks."""
+    return label_given_pairs(pairs, gold, u, beta=labels.beta, flip=labels.flip, scale=scale)
 
 
 @on_fit_threads

@@ -1,7 +1,7 @@
 """Run a study's jobs: each fits one ensemble on cached embeddings and evaluates it; results are kept per job.
 
     results = run_jobs(study, jobs, ResultStore(out_dir), specs, cache_dir, workers=2)       # local processes
-    results = run_jobs(study, jobs, ResultStore(out_dir), specs, cache_dir, backend="ray")   # a local Ray, or address=
+    results = run_jobs(study, jobs, ResultStore(out_dir), specs, cache_dir, runner="ray")    # a local Ray, or address=
 
 `specs` maps each embedder's name (None: the study's one [embedder]) to its cache spec: a job reads the vectors
 of its own embedder.
@@ -26,14 +26,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from embrm.core import EmbrmError, Integer, OneOf, Progress, check_value
+from embrm.core import EmbrmError, Integer, Progress, check_value
 from embrm.data import DatasetSpec, load_dataset, rrm_dataset
-from embrm.embedding import cached_embeddings
+from embrm.embedding import RUNNERS, cached_embeddings
 from embrm.pipeline import run_experiment
 from embrm.studies._config import Job, Study
 from embrm.studies._store import JobResult, ResultStore
 
-BACKENDS = OneOf(("local", "ray"))
 WORKERS = Integer(1, 1024)  # parallel jobs; more processes than this would only fight over memory
 
 
@@ -78,26 +77,26 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
 
 # ----------------------------------------------------------------------------- executors
 
-def check_run_options(workers: int, backend: str) -> None:
-    check_value("runner (--runner)", backend, BACKENDS, field="runner")  # the runner; `backend` is the embedder's
+def check_run_options(workers: int, runner: str) -> None:
+    check_value("runner (--runner)", runner, RUNNERS, field="runner")
     check_value("workers (--workers)", workers, WORKERS)
 
 
 def run_jobs(study: Study, jobs: list[Job], store: ResultStore, specs: dict, cache_dir, *, data_dir=None,
-             workers: int = 2, backend: str = "local", address: str | None = None, progress: bool | None = None,
+             workers: int = 2, runner: str = "local", address: str | None = None, progress: bool | None = None,
              inputs: dict[str, str] | None = None) -> list[JobResult]:
     """Run the jobs not already done (resume), with a progress display; returns every job's result. `specs` maps an
     embedder's name (None for the one [embedder]) to its cache spec; `inputs` maps a job's group (Job.group: the
     dataset's label, `<dataset>@<embedder>` when comparing embedders) to the digest of its vectors and data
     (experiment.inputs_digest): a stored result computed from other inputs is not reused."""
     inputs = inputs or {}
-    check_run_options(workers, backend)
+    check_run_options(workers, runner)
     results = {j.key: r for j in jobs if (r := store.load(j, study, inputs.get(j.group))) is not None}
     todo = [(j, json.dumps(specs[j.embedder], sort_keys=True)) for j in jobs if j.key not in results]
     args = (str(cache_dir), None if data_dir is None else str(data_dir))
     label = f"jobs ({len(results)} of {len(jobs)} already done)" if results else "jobs"
     with Progress(len(todo), label, "jobs", progress) as bar:
-        if backend == "ray":
+        if runner == "ray":
             done = _run_ray(study, todo, args, workers, address, bar)
         else:
             done = _run_local(study, todo, args, workers, bar)

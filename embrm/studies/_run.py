@@ -21,6 +21,7 @@ import hashlib
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -135,16 +136,20 @@ def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
 
 
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
-              backend: str = "local", address: str | None = None, progress: bool | None = None,
-              command: str | None = None, replicate: bool | None = None) -> StudyResult:
+              runner: str = "local", address: str | None = None, progress: bool | None = None,
+              command: str | None = None, replicate: bool | None = None, backend: str | None = None) -> StudyResult:
     """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
-    and cache_dir; both are checked, and every dataset loaded, before anything is written. replicate (default:
-    the study's `replicate`): run the study's pools again on each of two disjoint halves of their prompts
-    (under out_dir/replication/half1, half2) and report which findings agree."""
+    and cache_dir; both are checked, and every dataset loaded, before anything is written. runner: "local" (worker
+    processes) or "ray" (at `address`). replicate (default: the study's `replicate`): run the study's pools again on
+    each of two disjoint halves of their prompts (under out_dir/replication/half1, half2) and report which findings
+    agree. backend: the deprecated name of runner (it names the embedder everywhere else)."""
+    if backend is not None:
+        warnings.warn("run_study(backend=...) is deprecated: use runner=", DeprecationWarning, stacklevel=2)
+        runner = backend
     out, cache_dir = Path(out_dir), Path(cache_dir)
     store = ResultStore(out)
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    check_run_options(workers, backend)
+    check_run_options(workers, runner)
     check_out(out, option="--out")  # directories this run writes under: refused up front, before any work
     check_out(cache_dir, option="--cache-dir")
     t0 = time.perf_counter()
@@ -158,14 +163,14 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
                for j in halves}
     done = run_jobs(study, jobs + halves, store, specs, cache_dir, data_dir=data_dir, workers=workers,
-                    inputs=inputs, backend=backend, address=address, progress=progress)
+                    inputs=inputs, runner=runner, address=address, progress=progress)
     results = done[:len(jobs)]
     t2 = time.perf_counter()
     curves = store.curves(jobs, study, results)
     fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
     for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
         store.write_table(name, frame)
-    timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, backend, embed_seconds,
+    timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, runner, embed_seconds,
                            {r.key: round(r.seconds, 2) for r in done})
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
                          length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))

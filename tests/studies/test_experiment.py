@@ -163,7 +163,7 @@ def test_jobs_run_on_a_real_local_ray(setup):
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"a local Ray cannot start on this machine: {e}")
     try:
-        result = run_study(study, setup / "ray", cache_dir=setup / "cache", workers=2, backend="ray", progress=False)
+        result = run_study(study, setup / "ray", cache_dir=setup / "cache", workers=2, runner="ray", progress=False)
     finally:
         ray.shutdown()
     local = run_study(study, setup / "local", cache_dir=setup / "cache", workers=1, progress=False)

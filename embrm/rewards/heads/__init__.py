@@ -24,19 +24,6 @@ from embrm.rewards.heads._stack import MemberData
 HEADS = {"linear": LinearBT, "mlp": MLPReward, "lgbm": LGBMReward, "laplace": LaplaceBT}
 
 __all__ = [
-    'HEADS',
-    'LGBMReward',
-    'LaplaceBT',
-    'LinearBT',
-    'MLPReward',
-    'MemberData',
-    'ODIN_PARAMS',
-    'check_embeddings',
-    'check_fitted',
-    'check_group_ids',
-    'check_pairs',
-    'forward_stack',
-    'init_params',
-    'train_odin',
-    'train_stack',
+    "check_embeddings", "check_fitted", "check_group_ids", "check_pairs", "forward_stack", "HEADS", "init_params",
+    "LaplaceBT", "LGBMReward", "LinearBT", "MemberData", "MLPReward", "ODIN_PARAMS", "train_odin", "train_stack"
 ]
