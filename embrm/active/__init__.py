@@ -1,5 +1,5 @@
 """Active labelling with a budget: which preference pairs to label next, for a Bayesian linear BT reward model
-(``embrm.rewards.heads._laplace.LaplaceBT``) over cached embeddings, simulated from gold.
+(``embrm.rewards.heads.LaplaceBT``) over cached embeddings, simulated from gold.
 
     from embrm.active import ActiveConfig, run_active
     result = run_active(ds, X, ActiveConfig(strategies=("random", "dopt", "bald"), rounds=10, batch=50))

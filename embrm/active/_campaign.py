@@ -9,7 +9,7 @@ rule reaches a good reward model compared with labelling at random.
 
 Per seed (Settles 2009, "Active learning literature survey", pool-based sampling; the protocol of Shen, Sun et al.
 2025, arXiv 2502.04354, on embeddings):
-  1. the prompt split of ``embrm.pipeline._steps.split`` (the one ``embrm fit`` uses for that seed);
+  1. the prompt split of ``embrm.pipeline.split`` (the one ``embrm fit`` uses for that seed);
   2. the candidates: every unordered within-prompt pair of usable responses on the training prompts (plus, with
      across_prompts, as many random cross-prompt pairs of training responses, deduplicated);
   3. the simulated annotator's label of every candidate, decided by ONE uniform draw per candidate from the seed
@@ -111,7 +111,7 @@ def _names(value, what: str, allowed: tuple | None = None) -> tuple:
 @dataclass(frozen=True)
 class ActiveConfig:
     """An active labelling campaign (see the module doc). beta / flip: the simulated annotator, as in
-    ``embrm.pipeline._protocol.LabelConfig`` (flip wins when both are given; neither: noiseless). target: the held-out
+    ``embrm.pipeline.LabelConfig`` (flip wins when both are given; neither: noiseless). target: the held-out
     accuracy whose first budget is reported (None: random's final mean accuracy)."""
 
     strategies: tuple = STRATEGIES
@@ -397,7 +397,7 @@ def _prepared(ds: Dataset, X) -> tuple[Dataset, np.ndarray]:
 
 def run_active(ds: Dataset, X, config: ActiveConfig = ActiveConfig(), *, progress: bool | None = None
                ) -> ActiveResult:
-    """Run every strategy of `config` on every seed (see the module doc); progress: as embrm.core._progress.Progress."""
+    """Run every strategy of `config` on every seed (see the module doc); progress: as embrm.core.Progress."""
     from threadpoolctl import threadpool_limits
 
     if not isinstance(config, ActiveConfig):

@@ -3,7 +3,7 @@
 Every rule is a function ``rule(state, batch, rng) -> positions``: ``state`` (a ``State``) holds the training
 embeddings, the candidate pairs (``Candidates``: every within-prompt pair of the training prompts, optionally plus
 cross-prompt ones), the ``available`` mask (not yet labelled), the current posterior (a fitted
-``embrm.rewards.heads._laplace.LaplaceBT``) and K posterior draws ``W`` (d, K) drawn once per round. A rule returns
+``embrm.rewards.heads.LaplaceBT``) and K posterior draws ``W`` (d, K) drawn once per round. A rule returns
 exactly ``min(batch, available.sum())`` distinct positions into the candidates, all available; none ever returns
 a labelled or a duplicate pair. Everything is vectorised over candidates (and over prompts for the per-prompt
 rules); the only Python loops are over the picks of a greedy batch, which are sequential by nature.
@@ -19,7 +19,7 @@ rules); the only Python loops are over the picks of a greedy batch, which are se
 Notation: a candidate pair (a, b) has difference d = x_a - x_b; under the Laplace posterior N(w_map, S), S = H^-1,
 its margin r_a - r_b has mean d.w_map and variance d^T S d. Variances are read as squared norms of rows of
 Z = (L^-1 X^T)^T (L the Cholesky factor of H, so d^T S d = |z_a - z_b|^2), within a prompt through a batched
-(P, N, N) Gram matrix of the padded per-prompt rows (``embrm.evaluation._pools.group_pools``).
+(P, N, N) Gram matrix of the padded per-prompt rows (``embrm.evaluation.group_pools``).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def check_pairs(pairs, n_rows: int, name: str = "pairs") -> np.ndarray:
             arr = arr.astype(np.int64)
         else:
             raise EmbrmError(f"{name} must hold integer row indices, not {arr.dtype}: map ids with "
-                             f"embrm.data._labels.pair_indices")
+                             f"embrm.data.pair_indices")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     out = (arr < 0) | (arr >= n_rows)
     if out.any():
@@ -78,9 +78,9 @@ def check_fitted(est, attr: str) -> None:
 
 
 # ----------------------------------------------------------------------------- parameter rules
-# Every parameter of a head (and of a Protocol) has one rule; the head checks it when it fits, and
-# embrm.pipeline._protocol checks a Learner's parameters with the same rules when an experiment is described, so `embrm fit`,
-# a study and the Python API refuse the same values with the same message.
+# Every parameter of a head (and of a Protocol) has one rule; the head checks it when it fits, and the pipeline's
+# Learner checks its parameters with the same rules when an experiment is described, so `embrm fit`, a study and the
+# Python API refuse the same values with the same message.
 
 MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence, torch.manual_seed and LightGBM all take it; member seeds are uint32
 

@@ -42,7 +42,7 @@ class Dataset:
     source: str = ""
     exclusion: str = ""  # what the `excluded` rows are (e.g. "probes"); empty when nothing is excluded
     attachments: dict[str, Path] = field(default_factory=dict)  # e.g. published reward models' picks
-    spec: object = None  # the embrm.data._registry.DatasetSpec it was loaded from (recorded in manifests and studies)
+    spec: object = None  # the embrm.data.DatasetSpec it was loaded from (recorded in manifests and studies)
     answer_source: str | None = None  # the column naming each answer's author (e.g. model), when the data has one
     # (n, d) float32 embeddings that come WITH the data, aligned with `responses` (a generated pool such as
     # embrm.data._overopt's): every step that would embed or read the cache uses them instead

@@ -8,7 +8,7 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     path = "pool.jsonl"                  # relative to this file
     name = "my-pool"                     # optional (default: the file name)
     answer_source = "model"              # optional: the column naming who wrote each answer (a model, a policy):
-                                         # the length-controlled gold holds it fixed (embrm.rewards._length.controlled_gold)
+                                         # the length-controlled gold holds it fixed (rewards.controlled_gold)
     [dataset.columns]                    # any of: prompt_id, prompt, response, gold, response_key, chosen, rejected
     prompt = "instruction"
     response = "output"
@@ -29,7 +29,7 @@ is a dataset too: `overopt` on the command line (default size), or in a study
     [[datasets]]
     generate = "overopt"
     name = "overopt"
-    params = { n_prompts = 100, n_candidates = 10000, seed = 0 }   # any keyword of embrm.data._overopt.overopt_dataset
+    params = { n_prompts = 100, n_candidates = 10000, seed = 0 }   # any keyword of embrm.data.overopt_dataset
 
 Its embeddings come with it (Dataset.vectors): nothing is embedded or cached.
 

@@ -113,7 +113,8 @@ def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE,
     template = TEMPLATE_NAMES.get(template, template)
     if template == CHAT:
         if chat is None:
-            raise EmbrmError("--template chat needs the model's chat template (embrm.embedding._embed.chat_template_of)")
+            raise EmbrmError("--template chat needs the model's chat template (see chat_template_of in "
+                             "embrm/embedding/_embed.py)")
         return chat.render(responses["prompt"].to_list(), responses["response"].to_list())
     if "{prompt}" not in template or "{response}" not in template:
         raise EmbrmError(f"template {template!r} must contain both {{prompt}} and {{response}}, or be 'chat' "
@@ -219,8 +220,8 @@ def embed_dataset(data: Dataset | pl.DataFrame, embedder=None, *, cache_dir: str
 
 def embed_shard(data: Dataset | pl.DataFrame, embedder, shard: Shard, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                 template: str = DEFAULT_TEMPLATE, batch_size: int = 64, progress: bool | None = None) -> ShardResult:
-    """Embed one shard's share of the dataset's missing texts (embrm.embedding._shards: N processes, one cache). The last
-    shard to finish merges the cache and gets the whole EmbedResult; the others get result=None."""
+    """Embed one shard's share of the dataset's missing texts (embrm.embedding.Shard: N processes, one cache). The
+    last shard to finish merges the cache and gets the whole EmbedResult; the others get result=None."""
     embedder = embedder if embedder is not None else make_embedder()
     return _embed(data, embedder, None, shard, cache_dir, template, batch_size, progress)[0]
 

@@ -71,7 +71,7 @@ def _temperature(temperature) -> float:
 
 def reliability(margins, n_bins: int = 10, temperature: float = 1.0) -> Reliability:
     """Reliability of p = sigmoid(margin / temperature) in the predicted-winner view (see the module doc); the one
-    implementation behind ``embrm.evaluation._metrics.expected_calibration_error``. ±inf margins count as certain."""
+    implementation behind ``embrm.evaluation.expected_calibration_error``. ±inf margins count as certain."""
     from scipy.special import expit
 
     if int(n_bins) != n_bins or n_bins < 1:

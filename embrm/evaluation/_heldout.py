@@ -63,7 +63,7 @@ class FitMetrics:
     length_spearman: float | None = None
     length_correlation: float | None = None  # the ensemble mean's within-prompt Spearman with length (held out)
     # calibration of the ensemble mean's pairwise probability sigmoid(r_a - r_b) on the held-out pairs
-    # (embrm.evaluation._calibration): MCE, Brier, and the ECE after temperature scaling cross-fitted over held-out prompts
+    # (_calibration.py): MCE, Brier, and the ECE after temperature scaling cross-fitted over held-out prompts
     mce: float | None = None
     brier: float | None = None
     calibrated_ece: float | None = None
@@ -194,7 +194,7 @@ def ensemble_proxies(scores: np.ndarray, reference_rows: np.ndarray, aggregation
 
 def conformal_proxy(ds: Dataset, scores: np.ndarray, reference_rows: np.ndarray, evaluated: np.ndarray, *,
                     coverage: float, seed: int) -> ConformalResult:
-    """The conformal lower bound of standardised member scores (embrm.evaluation._conformal) on the evaluated prompts: calibrated
+    """The conformal lower bound of standardised member scores (_conformal.py) on the evaluated prompts: calibrated
     on their usable responses' gold, cross-fitted over two halves of the prompts; their excluded responses get the
     bound of their prompt's half (they never calibrate)."""
     ref = reference_rows if reference_rows.any() else None
@@ -304,9 +304,9 @@ def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool:
               n_max: int | None = None, n_grid=None, excluded: np.ndarray | None = None,
               gold: np.ndarray | None = None, mean_curve: bool = False) -> BonResult:
     """Exact Best-of-n curves of every proxy on the scored rows where `rows`, judged by `gold` (default: the
-    table's; e.g. a length-controlled gold), at the n of `n_grid` (embrm.evaluation._bon.bon_curves: every n for the usual
-    pools, a log-spaced grid for very large ones); with `excluded`, each proxy's excluded pick rate at n = N too;
-    with `mean_curve`, the ensemble mean's expected gold at every n per prompt (where it peaks: embrm.studies._findings)."""
+    table's; e.g. a length-controlled gold), at the n of `n_grid` (bon_curves: every n for the usual pools, a
+    log-spaced grid for very large ones); with `excluded`, each proxy's excluded pick rate at n = N too; with
+    `mean_curve`, the ensemble mean's expected gold at every n per prompt (where it peaks: the studies' findings)."""
     gold = responses["gold"].to_numpy().astype(np.float64) if gold is None else np.asarray(gold, np.float64)
     rows = rows & responses["scored"].to_numpy() & np.isfinite(gold)
     if not rows.any():

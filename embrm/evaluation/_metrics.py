@@ -55,7 +55,7 @@ def expected_calibration_error(scores, pairs, n_bins: int = 10) -> float:
     "predicted winner = the higher-scored side, confidence = max(p, 1 - p)" and the outcome as whether the
     predicted winner is the labelled one (ties: confidence 0.5, correct counts 0.5). Equal-width bins over
     confidence in [0.5, 1]; ECE = sum_bins (n_bin / n) * |accuracy_bin - mean confidence_bin|. Computed by
-    ``embrm.evaluation._calibration.reliability`` (which also gives MCE, Brier and the bins)."""
+    ``embrm.evaluation.reliability`` (which also gives MCE, Brier and the bins)."""
     return reliability(_margins(scores, pairs), n_bins).ece
 
 
@@ -71,7 +71,7 @@ def per_prompt_spearman(scores, gold, prompt_index, *, mask=None, min_responses:
 
     Returns the mean rho over the prompts that have one: a float (an (A,) array for several columns). With
     return_per_prompt (one column): (mean, {prompt: rho}). With by_prompt: (prompts (P,), rho (P,) or (P, A), NaN
-    where undefined), prompts in the order of ``embrm.evaluation._bon.bon_curves(...).prompts``."""
+    where undefined), prompts in the order of ``embrm.evaluation.bon_curves(...).prompts``."""
     gl = np.asarray(gold, dtype=np.float64)
     if gl.ndim != 1:
         raise EmbrmError(f"gold must be 1-D (one score per response); got shape {gl.shape}")

@@ -95,7 +95,7 @@ def group_pools(prompt_index, mask=None, *, n_rows: int | None = None, order: st
     checks the key count.
 
     order: "sorted" (keys sorted) or "appearance" (keys in order of first appearance when the kept rows are grouped,
-    i.e. no key occurs in two runs; otherwise sorted): embrm.evaluation._bon's prompt order, which also allows the zero-copy
+    i.e. no key occurs in two runs; otherwise sorted): bon_curves' prompt order, which also allows the zero-copy
     ``contiguous`` layout."""
     a = prompt_index.to_numpy() if isinstance(prompt_index, pl.Series) else np.asarray(prompt_index)
     if a.ndim != 1 or (n_rows is not None and a.shape[0] != n_rows):

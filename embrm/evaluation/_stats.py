@@ -203,7 +203,7 @@ def paired_effect(units: list[Unit], *, n_boot: int = 2000, level: float = 0.95,
     if not units:
         raise EmbrmError("paired_effect needs at least one unit; got none")
     if not all(isinstance(u, Unit) for u in units):
-        raise EmbrmError("paired_effect takes a list of embrm.evaluation._stats.Unit")
+        raise EmbrmError("paired_effect takes a list of embrm.evaluation.Unit")
     if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 1):
         raise EmbrmError(f"n_boot must be a positive integer; got {n_boot!r}")
     if not (0 < level < 1):

@@ -393,7 +393,7 @@ def train_arms(ds, X, arms, train_ids, *, seed: int = 0, n_pairs: int = 10_000, 
     slice[:V]   one linear BT head on only the pairs of training prompts whose ``slice_col`` is V (default: the
                 most frequent value): a model trained on a different data slice
     noisy       one linear BT head on a different label set: the same prompts, labels flipped with prob. 0.25
-    moe         embrm.methods._moe.MoEReward (routed experts) on the bt pairs
+    moe         embrm.methods.MoEReward (routed experts) on the bt pairs
     """
     bad = [a for a in arms if a.split(":", 1)[0] not in ARM_KINDS]
     if bad:

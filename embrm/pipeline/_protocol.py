@@ -18,7 +18,7 @@ from embrm.rewards.heads import HEADS as HEAD_CLASSES
 from embrm.rewards.heads import ODIN_PARAMS
 
 HEADS = tuple(HEAD_CLASSES)  # the names of the heads embrm.rewards.heads registers
-# How a learner controls for response length (see embrm.rewards._length, embrm.data._augment, embrm.rewards.heads._odin):
+# How a learner controls for response length (see rewards/_length.py, data/_augment.py, rewards/heads/_odin.py):
 #   none            the reward as trained
 #   posthoc         each member's within-prompt regression on length (training responses) subtracted
 #   posthoc_global  the same with one global regression (the prompt's mean length left in)
@@ -49,7 +49,7 @@ RULES = {
     "flip": Number(0, 0.5, hi_open=True),  # 0.5 is coin flips, above it the labels invert
 }
 SHOWN_AS = {"k": "k (ensemble size)", "n_max": "n_max (largest n of Best-of-n)"}
-N_GRIDS = ("all", "log")  # every n, or a log-spaced grid (embrm.evaluation._bon.log_grid); None: "all" up to bon.ALL_N_LIMIT
+N_GRIDS = ("all", "log")  # every n, or a log-spaced grid (evaluation.log_grid); None: "all" up to ALL_N_LIMIT
 MAX_GRID = 10_000  # values of n in a user grid: the curves keep (aggregations x grid) numbers per pool
 
 

@@ -16,7 +16,7 @@ Length control (Learner.length_control): "posthoc" fits each member's length slo
 responses and removes it; "odin" trains quality + length heads; "rrm" adds other prompts' answers as losers and
 ties, which are new (prompt, response) texts: their embeddings are passed as `augment`
 (`embed_dataset(rrm_dataset(ds)).X`; `embrm run` and `embrm fit` embed them). Pools are evaluated on their gold and
-on a length-controlled gold (embrm.rewards._length.controlled_gold), side by side.
+on a length-controlled gold (embrm.rewards.controlled_gold), side by side.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Modes
 With length_control="odin" (linear or MLP heads, modes independent / bootstrap) every member is trained as a
 quality head plus a length head on the BT loss of their sum (embrm.rewards.heads._odin, Chen et al. 2024); the member IS
 its quality head (a LinearBT or an MLPReward), so it is scored, saved and loaded as any other member.
-`length_correction` (embrm.rewards._length.LengthCorrection, set by embrm.pipeline._steps for
+`length_correction` (embrm.rewards.LengthCorrection, set by embrm.pipeline._steps for
 length_control="posthoc") removes each member's fitted length slope: predict then needs the responses' length
 feature.
 
@@ -83,7 +83,7 @@ class RewardEnsemble:
         self.trunk, self.warm_, self.posterior = trunk, warm, posterior
         self.head_params = dict(head_params or {})
         self.info = dict(info or {})
-        self.length_correction = None  # embrm.rewards._length.LengthCorrection over [members..., warm]: see predict
+        self.length_correction = None  # embrm.rewards.LengthCorrection over [members..., warm]: see predict
         self._stack = None
 
     @property
@@ -97,7 +97,7 @@ class RewardEnsemble:
         return f"RewardEnsemble(head={self.head!r}, mode={self.mode!r}, k={self.k}, warm={self.warm_ is not None})"
 
     def predict(self, X, length=None) -> np.ndarray:
-        """Member scores (n, K) float32; with a length correction, `length` (embrm.rewards._length.length_feature of the
+        """Member scores (n, K) float32; with a length correction, `length` (embrm.rewards.length_feature of the
         responses, aligned with X) is required and each member's length slope is removed."""
         raw = self._predict_raw(X)
         return raw if self.length_correction is None else self.corrected(raw, length)
@@ -106,7 +106,7 @@ class RewardEnsemble:
         """Raw scores (n, c) of the scored models first..first+c-1 with their length slopes removed."""
         if length is None:
             raise EmbrmError("this ensemble removes a fitted length slope (length_control posthoc): pass "
-                             "length=embrm.rewards._length.length_feature(responses)")
+                             "length=embrm.rewards.length_feature(responses)")
         length = np.asarray(length, np.float64)
         if length.shape != (len(raw),):
             raise EmbrmError(f"length has shape {length.shape}; expected ({len(raw)},): one value per response")

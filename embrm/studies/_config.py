@@ -3,8 +3,8 @@
 A study is a TOML file (every key optional; the defaults below are the default study) and expands into a grid of
 independent jobs, one per (dataset, noise, learner, seed) on pools and one per (dataset, learner, seed) on human
 pairs. Validation happens before any work: an unknown key, a wrong type, a value out of its bounds (the same rules as
-`embrm fit`: embrm.pipeline._protocol and the heads hold them), an unknown head / mode / aggregation or a dataset that does not
-exist is one error naming the file, the key and the allowed values.
+`embrm fit`: the pipeline's Protocol and the heads hold them), an unknown head / mode / aggregation or a dataset that
+does not exist is one error naming the file, the key and the allowed values.
 
     name = "default"            # a plain name (letters, digits, . _ -): results go to results/<name> by default
     seeds = [0, 1, 2]
@@ -16,7 +16,7 @@ exist is one error naming the file, the key and the allowed values.
     lam = 0.5                                                    # UWO
     lcb_beta = 1.0                                               # LCB
     n_grid = "log"              # Best-of-n's n: "all", "log" (~100 log-spaced n, with 1 and N) or a list; left out:
-                                # every n for pools up to embrm.evaluation._bon.ALL_N_LIMIT candidates, the log grid beyond
+                                # every n for pools up to evaluation.ALL_N_LIMIT candidates, the log grid beyond
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     methods = ["laser", "moe", "composite", "policy"]            # the four methods, run on the first pool, seed 0
@@ -68,7 +68,7 @@ generated pool with a known gold (`generate = "overopt"`, `params = {...}`: embr
     columns = { prompt = "instruction", response = "output", gold = "score", response_key = "model" }
     exclude = { column = "model", values = ["NullModel"], name = "probes" }
 
-Each pool job is one embrm.pipeline._steps.run_experiment with the Protocol that `job.protocol(study)` builds: the same
+Each pool job is one embrm.pipeline.run_experiment with the Protocol that `job.protocol(study)` builds: the same
 settings through `embrm fit` + `embrm bon-sim` give the same numbers.
 """
 
@@ -130,7 +130,7 @@ class Study:
     lcb_beta: float = 1.0
     with_excluded: bool = True
     replicate: bool = True
-    n_grid: str | list | None = None  # Best-of-n's n: None (every n up to embrm.evaluation._bon.ALL_N_LIMIT), "all", "log", [n...]
+    n_grid: str | list | None = None  # Best-of-n's n: None (every n up to ALL_N_LIMIT), "all", "log", [n...]
     methods: list = field(default_factory=lambda: list(METHODS))
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     embedders: dict = field(default_factory=dict)  # [[embedders]]: name -> EmbedderConfig; empty: the one [embedder]

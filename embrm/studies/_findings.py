@@ -1,5 +1,5 @@
 """A study's findings: the anchors' claims and the length-control questions, each measured from the jobs'
-per-prompt records with an interval over seeds AND held-out prompts (embrm.evaluation._stats.paired_effect), and a verdict.
+per-prompt records with an interval over seeds AND held-out prompts (evaluation.paired_effect), and a verdict.
 
     found = findings(results, bon)           # results: the jobs' JobResults (embrm.studies._store)
     [f.markdown() for f in found]
@@ -328,7 +328,7 @@ class Replication:
 
 
 def replication(first: list[Finding], second: list[Finding]) -> list[Replication]:
-    """Per finding measured in both halves: the two verdicts and whether they agree (embrm.evaluation._stats.agreement).
+    """Per finding measured in both halves: the two verdicts and whether they agree (embrm.evaluation.agreement).
     Findings are matched by key with the halves' dataset names (`<name>.half1`, `.half2`, and
     `<name>.half1@<embedder>` in a study comparing embedders) read as one."""
     def key(f: Finding) -> str:

@@ -8,9 +8,10 @@ of its own embedder.
 
 A job's result is a JobResult (embrm.studies._store): the ResultStore writes it under `jobs/` (one JSON, one Parquet
 of curves) and reads it back; a job whose files exist with the same digest and read back whole is not run again, so
-an interrupted study resumes where it stopped (a damaged result is reported in one line and its job runs again). Workers read embeddings from the Parquet cache themselves
-(zero-copy) instead of being sent them, run on the thread policy's count (embrm.core.fit_threads: 1 unless
-$EMBRM_THREADS) so that W workers use W cores, and end with the process that started them, even when it is SIGKILLed.
+an interrupted study resumes where it stopped (a damaged result is reported in one line and its job runs again).
+Workers read embeddings from the Parquet cache themselves (zero-copy) instead of being sent them, run on the thread
+policy's count (embrm.core.fit_threads: 1 unless $EMBRM_THREADS) so that W workers use W cores, and end with the
+process that started them, even when it is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _embeddings(spec: DatasetSpec, data_dir: str | None, embed_spec_json: str, c
 
 @lru_cache(maxsize=8)
 def _augment(spec: DatasetSpec, data_dir: str | None, embed_spec_json: str, cache_dir: str) -> np.ndarray:
-    """Embeddings of RRM's augmentation texts (embrm.data._augment.rrm_dataset), cached by `embrm run` beforehand."""
+    """Embeddings of RRM's augmentation texts (embrm.data.rrm_dataset), cached by `embrm run` beforehand."""
     return cached_embeddings(rrm_dataset(_dataset(spec, data_dir)), json.loads(embed_spec_json), cache_dir)
 
 

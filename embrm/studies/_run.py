@@ -68,8 +68,8 @@ def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: 
     """Embed every dataset of the study once per embedder (cached texts are not re-embedded) and, for RRM
     learners, each dataset's augmentation texts (each half's own too with `replicate`: a half draws its
     other-prompt answers from itself). Returns (cache spec per embedder name: None for the one [embedder]; seconds
-    per job group; what the embedder's window did to each group's texts: embrm.studies._config.group_label). Every dataset
-    is loaded and checked first, so a bad one fails before the cache is touched."""
+    per job group; what the embedder's window did to each group's texts, keyed by _config.group_label). Every
+    dataset is loaded and checked first, so a bad one fails before the cache is touched."""
     loaded = _load_all(study, data_dir)
     check_rrm_texts(study)  # a Study built in code skips load_study's checks
     specs, seconds, facts = {}, {}, {}
@@ -189,7 +189,8 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
               and (p := R.plot_reliability_study(results, out, d, n)) is not None]
     timings.total = time.perf_counter() - t0
     store.write_json("study.json", {"study": study.to_dict(), "command": command,
-                                    "embedder_spec": specs.get(None, specs), "machine": machine(), "timings": timings.to_dict(),
+                                    "embedder_spec": specs.get(None, specs), "machine": machine(),
+                                    "timings": timings.to_dict(),
                                     "embedding": {k: v.to_dict() for k, v in embedding.items()},
                                     "embedders": result.embedders}, indent=2)
     store.write_text(result.report_path.name, render_report(study, result, plots, command))
@@ -203,7 +204,7 @@ def _length_effects(results: list[JobResult]) -> dict[str, LengthEffect | str]:
 
 
 def replication_jobs(study: Study) -> list:
-    """The study's pool jobs again on each of two disjoint halves of every pool's prompts (embrm.data._registry.half_of):
+    """The study's pool jobs again on each of two disjoint halves of every pool's prompts (embrm.data.half_of):
     the same protocols, so every finding of the pools is measured twice on prompts the other half never saw."""
     return [job for half in (1, 2) for job in
             jobs_of(replace(study, datasets=[replace(d, half=half) for d in study.datasets], human_pairs=[]))]

@@ -16,7 +16,7 @@ from embrm.core import EmbrmError
 from embrm.embedding._cache import FINGERPRINT_FILE, read_identity
 from embrm.embedding.backends._base import EmbedBatch, Embedder
 
-DEFAULT_ROOT = Path("cache")  # embrm.embedding._embed.DEFAULT_CACHE_DIR (not imported: embrm.embedding._embed imports this package)
+DEFAULT_ROOT = Path("cache")  # embrm.embedding.DEFAULT_CACHE_DIR (not imported: _embed imports this package)
 
 
 class ImportedEmbedder(Embedder):
