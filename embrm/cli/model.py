@@ -190,7 +190,8 @@ def print_fit_metrics(m: FitMetrics, title: str) -> None:
                   cell(m.length_correlation))
     accs = m.member_accuracy
     table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "", "")
-    table.add_row("length (longer is better)", cell(m.length_accuracy), "", "", cell(m.length_spearman), "1.000")
+    if m.length_accuracy is not None:  # arrays without texts have no lengths
+        table.add_row("length (longer is better)", cell(m.length_accuracy), "", "", cell(m.length_spearman), "1.000")
     table.add_row("random (expected)", "0.500", "", "", "0.000", "0.000")
     out.print(table)
     out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
@@ -238,7 +239,11 @@ def bon_sim(
         "--n-grid", help="The n of the curves: all | log (about 100 log-spaced n, with 1 and N) | comma-separated "
                          f"values (default: all n up to pools of {ALL_N_LIMIT:,}, log beyond).")] = None,
     prompts: Annotated[Prompts, typer.Option("--prompts", help="test (the model's held-out prompts) | all.")] =
-    Prompts.test, with_excluded: WithExcludedOpt = True, out_dir: OutDirOpt = None,
+    Prompts.test, with_excluded: WithExcludedOpt = True,
+    sun_metrics: Annotated[bool, typer.Option(
+        "--sun-metrics", help="Also Sun et al.'s numbers (Best-of-N at 2..500 by one random subsample, the pick's "
+                              "quantile, pairwise accuracy, Spearman; ensemble mean, min and first member).")] = False,
+    out_dir: OutDirOpt = None,
     cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text, overwrite: OverwriteOpt = False,
 ):
     """Exact Best-of-n curves (every n; a log grid of n for pools of thousands) of a model's aggregations vs the
@@ -253,12 +258,12 @@ def bon_sim(
                    aggregations=tuple(split_list([agg])) if agg is not None else None)
     # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
     with options_named(BON_OPTION):
-        protocol = replace(model.protocol, with_excluded=with_excluded,
+        protocol = replace(model.protocol, with_excluded=with_excluded, sun_metrics=sun_metrics,
                            **{k: v for k, v in changes.items() if v is not None})
     ds = data.load(dataset)
     ds.require_pool("Best-of-n simulation")
     result = evaluate(ds, model_embeddings(model, ds, cache_dir), model.ensemble, model.split, protocol,
-                      prompts=prompts.value)
+                      prompts=prompts.value, progress=None if format == Format.text else False)
     extra = {"dataset": ds.name, "model_dir": str(model_dir), "prompts": prompts.value, "protocol": protocol.to_dict(),
              "command": command_line(ctx), "packages": package_versions()}
     if out_dir is not None:
@@ -292,17 +297,21 @@ def print_bon(result: Evaluation) -> None:
     lc = result.bon.get("pool-lc")
     probes = next((b for name, b in result.bon.items() if name.startswith("pool+")), None)
     what = probes.pool.removeprefix("pool+") if probes else ""
+    lengths = any(s.length_correlation is not None for s in pool.proxies.values())  # none for arrays without texts
     table = Table("proxy", "gold@N", "gain", *(["gain, length-controlled gold"] if lc else []),
-                  *([f"{what} picked", f"gain, {what} in"] if probes else []), "Spearman with length", "best n",
+                  *([f"{what} picked", f"gain, {what} in"] if probes else []),
+                  *(["Spearman with length"] if lengths else []), "best n",
                   title=f"Best-of-n, {pool.grid} on {pool.n_prompts} prompts: random pick (expected) "
                         f"{pool.random_at_n_max:.3f}, oracle {pool.oracle_at_n_max:.3f}")
     for proxy, s in pool.proxies.items():
         extra = [cell(lc.proxies[proxy].gain_at_n_max)] if lc else []
         if probes:
             extra += [cell(probes.proxies[proxy].excluded_pick_rate), cell(probes.proxies[proxy].gain_at_n_max)]
-        table.add_row(proxy, cell(s.gold_at_n_max), cell(s.gain_at_n_max), *extra, cell(s.length_correlation),
-                      str(s.best_n))
+        table.add_row(proxy, cell(s.gold_at_n_max), cell(s.gain_at_n_max), *extra,
+                      *([cell(s.length_correlation)] if lengths else []), str(s.best_n))
     out.print(table)
+    if result.sun is not None:
+        out.print(result.sun.markdown(), markup=False)
     if result.conformal_error:
         out.print(f"no conformal lower bound: {result.conformal_error}")
     elif result.conformal:

@@ -43,7 +43,7 @@ class Progress:
     every: seconds between plain lines (EMBRM_PROGRESS_EVERY overrides it).
     """
 
-    def __init__(self, total: int, label: str, unit: str = "items", enabled: bool | None = None,
+    def __init__(self, total: int, label: str, unit: str = "items", enabled: "bool | Progress | None" = None,
                  every: float = 30.0):
         env = os.environ.get(ENV_EVERY, "").strip()
         if env:
@@ -55,21 +55,29 @@ class Progress:
         self.total, self.label, self.unit, self.every = int(total), label, unit, float(every)
         self.completed = 0
         self.status = ""
+        # enabled may be a running Progress: this one is a step of it (a second bar in its display on a terminal:
+        # rich allows one live display at a time; its own lines elsewhere; silent when it is)
+        self._parent = enabled if isinstance(enabled, Progress) else None
         tty = sys.stderr is not None and sys.stderr.isatty()
         self.mode = "off" if enabled is False else ("bar" if tty else "lines")
+        if self._parent is not None:
+            self.mode = "off" if self._parent.mode == "off" else self.mode
         self._bar = self._task = None
         self._start = self._last = 0.0
         self._printed = -1  # `completed` at the last plain line (no duplicate final line)
 
     def __enter__(self) -> Progress:
         self._start = self._last = time.perf_counter()
-        if self.mode == "bar":
+        if self.mode == "bar" and self._parent is not None and self._parent._bar is not None:
+            self._shared = self._parent._bar
+            self._task = self._shared.add_task(self.label, total=self.total, rate="-", status=self.status)
+        elif self.mode == "bar":
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn(f"{{task.fields[rate]}} {self.unit}/s"),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                      TextColumn("{task.fields[status]}", markup=False),
                                      console=Console(stderr=True), transient=False)
@@ -78,7 +86,10 @@ class Progress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if self._bar is not None:
+        if getattr(self, "_shared", None) is not None:
+            self._shared.remove_task(self._task)
+            self._shared = None
+        elif self._bar is not None:
             self._bar.__exit__(exc_type, *exc)
             self._bar = None
         elif self.mode == "lines" and self._printed != self.completed and exc_type is None:
@@ -87,8 +98,8 @@ class Progress:
     def set_description(self, text: str) -> None:
         """Set the status shown after the counts (e.g. "2 running"; the label stays)."""
         self.status = text
-        if self._bar is not None:
-            self._bar.update(self._task, status=text)
+        if self._live is not None:
+            self._live.update(self._task, status=text)
 
     def advance(self, n: int = 1) -> None:
         """Record n more units done; draws the bar or, when ``every`` seconds have passed, prints a line."""
@@ -96,11 +107,16 @@ class Progress:
         if self.mode == "off":
             return
         now = time.perf_counter()
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.completed, rate=f"{self.rate(now):.1f}")
+        if self._live is not None:
+            self._live.update(self._task, completed=self.completed, rate=f"{self.rate(now):.1f} {self.unit}/s")
         elif self.mode == "lines" and now - self._last >= self.every:
             self._last = now
             self._line(now)
+
+    @property
+    def _live(self):
+        """The rich display this count draws in (its own, or its parent's), or None."""
+        return getattr(self, "_shared", None) or self._bar
 
     def rate(self, now: float | None = None) -> float:
         """Units per second since the start."""

@@ -1,7 +1,10 @@
 """What the data is: readers into a Dataset (responses + human pairs), the dataset registry and declarations,
-labels and simulated annotators, prompt splits, RRM augmentation and generated datasets (overopt, synthetic pools).
+labels and simulated annotators, prompt splits, RRM augmentation, generated datasets (overopt, synthetic pools) and
+array datasets (embedding + gold arrays without texts, Sun et al.'s release layout, read from disk in blocks).
 """
 
+from embrm.data._array_dataset import ArraySource, load_array_dataset
+from embrm.data._arrays import ARRAY_FORMATS, ArraySplit, file_digest, open_array, read_split
 from embrm.data._augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
 from embrm.data._dataset import Dataset
 from embrm.data._labels import label_given_pairs, pair_indices, simulate_pairs, split_pairs, split_prompts
@@ -17,10 +20,12 @@ from embrm.data._registry import (
     load_dataset,
     spec_from_table,
 )
+from embrm.data._sun_layout import SunLayout, planted_gold, write_sun_layout
 from embrm.data._synthetic import synthetic_pool
 
 __all__ = [
-    "AUG_COLUMNS", "Dataset", "dataset_spec", "DatasetSpec", "Exclusion", "existing_data_dir", "GENERATORS",
+    "ARRAY_FORMATS", "ArraySource", "ArraySplit", "file_digest", "load_array_dataset", "open_array", "planted_gold",
+    "read_split", "SunLayout", "write_sun_layout", "AUG_COLUMNS", "Dataset", "dataset_spec", "DatasetSpec", "Exclusion", "existing_data_dir", "GENERATORS",
     "half_of", "ideal_proxy_curve", "label_given_pairs", "load_dataset", "overopt_dataset", "overopt_truth",
     "OveroptTruth", "pair_indices", "REGISTRY", "rrm_dataset", "rrm_pairs", "simulate_pairs", "spec_from_table",
     "split_pairs", "split_prompts", "synthetic_pool"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, Rows
 
 FORMATS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 HH_TURN = "\n\nAssistant:"
@@ -46,7 +46,9 @@ class Dataset:
     answer_source: str | None = None  # the column naming each answer's author (e.g. model), when the data has one
     # (n, d) float32 embeddings that come WITH the data, aligned with `responses` (a generated pool such as
     # embrm.data._overopt's): every step that would embed or read the cache uses them instead
-    vectors: np.ndarray | None = field(default=None, repr=False)
+    # or a embrm.core.Rows over memory-mapped arrays (an array dataset, embrm.data._array_dataset)
+    vectors: "np.ndarray | Rows | None" = field(default=None, repr=False)
+    texts: bool = True  # False: responses are named by position only (an array dataset): no lengths, nothing to embed
 
     @property
     def excluded(self) -> np.ndarray:
@@ -64,7 +66,8 @@ class Dataset:
         responses = self.responses.filter(predicate)
         vectors = self.vectors
         if vectors is not None:
-            vectors = vectors[self.responses.select(predicate.alias("keep"))["keep"].fill_null(False).to_numpy()]
+            keep = self.responses.select(predicate.alias("keep"))["keep"].fill_null(False).to_numpy()
+            vectors = vectors.subset(keep) if isinstance(vectors, Rows) else vectors[keep]
         pairs = self.pairs
         if pairs is not None:
             kept = responses["response_id"].implode()
@@ -91,6 +94,11 @@ class Dataset:
             rule = " that the exclusion rule keeps" if self.excluded.any() else ""
             raise EmbrmError(f"{self.source}: only {n} prompt(s) with scored responses{rule}: {purpose} needs at "
                              f"least 2")
+
+    @property
+    def predefined_split(self) -> bool:
+        """The data comes split (an array dataset's train and test files): fits use train, evaluations test."""
+        return "split" in self.responses.columns
 
     @property
     def kind(self) -> str:

@@ -11,7 +11,8 @@ Simulated annotators (all seeded, all vectorised):
     flip=f      the better-gold response is chosen, then the label is flipped with probability f (Coste et al.).
     neither     noiseless: the better-gold response is chosen.
 Pair drawing: within_prompt=True draws a prompt uniformly among prompts with >= 2 eligible responses, then two
-distinct responses uniformly within it; within_prompt=False draws two distinct responses uniformly from all
+distinct responses uniformly within it (pairs_per_prompt=k: Sun et al.'s annotator, ceil(n_pairs / k) random
+prompts with k pairs each); within_prompt=False draws two distinct responses uniformly from all
 eligible responses (Sun et al.'s default), and `prompt_id` is then the CHOSEN response's prompt. Unscored (null
 gold) responses never enter. Pairs are drawn with replacement (the same pair can be annotated twice).
 Ties in gold: ties="skip" (default) redraws tied pairs; ties="random" keeps them with a fair coin as the label
@@ -97,7 +98,7 @@ def _scored(responses: pl.DataFrame, prompt_ids, name: str) -> pl.DataFrame:
 
 def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None = None, flip: float | None = None,
                    within_prompt: bool = True, seed: int = 0, prompt_ids=None, ties: str = "skip",
-                   name: str = "the responses table") -> pl.DataFrame:
+                   name: str = "the responses table", pairs_per_prompt: int | None = None) -> pl.DataFrame:
     """Draw n_pairs labelled pairs from the scored responses (see the module doc for the annotator models).
 
     Returns a polars DataFrame: prompt_id, chosen_id, rejected_id, gold_chosen, gold_rejected, label_correct
@@ -128,6 +129,9 @@ def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None 
         df = df.filter(pl.col("prompt_id").is_in(eligible["prompt_id"].implode()))
         counts = eligible["len"].to_numpy().astype(np.int64)
         starts = np.cumsum(counts) - counts
+        chosen_prompts = _prompt_draw(len(counts), n_pairs, pairs_per_prompt, rng, name)
+    elif pairs_per_prompt is not None:
+        raise EmbrmError("pairs_per_prompt draws pairs within prompts: use within_prompt=True")
     elif len(df) < 2:
         raise EmbrmError(f"only {len(df)} scored response in {name}: pairs need at least 2")
     gold = df["gold"].to_numpy()
@@ -141,7 +145,7 @@ def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None 
         want = n_pairs - kept
         m = int(want * 1.25) + 16
         if within_prompt:
-            p = rng.integers(0, len(counts), m)
+            p = chosen_prompts(m, first=not a_all)
             i = (rng.random(m) * counts[p]).astype(np.int64)
             j = (rng.random(m) * (counts[p] - 1)).astype(np.int64)
         else:
@@ -186,6 +190,26 @@ def simulate_pairs(responses: pl.DataFrame, n_pairs: int, *, beta: float | None 
         "gold_rejected": gold[rejected],
         "label_correct": correct,
     })
+
+
+def _prompt_draw(n_prompts: int, n_pairs: int, pairs_per_prompt: int | None, rng, name: str):
+    """Which prompt each drawn pair comes from: uniform over prompts, or (Sun et al.'s annotator) ceil(n_pairs /
+    pairs_per_prompt) distinct random prompts with pairs_per_prompt pairs each (tied pairs are redrawn among them)."""
+    if pairs_per_prompt is None:
+        return lambda m, first: rng.integers(0, n_prompts, m)
+    needed = -(-n_pairs // int(pairs_per_prompt))
+    if needed > n_prompts:
+        raise EmbrmError(f"{n_pairs} pairs at {pairs_per_prompt} per prompt need {needed} prompts but {name} has "
+                         f"{n_prompts} with 2 scored responses: lower n_pairs or raise pairs_per_prompt")
+    sel = rng.permutation(n_prompts)[:needed]
+
+    def draw(m: int, first: bool) -> np.ndarray:
+        extra = sel[rng.integers(0, needed, m)]
+        if not first:
+            return extra
+        exact = np.repeat(sel, pairs_per_prompt)[:n_pairs]
+        return np.concatenate([exact, extra[:max(m - len(exact), 0)]])
+    return draw
 
 
 def label_given_pairs(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, *, beta: float | None = None,

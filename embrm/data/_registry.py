@@ -56,6 +56,7 @@ import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError
+from embrm.data._array_dataset import array_sources, load_array_dataset
 from embrm.data._dataset import Dataset, load_file, load_pairs, load_pool
 from embrm.data._overopt import overopt_dataset, overopt_truth
 
@@ -127,6 +128,7 @@ class DatasetSpec:
     half: int = 0  # 0: every prompt; 1 or 2: one of two disjoint halves of the prompts (embrm run --replicate)
     params: tuple = ()  # a generated dataset's sorted (keyword, value) pairs (GENERATORS)
     prompts: int = 0  # 0: every prompt; N: the first N prompts in sorted prompt-id order (before any half)
+    arrays: tuple = ()  # an array dataset's ArraySource per split (embrm.data._array_dataset); source: its declaration
 
     @property
     def label(self) -> str:
@@ -297,10 +299,13 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
 
 
 def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpec:
-    """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude."""
+    """A DatasetSpec from a declaration table: path (or name of a registered dataset), name, columns, exclude; or
+    array files (embeddings + gold, or train and test tables of them: embrm.data._array_dataset)."""
     allowed = {"path", "name", "columns", "exclude", "answer_source", "prompts"}
     if isinstance(doc, dict) and "generate" in doc:
         return _generated_spec(doc, where)
+    if isinstance(doc, dict) and ({"embeddings", "gold", "train", "test"} & set(doc)):
+        return _array_spec(doc, where, base)
     if not isinstance(doc, dict):
         raise EmbrmError(f"{where}: expected a table with path, columns, exclude")
     for key in doc:
@@ -312,10 +317,7 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
         raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
     if not isinstance(doc.get("answer_source", ""), str):
         raise EmbrmError(f"{where}: answer_source must be a column name (the column naming each answer's author)")
-    prompts = doc.get("prompts", 0)
-    if "prompts" in doc and (isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1):
-        raise EmbrmError(f"{where}: prompts must be a positive integer (the first N prompts in sorted prompt-id "
-                         f"order), got {prompts!r}")
+    prompts = _prompts(doc, where)
     source = doc["path"] if doc["path"] in REGISTRY else str((base / doc["path"]).expanduser())
     columns = doc.get("columns", {})
     if not isinstance(columns, dict) or any(k not in COLUMN_ROLES or not isinstance(v, str)
@@ -324,6 +326,27 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
     return DatasetSpec(source, doc.get("name"), tuple(sorted(columns.items())),
                        _exclusion_from(doc.get("exclude"), f"{where} exclude"), doc.get("answer_source") or None,
                        prompts=prompts)
+
+
+def _array_spec(doc: dict, where: str, base: Path) -> DatasetSpec:
+    """An array dataset's declaration: name, prompts, and its splits' files."""
+    unknown = set(doc) - {"name", "prompts", "embeddings", "gold", "embeddings_key", "gold_key", "train", "test"}
+    if unknown:
+        raise EmbrmError(f"{where}: unknown key '{sorted(unknown)[0]}': an array dataset takes name, prompts, and "
+                         f"embeddings + gold or [train] and [test] tables")
+    if not isinstance(doc.get("name", ""), str):
+        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    sources = array_sources(doc, where, base)
+    name = doc.get("name") or Path(sources[0].embeddings).stem
+    return DatasetSpec(sources[0].embeddings, name, prompts=_prompts(doc, where), arrays=sources)
+
+
+def _prompts(doc: dict, where: str) -> int:
+    prompts = doc.get("prompts", 0)
+    if "prompts" in doc and (isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1):
+        raise EmbrmError(f"{where}: prompts must be a positive integer (the first N prompts in sorted prompt-id "
+                         f"order), got {prompts!r}")
+    return prompts
 
 
 def _generated_spec(doc: dict, where: str) -> DatasetSpec:
@@ -398,7 +421,10 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
     The exclusion rule (the registry's, the declaration's or `exclude="COLUMN=REGEX"`) marks the `excluded` rows;
     attachments (e.g. published reward models' picks) are fetched with the data."""
     spec = dataset_spec(source, name=name, exclude=exclude, **columns)
-    if spec.source in GENERATORS:
+    if spec.arrays:
+        ds = load_array_dataset(spec.arrays, spec.label, spec.source)
+        rule, author = None, None
+    elif spec.source in GENERATORS:
         ds, _ = GENERATORS[spec.source].make(**dict(spec.params))
         ds.name = spec.name or ds.name
         rule, author = spec.exclude, None
@@ -428,12 +454,18 @@ def load_dataset(source: "str | Path | DatasetSpec", data_dir: str | Path | None
 
 
 def first_prompts(ds: Dataset, n: int) -> Dataset:
-    """The first n prompts in sorted prompt-id order (a declaration's `prompts = N`)."""
-    prompts = ds.responses["prompt_id"].unique().sort()
-    if n > len(prompts):
-        raise EmbrmError(f"{ds.source}: prompts = {n} but the dataset has {len(prompts)} prompts: ask for at most "
-                         f"{len(prompts)}, or leave prompts out for all")
-    return ds.filter(pl.col("prompt_id").is_in(prompts[:n].implode()))
+    """The first n prompts in sorted prompt-id order (a declaration's `prompts = N`); of each split, when the data
+    comes split (train and test)."""
+    groups = [ds.responses] if not ds.predefined_split else ds.responses.partition_by("split", maintain_order=True)
+    keep = []
+    for part in groups:
+        prompts = part["prompt_id"].unique().sort()
+        if n > len(prompts):
+            raise EmbrmError(f"{ds.source}: prompts = {n} but the dataset has {len(prompts)} prompts"
+                             f"{' in a split' if ds.predefined_split else ''}: ask for at most {len(prompts)}, or "
+                             f"leave prompts out for all")
+        keep.append(prompts[:n])
+    return ds.filter(pl.col("prompt_id").is_in(pl.concat(keep).implode()))
 
 
 HALF_SEED = 20_260_101  # fixed: the two halves of a dataset are the same on every machine and run

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, Progress
+from embrm.core import EmbrmError, Progress, Rows
 from embrm.data import Dataset
 from embrm.embedding._cache import EmbeddingCache, text_keys
 from embrm.embedding._chat import NO_TEMPLATE, ChatTemplate
@@ -305,13 +305,14 @@ def _gathered(responses: pl.DataFrame, keys: list[str], cache: EmbeddingCache, n
 
 
 def carried_vectors(ds: Dataset) -> EmbedResult:
-    """The vectors a dataset comes with (a generated pool), in the form embedding returns: nothing is embedded or
-    cached; the fingerprint is a digest of the vectors themselves."""
-    X = np.ascontiguousarray(ds.vectors, dtype=np.float32)
+    """The vectors a dataset comes with (a generated pool, or an array dataset's memory-mapped files as a
+    embrm.core.Rows, left on disk), in the form embedding returns: nothing is embedded or cached; the fingerprint is
+    a digest of the vectors themselves (of the files' SHA-256 for arrays)."""
+    X = ds.vectors if isinstance(ds.vectors, Rows) else np.ascontiguousarray(ds.vectors, dtype=np.float32)
     if X.ndim != 2 or len(X) != len(ds.responses):
         raise EmbrmError(f"{ds.name}: its vectors have shape {X.shape} for {len(ds.responses)} responses: one row "
                          f"per response")
-    digest = hashlib.blake2b(X.tobytes(), digest_size=16).hexdigest()
+    digest = X.digest if isinstance(X, Rows) else hashlib.blake2b(X.tobytes(), digest_size=16).hexdigest()
     spec = {"backend": "carried", "model": ds.name, "dim": int(X.shape[1])}
     return EmbedResult(X, ds.responses["response_id"].to_list(), len(X), len(X), 0, len(X), int(X.shape[1]), "",
                        f"carried-{digest}", spec, 0.0)

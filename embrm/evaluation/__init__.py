@@ -52,6 +52,7 @@ from embrm.evaluation._metrics import (
 from embrm.evaluation._plots import plot_bon, plot_gao_fit, pyplot, save_figure
 from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
 from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect, verdict
+from embrm.evaluation._sun import SUN_N, SunMetrics, sun_metrics
 
 __all__ = [
     "aggregate_all", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n", "bon_curves",
@@ -62,5 +63,6 @@ __all__ = [
     "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman", "pick_means", "plot_bon", "plot_gao_fit",
     "plot_reliability", "pool_curves", "pooled_reliability", "Pools", "PromptAccuracy", "PromptBon", "PromptPicks",
     "ProxySummary", "published_picks", "PublishedPick", "pyplot", "Reliability", "reliability", "rows_of",
-    "save_figure", "score_columns", "standardize", "tie_average", "top_picks", "Unit", "verdict"
+    "save_figure", "score_columns", "standardize", "SUN_N", "sun_metrics", "SunMetrics", "tie_average", "top_picks", "Unit",
+    "verdict"
 ]

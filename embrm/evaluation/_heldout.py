@@ -23,6 +23,7 @@ from embrm.evaluation._bon import BonCurves, bon_curves, curves_frame, fit_gao
 from embrm.evaluation._calibration import Reliability, cross_fitted_temperature, reliability
 from embrm.evaluation._conformal import ConformalResult, conformal_lower_bound
 from embrm.evaluation._plots import plot_bon, plot_gao_fit
+from embrm.evaluation._sun import SunMetrics
 
 MAX_EVAL_PAIRS = 200_000
 # Listing every within-prompt pair (a self-join) costs sum N_p^2 rows: the real pools need ~10^6; pools of thousands
@@ -58,7 +59,7 @@ class FitMetrics:
     member_accuracy: list[float]
     log_loss: float
     ece: float
-    length_accuracy: float
+    length_accuracy: float | None  # None: the data has no texts (arrays), so no lengths
     spearman: float | None = None
     length_spearman: float | None = None
     length_correlation: float | None = None  # the ensemble mean's within-prompt Spearman with length (held out)
@@ -137,17 +138,20 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
         raise EmbrmError(f"{ds.source}: no held-out pairs on the test prompts: use a larger --test-size")
     scores = np.asarray(scores, np.float32).reshape(len(ds.responses), -1)
     mean = scores.mean(axis=1)
-    length = M.length_reward(ds.responses)
+    length = M.length_reward(ds.responses) if ds.texts else None
     out = FitMetrics(against, int(len(pairs)), int(len(test_prompts)), float(M.pairwise_accuracy(mean, pairs)),
                      member_accuracies(scores, pairs),
                      float(M.bt_log_loss(mean, pairs)), float(M.expected_calibration_error(mean, pairs)),
-                     float(M.pairwise_accuracy(length, pairs)), per_prompt=_correct_by_prompt(ds, mean, pairs))
+                     None if length is None else float(M.pairwise_accuracy(length, pairs)),
+                     per_prompt=_correct_by_prompt(ds, mean, pairs))
     _calibration(out, ds, mean, pairs, seed)
     if ds.has_gold:
         rows = ds.usable & rows_of(ds.responses, test_prompts)
         index = ds.responses["prompt_id"].filter(pl.Series(rows)).rank("dense").to_numpy().astype(np.int64) - 1
         gold = ds.responses["gold"].to_numpy()[rows]
         out.spearman = float(M.per_prompt_spearman(mean[rows], gold, index))
+        if length is None:
+            return out
         out.length_spearman = float(M.per_prompt_spearman(length[rows], gold, index))
         out.length_correlation = _finite(M.per_prompt_spearman(mean[rows], length[rows].astype(np.float64), index))
     return out
@@ -302,11 +306,12 @@ class BonResult:
 
 def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool: str = "pool",
               n_max: int | None = None, n_grid=None, excluded: np.ndarray | None = None,
-              gold: np.ndarray | None = None, mean_curve: bool = False) -> BonResult:
+              gold: np.ndarray | None = None, mean_curve: bool = False, texts: bool = True) -> BonResult:
     """Exact Best-of-n curves of every proxy on the scored rows where `rows`, judged by `gold` (default: the
     table's; e.g. a length-controlled gold), at the n of `n_grid` (bon_curves: every n for the usual pools, a
     log-spaced grid for very large ones); with `excluded`, each proxy's excluded pick rate at n = N too; with
-    `mean_curve`, the ensemble mean's expected gold at every n per prompt (where it peaks: the studies' findings)."""
+    `mean_curve`, the ensemble mean's expected gold at every n per prompt (where it peaks: the studies' findings).
+    texts=False (arrays without texts): no correlation with length is reported."""
     gold = responses["gold"].to_numpy().astype(np.float64) if gold is None else np.asarray(gold, np.float64)
     rows = rows & responses["scored"].to_numpy() & np.isfinite(gold)
     if not rows.any():
@@ -317,7 +322,8 @@ def best_of_n(responses: pl.DataFrame, proxies: dict, rows: np.ndarray, *, pool:
                         per_prompt=mean_curve and "mean" in proxies)
     _, rho = M.per_prompt_spearman(proxies, gold, pid, mask=rows, by_prompt=True)
     rho = np.asarray(rho).reshape(len(rho), -1)
-    length_rho = M.per_prompt_spearman(proxies, M.length_reward(responses).astype(np.float64), pid, mask=rows)
+    length_rho = (M.per_prompt_spearman(proxies, M.length_reward(responses).astype(np.float64), pid, mask=rows)
+                  if texts else np.full(len(proxies), np.nan))
     per_prompt = PromptPicks(**top_picks(pid, proxies, gold, rows, excluded))
     if curves.per_prompt_gold is not None:
         order = np.argsort(curves.prompts.astype(str))  # top_picks' prompts are sorted
@@ -447,13 +453,15 @@ class Evaluation:
     length_error: str | None = None  # why the pool has no length-controlled gold
     conformal: ConformalResult | None = None
     conformal_error: str | None = None  # why the conformal bound could not be calibrated
+    sun: SunMetrics | None = None  # Sun et al.'s numbers (Protocol.sun_metrics), beside the exact ones
 
     def to_dict(self) -> dict:
         """JSON-able; a missing length effect or conformal calibration written as {"error": why}."""
         return {"metrics": self.metrics.to_dict(), "bon": {k: v.to_dict() for k, v in self.bon.items()},
                 "published_picks": [asdict(p) for p in self.published],
                 "length_effect": _or_error(self.length_effect, self.length_error),
-                "conformal": _or_error(self.conformal, self.conformal_error)}
+                "conformal": _or_error(self.conformal, self.conformal_error),
+                **({} if self.sun is None else {"sun": self.sun.to_dict()})}
 
     @classmethod
     def from_dict(cls, d: dict) -> Evaluation:
@@ -463,7 +471,7 @@ class Evaluation:
                    [PublishedPick(**p) for p in d.get("published_picks") or []],
                    LengthEffect(**length) if length and "error" not in length else None, length.get("error"),
                    ConformalResult.from_dict(conformal) if conformal and "error" not in conformal else None,
-                   conformal.get("error"))
+                   conformal.get("error"), SunMetrics.from_dict(d["sun"]) if d.get("sun") else None)
 
     def frame(self) -> pl.DataFrame:
         """Every evaluated pool's curves, one row per (pool, proxy, n)."""

@@ -47,6 +47,7 @@ RULES = {
     "n_pairs": Integer(20, 1_000_000),  # fewer than 20 cannot be split for early stopping
     "beta": Number(0, lo_open=True),  # BT annotator: 0 would be coin flips, < 0 prefers the worse response
     "flip": Number(0, 0.5, hi_open=True),  # 0.5 is coin flips, above it the labels invert
+    "pairs_per_prompt": Integer(1, 1_000_000),
 }
 SHOWN_AS = {"k": "k (ensemble size)", "n_max": "n_max (largest n of Best-of-n)"}
 N_GRIDS = ("all", "log")  # every n, or a log-spaced grid (evaluation.log_grid); None: "all" up to ALL_N_LIMIT
@@ -150,13 +151,16 @@ class LabelConfig:
     """Where training preferences come from. source: human (the dataset's pairs) | simulated (from gold) | auto.
 
     beta: BT annotator, P(a > b) = sigmoid(beta (g_a - g_b) / std(gold)); flip: Coste et al.'s annotator that
-    flips the better response with this probability (beta is ignored when flip is given)."""
+    flips the better response with this probability (beta is ignored when flip is given).
+    Sun et al.'s annotator (pair_annotate): annotation quality q > 0 is beta = q, their perfect annotator
+    (quality -1) is flip = 0, and pairs_per_prompt = k draws k pairs on each of n_pairs / k random prompts."""
 
     source: str = "auto"
     beta: float | None = 10.0
     flip: float | None = None
     n_pairs: int = 1000
     within_prompt: bool = True
+    pairs_per_prompt: int | None = None
 
     def __post_init__(self):
         check_choice("labels source (--labels)", self.source, LABEL_SOURCES, field="source")
@@ -165,12 +169,18 @@ class LabelConfig:
             if getattr(self, name) is not None:
                 _check(self, (name,))
         _check_bool("within_prompt", self.within_prompt)
+        if self.pairs_per_prompt is not None:
+            _check(self, ("pairs_per_prompt",))
+            if not self.within_prompt:
+                raise EmbrmError("pairs_per_prompt draws pairs within prompts: it needs within_prompt = true",
+                                 field="pairs_per_prompt")
 
     @property
     def name(self) -> str:
         if self.source == "human":
             return "human"
-        return f"flip{self.flip:g}" if self.flip is not None else f"bt{self.beta:g}"
+        per = "" if self.pairs_per_prompt is None else f".ppp{self.pairs_per_prompt}"
+        return (f"flip{self.flip:g}" if self.flip is not None else f"bt{self.beta:g}") + per
 
     def resolved(self, ds: Dataset) -> "LabelConfig":
         source = self.source
@@ -182,7 +192,7 @@ class LabelConfig:
             raise EmbrmError(f"{ds.source}: all gold scores are null: simulated labels need a gold column "
                              f"(--gold-col), or use --labels human on a pairwise file")
         return LabelConfig(source, None if self.flip is not None else self.beta, self.flip, self.n_pairs,
-                           self.within_prompt)
+                           self.within_prompt, self.pairs_per_prompt)
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,7 @@ class Protocol:
     with_excluded: bool = True
     n_max: int | None = None
     n_grid: str | tuple | None = None  # the n of Best-of-n: None (automatic), "all", "log" or the values themselves
+    sun_metrics: bool = False  # also Sun et al.'s numbers (embrm.evaluation.sun_metrics) beside the exact ones
 
     def __post_init__(self):
         if not isinstance(self.learner, Learner) or not isinstance(self.labels, LabelConfig):
@@ -217,6 +228,7 @@ class Protocol:
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         check_value("member", self.member, Integer(0, self.k - 1))  # the member 'single' reports: one of the K
         _check_bool("with_excluded", self.with_excluded)
+        _check_bool("sun_metrics", self.sun_metrics)
         object.__setattr__(self, "n_grid", checked_n_grid(self.n_grid))
 
     def aggregation_params(self) -> dict:

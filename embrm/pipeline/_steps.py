@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, Stages, current_threads, on_fit_threads
+from embrm.core import EmbrmError, Rows, Stages, current_threads, map_rows, on_fit_threads
 from embrm.data import (
     Dataset,
     label_given_pairs,
@@ -50,6 +50,7 @@ from embrm.evaluation import (
     pairwise_metrics,
     published_picks,
     rows_of,
+    sun_metrics,
 )
 from embrm.pipeline._protocol import CALIBRATED, LabelConfig, Learner, Protocol
 from embrm.rewards import (
@@ -75,8 +76,13 @@ class Split:
 
 
 def split(ds: Dataset, labels: LabelConfig, test_size: float, seed: int) -> Split:
-    """Split the prompts that can label (usable scored responses, or the human pairs' prompts) by seed."""
+    """Split the prompts that can label (usable scored responses, or the human pairs' prompts) by seed; data that
+    comes split (an array dataset's train and test files) keeps its own split (test_size and seed unused)."""
     labels = labels.resolved(ds)
+    if ds.predefined_split:
+        usable = ds.responses.filter(pl.Series(ds.usable))
+        part = [usable.filter(pl.col("split") == s)["prompt_id"].unique().sort().to_numpy() for s in ("train", "test")]
+        return Split(*part)
     if labels.source == "human":
         prompts = ds.pairs["prompt_id"]
     else:
@@ -91,7 +97,8 @@ def training_pairs(ds: Dataset, labels: LabelConfig, prompts: np.ndarray, seed: 
     if labels.source == "human":
         return ds.pairs.filter(pl.col("prompt_id").is_in(prompts.tolist()))
     return simulate_pairs(ds.responses, labels.n_pairs, beta=labels.beta, flip=labels.flip,
-                          within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name)
+                          within_prompt=labels.within_prompt, seed=seed, prompt_ids=prompts, name=ds.name,
+                          pairs_per_prompt=labels.pairs_per_prompt)
 
 
 def label_pairs(pairs: np.ndarray, gold: np.ndarray, u: np.ndarray, labels: LabelConfig,
@@ -120,6 +127,8 @@ def check_aligned(ds: Dataset, X: np.ndarray) -> None:
     if X.shape[0] != len(ds.responses):
         raise EmbrmError(f"{X.shape[0]} embeddings for {len(ds.responses)} responses of {ds.name}: re-run "
                          f"`embrm embed` on the same dataset")
+    if isinstance(X, Rows) and X.checked:  # an array dataset's files were checked when opened
+        return
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise EmbrmError(f"embeddings contain NaN/inf in {len(bad)} rows (first: response "
@@ -162,6 +171,9 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
     check_aligned(ds, X)
     labels = protocol.labels.resolved(ds)
     learner = protocol.learner
+    if learner.length_control != "none" and not ds.texts:
+        raise EmbrmError(f"{ds.source}: length_control {learner.length_control} needs the responses' texts, and "
+                         f"{ds.name} is arrays without texts: use length_control none")
     with Stages(f"fit {learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
         parts = split(ds, labels, protocol.test_size, protocol.seed)
         pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
@@ -179,7 +191,7 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
                                 pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
         if learner.length_control == "rrm":
             ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
-        scores = ensemble.predict(X)
+        scores = ensemble.predict(X, progress=stages)
         if learner.length_control.startswith("posthoc"):
             ensemble.length_correction = _posthoc(ds, X, scores, ensemble, parts, length, learner.length_control)
             scores = ensemble.corrected(scores, length)
@@ -210,7 +222,7 @@ def _posthoc(ds: Dataset, X: np.ndarray, raw: np.ndarray, ensemble: RewardEnsemb
              length: np.ndarray, control: str):
     """Each member's (and WARM's) length slope on its raw scores, fitted on the training prompts' responses only."""
     if ensemble.warm_ is not None:
-        raw = np.column_stack([raw, ensemble.warm_.predict(X)])
+        raw = np.column_stack([raw, ensemble.predict_warm(X)])
     rows = rows_of(ds.responses, parts.train) & ~ds.excluded
     scope = "global" if control == "posthoc_global" else "prompt"
     return LengthCorrection.fit(raw, length, ds.responses["prompt_id"].to_numpy(), rows, scope=scope)
@@ -235,15 +247,22 @@ def proxies(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, scores: np.nda
         out = {name: conformal["bound"] if name == "conformal" else out[name] for name in protocol.aggregations
                if name in out or "bound" in conformal}
     if ensemble.warm_ is not None:
-        out["warm"] = ensemble.predict_warm(X, length_feature(ds.responses))
-    out["length"] = length_proxy(ds.responses)
-    out["shortest"] = -out["length"]
+        out["warm"] = ensemble.predict_warm(X, _lengths(ds))
+    if ds.texts:  # the length rulers: arrays without texts have no lengths
+        out["length"] = length_proxy(ds.responses)
+        out["shortest"] = -out["length"]
     return out, conformal
+
+
+def _lengths(ds: Dataset) -> np.ndarray | None:
+    """The length feature a length-corrected ensemble needs (None for arrays without texts: none is fitted)."""
+    return length_feature(ds.responses) if ds.texts else None
 
 
 @on_fit_threads
 def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
-             prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None) -> Evaluation:
+             prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None,
+             progress: bool | None = False) -> Evaluation:
     """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
     proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
     published reward models' picks when it carries them. `metrics` and `scores` (the members' predictions on X)
@@ -255,7 +274,7 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if not evaluated.any():
         raise EmbrmError(f"none of the model's held-out prompts are in {ds.name}: pass --prompts all to evaluate on "
                          f"every prompt")
-    scores = ensemble.predict(X, length_feature(ds.responses)) if scores is None else scores
+    scores = ensemble.predict(X, _lengths(ds), progress=progress) if scores is None else scores
     if metrics is None:
         test = split_.test if prompts == "test" else ds.responses["prompt_id"].unique().sort().to_numpy()
         metrics = pairwise_metrics(ds, scores, test, protocol.seed)
@@ -267,8 +286,11 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
         result.conformal_error = conformal.get("error")
         result.conformal = None if result.conformal_error else ConformalResult.from_dict(conformal)
     grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
+    grid = {**grid, "texts": ds.texts}
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
     try:
+        if not ds.texts:
+            raise EmbrmError(f"{ds.name} is arrays without texts: no lengths to control for")
         controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
     except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
         result.length_error = str(e)
@@ -276,6 +298,10 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
         result.length_effect = LengthEffect(**controlled.to_dict())
         result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
                                           gold=controlled.gold, **grid)
+    if protocol.sun_metrics:  # Sun et al.'s raw ensemble mean, min and first member, on one random draw
+        raw = {"mean": scores.mean(axis=1), "min": scores.min(axis=1), "first": scores[:, 0]}
+        result.sun = sun_metrics(ds.responses["prompt_id"].to_numpy(), ds.responses["gold"].to_numpy(), raw,
+                                 evaluated & ds.usable, seed=protocol.seed)
     if protocol.with_excluded and ds.excluded.any():
         result.bon[f"pool+{ds.exclusion}"] = best_of_n(ds.responses, scored, evaluated, pool=f"pool+{ds.exclusion}",
                                                       excluded=ds.excluded, **grid)
@@ -348,14 +374,14 @@ def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:
 
 
 @on_fit_threads
-def score(model: SavedModel, ds: Dataset, X: np.ndarray) -> pl.DataFrame:
+def score(model: SavedModel, ds: Dataset, X: np.ndarray, *, progress: bool | None = False) -> pl.DataFrame:
     """response_id, prompt_id and one column per member (member_0..member_{K-1}); a Laplace model (mode posterior)
     adds its posterior mean reward and epistemic standard deviation (posterior_mean, posterior_std; before any
     length correction)."""
-    scores = model.ensemble.predict(X, length_feature(ds.responses))
+    scores = model.ensemble.predict(X, _lengths(ds), progress=progress)
     frame = ds.responses.select("response_id", "prompt_id").with_columns(
         pl.DataFrame(scores, schema=[f"member_{k}" for k in range(scores.shape[1])]))
     posterior = model.ensemble.posterior
     if posterior is None:
         return frame
-    return frame.with_columns(posterior_mean=posterior.predict(X), posterior_std=posterior.predict_std(X))
+    return frame.with_columns(posterior_mean=map_rows(posterior.predict, X), posterior_std=map_rows(posterior.predict_std, X))

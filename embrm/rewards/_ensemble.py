@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from embrm.core import SEED, EmbrmError, Integer, Number, check_params, check_value
+from embrm.core import SEED, EmbrmError, Integer, Number, check_params, check_value, map_rows, take_rows
 from embrm.data import split_pairs
 from embrm.rewards.heads import HEADS, LaplaceBT, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
 from embrm.rewards.heads._mlp import forward_stack, init_params, train_stack
@@ -96,10 +96,11 @@ class RewardEnsemble:
     def __repr__(self) -> str:
         return f"RewardEnsemble(head={self.head!r}, mode={self.mode!r}, k={self.k}, warm={self.warm_ is not None})"
 
-    def predict(self, X, length=None) -> np.ndarray:
+    def predict(self, X, length=None, progress: bool | None = False) -> np.ndarray:
         """Member scores (n, K) float32; with a length correction, `length` (embrm.rewards.length_feature of the
-        responses, aligned with X) is required and each member's length slope is removed."""
-        raw = self._predict_raw(X)
+        responses, aligned with X) is required and each member's length slope is removed. X may be an
+        embrm.core.Rows (arrays on disk): it is scored a block at a time (progress: a bar or lines per block)."""
+        raw = self._predict_raw(X, progress)
         return raw if self.length_correction is None else self.corrected(raw, length)
 
     def corrected(self, raw: np.ndarray, length, first: int = 0) -> np.ndarray:
@@ -113,7 +114,11 @@ class RewardEnsemble:
         slopes = np.asarray(self.length_correction.slopes[first:first + raw.shape[1]], np.float64)
         return (raw - length[:, None] * slopes).astype(np.float32)
 
-    def _predict_raw(self, X) -> np.ndarray:
+    def _predict_raw(self, X, progress: bool | None = False) -> np.ndarray:
+        """(n, K) raw member scores; an array dataset's rows (embrm.core.Rows) are scored a block at a time."""
+        return map_rows(self._predict_block, X, label=f"score {self.k} members", progress=progress)
+
+    def _predict_block(self, X) -> np.ndarray:
         X = check_embeddings(X)
         if self.mode == "shared_trunk":
             F = self.trunk.transform(X)
@@ -135,7 +140,7 @@ class RewardEnsemble:
         """Each response's reward uncertainty (n,): the Laplace posterior's sqrt(x^T H^-1 x) in mode posterior,
         else the members' population std of raw scores (their disagreement)."""
         if self.posterior is not None:
-            return self.posterior.predict_std(X)
+            return map_rows(self.posterior.predict_std, X)
         return self._predict_raw(X).astype(np.float64).std(axis=1)
 
     def predict_warm(self, X, length=None) -> np.ndarray:
@@ -144,7 +149,7 @@ class RewardEnsemble:
         if self.warm_ is None:
             raise EmbrmError("this ensemble has no WARM model: fit head='mlp' with warm=True "
                              "(mode independent or bootstrap)")
-        raw = self.warm_.predict(X)[:, None]
+        raw = map_rows(self.warm_.predict, X)[:, None]
         return (raw if self.length_correction is None else self.corrected(raw, length, self.k))[:, 0]
 
     def stacked_params(self) -> list[np.ndarray]:
@@ -212,6 +217,14 @@ def _odin_members(X, pairs, splits, seeds, proto, head, mode, warm, seed, odin: 
     return members, warm_model, info
 
 
+def _pair_rows(X, pairs: np.ndarray, length):
+    """Only the rows the pairs use, as float32, with the pairs (and the length feature) renumbered: a fit reads
+    2 x pairs rows, never the whole dataset (an array dataset's X stays on disk)."""
+    rows, local = np.unique(pairs, return_inverse=True)
+    length = None if length is None else np.asarray(length)[rows]
+    return check_embeddings(take_rows(X, rows)), local.reshape(pairs.shape).astype(np.int64), length
+
+
 def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "independent",
                  pair_prompt_ids=None, seed: int = 0, warm: bool = True, val_fraction: float = 0.2,
                  linear_C: float = 1.0, odin: dict | None = None, length=None, **head_params) -> RewardEnsemble:
@@ -243,9 +256,11 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
     check_value("val_fraction", val_fraction, Number(0, 1, hi_open=True))
     check_value("linear_C", linear_C, LinearBT.PARAMS["C"])
     k = int(k)
-    X = check_embeddings(X)
     pairs = check_pairs(pairs, len(X))
     pp = check_group_ids(pair_prompt_ids, len(pairs))
+    if odin is not None and (length is None or np.shape(length) != (len(X),)):
+        raise EmbrmError(f"ODIN needs the length feature of every row: length of shape ({len(X)},)")
+    X, pairs, length = _pair_rows(X, pairs, length)
     seeds = member_seeds(seed, k)
     try:
         lgbm_threads = {"n_jobs": head_params.get("n_jobs") or 2} if head == "lgbm" else {}  # per member
