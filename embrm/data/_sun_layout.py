@@ -128,6 +128,8 @@ def _params(train_prompts, train_responses, test_prompts, test_responses, dim, d
         _check_part(key, value)
     name = f"sun-{task}-{embedder}".lower() if name is None else name
     _check_part("name", name)
+    ints = (int(v) for v in (train_prompts, train_responses, test_prompts, test_responses, dim, seed))  # numpy ints
+    train_prompts, train_responses, test_prompts, test_responses, dim, seed = ints  # -> JSON-able
     return dict(train_prompts=train_prompts, train_responses=train_responses, test_prompts=test_prompts,
                 test_responses=test_responses, dim=dim, dtype=dtype, seed=seed, gen=gen, embedder=embedder,
                 task=task, name=name, prompt_scale=PROMPT_SCALE, gold=GOLD, layout_version=LAYOUT_VERSION)
