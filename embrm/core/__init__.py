@@ -1,5 +1,6 @@
 """Internal plumbing every package shares: one-line user errors, atomic files, CPU facts and the thread policy,
-progress lines, value validation, text formatting and embedding rows read from disk in blocks. It imports nothing else of embrm.
+progress lines, value validation, text formatting and embedding rows read from disk in blocks. It imports
+nothing else of embrm.
 """
 
 from embrm.core._checks import (
@@ -32,7 +33,7 @@ from embrm.core._hardware import (
     policy_threads,
     torch_threads,
 )
-from embrm.core._progress import Progress, Stages, format_duration
+from embrm.core._progress import Progress, Stages, format_duration, step_progress
 from embrm.core._rows import Rows, map_rows, mapped, row_blocks, take_rows
 
 __all__ = [
@@ -40,5 +41,5 @@ __all__ = [
     "check_params", "check_value", "current_threads", "EmbrmError", "fast_bf16", "fit_threads", "fmt",
     "format_duration", "Integer", "is_int", "md_table", "Number", "on_fit_threads", "OneOf", "policy_threads",
     "Progress", "RANDOM_STATE", "Rows", "map_rows", "mapped", "row_blocks", "take_rows",
-    "SEED", "shown", "Sizes", "Stages", "THREADS_ENV", "torch_threads", "write_atomic"
+    "SEED", "shown", "Sizes", "Stages", "step_progress", "THREADS_ENV", "torch_threads", "write_atomic"
 ]

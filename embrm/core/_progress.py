@@ -12,6 +12,7 @@ The environment variable EMBRM_PROGRESS_EVERY (seconds) overrides ``every``, e.g
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import sys
@@ -19,7 +20,7 @@ import time
 
 from embrm.core._errors import EmbrmError
 
-__all__ = ["Progress", "Stages", "format_duration"]
+__all__ = ["Progress", "Stages", "format_duration", "step_progress"]
 
 ENV_EVERY = "EMBRM_PROGRESS_EVERY"
 
@@ -133,13 +134,34 @@ class Progress:
         self._printed = self.completed
 
 
+_STAGES: contextvars.ContextVar = contextvars.ContextVar("embrm_stages", default=None)
+
+
 class Stages(Progress):
     """A few slow named steps of one task: ``done(name)`` counts one step and shows it. Outside a terminal every
-    step gets a line (default ``every`` = 0)."""
+    step gets a line (default ``every`` = 0). Code deep inside a step (a trainer's epochs, a scorer's blocks) shows
+    its own count under it with ``step_progress`` without being handed the Stages."""
 
     def __init__(self, label: str, total: int, enabled: bool | None = None, every: float = 0.0):
         super().__init__(total, label, "steps", enabled, every)
+        self._token = None
+
+    def __enter__(self) -> Stages:
+        super().__enter__()
+        self._token = _STAGES.set(self)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        _STAGES.reset(self._token)
+        super().__exit__(exc_type, *exc)
 
     def done(self, name: str) -> None:
         self.set_description(f"{name} done")
         self.advance()
+
+
+def step_progress(total: int, label: str, unit: str = "items") -> Progress:
+    """A count shown under the running Stages (e.g. a fit's epochs: the step moves, with an ETA), silent when none
+    runs. Lines every 30 s outside a terminal, whatever the Stages' own interval."""
+    stages = _STAGES.get()
+    return Progress(total, label, unit, enabled=stages if stages is not None else False)

@@ -115,6 +115,8 @@ class Rows:
             start, stop, step = key.indices(len(self))
             if step == 1 and self.index is None:
                 return self._read(start, stop)
+            if step == 1 and stop > start and _consecutive(self.index[start:stop]):  # e.g. one split of two
+                return self._read(int(self.index[start]), int(self.index[stop - 1]) + 1)
             key = np.arange(start, stop, step)
         key = np.asarray(key)
         if key.dtype == bool:
@@ -158,6 +160,10 @@ class Rows:
                              f"study (they read arrays in blocks), or keep fewer prompts (prompts = N)")
         X = self[0:len(self)]
         return X if dtype is None else X.astype(dtype, copy=False)
+
+
+def _consecutive(index: np.ndarray) -> bool:
+    return bool(index[-1] - index[0] == len(index) - 1 and (len(index) < 2 or np.all(np.diff(index) == 1)))
 
 
 def _digest(index: np.ndarray) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embrm.core import EmbrmError, write_atomic
+from embrm.core import EmbrmError, Rows, mapped, write_atomic
 
 ARRAY_FORMATS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".parquet")
 STATE_ENV = "EMBRM_STATE_DIR"
@@ -336,9 +336,11 @@ def ensure_finite(array: np.ndarray, path, key: str | None = None) -> None:
     stat = _stat(path)
     row = max(1, math.prod(array.shape[1:]) * 4)
     step = max(1, CHUNK_BYTES // row)
+    rows = _plain_reads(array)
     for i in range(0, array.shape[0], step):
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as it would in a fit
-            chunk = np.asarray(array[i:i + step], dtype=np.float32)
+            chunk = rows[i * len(rows) // len(array):(i + step) * len(rows) // len(array)].reshape(
+                -1, *array.shape[1:])
         ok = np.isfinite(chunk.reshape(*chunk.shape[:2], -1)).all(axis=2) if chunk.ndim >= 2 else np.isfinite(chunk)
         if not ok.all():
             first = np.argwhere(~ok)[0]
@@ -347,6 +349,15 @@ def ensure_finite(array: np.ndarray, path, key: str | None = None) -> None:
             raise EmbrmError(f"{path}{name}: embeddings hold NaN or inf in {int((~ok).sum())} responses of prompts "
                              f"{i}-{i + len(chunk) - 1} (first: {where}): re-embed them or drop those prompts")
     _remember(path, stat, lambda e: e.update(finite=sorted(set(e.get("finite", [])) | {key or ""})))
+
+
+def _plain_reads(array: np.ndarray) -> Rows:
+    """The array's rows as a Rows: a memory-mapped file is read in plain blocks, so the scan leaves its pages in
+    the page cache, not in this process."""
+    flat = array.reshape(len(array), -1) if array.ndim != 3 else array.reshape(-1, array.shape[2])
+    if isinstance(array, np.memmap):
+        flat = mapped(flat, array.offset)
+    return Rows([flat])
 
 
 def file_digest(path) -> str:

@@ -35,7 +35,17 @@ import time
 
 import numpy as np
 
-from embrm.core import SEED, EmbrmError, Integer, Number, check_params, check_value, map_rows, take_rows
+from embrm.core import (
+    SEED,
+    EmbrmError,
+    Integer,
+    Number,
+    check_params,
+    check_value,
+    map_rows,
+    step_progress,
+    take_rows,
+)
 from embrm.data import split_pairs
 from embrm.rewards.heads import HEADS, LaplaceBT, LinearBT, MLPReward, check_embeddings, check_group_ids, check_pairs
 from embrm.rewards.heads._mlp import forward_stack, init_params, train_stack
@@ -314,8 +324,10 @@ def fit_ensemble(X, pairs, *, head: str = "linear", k: int = 10, mode: str = "in
                     warm_init=bool(warm))
     else:
         members = []
-        for s, sd in zip(splits, seeds):
-            members.append(HEADS[head](**{**proto.get_params(), "random_state": sd}).fit(X, pairs[s["train"]]))
+        with step_progress(k, f"{head} members", "members") as bar:
+            for s, sd in zip(splits, seeds):
+                members.append(HEADS[head](**{**proto.get_params(), "random_state": sd}).fit(X, pairs[s["train"]]))
+                bar.advance()
 
     ens = RewardEnsemble(head, mode, members, seeds, splits, trunk=trunk, warm=warm_model,
                          head_params=head_params, info=info, posterior=posterior)

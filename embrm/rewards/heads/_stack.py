@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, step_progress
 
 if TYPE_CHECKING:
     import torch
@@ -154,45 +154,48 @@ def fit_stack(params: list[torch.Tensor], members: list[MemberData], tables: lis
     val_batch = PairBatch(n, [m.val_pairs for m in members], tables) if any(has_val) else None
     active = torch.arange(K)  # stack position -> member id
 
-    for epoch in range(epochs):
-        ids = active.tolist()
-        if not ids:
-            break
-        every = len(ids) == K
-        chunks = None if batch_size is None else {
-            k: np.array_split(rngs[k].permutation(len(members[k].train_pairs)), n_batches[k]) for k in ids}
-        ep_loss = torch.zeros(len(ids))
-        for s in range(max(n_batches[k] for k in ids)):
-            if full_batch is not None:
-                batch = full_batch if every else full_batch.select(active)
-                present = torch.ones(len(ids), dtype=torch.bool)
-            else:  # members out of batches this epoch get no pairs and no update
-                batch = PairBatch(n, [members[k].train_pairs[chunks[k][s]] if s < n_batches[k] else
-                                      np.zeros((0, 2), np.int64) for k in ids], tables)
-                present = torch.tensor([s < n_batches[k] for k in ids])
-            scale = None if loss_scale is None else loss_scale[active]
-            loss, grads = step(P if every else [p.index_select(0, active) for p in P], active, batch, scale)
-            if not torch.isfinite(loss).all():
-                raise EmbrmError(f"{what} produced a non-finite loss at epoch {epoch + 1}: {fix}")
-            ep_loss += loss.detach() * present
-            finite = torch.ones(len(ids), dtype=torch.bool) if scale is None else _unscale(grads, scale)
-            overflow = present & ~finite
-            if overflow.any():
-                loss_scale[active[overflow]] /= 2
-                for k in active[overflow].tolist():
-                    skipped[k] += 1
-            opt.step(grads, active, present & finite)
-        for j, k in enumerate(ids):
-            train_hist[k].append(float(ep_loss[j]) / n_batches[k])
-            n_epochs[k] = epoch + 1
-        if val_batch is None:
-            continue
-        with torch.no_grad():
-            vloss = val_loss(P if every else [p.index_select(0, active) for p in P], active,
-                             val_batch if every else val_batch.select(active))
-        improved, keep = stopping.update(ids, vloss.tolist(), epoch + 1)
-        _copy_members(best, P, improved)
-        active = active[torch.tensor(keep, dtype=torch.long)]
+    # at most `epochs`: early stopping may end sooner, so the ETA is an upper bound
+    with step_progress(epochs, f"{what}: {K} members, epochs", "epochs") as bar:
+        for epoch in range(epochs):
+            ids = active.tolist()
+            if not ids:
+                break
+            every = len(ids) == K
+            chunks = None if batch_size is None else {
+                k: np.array_split(rngs[k].permutation(len(members[k].train_pairs)), n_batches[k]) for k in ids}
+            ep_loss = torch.zeros(len(ids))
+            for s in range(max(n_batches[k] for k in ids)):
+                if full_batch is not None:
+                    batch = full_batch if every else full_batch.select(active)
+                    present = torch.ones(len(ids), dtype=torch.bool)
+                else:  # members out of batches this epoch get no pairs and no update
+                    batch = PairBatch(n, [members[k].train_pairs[chunks[k][s]] if s < n_batches[k] else
+                                          np.zeros((0, 2), np.int64) for k in ids], tables)
+                    present = torch.tensor([s < n_batches[k] for k in ids])
+                scale = None if loss_scale is None else loss_scale[active]
+                loss, grads = step(P if every else [p.index_select(0, active) for p in P], active, batch, scale)
+                if not torch.isfinite(loss).all():
+                    raise EmbrmError(f"{what} produced a non-finite loss at epoch {epoch + 1}: {fix}")
+                ep_loss += loss.detach() * present
+                finite = torch.ones(len(ids), dtype=torch.bool) if scale is None else _unscale(grads, scale)
+                overflow = present & ~finite
+                if overflow.any():
+                    loss_scale[active[overflow]] /= 2
+                    for k in active[overflow].tolist():
+                        skipped[k] += 1
+                opt.step(grads, active, present & finite)
+            bar.advance()
+            for j, k in enumerate(ids):
+                train_hist[k].append(float(ep_loss[j]) / n_batches[k])
+                n_epochs[k] = epoch + 1
+            if val_batch is None:
+                continue
+            with torch.no_grad():
+                vloss = val_loss(P if every else [p.index_select(0, active) for p in P], active,
+                                 val_batch if every else val_batch.select(active))
+            improved, keep = stopping.update(ids, vloss.tolist(), epoch + 1)
+            _copy_members(best, P, improved)
+            active = active[torch.tensor(keep, dtype=torch.long)]
     last = [k for k in active.tolist() if not has_val[k]]  # members without validation keep their last weights
     _copy_members(best, P, last)
     for k in last:
