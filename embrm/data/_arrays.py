@@ -381,7 +381,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _state_dir() -> Path:
+def state_dir() -> Path:
+    """Where embrm remembers facts about files (digests, checks) and keeps generated arrays: $EMBRM_STATE_DIR, else
+    ~/.cache/embrm."""
     return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "embrm").expanduser()
 
 
@@ -396,7 +398,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
 def _load_facts() -> dict:
     """The store, or {} when it is missing, unreadable or damaged (it is then rebuilt)."""
     try:
-        facts = json.loads((_state_dir() / FACTS_FILE).read_text())
+        facts = json.loads((state_dir() / FACTS_FILE).read_text())
     except (OSError, ValueError):
         return {}
     return facts if isinstance(facts, dict) else {}
@@ -424,7 +426,7 @@ def _remember(path: Path, stat: tuple[int, int] | None, update) -> None:
     update(entry)
     facts[name] = entry
     try:
-        _state_dir().mkdir(parents=True, exist_ok=True)
-        write_atomic(_state_dir() / FACTS_FILE, json.dumps(facts, indent=1))
+        state_dir().mkdir(parents=True, exist_ok=True)
+        write_atomic(state_dir() / FACTS_FILE, json.dumps(facts, indent=1))
     except OSError:
         pass

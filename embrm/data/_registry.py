@@ -59,6 +59,7 @@ from embrm.core import EmbrmError
 from embrm.data._array_dataset import array_sources, load_array_dataset
 from embrm.data._dataset import Dataset, load_file, load_pairs, load_pool
 from embrm.data._overopt import overopt_dataset, overopt_truth
+from embrm.data._sun_layout import check_sun_dataset, sun_dataset
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ class Generator:
 
 GENERATORS = {"overopt": Generator(overopt_dataset, overopt_truth,
                                    "pools with a known gold that turns down along a hackable direction: learned "
-                                   "over-optimisation (params: n_prompts, n_candidates, dim, seed, hack, ...)")}
+                                   "over-optimisation (params: n_prompts, n_candidates, dim, seed, hack, ...)"),
+              "sun": Generator(sun_dataset, check_sun_dataset,
+                               "arrays in Sun et al.'s release layout (train and test splits, no texts) with a "
+                               "planted gold, written once and read from disk (params: train_prompts, "
+                               "train_responses, test_prompts, test_responses, dim, seed)")}
 
 # Column roles a declaration may map, and the loader option each becomes.
 COLUMN_ROLES = {"prompt_id": "prompt_id_col", "prompt": "prompt_col", "response": "response_col", "gold": "gold_col",
@@ -304,7 +309,7 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
     allowed = {"path", "name", "columns", "exclude", "answer_source", "prompts"}
     if isinstance(doc, dict) and "generate" in doc:
         return _generated_spec(doc, where)
-    if isinstance(doc, dict) and ({"embeddings", "gold", "train", "test"} & set(doc)):
+    if isinstance(doc, dict) and "path" not in doc and ({"embeddings", "gold", "train", "test"} & set(doc)):
         return _array_spec(doc, where, base)
     if not isinstance(doc, dict):
         raise EmbrmError(f"{where}: expected a table with path, columns, exclude")

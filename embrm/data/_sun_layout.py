@@ -33,6 +33,7 @@ declaration).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -42,6 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from embrm.core import SEED, EmbrmError, Integer, Progress, check_choice, check_value, write_atomic
+from embrm.data._array_dataset import ArraySource, load_array_dataset
+from embrm.data._arrays import state_dir
 
 __all__ = ["SunLayout", "planted_gold", "write_sun_layout"]
 
@@ -249,3 +252,29 @@ def _gold(rows: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """g of rows (n, d), given the gold directions (d, 2)."""
     z = math.sqrt(basis.shape[0]) * (rows.astype(np.float64) @ basis)
     return z[:, 0] - z[:, 1] ** 2
+
+
+def sun_dataset(train_prompts: int = 200, train_responses: int = 10, test_prompts: int = 50,
+                test_responses: int = 100, dim: int = 64, seed: int = 0):
+    """A generated dataset in Sun et al.'s layout (`generate = "sun"` in a study; small by default): the arrays are
+    written once under the state dir (embrm.data._arrays.state_dir()/generated) and read back as any array
+    dataset, from disk. Returns (Dataset, its vectors)."""
+    params = _params(train_prompts, train_responses, test_prompts, test_responses, dim, "float32", seed, "gen",
+                     "planted", "sun", None)
+    key = hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=6).hexdigest()
+    layout = write_sun_layout(state_dir() / "generated" / f"sun-{key}", train_prompts=train_prompts,
+                              train_responses=train_responses, test_prompts=test_prompts,
+                              test_responses=test_responses, dim=dim, seed=seed, gen="gen", embedder="planted",
+                              task="sun", progress=False)
+    sources = tuple(ArraySource(split, str(e), str(g)) for split, (e, g) in
+                    zip(SPLITS, (_split_paths(layout, s) for s in SPLITS)))
+    ds = load_array_dataset(sources, "sun", str(layout.declaration))
+    return ds, ds.vectors
+
+
+def check_sun_dataset(**params) -> None:
+    """Refuse bad parameters of sun_dataset before anything is written."""
+    known = ("train_prompts", "train_responses", "test_prompts", "test_responses", "dim", "seed")
+    values = {"train_prompts": 200, "train_responses": 10, "test_prompts": 50, "test_responses": 100, "dim": 64,
+              "seed": 0, **params}
+    _params(*(values[k] for k in known[:5]), "float32", values["seed"], "gen", "planted", "sun", None)

@@ -117,7 +117,9 @@ class Learner:
         suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads",
                   "posterior": ""}
         control = "" if self.length_control == "none" else "." + self.length_control.replace("_", "-")
-        return self.head + suffix[self.mode] + control + ("" if self.k is None else f".k{self.k}")
+        # Sun et al.'s classification (order-consistency) objective, where asked for by name: ".clf"
+        objective = ".clf" if dict(self.params).get("objective") == "classification" else ""
+        return self.head + suffix[self.mode] + objective + control + ("" if self.k is None else f".k{self.k}")
 
     def head_params(self) -> dict:
         """The head's parameters (ODIN's loss weights are odin_params)."""
@@ -235,8 +237,14 @@ class Protocol:
         return {"lam": self.lam, "beta": self.lcb_beta, "temperature": self.temperature, "member": self.member}
 
     def to_dict(self) -> dict:
+        """JSON-able; options added since the first release are left out while they hold their defaults, so saved
+        models' manifests and study jobs' digests stay what they were."""
         d = asdict(self)
         d["learner"] = self.learner.to_dict()
+        if not self.sun_metrics:
+            del d["sun_metrics"]
+        if self.labels.pairs_per_prompt is None:
+            del d["labels"]["pairs_per_prompt"]
         return d
 
     @classmethod

@@ -19,6 +19,8 @@ does not exist is one error naming the file, the key and the allowed values.
                                 # every n for pools up to evaluation.ALL_N_LIMIT candidates, the log grid beyond
     with_excluded = true        # also evaluate Best-of-n with each pool's excluded responses (e.g. the hacking
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
+    sun_metrics = false         # also Sun et al.'s numbers per job (random-subsample Best-of-N at 2..500, the pick's
+                                # quantile, pairwise accuracy, Spearman; ensemble mean, min, first member)
     methods = ["laser", "moe", "composite", "policy"]            # the four methods, run on the first pool, seed 0
     [active]                    # active labelling campaigns (embrm.active) on every pool; left out: none. Keys:
     strategies = ["random", "dopt", "bald"]     # strategies, seed_pairs, batch, rounds, seeds (default: the
@@ -42,6 +44,7 @@ does not exist is one error naming the file, the key and the allowed values.
     [labels]
     n_pairs = 1000              # simulated annotations per job, drawn on the training prompts
     within_prompt = true
+    pairs_per_prompt = 5        # optional (Sun et al.'s annotator): n_pairs / 5 random prompts, 5 pairs each
 
     [[noise]]                   # one entry per annotator: beta (Bradley-Terry) or flip (Coste et al.)
     name = "bt10"
@@ -129,6 +132,7 @@ class Study:
     lam: float = 0.5
     lcb_beta: float = 1.0
     with_excluded: bool = True
+    sun_metrics: bool = False  # also Sun et al.'s evaluation numbers per job (embrm.evaluation.sun_metrics)
     replicate: bool = True
     n_grid: str | list | None = None  # Best-of-n's n: None (every n up to ALL_N_LIMIT), "all", "log", [n...]
     methods: list = field(default_factory=lambda: list(METHODS))
@@ -181,9 +185,11 @@ class Job:
             labels = LabelConfig("human")
         else:
             labels = LabelConfig("simulated", self.noise.beta, self.noise.flip,
-                                 self.noise.n_pairs or study.labels["n_pairs"], study.labels.get("within_prompt", True))
+                                 self.noise.n_pairs or study.labels["n_pairs"], study.labels.get("within_prompt", True),
+                                 study.labels.get("pairs_per_prompt"))
         return Protocol(self.learner, labels, study.k, study.test_size, self.seed, tuple(study.aggregations),
-                        study.lam, study.lcb_beta, with_excluded=study.with_excluded, n_grid=study.n_grid)
+                        study.lam, study.lcb_beta, with_excluded=study.with_excluded, n_grid=study.n_grid,
+                        sun_metrics=study.sun_metrics)
 
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
@@ -237,9 +243,9 @@ def load_study(path: str | Path | None = None) -> Study:
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
-       "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
+       "sun_metrics": bool, "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
        "labels": dict, "noise": list, "learners": list, "active": dict}
-LABEL_KEYS = {"n_pairs": int, "within_prompt": bool}
+LABEL_KEYS = {"n_pairs": int, "within_prompt": bool, "pairs_per_prompt": int}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
 
 
@@ -304,7 +310,7 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
     """A validated Study; `base` is the study file's directory (dataset tables' paths are relative to it)."""
     doc = _check_keys(where, doc, TOP)
     study = Study()
-    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid"):
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid", "sun_metrics"):
         if key in doc:
             setattr(study, key, doc[key])
     for key in ("seeds", "aggregations", "methods"):

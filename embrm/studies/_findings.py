@@ -247,6 +247,25 @@ def _labels_of(runs: list[JobResult], noise: str) -> tuple:
     return (None, None) if labels is None else ((labels.beta, labels.flip), labels.n_pairs)
 
 
+def _cleaner_first(pair: list[str], labels: dict) -> tuple[str | None, str | None]:
+    """The two annotators ordered cleaner first: the larger beta, the smaller flip rate, a flip rate of 0 (perfect)
+    before any BT annotator; (None, None) when their noise cannot be ordered (a BT annotator vs a flip rate > 0, or
+    equal noise)."""
+    (a, b), (ka, kb) = pair, (labels[pair[0]][0], labels[pair[1]][0])
+    if ka is None or kb is None:
+        return None, None
+    (beta_a, flip_a), (beta_b, flip_b) = ka, kb
+    if flip_a is None and flip_b is None and beta_a != beta_b:
+        return (a, b) if beta_a > beta_b else (b, a)
+    if flip_a is not None and flip_b is not None and flip_a != flip_b:
+        return (a, b) if flip_a < flip_b else (b, a)
+    if flip_a == 0 and flip_b is None:
+        return a, b
+    if flip_b == 0 and flip_a is None:
+        return b, a
+    return None, None
+
+
 def _accuracy_pairs(runs: list[JobResult], a: str, b: str) -> list[tuple[JobResult, JobResult]]:
     first = {(r.learner, r.seed): r for r in runs if r.noise == a}
     return [(first[(r.learner, r.seed)], r) for r in runs if r.noise == b and (r.learner, r.seed) in first]
@@ -256,12 +275,13 @@ def _accuracy_findings(results: list[JobResult], dataset: str, noises: list[str]
     out = []
     runs = [r for r in results if r.dataset == dataset]
     labels = {n: _labels_of(runs, n) for n in noises}
-    if len(noises) >= 2 and labels[noises[0]][1] == labels[noises[1]][1]:  # two annotators, one label budget
-        effect = _effect(_accuracy_units(_accuracy_pairs(runs, noises[0], noises[1]), chance=False))
+    clean, noisy = _cleaner_first(noises[:2], labels) if len(noises) >= 2 else (None, None)
+    if clean is not None and labels[clean][1] == labels[noisy][1]:  # two annotators, one label budget
+        effect = _effect(_accuracy_units(_accuracy_pairs(runs, clean, noisy), chance=False))
         if effect is not None:
-            out.append(Finding(f"{dataset}|{noises[0]}-vs-{noises[1]}|noise-costs-accuracy", dataset,
-                               f"{noises[0]} vs {noises[1]}", "Sun et al.", "label noise costs accuracy",
-                               f"held-out accuracy difference ({noises[0]} − {noises[1]})", +1, effect))
+            out.append(Finding(f"{dataset}|{clean}-vs-{noisy}|noise-costs-accuracy", dataset,
+                               f"{clean} vs {noisy}", "Sun et al.", "label noise costs accuracy",
+                               f"held-out accuracy difference ({clean} − {noisy})", +1, effect))
     for kind in dict.fromkeys(k for k, _ in labels.values() if k is not None):  # one annotator, several budgets
         budgets = sorted((n_pairs, n) for n, (k, n_pairs) in labels.items() if k == kind)
         if len(budgets) >= 2 and budgets[0][0] < budgets[-1][0]:

@@ -262,6 +262,8 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
                   "Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over "
                   "10 confidence bins; Brier; ECE after temperature scaling fitted on the other half of the held-out "
                   "prompts; reliability diagrams under Plots):", "", R.calibration_markdown(fits, dataset), ""]
+    for dataset in ([] if result.sun.is_empty() else result.sun["dataset"].unique(maintain_order=True)):
+        lines += [f"## Sun et al.'s numbers on `{dataset}`", "", SUN, "", R.sun_markdown(result.sun, dataset), ""]
     if result.methods:
         lines += [render_methods(result.methods), ""]
     if result.active:
@@ -271,6 +273,12 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
     lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.generated})
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines + _timing_section(result))
+
+
+SUN = ("As Sun et al. (2025) report them, for the raw ensemble mean, min and first member: pairwise accuracy and "
+       "per-prompt Spearman on the held-out prompts, and Best-of-N by ONE random subsample of N responses per prompt "
+       "(its gold, and its quantile among the prompt's whole pool). A random draw, unlike the exact curves above; "
+       "every N in sun_metrics.parquet.")
 
 
 ACTIVE = ("Each strategy starts from the same random seed set, then picks a batch of within-prompt pairs (across "

@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveResult, run_active
-from embrm.core import EmbrmError, Progress, check_out
+from embrm.core import EmbrmError, Progress, Rows, check_out
 from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
 from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
 from embrm.evaluation import LengthEffect
@@ -57,6 +57,7 @@ class StudyResult:
     length_effects: dict[str, LengthEffect | str] = field(default_factory=dict)  # per pool: its fit, or why none
     replication: list[Replication] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
     embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
+    sun: pl.DataFrame = field(default_factory=pl.DataFrame)  # Sun et al.'s numbers per job (study sun_metrics = true)
 
     @property
     def report_path(self) -> Path:
@@ -126,6 +127,8 @@ def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
     """What a job's result depends on beyond the study file: the vectors (the embedder's fingerprint, every
     response's text key) and the data (response ids, gold, exclusion, human pairs). A resumed study re-runs a job
     whose digest changed, e.g. after an embrm upgrade that changes the vectors or an edit of a data file."""
+    if isinstance(ds.vectors, Rows):  # arrays: the fingerprint already digests every file (gold included) and rows
+        return hashlib.blake2b(embedded.fingerprint.encode(), digest_size=12).hexdigest()
     r = ds.responses
     parts = [embedded.fingerprint, *embedded.keys, *r["response_id"].to_list(),
              r["gold"].cast(pl.Float64).fill_null(float("nan")).to_numpy().tobytes().hex(),
@@ -173,7 +176,10 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, runner, embed_seconds,
                            {r.key: round(r.seconds, 2) for r in done})
     result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
-                         length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon))
+                         length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon),
+                         sun=R.sun_table(results))
+    if not result.sun.is_empty():
+        store.write_table("sun_metrics", result.sun)
     store.write_json("embedders.json", result.embedders)
     store.write_json("findings.json", [f.to_dict() for f in result.findings])
     if replicate:

@@ -69,6 +69,31 @@ def published_table(results: list[JobResult]) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None).unique(["dataset", "seed", "reward_model"], maintain_order=True)
 
 
+def sun_table(results: list[JobResult]) -> pl.DataFrame:
+    """Sun et al.'s numbers of every job that computed them (Protocol.sun_metrics): one row per (job, reward,
+    metric, n)."""
+    frames = [r.evaluation.sun.frame().with_columns(dataset=pl.lit(r.dataset), learner=pl.lit(r.learner),
+                                                    noise=pl.lit(r.noise), seed=pl.lit(r.seed))
+              for r in results if r.evaluation.sun is not None]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def sun_markdown(sun: pl.DataFrame, dataset: str) -> str:
+    """Per learner x annotator x reward (ensemble mean, min, first member): Sun et al.'s accuracy, Spearman and
+    Best-of-N gold and quantile at the largest N, each a mean over seeds with its 95 % interval."""
+    sub = sun.filter(pl.col("dataset") == dataset)
+    n_top = int(sub.filter(pl.col("metric") == "bon_gold")["n"].max())
+    wide = (sub.filter(pl.col("n").is_null() | (pl.col("n") == n_top))
+            .pivot("metric", index=["learner", "noise", "reward", "seed"], values="value"))
+    metrics = [m for m in ("accuracy", "spearman", "bon_gold", "bon_quantile") if m in wide.columns]
+    stats_ = summarise(wide, ["learner", "noise", "reward"], metrics)
+    head = ["learner", "annotator", "reward", "accuracy", "Spearman", f"BoN gold (N = {n_top})",
+            f"BoN quantile (N = {n_top})"]
+    rows = [[r["learner"], r["noise"], r["reward"], *(fmt(r[m], r[f"{m}_ci"]) for m in metrics)]
+            for r in stats_.iter_rows(named=True)]
+    return md_table(head[:3 + len(metrics)], rows)
+
+
 # ----------------------------------------------------------------------------- seed statistics
 
 def interval(values) -> tuple[float, float]:
