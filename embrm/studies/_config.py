@@ -201,7 +201,7 @@ class Job:
 def _unchanged(job: dict) -> dict:
     """A job's fields without those added since results were first stored, while they hold their defaults: a
     single-embedder study on whole datasets keeps its digests, so its stored results still resume."""
-    job["dataset"] = {k: v for k, v in job["dataset"].items() if k != "prompts" or v}
+    job["dataset"] = {k: v for k, v in job["dataset"].items() if k not in ("prompts", "arrays") or v}
     return {k: v for k, v in job.items() if k != "embedder" or v is not None}
 
 
