@@ -88,6 +88,9 @@ class FitOptions:
     n_pairs: Annotated[int, typer.Option("--n-pairs", help="Simulated annotations on the training prompts.")] = 1000
     across_prompts: Annotated[bool, typer.Option(
         "--across-prompts", help="Draw simulated pairs across prompts (Sun et al.).")] = False
+    pairs_per_prompt: Annotated[Optional[int], typer.Option(
+        "--pairs-per-prompt", help="Sun et al.'s annotator: --n-pairs / K random training prompts with K pairs each "
+                                   "(default: each pair's prompt drawn uniformly).")] = None
     test_size: Annotated[float, typer.Option("--test-size", help="Share of prompts held out.")] = 0.2
     length_control: Annotated[str, typer.Option(
         "--length-control", help="none | posthoc (remove each member's within-prompt length slope) | posthoc_global "
@@ -104,14 +107,15 @@ class FitOptions:
             learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode, length_control=self.length_control)
             learner = learner.with_params(objective=self.objective, epochs=self.epochs,
                                           hidden=tuple(hidden) if hidden else None)
-            labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts)
+            labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts,
+                                 self.pairs_per_prompt)
             return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
 
 
 # Protocol field (EmbrmError.field) -> the `embrm fit` option that sets it
 FIT_OPTION = {"seed": "--seed", "k": "--ensemble", "flip": "--flip", "beta": "--beta", "n_pairs": "--n-pairs",
               "test_size": "--test-size", "epochs": "--epochs", "hidden": "--hidden", "objective": "--objective",
-              "mode": "--mode", "length_control": "--length-control"}
+              "mode": "--mode", "length_control": "--length-control", "pairs_per_prompt": "--pairs-per-prompt"}
 # ... and the `embrm bon-sim` option
 BON_OPTION = {"lam": "--lam", "lcb_beta": "--lcb-beta", "temperature": "--temperature", "member": "--member",
               "coverage": "--coverage", "n_max": "--n-max", "aggregation": "--agg"}

@@ -104,7 +104,8 @@ def write_sun_layout(directory, *, train_prompts=40_000, train_responses=10, tes
     if not _complete(layout):
         (directory / LAYOUT_FILE).unlink(missing_ok=True)  # a half-replaced set must never look complete
         basis = _directions(dim, seed)
-        with Progress(train_prompts + test_prompts, "sun layout", "prompts", enabled=progress) as bar:
+        total = train_prompts * train_responses + test_prompts * test_responses  # rows: the splits' prompts differ
+        with Progress(total, "sun layout", "responses", enabled=progress) as bar:  # in size, their rows do not
             for i, split in enumerate(SPLITS):
                 emb, gold = _split_paths(layout, split)
                 _write_split(emb, gold, params[f"{split}_prompts"], params[f"{split}_responses"], i, params,
@@ -226,7 +227,7 @@ def _write_split(emb_path: Path, gold_path: Path, n_prompts: int, n_responses: i
                 gold[p, :, 0] = _gold(rows, basis)
             emb.flush()
             del emb
-            bar.advance(stop - start)
+            bar.advance((stop - start) * n_responses)
         gold.flush()
         del gold  # close the map before the rename
         for part, final in zip(parts, (emb_path, gold_path)):

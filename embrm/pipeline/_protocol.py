@@ -174,7 +174,8 @@ class LabelConfig:
         if self.pairs_per_prompt is not None:
             _check(self, ("pairs_per_prompt",))
             if not self.within_prompt:
-                raise EmbrmError("pairs_per_prompt draws pairs within prompts: it needs within_prompt = true",
+                raise EmbrmError("pairs_per_prompt draws pairs within prompts: it cannot be combined with across-prompt "
+                                 "pairs (within_prompt = false, --across-prompts)",
                                  field="pairs_per_prompt")
 
     @property
