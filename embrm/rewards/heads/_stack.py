@@ -155,7 +155,7 @@ def fit_stack(params: list[torch.Tensor], members: list[MemberData], tables: lis
     active = torch.arange(K)  # stack position -> member id
 
     # at most `epochs`: early stopping may end sooner, so the ETA is an upper bound
-    with step_progress(epochs, f"{what}: {K} members, epochs", "epochs") as bar:
+    with step_progress(epochs, f"{what} ({K} members; early stopping may end it sooner)", "epochs") as bar:
         for epoch in range(epochs):
             ids = active.tolist()
             if not ids:
