@@ -188,15 +188,17 @@ def _load_model(model_dir: Path) -> SavedModel:
 
 
 def print_fit_metrics(m: FitMetrics, title: str) -> None:
-    table = Table("reward", "pairwise acc", "log-loss", "ECE", "Spearman with gold", "Spearman with length",
-                  title=title)
+    lengths = m.length_accuracy is not None  # arrays without texts have no lengths
+    table = Table("reward", "pairwise acc", "log-loss", "ECE", "Spearman with gold",
+                  *(["Spearman with length"] if lengths else []), title=title)
     table.add_row("ensemble mean", cell(m.accuracy), cell(m.log_loss), cell(m.ece), cell(m.spearman),
-                  cell(m.length_correlation))
+                  *([cell(m.length_correlation)] if lengths else []))
     accs = m.member_accuracy
-    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "", "")
-    if m.length_accuracy is not None:  # arrays without texts have no lengths
+    table.add_row(f"members (min..max of {len(accs)})", f"{min(accs):.3f}..{max(accs):.3f}", "", "", "",
+                  *([""] if lengths else []))
+    if lengths:
         table.add_row("length (longer is better)", cell(m.length_accuracy), "", "", cell(m.length_spearman), "1.000")
-    table.add_row("random (expected)", "0.500", "", "", "0.000", "0.000")
+    table.add_row("random (expected)", "0.500", "", "", "0.000", *(["0.000"] if lengths else []))
     out.print(table)
     out.print(f"{m.n_test_pairs} held-out pairs on {m.n_test_prompts} prompts")
     if m.calibrated_ece is not None:

@@ -103,8 +103,7 @@ class Rows:
 
     def subset(self, rows) -> Rows:
         """The view of some rows (an index or a boolean mask over this view's rows)."""
-        rows = np.asarray(rows)
-        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        rows = self._positions(np.asarray(rows))
         index = rows if self.index is None else self.index[rows]
         return Rows(self._parts, index, digest=None if self.digest is None else f"{self.digest}/{_digest(index)}",
                     checked=self.checked)
@@ -119,11 +118,23 @@ class Rows:
                 return self._read(int(self.index[start]), int(self.index[stop - 1]) + 1)
             key = np.arange(start, stop, step)
         key = np.asarray(key)
-        if key.dtype == bool:
-            key = np.flatnonzero(key)
         if key.ndim == 0:
             return self[key.reshape(1)][0]
-        return self._gather(key.astype(np.int64) if self.index is None else self.index[key])
+        key = self._positions(key)
+        return self._gather(key if self.index is None else self.index[key])
+
+    def _positions(self, key: np.ndarray) -> np.ndarray:
+        """An index array or boolean mask as non-negative int64 positions, numpy's rules (negative counts from the
+        end; out of range is an IndexError)."""
+        n = len(self)
+        if key.dtype == bool:
+            if key.shape != (n,):
+                raise IndexError(f"boolean index of shape {key.shape} for {n} rows")
+            return np.flatnonzero(key)
+        key = key.astype(np.int64)
+        if key.size and (key.min() < -n or key.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        return np.where(key < 0, key + n, key)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         """Contiguous rows of the concatenation (no index)."""

@@ -412,6 +412,8 @@ def read_declaration(path: str | Path) -> DatasetSpec:
     if set(doc) != {"dataset"}:
         raise EmbrmError(f"{path}: a dataset declaration holds one [dataset] table (path, name, columns, exclude)")
     spec = spec_from_table(doc["dataset"], f"{path} [dataset]", path.parent)
+    if spec.arrays:  # messages about an array dataset name the file that declares it
+        spec = replace(spec, source=str(path))
     if spec.source not in REGISTRY and not Path(spec.source).is_file():
         raise EmbrmError(f"{path} [dataset] path: {spec.source} is not a file: fix the path (relative to the "
                          f"declaration)")
