@@ -216,6 +216,31 @@ def _backward(dr, acts, Wc, scale, cdt) -> list:
     return grads
 
 
+# A stacked step holds every member's gathered rows and activations at once: (K, U, d + 2 x hidden) values. Above
+# this many bytes (10 members of Sun et al.'s 2,048-1,024-512 MLP on 8,000 pairs each: ~3 GB) a batch keeps row ids
+# and each step runs over spans of rows (one more forward pass, ~1/3 more FLOPs; the same gradient up to summation
+# order), so a full-batch fit's memory stays near this budget whatever the number of pairs.
+STEP_BYTES = 512 << 20
+
+
+def _row_span(members: list[MemberData], sizes: list[int], cdt, batch_size: int | None) -> int | None:
+    """Rows per span of a stacked step, or None when a whole batch fits STEP_BYTES."""
+    import torch
+
+    pairs = max(len(m.train_pairs) for m in members) if batch_size is None else batch_size
+    per_row = len(members) * (sizes[0] + 2 * sum(sizes[1:-1])) * max(torch.finfo(cdt).bits // 8, 4)
+    if 2 * pairs * per_row <= STEP_BYTES:  # at most two distinct rows a pair
+        return None
+    return max(256, STEP_BYTES // per_row)
+
+
+def _spanned_scores(batch, Wc, bc, span: int):
+    """Scores (K, U) of a batch's rows, one span of rows at a time (no activations kept)."""
+    import torch
+
+    return torch.cat([_forward(batch.rows(0, s, s + span), Wc, bc)[0] for s in range(0, batch.width, span)], 1)
+
+
 def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.ndarray]], *,
                 objective: str = "bt", lr: float = 1e-3, epochs: int = 30, batch_size: int | None = None,
                 patience: int = 3, weight_decay: float = 0.0, dtype: str = "auto") -> StackResult:
@@ -243,12 +268,23 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
     def cast(Pa):
         return [p if cdt == torch.float32 else p.to(cdt) for p in Pa]
 
+    span = _row_span(members, sizes, cdt, batch_size)  # None: one pass over a batch's rows fits the budget
+
     def step(Pa, active, batch, scale_a):
         nonlocal flops
         Wc, bc = cast(Pa[0::2]), cast(Pa[1::2])
-        r, acts = _forward(batch.tables[0], Wc, bc)
-        loss, dr = _pair_loss(r, batch, objective, grad=True)
-        grads = _backward(dr, acts, Wc, scale_a, cdt)
+        if span is None:
+            r, acts = _forward(batch.tables[0], Wc, bc)
+            loss, dr = _pair_loss(r, batch, objective, grad=True)
+            grads = _backward(dr, acts, Wc, scale_a, cdt)
+        else:  # the same gradient, a span of rows at a time: scores first, then each span's forward + backward
+            r = _spanned_scores(batch, Wc, bc, span)
+            loss, dr = _pair_loss(r, batch, objective, grad=True)
+            grads = None
+            for s in range(0, batch.width, span):
+                part = _backward(dr[:, s:s + span], _forward(batch.rows(0, s, s + span), Wc, bc)[1], Wc, scale_a, cdt)
+                grads = part if grads is None else [g.add_(p) for g, p in zip(grads, part)]
+            flops += matmul_flops(batch.width * len(active), sizes, backward=False)  # the second forward
         if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
             grads[-1].zero_()
         flops += matmul_flops(batch.width * len(active), sizes, backward=True)
@@ -256,13 +292,15 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
 
     def val_loss(Pa, active, batch):
         nonlocal flops
-        r, _ = _forward(batch.tables[0], cast(Pa[0::2]), cast(Pa[1::2]))
+        Wc, bc = cast(Pa[0::2]), cast(Pa[1::2])
+        r = _forward(batch.tables[0], Wc, bc)[0] if span is None else _spanned_scores(batch, Wc, bc, span)
         flops += matmul_flops(batch.width * len(active), sizes, backward=False)
         return _pair_loss(r, batch, objective, grad=False)[0]
 
     fit = fit_stack(P, members, [Xc], step, val_loss, lr=lr, epochs=epochs, batch_size=batch_size,
                     patience=patience, weight_decay=weight_decay, loss_scale=scale, what="MLP training",
-                    fix=f"(dtype {cdt_name}) use dtype='float32' or a lower lr, and check the embeddings' scale")
+                    fix=f"(dtype {cdt_name}) use dtype='float32' or a lower lr, and check the embeddings' scale",
+                    lazy_rows=span is not None)
     return StackResult([b.numpy() for b in fit.params], fit.val_history, fit.train_history, fit.best_epoch,
                        fit.n_epochs, fit.skipped_steps, cdt_name, flops, time.perf_counter() - t0)
 

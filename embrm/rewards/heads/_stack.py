@@ -88,22 +88,33 @@ class PairBatch:
     mask (K, U) 1.0 on real rows, count_rows (K,) real rows (at least 1); ic, ir (K, B) positions of chosen /
     rejected rows; w (K, B) = pair mask / member pair count (sum(w * loss) is the member's mean loss); width = U."""
 
-    def __init__(self, n: int, pair_lists: list[np.ndarray], tables: list[torch.Tensor]):
+    def __init__(self, n: int, pair_lists: list[np.ndarray], tables: list[torch.Tensor], lazy: bool = False):
         import torch
 
         p = pad_pairs(n, pair_lists)
         K, U = p.gather.shape
-        rows = torch.from_numpy(p.gather.ravel())
-        self.tables = [t.index_select(0, rows).view(K, U, *t.shape[1:]) for t in tables]
+        rows = torch.from_numpy(p.gather)
+        # lazy: keep the row ids and gather a span at a time (`rows`): (K, U, d) copies of the embeddings are what
+        # made a full-batch fit of 10 members at d = 2,048 need gigabytes
+        self.sources, self.gather = (tables, rows) if lazy else (None, None)
+        self.tables = None if lazy else [t.index_select(0, rows.ravel()).view(K, U, *t.shape[1:]) for t in tables]
         self.mask = torch.from_numpy(p.mask)
         self.count_rows = torch.from_numpy(np.maximum(p.rows, 1).astype(np.float32))
         self.ic, self.ir, self.w = torch.from_numpy(p.ic), torch.from_numpy(p.ir), torch.from_numpy(p.w)
         self.width = U
 
+    def rows(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of every member's table i, (K, stop - start, ...)."""
+        if self.tables is not None:
+            return self.tables[i][:, start:stop]
+        g = self.gather[:, start:stop]
+        return self.sources[i].index_select(0, g.reshape(-1)).view(*g.shape, *self.sources[i].shape[1:])
+
     def select(self, keep: torch.Tensor) -> PairBatch:
         """The batch of the members at stack positions `keep`."""
         b = object.__new__(PairBatch)
-        b.tables = [t.index_select(0, keep) for t in self.tables]
+        b.sources, b.gather = self.sources, None if self.gather is None else self.gather.index_select(0, keep)
+        b.tables = None if self.tables is None else [t.index_select(0, keep) for t in self.tables]
         for name in ("mask", "count_rows", "ic", "ir", "w"):
             setattr(b, name, getattr(self, name).index_select(0, keep))
         b.width = self.width
@@ -133,10 +144,11 @@ Step = Callable[..., tuple]
 def fit_stack(params: list[torch.Tensor], members: list[MemberData], tables: list[torch.Tensor], step: Step,
               val_loss: Step, *, lr: float, epochs: int, batch_size: int | None, patience: int, weight_decay: float,
               loss_scale: torch.Tensor | None = None, fused_adam: bool = True, what: str = "training",
-              fix: str = "use a lower lr") -> StackFit:
+              fix: str = "use a lower lr", lazy_rows: bool = False) -> StackFit:
     """Train the stacked `params` (K, ...) float32 of len(members) members in place (see module doc); tables: the
     per-row tensors (n, ...) a batch gathers; batch_size None = full batch (one step per epoch); loss_scale (K,):
-    each member's initial loss scale for half-precision gradients, None in float32; fused_adam: see StackedAdam.
+    each member's initial loss scale for half-precision gradients, None in float32; fused_adam: see StackedAdam;
+    lazy_rows: batches keep row ids and the steps gather spans of rows themselves (PairBatch.rows).
     A non-finite loss raises
     "{what} produced a non-finite loss at epoch E: {fix}"."""
     import torch
@@ -150,8 +162,8 @@ def fit_stack(params: list[torch.Tensor], members: list[MemberData], tables: lis
     stopping = _EarlyStopping(has_val, patience)
     n_epochs, skipped = [0] * K, [0] * K
     train_hist: list[list[float]] = [[] for _ in range(K)]
-    full_batch = PairBatch(n, [m.train_pairs for m in members], tables) if batch_size is None else None
-    val_batch = PairBatch(n, [m.val_pairs for m in members], tables) if any(has_val) else None
+    full_batch = PairBatch(n, [m.train_pairs for m in members], tables, lazy_rows) if batch_size is None else None
+    val_batch = PairBatch(n, [m.val_pairs for m in members], tables, lazy_rows) if any(has_val) else None
     active = torch.arange(K)  # stack position -> member id
 
     # at most `epochs`: early stopping may end sooner, so the ETA is an upper bound
@@ -170,7 +182,7 @@ def fit_stack(params: list[torch.Tensor], members: list[MemberData], tables: lis
                     present = torch.ones(len(ids), dtype=torch.bool)
                 else:  # members out of batches this epoch get no pairs and no update
                     batch = PairBatch(n, [members[k].train_pairs[chunks[k][s]] if s < n_batches[k] else
-                                          np.zeros((0, 2), np.int64) for k in ids], tables)
+                                          np.zeros((0, 2), np.int64) for k in ids], tables, lazy_rows)
                     present = torch.tensor([s < n_batches[k] for k in ids])
                 scale = None if loss_scale is None else loss_scale[active]
                 loss, grads = step(P if every else [p.index_select(0, active) for p in P], active, batch, scale)
