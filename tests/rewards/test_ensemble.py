@@ -125,3 +125,25 @@ def test_ensemble_errors():
         fit_ensemble(X, pairs, pair_prompt_ids=pp[:5])
     with pytest.raises(EmbrmError, match="no WARM model"):
         fit_ensemble(X, pairs, k=2).predict_warm(X)
+
+
+def test_a_fit_too_big_for_one_stacked_step_runs_in_spans_of_rows_with_the_same_result(monkeypatch):
+    """Above STEP_BYTES a full-batch MLP step gathers and backpropagates a span of rows at a time (memory near the
+    budget at Sun et al.'s size); the gradient is the same up to summation order, so the members are too."""
+    import embrm.rewards.heads._stack as stack
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 64)).astype(np.float32)
+    gold = X @ rng.standard_normal(64)
+    a = rng.integers(0, 3000, (2000, 2))
+    a = a[a[:, 0] != a[:, 1]]
+    pairs = np.where((gold[a[:, 0]] > gold[a[:, 1]])[:, None], a, a[:, ::-1])
+    whole = fit_ensemble(X, pairs, head="mlp", k=3, hidden=(32, 16), epochs=6, seed=0)
+    spans = []
+    rows = stack.PairBatch.rows
+    monkeypatch.setattr(stack.PairBatch, "rows", lambda self, i, s, e: spans.append(e - s) or rows(self, i, s, e))
+    monkeypatch.setattr(mlp, "STEP_BYTES", 1 << 16)
+    spanned = fit_ensemble(X, pairs, head="mlp", k=3, hidden=(32, 16), epochs=6, seed=0)
+    assert spans and max(spans) == 256  # the spanned path ran, a span at a time
+    assert whole.info["n_epochs"] == spanned.info["n_epochs"]
+    np.testing.assert_allclose(spanned.predict(X), whole.predict(X), atol=1e-5)
