@@ -98,6 +98,12 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
     with options_named(EMBED_OPTION):
         route = EmbedRoute(runner, shard, workers, address, views or ())  # checked before the data is read
         ds = data.load(dataset)
+        if ds.vectors is not None:  # a generated pool or an array dataset: its vectors are the data
+            if format == Format.json:
+                return print_json({"dataset": ds.name, "embedded": 0, "carried": len(ds.responses)})
+            return out.print(f"{ds!r}\nnothing to embed: {ds.name} comes with its own vectors ({ds.vectors.shape[1]}-d"
+                             f"{', read from its array files' if not ds.texts else ''}); fit, bon-sim and studies use "
+                             f"them as they are", markup=False, highlight=False)
         outcomes = route.embed(ds, embedder.config(), cache_dir, progress=None if format == Format.text else False)
     if route.views:
         return _print_views(ds, route.views, outcomes, format)

@@ -73,3 +73,9 @@ def test_fit_refuses_length_control_in_one_line(setup, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "texts" in lines[0] and "posthoc" in lines[0], result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_embed_says_there_is_nothing_to_embed(setup):
+    declaration, _, cache, _ = setup
+    result = invoke("embed", declaration, "--cache-dir", cache)
+    assert "nothing to embed" in result.output and "read from its array files" in result.output
