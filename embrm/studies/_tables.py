@@ -241,16 +241,19 @@ def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
     sub = fits.filter(pl.col("dataset") == dataset)
     s = summarise(sub, ["learner", "noise"], ["accuracy", "member_accuracy", "spearman", "length_accuracy",
                                               "label_accuracy", "length_correlation", "length_spearman"])
+    lengths = sub["length_accuracy"].drop_nulls().len() > 0  # arrays without texts have no lengths
     rows = [[r["learner"], r["noise"], fmt(r["label_accuracy"], r["label_accuracy_ci"]), fmt(r["accuracy"], r["accuracy_ci"]),
              fmt(r["member_accuracy"], r["member_accuracy_ci"]), fmt(r["spearman"], r["spearman_ci"]),
-             fmt(r["length_correlation"], r["length_correlation_ci"])]
+             *([fmt(r["length_correlation"], r["length_correlation_ci"])] if lengths else [])]
             for r in s.iter_rows(named=True)]
-    base = s.row(0, named=True)
-    rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-",
-                 fmt(base["length_spearman"], base["length_spearman_ci"]), "1"])
-    rows.append(["random (expected)", "-", "-", "0.500", "-", "-", "-"])
+    if lengths:
+        base = s.row(0, named=True)
+        rows.append(["length (baseline)", "-", "-", fmt(base["length_accuracy"], base["length_accuracy_ci"]), "-",
+                     fmt(base["length_spearman"], base["length_spearman_ci"]), "1"])
+    rows.append(["random (expected)", "-", "-", "0.500", "-", "-", *(["-"] if lengths else [])])
     return md_table(["learner", "labels", "training labels agreeing with gold", "ensemble-mean accuracy",
-                     "mean member accuracy", "per-prompt Spearman with gold", "per-prompt Spearman with length"], rows)
+                     "mean member accuracy", "per-prompt Spearman with gold",
+                     *(["per-prompt Spearman with length"] if lengths else [])], rows)
 
 
 def calibration_markdown(fits: pl.DataFrame, dataset: str) -> str:

@@ -87,6 +87,7 @@ def test_sun_metrics_table_and_report_section(study_run):
     fits = pl.read_parquet(out / "fit_metrics.parquet")
     assert set(fits["learner"]) == {"linear", "lgbm.clf"} and (fits["n_test_pairs"] > 0).all()
     assert fits["length_accuracy"].null_count() == fits.height
+    assert "length (baseline)" not in report and "Spearman with length" not in report  # no lengths to report
 
 
 def test_the_noise_finding_names_the_cleaner_annotator_first(study_run):
