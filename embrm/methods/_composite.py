@@ -335,6 +335,9 @@ def composite_study(ds, X, *, seed: int = 0, components=("bt", "length"), n_max:
     if not ds.has_gold:
         raise EmbrmError(f"{ds.name}: no gold scores: the composite study needs a pool with a gold column")
     names = list(components)
+    if "length" in names and not ds.texts:
+        raise EmbrmError(f"{ds.name} is arrays without texts: the length component needs them; use --components "
+                         f"bt,bt_flip")
     parts = split(ds, LabelConfig("simulated", n_pairs=n_pairs), test_size, seed)
     train_ids, test_ids = parts.train, parts.test
     pid = ds.responses["prompt_id"].cast(pl.Utf8)
