@@ -15,6 +15,7 @@ file leaves the page cache, not the process, holding it (a 1,000,000-row scoring
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator
 
@@ -154,6 +155,7 @@ class Rows:
                 local = rows[mine] - self._offsets[j]
                 order = np.argsort(local, kind="stable")  # in file order: sequential reads of a memory map
                 out[mine[order]] = p.array[local[order]]
+                _release(p.array)
         return out
 
     def blocks(self, rows_per_block: int | None = None) -> Iterator[np.ndarray]:
@@ -171,6 +173,17 @@ class Rows:
                              f"study (they read arrays in blocks), or keep fewer prompts (prompts = N)")
         X = self[0:len(self)]
         return X if dtype is None else X.astype(dtype, copy=False)
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (they stay in the page cache): a gather's rows are copied out,
+    so the mapped pages it touched need not count as the process's memory."""
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):  # a platform without it: the pages are merely kept
+            pass
 
 
 def _consecutive(index: np.ndarray) -> bool:
