@@ -17,8 +17,11 @@ peak memory is its own (ru_maxrss: resident pages, memory-mapped file pages incl
     cli       at --cli-scale (1/10 by default): `embrm fit` and `embrm bon-sim` as a user runs them, peak memory of
               each process
 
-    python benchmarks/bench_sun_scale.py                          # full size, float32 and float16 (~1 h on 2 cores)
-    python benchmarks/bench_sun_scale.py --scale 0.1 --dtypes float32   # 1/10 of the prompts (minutes)
+    EMBRM_THREADS=2 python benchmarks/bench_sun_scale.py        # full size, float32 and float16 (~50 min, 2 cores)
+    EMBRM_THREADS=2 python benchmarks/bench_sun_scale.py --dtypes float32 --learners mlp   # the MLP only (~20 min)
+    python benchmarks/bench_sun_scale.py --scale 0.01 --dim 256 --k 3 --n-pairs 2000        # a smoke run (2 min)
+
+EMBRM_THREADS sets the fits' and scoring's threads (embrm's default is 1, for bit-identical results everywhere).
 
 Writes benchmarks/results/sun_scale.json (or --out) with the machine, each stage's seconds and peak RSS, and the
 ratios the claims rest on (fit on disk / fit in memory, scoring / matmul throughput).
@@ -288,6 +291,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "sun_scale", "command": " ".join(["python", *sys.argv]), "machine": machine(),
+              "embrm_threads": os.environ.get("EMBRM_THREADS", "1 (default)"),
               "config": {"scale": args.scale, "dim": args.dim, "k": args.k, "n_pairs": args.n_pairs,
                          "learners": args.learners, **sizes(args.scale)},
               "note": "each stage in its own process; peak_mb is ru_maxrss (resident pages incl. mapped file "
