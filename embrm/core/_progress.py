@@ -93,8 +93,11 @@ class Progress:
         elif self._bar is not None:
             self._bar.__exit__(exc_type, *exc)
             self._bar = None
-        elif self.mode == "lines" and self._printed != self.completed and exc_type is None:
-            self._line()  # the final count; after an error the error line alone is what the user needs
+        elif self.mode == "lines" and self._printed != self.completed and exc_type is None \
+                and (self._parent is None or self._printed >= 0):
+            # the final count (a step's own count only when it was long enough to print before: its stage's line
+            # says it ended); after an error the error line alone is what the user needs
+            self._line()
 
     def set_description(self, text: str) -> None:
         """Set the status shown after the counts (e.g. "2 running"; the label stays)."""

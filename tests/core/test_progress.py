@@ -82,3 +82,26 @@ def test_embed_prints_lines_from_a_script(tmp_path, capsys, monkeypatch, progres
     assert n == 5 and len(err) == lines, err
     if lines:
         assert err[-1].startswith("embed: 5/5 texts (100%), ") and "texts/s, ETA " in err[-1]
+
+
+def test_a_step_count_under_stages_prints_only_when_it_lasts(capsys, monkeypatch):
+    """A stage's own count (a fit's epochs) prints periodic lines outside a terminal, no closing line of its own
+    when it was short (the stage's line says it ended), and nothing when no Stages runs."""
+    from embrm.core import step_progress
+
+    with step_progress(3, "alone", "epochs") as bar:  # no Stages: silent
+        bar.advance(3)
+    with Stages("fit", 1) as stages:
+        with step_progress(3, "epochs of the fit", "epochs") as bar:
+            bar.advance(3)
+        stages.done("members")
+    quiet = capsys.readouterr().err
+    assert "alone" not in quiet and "epochs of the fit" not in quiet and "members done" in quiet
+    monkeypatch.setenv("EMBRM_PROGRESS_EVERY", "0")
+    with Stages("fit", 1) as stages:
+        with step_progress(3, "epochs of the fit", "epochs") as bar:
+            for _ in range(3):
+                bar.advance()
+        stages.done("members")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "epochs of the fit" in line]
+    assert len(lines) == 3 and lines[-1].startswith("epochs of the fit: 3/3 epochs")
