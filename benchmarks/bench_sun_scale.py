@@ -109,6 +109,7 @@ def stage_score(decl: str, state_dir: str, head: str, model_dir: str, scores_pat
     import numpy as np
     import polars as pl
     import torch
+    from bench_fit import matmul_peak
 
     from embrm.core import fit_threads
     from embrm.data import load_dataset
@@ -125,25 +126,11 @@ def stage_score(decl: str, state_dir: str, head: str, model_dir: str, scores_pat
         if head == "mlp":
             sizes = [d, *SUN_MLP["hidden"], 1]
             flops = sum(2.0 * n * a * b for a, b in zip(sizes[:-1], sizes[1:])) * ens.k
-            peak = matmul_gflops(8192, d, sizes[1] * ens.k)
+            peak = matmul_peak(torch.float32, 8192, d, sizes[1] * ens.k, min_seconds=3.0)
             out.update(gflops=flops / seconds / 1e9, matmul_gflops=peak, vs_matmul=flops / seconds / 1e9 / peak)
     np.save(scores_path, scores)
     out["peak_mb"] = peak_mb()
     return out
-
-
-def matmul_gflops(m: int, k: int, n: int, seconds: float = 3.0) -> float:
-    """Best GFLOP/s of a plain float32 torch matmul (m, k) @ (k, n) (the MLP's first layer, all members)."""
-    import torch
-
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    a @ b
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2.0 * m * k * n / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def stage_bon(decl: str, state_dir: str, scores_path: str) -> dict:
@@ -153,7 +140,12 @@ def stage_bon(decl: str, state_dir: str, scores_path: str) -> dict:
     import polars as pl
 
     from embrm.data import load_dataset
-    from embrm.evaluation import best_of_n, conformal_proxy, ensemble_proxies, sun_metrics
+    from embrm.evaluation import (
+        best_of_n,
+        conformal_proxy,
+        ensemble_proxies,
+        sun_metrics,
+    )
 
     ds = load_dataset(decl).filter(pl.col("split") == "test")
     scores = np.load(scores_path)

@@ -63,7 +63,7 @@ class Progress:
         self.mode = "off" if enabled is False else ("bar" if tty else "lines")
         if self._parent is not None:
             self.mode = "off" if self._parent.mode == "off" else self.mode
-        self._bar = self._task = None
+        self._bar = self._task = self._shared = None  # _shared: the parent's rich display this count draws in
         self._start = self._last = 0.0
         self._printed = -1  # `completed` at the last plain line (no duplicate final line)
 
@@ -87,7 +87,7 @@ class Progress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if getattr(self, "_shared", None) is not None:
+        if self._shared is not None:
             self._shared.remove_task(self._task)
             self._shared = None
         elif self._bar is not None:
@@ -120,7 +120,7 @@ class Progress:
     @property
     def _live(self):
         """The rich display this count draws in (its own, or its parent's), or None."""
-        return getattr(self, "_shared", None) or self._bar
+        return self._shared or self._bar
 
     def rate(self, now: float | None = None) -> float:
         """Units per second since the start."""

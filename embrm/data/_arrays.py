@@ -336,11 +336,10 @@ def ensure_finite(array: np.ndarray, path, key: str | None = None) -> None:
     stat = _stat(path)
     row = max(1, math.prod(array.shape[1:]) * 4)
     step = max(1, CHUNK_BYTES // row)
-    rows = _plain_reads(array)
+    rows, per = _plain_reads(array), math.prod(array.shape[1:-1])  # rows of one prompt (R; 1 for 2-D arrays)
     for i in range(0, array.shape[0], step):
         with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as it would in a fit
-            chunk = rows[i * len(rows) // len(array):(i + step) * len(rows) // len(array)].reshape(
-                -1, *array.shape[1:])
+            chunk = rows[i * per:(i + step) * per].reshape(-1, *array.shape[1:])
         ok = np.isfinite(chunk.reshape(*chunk.shape[:2], -1)).all(axis=2) if chunk.ndim >= 2 else np.isfinite(chunk)
         if not ok.all():
             first = np.argwhere(~ok)[0]

@@ -57,6 +57,7 @@ import polars as pl
 
 from embrm.core import EmbrmError
 from embrm.data._array_dataset import array_sources, load_array_dataset
+from embrm.data._arrays import _sha256
 from embrm.data._dataset import Dataset, load_file, load_pairs, load_pool
 from embrm.data._overopt import overopt_dataset, overopt_truth
 from embrm.data._sun_layout import check_sun_dataset, sun_dataset
@@ -208,14 +209,6 @@ def data_dir(explicit: str | Path | None = None) -> Path:
         return Path(explicit).expanduser()
     env = os.environ.get("EMBRM_DATA_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "embrm" / "data"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(info: DatasetInfo, target: Path) -> str | None:

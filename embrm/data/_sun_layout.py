@@ -34,6 +34,7 @@ declaration).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -275,7 +276,6 @@ def sun_dataset(train_prompts: int = 200, train_responses: int = 10, test_prompt
 
 def check_sun_dataset(**params) -> None:
     """Refuse bad parameters of sun_dataset before anything is written."""
-    known = ("train_prompts", "train_responses", "test_prompts", "test_responses", "dim", "seed")
-    values = {"train_prompts": 200, "train_responses": 10, "test_prompts": 50, "test_responses": 100, "dim": 64,
-              "seed": 0, **params}
-    _params(*(values[k] for k in known[:5]), "float32", values["seed"], "gen", "planted", "sun", None)
+    v = {k: p.default for k, p in inspect.signature(sun_dataset).parameters.items()} | params
+    _params(v["train_prompts"], v["train_responses"], v["test_prompts"], v["test_responses"], v["dim"], "float32",
+            v["seed"], "gen", "planted", "sun", None)

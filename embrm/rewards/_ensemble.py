@@ -201,8 +201,6 @@ def _odin_members(X, pairs, splits, seeds, proto, head, mode, warm, seed, odin: 
     """ODIN members (embrm.rewards.heads._odin): each member is its quality head, as a LinearBT or an MLPReward."""
     if head not in ("linear", "mlp") or mode not in ("independent", "bootstrap"):
         raise EmbrmError("ODIN members need head linear or mlp with mode independent or bootstrap")
-    if length is None or np.shape(length) != (len(X),):
-        raise EmbrmError(f"ODIN needs the length feature of every row: length of shape ({len(X)},)")
     check_params(odin, ODIN_PARAMS, "ODIN")
     mlp = head == "mlp"
     hidden = tuple(int(h) for h in proto.hidden) if mlp else ()
