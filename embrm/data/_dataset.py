@@ -49,6 +49,9 @@ class Dataset:
     # or a embrm.core.Rows over memory-mapped arrays (an array dataset, embrm.data._array_dataset)
     vectors: "np.ndarray | Rows | None" = field(default=None, repr=False)
     texts: bool = True  # False: responses are named by position only (an array dataset): no lengths, nothing to embed
+    # a generated dataset's known gold (embrm.data._overopt.OveroptTruth: gold(X) of ANY embedding, the prompts'
+    # base-policy means): what lets a continuous policy (embrm.rl) score new candidates by their true gold
+    truth: object = field(default=None, repr=False)
 
     @property
     def excluded(self) -> np.ndarray:

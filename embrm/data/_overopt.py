@@ -101,6 +101,7 @@ class OveroptTruth:
     wf: np.ndarray  # (dim, F) Fourier frequencies
     bf: np.ndarray  # (F,) phases
     cf: np.ndarray  # (F,) amplitudes
+    mu: np.ndarray  # (n_prompts, dim) float32: each prompt's base-policy mean (the reference policy N(mu_p, I))
 
     @property
     def peak_h(self) -> float:
@@ -132,10 +133,23 @@ class OveroptTruth:
         p = self.parts(X)
         return self.gold_of(p["s"], p["h"], p["f"])
 
+    def prompt_ids(self) -> list[str]:
+        """The prompt ids of the dataset, in generation order (row p of ``mu``)."""
+        width = len(str(self.n_prompts - 1))
+        return [f"p{i:0{width}d}" for i in range(self.n_prompts)]
+
+    def means_of(self, prompt_ids) -> np.ndarray:
+        """(len(prompt_ids), dim) base-policy means of these prompts (ids of this dataset)."""
+        index = {p: i for i, p in enumerate(self.prompt_ids())}
+        try:
+            return self.mu[[index[str(p)] for p in prompt_ids]]
+        except KeyError as e:
+            raise EmbrmError(f"prompt {e.args[0]!r} is not one of this generated dataset's prompts") from None
+
     def to_dict(self) -> dict:
         """JSON-able constants and derived facts (the directions as lists)."""
         d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()
-             if k not in ("wf", "bf", "cf")}
+             if k not in ("wf", "bf", "cf", "mu")}
         d.update(peak_h=self.peak_h, base_fraction_past_threshold=self.base_fraction_past_threshold)
         return d
 
@@ -166,10 +180,7 @@ def overopt_dataset(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 3
     ``seed`` fixes everything: the same arguments give identical data."""
     truth, rng = _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, threshold, nonlinear,
                                 n_features, prompt_spread, prompt_hack_spread)
-    n_prompts, n_candidates, dim, v = truth.n_prompts, truth.n_candidates, truth.dim, truth.v
-    z = rng.standard_normal((n_prompts, dim))
-    z -= np.outer(z @ v, v)  # P_perp z
-    mu = (prompt_spread * z + prompt_hack_spread * np.outer(rng.standard_normal(n_prompts), v)).astype(np.float32)
+    n_prompts, n_candidates, dim, mu = truth.n_prompts, truth.n_candidates, truth.dim, truth.mu
     n = n_prompts * n_candidates
     prompt_index = np.repeat(np.arange(n_prompts, dtype=np.int64), n_candidates)
     X = np.empty((n, dim), np.float32)
@@ -198,7 +209,8 @@ def overopt_dataset(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 3
         pl.lit(False).alias("excluded"),
         "candidate",
     )
-    ds = Dataset(name, responses, source=f"embrm.overopt_dataset (seed {seed}): {truth.describe()}", vectors=X)
+    ds = Dataset(name, responses, source=f"embrm.overopt_dataset (seed {seed}): {truth.describe()}", vectors=X,
+                 truth=truth)
     return ds, X
 
 
@@ -221,7 +233,7 @@ def overopt_truth(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 32,
 
 def _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, threshold, nonlinear, n_features,
                    prompt_spread, prompt_hack_spread) -> tuple[OveroptTruth, np.random.Generator]:
-    """The checked constants and structure, and the generator positioned after the structure's draws."""
+    """The checked constants, structure and prompt means, and the generator positioned after their draws."""
     if n_prompts < 2 or n_candidates < 2 or dim < 2 or n_features < 1:
         raise EmbrmError(f"overopt_dataset: need n_prompts >= 2, n_candidates >= 2, dim >= 2, n_features >= 1 "
                          f"(got {n_prompts}, {n_candidates}, {dim}, {n_features})")
@@ -239,9 +251,12 @@ def _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, thres
                          f"{MAX_CELLS * 4 / 2**30:.0f} GB): use fewer prompts, candidates or dims")
     rng = np.random.default_rng(seed)
     u, v, wf, bf, cf = _structure(dim, n_features, rng)
+    z = rng.standard_normal((n_prompts, dim))
+    z -= np.outer(z @ v, v)  # P_perp z
+    mu = (prompt_spread * z + prompt_hack_spread * np.outer(rng.standard_normal(n_prompts), v)).astype(np.float32)
     truth = OveroptTruth(dim, int(seed), n_prompts, n_candidates, float(hack), float(hack_penalty),
                          float(threshold), float(nonlinear), int(n_features), float(prompt_spread),
-                         float(prompt_hack_spread), u, v, wf, bf, cf)
+                         float(prompt_hack_spread), u, v, wf, bf, cf, mu)
     return truth, rng
 
 

@@ -61,7 +61,7 @@ from embrm.core import EmbrmError
 from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
 
 __all__ = ["ALL_N_LIMIT", "GRID_POINTS", "BonCurves", "PromptBon", "bon_curves", "bon_weight_tensor", "bon_weights",
-           "curves_frame", "expected_best_of_n", "fit_gao", "kl_bon", "log_grid", "per_prompt_bon", "pick_means"]
+           "curves_frame", "expected_best_of_n", "fit_gao", "fit_gao_rl", "kl_bon", "kl_bon_exact", "log_grid", "per_prompt_bon", "pick_means"]
 
 # Largest scored pool for which the default n_grid is every n = 1..n_max (above: ``log_grid``). All-n needs an
 # (N, N) float64 weight matrix per distinct pool size (8 MB at 1,024, 128 MB at 4,096, 29 GB at 60,000) and gives
@@ -102,6 +102,35 @@ def kl_bon(n):
     return np.log(n) - (n - 1.0) / n
 
 
+def kl_bon_exact(sizes, n) -> np.ndarray:
+    """Exact KL(Best-of-n || uniform reference) averaged over pools of ``sizes`` (P,) candidates, per n (G,).
+
+    Best-of-n over a finite pool picks the candidate of proxy rank i (distinct proxy scores) with probability
+    w_N(i, n) (``bon_weights``), so KL = sum_i w log(N w) exactly. The usual axis ``kl_bon`` = log n - (n - 1) / n
+    is the formula for n i.i.d. draws from a continuous policy, and only an upper bound even there (Beirami et al.
+    2024, arXiv:2401.01879); over a finite pool drawn without replacement it is not the KL at all: at n = N the
+    pick is the argmax, KL = log N, above log N - (N - 1) / N. Ties in the proxy would lower the exact value (the
+    pick spreads over a tied block). A pool contributes to n when n <= N_p,
+    as in ``bon_curves``; n with no such pool is NaN."""
+    sizes = np.asarray(sizes, np.int64).ravel()
+    grid = np.atleast_1d(np.asarray(n, np.int64))
+    if sizes.size == 0 or (sizes < 1).any() or (grid < 1).any():
+        raise EmbrmError("kl_bon_exact: pool sizes and n must be >= 1")
+    total, count = np.zeros(grid.size), np.zeros(grid.size)
+    for size, c in zip(*np.unique(sizes, return_counts=True)):
+        cols = grid[grid <= size]
+        if cols.size == 0:
+            continue
+        w = _weights(int(size), np.unique(cols))
+        safe = np.where(w > 0, w, 1.0)
+        kl = (w * np.log(size * safe)).sum(axis=0)
+        at = np.searchsorted(np.unique(cols), grid[grid <= size])
+        total[grid <= size] += c * kl[at]
+        count[grid <= size] += c
+    with np.errstate(invalid="ignore"):
+        return np.maximum(total / np.where(count > 0, count, np.nan), 0.0)
+
+
 def fit_gao(d, r) -> tuple[float, float]:
     """Least-squares fit of Gao et al.'s Best-of-n form ``R(d) = d * (alpha - beta * d)``, d = sqrt(KL).
 
@@ -119,6 +148,22 @@ def fit_gao(d, r) -> tuple[float, float]:
     if np.linalg.matrix_rank(a) < 2:
         raise EmbrmError("fit_gao: needs at least two distinct nonzero d (e.g. n = 1..8)")
     (alpha, beta), *_ = np.linalg.lstsq(a, r, rcond=None)
+    return float(alpha), float(beta)
+
+
+def fit_gao_rl(d, r) -> tuple[float, float]:
+    """Least-squares fit of Gao et al.'s RL form R(d) = d (alpha - beta log d) to the gold GAIN r over pi_ref
+    (R(0) = 0), d = sqrt(KL); points with d <= 0 or NaN are ignored. Returns (alpha, beta); the fitted curve peaks
+    at d* = exp(alpha / beta - 1) when beta > 0."""
+    d = np.asarray(d, np.float64).ravel()
+    r = np.asarray(r, np.float64).ravel()
+    if d.shape != r.shape:
+        raise EmbrmError(f"fit_gao_rl: d has {d.size} points, r has {r.size}: pass one r per d")
+    ok = np.isfinite(d) & np.isfinite(r) & (d > 0)
+    a = np.stack([d[ok], -d[ok] * np.log(d[ok])], axis=1)
+    if ok.sum() < 2 or np.linalg.matrix_rank(a) < 2:
+        raise EmbrmError("fit_gao_rl: needs at least two distinct d > 0 (a wider beta sweep, more RL steps)")
+    (alpha, beta), *_ = np.linalg.lstsq(a, r[ok], rcond=None)
     return float(alpha), float(beta)
 
 

@@ -36,7 +36,7 @@ import polars as pl
 
 from embrm.core import EmbrmError, torch_threads
 from embrm.data import pair_indices
-from embrm.evaluation import Pools, excluded_indicator, group_pools, pool_curves, pyplot, save_figure
+from embrm.evaluation import Pools, excluded_indicator, fit_gao_rl, group_pools, pool_curves, pyplot, save_figure
 from embrm.methods._composite import fit_proxy_reward
 from embrm.methods._sections import MethodSummary, table
 from embrm.pipeline import LabelConfig, split, training_pairs
@@ -110,22 +110,6 @@ def kl_optimum_curves(prompt_index, reward, gold, betas=None, *, mask=None) -> K
     rand = float((gp.sum(axis=1) / pools.sizes).mean())
     orac = float(np.where(pools.valid, gp, -np.inf).max(axis=1).mean())
     return KLCurves(betas, kl.mean(axis=1), gold_p.mean(axis=1), proxy, rand, orac, kl, gold_p)
-
-
-def fit_gao_rl(d, r) -> tuple[float, float]:
-    """Least-squares fit of Gao et al.'s RL form R(d) = d (alpha - beta log d) to the gold GAIN r over pi_ref
-    (R(0) = 0), d = sqrt(KL); points with d <= 0 or NaN are ignored. Returns (alpha, beta); the fitted curve peaks
-    at d* = exp(alpha / beta - 1) when beta > 0."""
-    d = np.asarray(d, np.float64).ravel()
-    r = np.asarray(r, np.float64).ravel()
-    if d.shape != r.shape:
-        raise EmbrmError(f"fit_gao_rl: d has {d.size} points, r has {r.size}: pass one r per d")
-    ok = np.isfinite(d) & np.isfinite(r) & (d > 0)
-    a = np.stack([d[ok], -d[ok] * np.log(d[ok])], axis=1)
-    if ok.sum() < 2 or np.linalg.matrix_rank(a) < 2:
-        raise EmbrmError("fit_gao_rl: needs at least two distinct d > 0 (use a wider beta sweep)")
-    (alpha, beta), *_ = np.linalg.lstsq(a, r[ok], rcond=None)
-    return float(alpha), float(beta)
 
 
 # ----------------------------------------------------------------------------- (2) DPO / RPO over embeddings

@@ -25,6 +25,7 @@ from embrm.pipeline._steps import (
     label_pairs,
     load_model,
     model_embeddings,
+    proxies,
     run_experiment,
     score,
     split,
@@ -34,5 +35,5 @@ from embrm.pipeline._steps import (
 __all__ = [
     "CALIBRATED", "check_aligned", "checked_n_grid", "DEFAULT_AGGREGATIONS", "DEFAULT_LEARNERS", "evaluate",
     "ExperimentResult", "fit", "fit_pairs", "FittedModel", "label_pairs", "LabelConfig", "Learner", "load_model",
-    "model_embeddings", "N_GRIDS", "Protocol", "run_experiment", "SavedModel", "score", "split", "training_pairs"
+    "model_embeddings", "N_GRIDS", "Protocol", "proxies", "run_experiment", "SavedModel", "score", "split", "training_pairs"
 ]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from embrm.core import SEED, EmbrmError, Integer, Number, check_choice, check_params, check_value, shown
 from embrm.data import Dataset
 from embrm.evaluation import AGGREGATIONS
-from embrm.rewards import MODES, K
+from embrm.rewards import DEFAULT_FEATURE_FRACTION, FEATURE_FRACTION, FEATURE_HEADS, MODES, K
 from embrm.rewards.heads import HEADS as HEAD_CLASSES
 from embrm.rewards.heads import ODIN_PARAMS
 
@@ -106,20 +106,31 @@ class Learner:
         if (self.mode == "posterior") != (self.head == "laplace"):
             raise EmbrmError("head laplace draws its members from its posterior: it takes mode = posterior, and "
                              "mode posterior needs head = laplace", field="mode")
+        if self.mode == "features" and self.head not in FEATURE_HEADS:
+            raise EmbrmError(f"mode features needs head = {' or '.join(FEATURE_HEADS)} (each member zero outside its "
+                             f"random subset of the embedding dimensions), not {self.head}", field="mode")
         object.__setattr__(self, "params", _frozen_params(self.params))
         rules = {k: r for k, r in HEAD_CLASSES[self.head].PARAMS.items() if k != "random_state"}
         if self.length_control == "odin":
             rules.update(ODIN_PARAMS)
+        if self.mode == "features":
+            rules["feature_fraction"] = FEATURE_FRACTION
+        elif "feature_fraction" in dict(self.params):
+            raise EmbrmError(f"feature_fraction is the share of dimensions each member sees in mode features: set "
+                             f"mode = features or drop it (mode is {self.mode})", field="feature_fraction")
         check_params(dict(self.params), rules, f"head {self.head}")
 
     @property
     def name(self) -> str:
         suffix = {"independent": "", "bootstrap": "-boot", "shared_trunk": "-trunk", "linear_heads": "-heads",
-                  "posterior": ""}
+                  "posterior": "", "features": "-feat", "disjoint": "-disjoint"}[self.mode]
+        fraction = dict(self.params).get("feature_fraction", DEFAULT_FEATURE_FRACTION)
+        if fraction != DEFAULT_FEATURE_FRACTION:  # "-feat0.25": learners of other fractions keep apart in a study
+            suffix += f"{fraction:g}"
         control = "" if self.length_control == "none" else "." + self.length_control.replace("_", "-")
         # Sun et al.'s classification (order-consistency) objective, where asked for by name: ".clf"
         objective = ".clf" if dict(self.params).get("objective") == "classification" else ""
-        return self.head + suffix[self.mode] + objective + control + ("" if self.k is None else f".k{self.k}")
+        return self.head + suffix + objective + control + ("" if self.k is None else f".k{self.k}")
 
     def head_params(self) -> dict:
         """The head's parameters (ODIN's loss weights are odin_params)."""

@@ -2,7 +2,15 @@
 control, and saving/loading model directories (no pickle).
 """
 
-from embrm.rewards._ensemble import MODES, K, RewardEnsemble, fit_ensemble
+from embrm.rewards._ensemble import (
+    DEFAULT_FEATURE_FRACTION,
+    FEATURE_FRACTION,
+    FEATURE_HEADS,
+    MODES,
+    K,
+    RewardEnsemble,
+    fit_ensemble,
+)
 from embrm.rewards._length import (
     ControlledGold,
     LengthCorrection,
@@ -13,7 +21,8 @@ from embrm.rewards._length import (
 from embrm.rewards._persist import check_replaceable, load_ensemble, package_versions, save_ensemble
 
 __all__ = [
-    "check_replaceable", "controlled_gold", "ControlledGold", "fit_ensemble", "K", "length_correlation",
+    "check_replaceable", "controlled_gold", "ControlledGold", "DEFAULT_FEATURE_FRACTION", "FEATURE_FRACTION",
+    "FEATURE_HEADS", "fit_ensemble", "K", "length_correlation",
     "length_feature", "LengthCorrection", "load_ensemble", "MODES", "package_versions", "RewardEnsemble",
     "save_ensemble"
 ]

@@ -52,7 +52,8 @@ does not exist is one error naming the file, the key and the allowed values.
     n_pairs = 250               # optional: this annotator's label budget (default: [labels] n_pairs)
 
     [[learners]]                # head = "linear" | "mlp" | "lgbm" | "laplace"; mode = "independent" | "bootstrap" |
-    head = "mlp"                # "shared_trunk" | "linear_heads" | "posterior" (laplace's only mode, its default);
+    head = "mlp"                # "shared_trunk" | "linear_heads" | "posterior" (laplace's only mode, its default) |
+                                # "features" (linear, mlp; + feature_fraction, default 0.5) | "disjoint";
                                 # further keys are the head's parameters, with the
                                 # head's own bounds (embrm.rewards.heads: PARAMS); one learner per head + mode + control
     mode = "independent"

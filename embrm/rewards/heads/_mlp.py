@@ -251,10 +251,13 @@ def _spanned_scores(batch, Wc, bc, span: int):
 
 def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.ndarray]], *,
                 objective: str = "bt", lr: float = 1e-3, epochs: int = 30, batch_size: int | None = None,
-                patience: int = 3, weight_decay: float = 0.0, dtype: str = "auto") -> StackResult:
+                patience: int = 3, weight_decay: float = 0.0, dtype: str = "auto",
+                input_mask: np.ndarray | None = None) -> StackResult:
     """Train K MLP members at once on the shared stacked trainer (embrm.rewards.heads._stack; see module doc).
     inits: one parameter list per member (share one list for WARM: members then start from the same point).
-    batch_size None = full batch (one step per epoch)."""
+    batch_size None = full batch (one step per epoch). input_mask (K, d) bool: member k sees only the inputs
+    where it is true (random feature subsets): the first layer's gradient is zeroed on the other rows, so rows that
+    start at zero stay exactly zero (Adam moves a weight with zero gradient, zero moments and zero decay by 0)."""
     import time
 
     import torch
@@ -277,6 +280,7 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
         return [p if cdt == torch.float32 else p.to(cdt) for p in Pa]
 
     span = _row_span(members, sizes, cdt, batch_size)  # None: one pass over a batch's rows fits the budget
+    hidden_rows = None if input_mask is None else ~torch.from_numpy(np.asarray(input_mask, bool))[:, :, None]
 
     def step(Pa, active, batch, scale_a):
         nonlocal flops
@@ -295,6 +299,8 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
             flops += matmul_flops(batch.width * len(active), sizes, backward=False)  # the second forward
         if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
             grads[-1].zero_()
+        if hidden_rows is not None:  # inputs a member does not see: no gradient (where, not a product: inf * 0)
+            grads[0].masked_fill_(hidden_rows.index_select(0, active), 0.0)
         flops += matmul_flops(batch.width * len(active), sizes, backward=True)
         return loss, grads
 
