@@ -111,8 +111,9 @@ class PoolPolicy:
         with torch.no_grad():
             logp = self._log_probs(1).double().numpy()
         pi = np.exp(logp)
-        ref = s["ref"].double().numpy()
-        kl = np.where(s["valid"].numpy(), pi * (logp - np.where(s["valid"].numpy(), ref, 0.0)), 0.0).sum(axis=1)
+        valid = s["valid"].numpy()
+        log_ratio = np.where(valid, logp, 0.0) - np.where(valid, s["ref"].double().numpy(), 0.0)
+        kl = (pi * log_ratio).sum(axis=1)
         reward = s["reward"].double().numpy()
         return {"gold": (pi * s["gold"]).sum(axis=1), "proxy": (pi * s["proxy"]).sum(axis=1),
                 "reward": (pi * reward).sum(axis=1), "kl": np.maximum(kl, 0.0)}
