@@ -19,11 +19,12 @@ rescales each prompt's advantages and so, with the KL in the loss, each prompt's
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from embrm.core import SEED, EmbrmError, Integer, Number, check_choice, check_value, shown
+from embrm.evaluation import AGGREGATIONS
 
-__all__ = ["ALGORITHMS", "POLICIES", "TRANSFORMS", "KL_MODES", "RLConfig"]
+__all__ = ["ALGORITHMS", "POLICIES", "TRANSFORMS", "KL_MODES", "RLConfig", "RLPlan"]
 
 ALGORITHMS = ("grpo", "rloo", "ppo", "reinforce")
 POLICIES = ("pool", "linear", "gaussian")
@@ -97,3 +98,82 @@ class RLConfig:
             raise EmbrmError(f"unknown RL setting {unknown[0]!r}: use one of {', '.join(sorted(known))}",
                              field=unknown[0])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class RLPlan:
+    """A set of RL runs on every fitted reward of a study (its ``[rl]`` table): ``config`` for each of ``policies``
+    and each (aggregation, transform, KL coefficient); aggregations None: the study's.
+
+        [rl]
+        algo = "grpo"                  # and every other RLConfig key but kl / policy
+        policies = ["pool", "gaussian"]  # gaussian: generated datasets only (skipped on others, said in the report)
+        kl = [0.0, 0.1]                # a number or a list: one run per coefficient
+        transforms = ["none", "cdf"]
+        aggregations = ["mean", "min", "uwo"]
+        [rl.gaussian]                  # optional, per policy: settings that differ for it (e.g. its own lr)
+        lr = 0.05
+    """
+
+    config: RLConfig = RLConfig()
+    policies: tuple = ("pool",)
+    transforms: tuple = ("none",)
+    kls: tuple = (0.0,)
+    aggregations: tuple | None = None
+    overrides: tuple = ()  # (policy, ((key, value), ...)) pairs: a policy's own settings
+
+    def config_of(self, policy: str) -> RLConfig:
+        """The run settings of one policy (its overrides applied)."""
+        return replace(self.config, policy=policy, **dict(dict(self.overrides).get(policy, ())))
+
+    def __post_init__(self):
+        for name, values, allowed in (("policies", self.policies, POLICIES), ("transforms", self.transforms,
+                                                                                TRANSFORMS)):
+            if not values:
+                raise EmbrmError(f"{name} is empty: give at least one of {', '.join(allowed)}", field=name)
+            for v in values:
+                check_choice(name, v, allowed)
+            if len(set(values)) != len(values):
+                raise EmbrmError(f"{name} lists a value twice: {', '.join(values)}", field=name)
+        if not self.kls or len(set(self.kls)) != len(self.kls):
+            raise EmbrmError(f"kl must give distinct coefficients, got {list(self.kls)}", field="kl")
+        for k in self.kls:
+            check_value("kl", k, RULES["kl"])
+        for policy, _ in self.overrides:
+            check_choice("[rl] policy table", policy, POLICIES)
+            self.config_of(policy)
+        if self.aggregations is not None and not self.aggregations:
+            raise EmbrmError("aggregations is empty: leave it out for the study's", field="aggregations")
+        for a in self.aggregations or ():
+            check_choice("aggregations", a, (*AGGREGATIONS, "conformal", "warm"))
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> RLPlan:
+        """From a study's [rl] table (unknown keys refused, values checked by RLConfig)."""
+        doc = dict(doc)
+        allowed = ({f.name for f in fields(RLConfig)} - {"policy"}) | {"policies", "transforms", "aggregations"}
+        tables = {k: doc.pop(k) for k in [k for k, v in doc.items() if isinstance(v, dict)]}
+        unknown = sorted(set(doc) - allowed) + sorted(set(tables) - set(POLICIES))
+        if unknown:
+            hint = " (a list: policies = [...])" if unknown[0] == "policy" else ""
+            raise EmbrmError(f"unknown key {unknown[0]!r}{hint}: [rl] takes {', '.join(sorted(allowed))}",
+                             field=unknown[0])
+        lists = {"policies": ("pool",), "transforms": ("none",), "aggregations": None}
+        plan = {k: tuple(doc.pop(k)) if isinstance(doc.get(k), list) else doc.pop(k, default)
+                for k, default in lists.items()}
+        kl = doc.pop("kl", 0.0)
+        kls = tuple(kl) if isinstance(kl, list) else (kl,)
+        config = RLConfig.from_dict({**doc, "kl": kls[0] if kls else 0.0})
+        for policy, table in tables.items():
+            bad = sorted(set(table) - (allowed - {"policies", "transforms", "aggregations", "kl"}))
+            if bad:
+                raise EmbrmError(f"[rl.{policy}]: unknown key {bad[0]!r}: a policy's table takes run settings "
+                                 f"(lr, steps, group, ...)", field=bad[0])
+        overrides = tuple((p, tuple(sorted(t.items()))) for p, t in tables.items())
+        return cls(config, kls=kls, overrides=overrides, **plan)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.config.to_dict().items() if k not in ("kl", "policy")}
+        return d | {"policies": list(self.policies), "transforms": list(self.transforms), "kl": list(self.kls),
+                    "aggregations": None if self.aggregations is None else list(self.aggregations)} | {
+                    p: dict(t) for p, t in self.overrides}

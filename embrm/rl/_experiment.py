@@ -37,12 +37,12 @@ from embrm.evaluation import (
 )
 from embrm.pipeline import CALIBRATED, Protocol, fit, proxies
 from embrm.rewards import length_feature
-from embrm.rl._config import TRANSFORMS, RLConfig
+from embrm.rl._config import TRANSFORMS, RLConfig, RLPlan
 from embrm.rl._policies import GaussianPolicy, PoolPolicy, PoolSet
 from embrm.rl._rewards import REFERENCE_SAMPLES, PromptReward, SampleReward, normalised, transform_rewards
 from embrm.rl._train import train
 
-__all__ = ["RLRun", "RLResult", "run_rl", "rl_experiment", "plot_rl"]
+__all__ = ["RLRun", "RLResult", "run_rl", "run_plan", "rl_experiment", "plot_rl"]
 
 
 @dataclass
@@ -331,6 +331,21 @@ def _bon(ds, proxy: dict, aggregations, measured: np.ndarray, gold: np.ndarray, 
     kl = kl_bon_exact(sizes, curves.n)
     return {a: {"n": curves.n, "kl": kl, "kl_bound": kl_bon(curves.n), "gold": curves.gold[j]}
             for j, a in enumerate(names)}
+
+
+def run_plan(plan: RLPlan, ds, X, ensemble, split_, protocol: Protocol, *, scores=None,
+             progress: bool | None = False, threads: int | None = None) -> dict[str, RLResult | str]:
+    """Each policy of ``plan`` (a study's [rl] table) on one fitted reward: {policy: RLResult}, or the reason a
+    policy does not apply to this dataset (a gaussian policy on data without a known gold for new embeddings)."""
+    out = {}
+    for policy in plan.policies:
+        if policy == "gaussian" and ds.truth is None:
+            out[policy] = "needs a generated dataset (the gold of new embeddings): skipped"
+            continue
+        out[policy] = run_rl(ds, X, ensemble, split_, protocol, plan.config_of(policy),
+                             aggregations=plan.aggregations, transforms=plan.transforms, kls=plan.kls, scores=scores,
+                             progress=progress, threads=threads)
+    return out
 
 
 @on_fit_threads

@@ -95,6 +95,7 @@ from embrm.embedding import CHAT, EmbedderConfig, render
 from embrm.embedding.backends import BACKENDS
 from embrm.methods import REGISTRY as METHODS
 from embrm.pipeline import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
+from embrm.rl import RLPlan
 
 EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
                  "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int, "device": str,
@@ -141,6 +142,7 @@ class Study:
     embedders: dict = field(default_factory=dict)  # [[embedders]]: name -> EmbedderConfig; empty: the one [embedder]
     labels: dict = field(default_factory=lambda: {"n_pairs": 1000, "within_prompt": True})
     active: ActiveConfig | None = None  # active labelling campaigns on every pool (embrm.active)
+    rl: RLPlan | None = None  # RL runs on every pool job's fitted reward (embrm.rl; studies/rl.toml)
     noise: list = field(default_factory=lambda: [Noise("bt10", beta=10.0), Noise("flip25", flip=0.25)])
     # the plain learners and the MLP under each length control (studies/learners.toml: shared trunk, LightGBM)
     learners: list = field(default_factory=lambda: [
@@ -158,6 +160,7 @@ class Study:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["learners"] = [l.to_dict() for l in self.learners]
+        d["rl"] = None if self.rl is None else self.rl.to_dict()
         return d
 
 
@@ -196,6 +199,8 @@ class Job:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
         doc = {"job": _unchanged(asdict(self)), "protocol": self.protocol(study).to_dict(),
                "embedder": _embedder_doc(study.embedder_of(self.embedder))}
+        if study.rl is not None and self.kind == "pool":  # absent: the digests of studies without RL are unchanged
+            doc["rl"] = study.rl.to_dict()
         return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
@@ -245,7 +250,7 @@ def load_study(path: str | Path | None = None) -> Study:
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
        "sun_metrics": bool, "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
-       "labels": dict, "noise": list, "learners": list, "active": dict}
+       "labels": dict, "noise": list, "learners": list, "active": dict, "rl": dict}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool, "pairs_per_prompt": int}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
 
@@ -337,6 +342,8 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
         study.learners = [_learner(f"{where} [[learners]] #{i + 1}", l) for i, l in enumerate(doc["learners"])]
     if "active" in doc:
         study.active = _active(f"{where} [active]", doc["active"], study)
+    if "rl" in doc:
+        study.rl = _checked(f"{where} [rl]", lambda: RLPlan.from_dict(doc["rl"]))
     _validate(study, where)
     return study
 

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -31,6 +32,7 @@ from embrm.core import EmbrmError, Integer, Progress, check_value
 from embrm.data import DatasetSpec, load_dataset, rrm_dataset
 from embrm.embedding import RUNNERS, cached_embeddings
 from embrm.pipeline import run_experiment
+from embrm.rl import run_plan
 from embrm.studies._config import Job, Study
 from embrm.studies._store import JobResult, ResultStore
 
@@ -70,10 +72,18 @@ def run_job(job: Job, study: Study, spec_json: str, cache_dir: str, data_dir: st
     protocol = job.protocol(study)
     result = run_experiment(ds, X, protocol, augment=augment, threads=threads, progress=False)
     fitted = result.fit
+    rl = None
+    if study.rl is not None and job.kind == "pool":
+        plan = replace(study.rl, config=replace(study.rl.config, seed=job.seed))  # each seed its own samples
+        ran = run_plan(plan, ds, X, fitted.ensemble, fitted.split, fitted.protocol, scores=fitted.scores,
+                       threads=threads)
+        rl = {policy: {"skipped": r} if isinstance(r, str) else
+              {"summary": r.to_dict(), "runs": [run.to_dict() for run in r.runs]} for policy, r in ran.items()}
     return JobResult(job.key, job.kind, job.group, job.learner.name, job.noise.name if job.noise else "human", job.seed,
                      protocol.k, fitted.protocol, fitted.n_train_pairs, fitted.label_accuracy, result.evaluation,
                      time.perf_counter() - start, 0, embedder=job.embedder,
-                     dataset_label=job.dataset.label if job.embedder is not None else None, curves=result.frame())
+                     dataset_label=job.dataset.label if job.embedder is not None else None, rl=rl,
+                     curves=result.frame())
 
 
 # ----------------------------------------------------------------------------- executors

@@ -17,6 +17,7 @@ from embrm.evaluation import LengthEffect
 from embrm.methods import render_methods
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, group_label
+from embrm.studies._rl import plot_name, rl_markdown
 from embrm.studies._store import TextFacts
 
 SETTING = ("Setting: reward models trained on simulated annotators over the TRAINING prompts of each pool and "
@@ -116,6 +117,21 @@ def _pool_sections(result, noises: list[str]) -> list[str]:
             lines += ["Published reward models' best-of-16 picks on the same held-out prompts (not trained on this "
                       "pool: a different, harder setting):", "", R.published_markdown(pub, dataset), ""]
     return lines
+
+
+def _rl_sections(study: Study, result) -> list[str]:
+    """Per pool and policy of the study's [rl] table: the runs' seed means and the plot (the findings are above)."""
+    if result.rl.is_empty() and not result.rl_skipped:
+        return []
+    c = study.rl.config
+    lines = []
+    for dataset, policy in result.rl.select("dataset", "policy").unique(maintain_order=True).iter_rows():
+        lines += [f"## Reinforcement learning on `{dataset}` ({policy} policy)", "",
+                  RL.format(algo=c.algo, steps=c.steps, group=c.group, lr=c.lr, kl_mode=c.kl_mode,
+                            policy=RL_POLICY[policy]), "",
+                  rl_markdown(result.rl, dataset, policy), "", f"![RL on {dataset}]({plot_name(dataset, policy)})", ""]
+    lines += [f"RL on `{where}`: {why}." for where, why in result.rl_skipped.items()]
+    return lines + ([""] if result.rl_skipped else [])
 
 
 def _embedding_section(embedding: dict[str, TextFacts]) -> list[str]:
@@ -255,6 +271,7 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
         lines += _embedders_section(result.embedders)
     if not result.bon.is_empty():
         lines += _pool_sections(result, noises)
+    lines += _rl_sections(study, result)
     for dataset in fits["dataset"].unique(maintain_order=True):
         against = fits.filter(pl.col("dataset") == dataset)["against"][0]
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
@@ -273,6 +290,18 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
     lines += _embedding_section({k: v for k, v in result.embedding.items() if not v.generated})
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines + _timing_section(result))
+
+
+RL = ("Online RL against each job's fitted reward on its held-out prompts ({algo}, {steps} steps, G = {group} "
+      "samples per prompt a step, Adam lr {lr:g}, KL to the reference in the {kl_mode}); {policy} Per run: the "
+      "expected gold at step 0 (the reference policy), at its peak and at the end, the exact KL at the end, and "
+      "Best-of-n's gold at n = N of the same aggregation on the same prompts (mean ± 95 % interval over seeds). The "
+      "peak is chosen on the same prompts here; the findings cross-fit it.")
+RL_POLICY = {"pool": "the policy is a softmax over each prompt's pool (exact expectations).",
+             "linear": "the policy is a softmax over each pool with one linear theta over the embeddings, trained on "
+                       "half of the held-out prompts and measured on the other half (exact expectations).",
+             "gaussian": "the policy is a Gaussian in the embedding space around each prompt's base-policy mean; "
+                         "its samples are NEW candidates, their gold the generator's (Monte-Carlo means)."}
 
 
 SUN = ("As Sun et al. (2025) report them, for the raw ensemble mean, min and first member: pairwise accuracy and "

@@ -39,6 +39,7 @@ from embrm.studies._config import Study, check_rrm_texts, group_label, jobs_of
 from embrm.studies._findings import Finding, Replication, findings, replication
 from embrm.studies._jobs import check_run_options, run_jobs
 from embrm.studies._report import embedder_rows, render_report
+from embrm.studies._rl import plot_rl_study, rl_findings, rl_skipped, rl_table
 from embrm.studies._store import JobResult, ResultStore, StudyTimings, TextFacts
 
 
@@ -58,6 +59,8 @@ class StudyResult:
     replication: list[Replication] | None = None  # per finding: the verdicts on two disjoint halves of the prompts
     embedders: list[dict] = field(default_factory=list)  # per (dataset, embedder): description and headline metrics
     sun: pl.DataFrame = field(default_factory=pl.DataFrame)  # Sun et al.'s numbers per job (study sun_metrics = true)
+    rl: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row per (job, policy, RL run) (study [rl])
+    rl_skipped: dict[str, str] = field(default_factory=dict)  # "dataset / policy": why it did not run
 
     @property
     def report_path(self) -> Path:
@@ -175,9 +178,11 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
         store.write_table(name, frame)
     timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, runner, embed_seconds,
                            {r.key: round(r.seconds, 2) for r in done})
-    result = StudyResult(out, fits, bon, curves, pub, timings, findings(results, bon), embedding=embedding,
+    result = StudyResult(out, fits, bon, curves, pub, timings, all_findings(results, bon), embedding=embedding,
                          length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon),
-                         sun=R.sun_table(results))
+                         sun=R.sun_table(results), rl=rl_table(results), rl_skipped=rl_skipped(results))
+    if not result.rl.is_empty():
+        store.write_table("rl_summary", result.rl)
     if not result.sun.is_empty():
         store.write_table("sun_metrics", result.sun)
     store.write_json("embedders.json", result.embedders)
@@ -190,6 +195,8 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     result.active = _run_active(study, first, cache_dir, data_dir, store, progress)
     timings.active = {a.dataset: round(a.seconds, 2) for a in result.active}
     plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
+    plots += [p for d, policy in (result.rl.select("dataset", "policy").unique(maintain_order=True).iter_rows()
+                                  if not result.rl.is_empty() else []) if (p := plot_rl_study(results, out, d, policy))]
     plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
               if n == fits.filter(pl.col("dataset") == d)["noise"][0]
               and (p := R.plot_reliability_study(results, out, d, n)) is not None]
@@ -201,6 +208,12 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
                                     "embedders": result.embedders}, indent=2)
     store.write_text(result.report_path.name, render_report(study, result, plots, command))
     return result
+
+
+def all_findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:
+    """The Best-of-n, accuracy and length findings, then the RL findings of every pool that ran [rl]."""
+    datasets = dict.fromkeys(r.dataset for r in results if r.rl)
+    return findings(results, bon) + [f for d in datasets for f in rl_findings(results, d)]
 
 
 def _length_effects(results: list[JobResult]) -> dict[str, LengthEffect | str]:
@@ -218,7 +231,7 @@ def replication_jobs(study: Study) -> list:
 
 def _compare_halves(results: list[JobResult], jobs: list, store: ResultStore) -> list[Replication]:
     """Each half's findings, and which agree (replication.json)."""
-    halves = [findings(part, R.bon_table(part)) for half in (1, 2)
+    halves = [all_findings(part, R.bon_table(part)) for half in (1, 2)
               if (part := [r for r, j in zip(results, jobs) if j.dataset.half == half])]
     rows = replication(*halves) if len(halves) == 2 else []
     store.write_json("replication.json", [r.to_dict() for r in rows])

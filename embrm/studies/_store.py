@@ -55,6 +55,9 @@ class JobResult:
     embedder: str | None = None  # a study comparing embedders: the embedder's name
     dataset_label: str | None = None  # ... and the dataset's own label
     version: int = RESULT_VERSION
+    # the study's [rl] runs on this job's reward: {policy: {"summary": RLResult.to_dict(), "runs": [RLRun dicts]}
+    # or {"skipped": why}}; None without [rl]
+    rl: dict | None = field(default=None, repr=False, compare=False)
     curves: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------------- learner facts
@@ -122,6 +125,8 @@ class JobResult:
              "curves_rows": self.curves_rows}
         if self.embedder is not None:
             d.update(embedder=self.embedder, dataset_label=self.dataset_label)
+        if self.rl is not None:
+            d["rl"] = self.rl
         return d | {"inputs": self.inputs}
 
     @classmethod
@@ -130,7 +135,7 @@ class JobResult:
         return cls(d["key"], d["kind"], d["dataset"], d["learner"], d["noise"], int(d["seed"]), int(d["k"]),
                    Protocol.from_dict(d["protocol"]), int(d["n_train_pairs"]), d.get("label_accuracy"),
                    Evaluation.from_dict(d), float(d["seconds"]), int(d["curves_rows"]), d.get("inputs"),
-                   d.get("embedder"), d.get("dataset_label"), int(d["version"]))
+                   d.get("embedder"), d.get("dataset_label"), int(d["version"]), d.get("rl"))
 
 
 def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
