@@ -43,7 +43,6 @@ to put it.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import re
