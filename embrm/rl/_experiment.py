@@ -144,15 +144,18 @@ class RLResult:
         head = (f"{self.dataset}: {c.algo} ({c.policy} policy), {c.steps} steps, G = {c.group}, lr {c.lr:g}, "
                 f"KL to pi_ref in the {c.kl_mode}; {self.n_prompts} prompts ({self.measured_on}); random "
                 f"{self.random:.3f}, oracle {self.oracle:.3f} (expected gold).")
-        rows = ["| run | gold at start | peak gold | at step | KL at peak | gold at end | KL at end | drop from peak |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        rows = ["| run | gold at start | peak gold | at step | KL at peak | gold at end | KL at end | drop from peak | "
+                "Gao RL fit a, b |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in self.summary().to_dicts():
             rows.append(f"| {s['run']} | {s['start_gold']:.3f} | {s['peak_gold']:.3f} | {s['peak_step']} | "
-                        f"{s['peak_kl']:.3f} | {s['end_gold']:.3f} | {s['end_kl']:.3f} | {s['drop_from_peak']:+.3f} |")
+                        f"{s['peak_kl']:.3f} | {s['end_gold']:.3f} | {s['end_kl']:.3f} | {s['drop_from_peak']:+.3f} | "
+                        f"{s['gao_rl_alpha']:.2f}, {s['gao_rl_beta']:.2f} |")
         bon = [f"Best-of-n {agg}: peak gold {np.nanmax(b['gold']):.3f}, gold at n = N {b['gold'][-1]:.3f} "
                f"(exact KL {b['kl'][-1]:.3f}; log n - (n-1)/n would say {b['kl_bound'][-1]:.3f})"
                for agg, b in self.bon.items()]
-        return "\n".join([head, "", *rows, "", *(f"- {line}" for line in bon)])
+        fit = ("Gao et al.'s RL form R(d) = d (a - b log d), d = sqrt(KL), fitted to each run's gold gain over "
+               "step 0; its peak is at d = exp(a / b - 1) when b > 0.")
+        return "\n".join([head, "", *rows, "", fit, "", *(f"- {line}" for line in bon)])
 
     def plot(self, path, title: str | None = None):
         return plot_rl(self, path, title=title)
