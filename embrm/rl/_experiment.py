@@ -42,7 +42,7 @@ from embrm.rl._policies import GaussianPolicy, PoolPolicy, PoolSet
 from embrm.rl._rewards import REFERENCE_SAMPLES, PromptReward, SampleReward, normalised, transform_rewards
 from embrm.rl._train import train
 
-__all__ = ["RLRun", "RLResult", "run_rl", "run_plan", "rl_experiment", "plot_rl"]
+__all__ = ["RLRun", "RLResult", "run_rl", "run_plan", "rl_experiment", "plot_rl", "frame_gold_axes"]
 
 
 @dataclass
@@ -380,9 +380,35 @@ def plot_rl(result: RLResult, path, *, title: str | None = None):
         ax.axhline(result.oracle, color="0.3", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    frame_gold_axes(ax_d, ax_s, result.random, result.oracle)
     ax_d.set(xlabel="sqrt KL(pi || pi_ref)  [exact; Best-of-n over each finite pool]", ylabel="expected gold",
              title="Gold vs KL: RL and Best-of-n")
     ax_s.set(xscale="log", xlabel="RL step", ylabel="expected gold", title="Gold per step (step 0 = pi_ref)")
     c = result.config
     fig.suptitle(title or f"{result.dataset}: {c.algo}, {c.policy} policy ({result.measured_on})")
     return save_figure(fig, path, dpi=110)
+
+
+# A run without a bound (a continuous policy without a KL penalty) can end thousands of gold units below pi_ref;
+# the axes stop this many (oracle - random) spans below random so that the other runs stay readable.
+GOLD_AXIS_SPANS = 2.0
+
+
+def frame_gold_axes(ax_kl, ax_step, random: float, oracle: float) -> None:
+    """Cut the gold axis of a gold-vs-sqrt(KL) plot (and of its gold-per-step twin, if any) at GOLD_AXIS_SPANS
+    below random when a run falls further, the KL axis where the visible points end, and say so on the plot."""
+    span = (oracle - random) if oracle > random else 1.0
+    floor = random - GOLD_AXIS_SPANS * span
+    lines = ax_kl.get_lines()
+    lows = [np.min(line.get_ydata()) for line in lines if len(line.get_ydata())]
+    if not lows or min(lows) >= floor:
+        return
+    top = max(oracle, max(np.max(line.get_ydata()) for line in lines if len(line.get_ydata()))) + 0.1 * span
+    for ax in (a for a in (ax_kl, ax_step) if a is not None):
+        ax.set_ylim(floor - 0.05 * span, top)
+    seen = [np.asarray(line.get_xdata(), np.float64)[np.asarray(line.get_ydata(), np.float64) >= floor]
+            for line in lines]
+    right = max((x.max() for x in seen if x.size), default=1.0)
+    ax_kl.set_xlim(0.0, 1.15 * right)
+    ax_kl.annotate(f"gold axis cut at {floor:.3g}: runs that fall further leave the plot (see the table)",
+                   xy=(0.01, 0.01), xycoords="axes fraction", fontsize=7, color="0.35")

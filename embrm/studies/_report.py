@@ -123,9 +123,9 @@ def _rl_sections(study: Study, result) -> list[str]:
     """Per pool and policy of the study's [rl] table: the runs' seed means and the plot (the findings are above)."""
     if result.rl.is_empty() and not result.rl_skipped:
         return []
-    c = study.rl.config
     lines = []
     for dataset, policy in result.rl.select("dataset", "policy").unique(maintain_order=True).iter_rows():
+        c = study.rl.config_of(policy)
         lines += [f"## Reinforcement learning on `{dataset}` ({policy} policy)", "",
                   RL.format(algo=c.algo, steps=c.steps, group=c.group, lr=c.lr, kl_mode=c.kl_mode,
                             policy=RL_POLICY[policy]), "",

@@ -19,6 +19,7 @@ import polars as pl
 
 from embrm.core import fmt, md_table
 from embrm.evaluation import Unit, paired_effect, pyplot, save_figure
+from embrm.rl import frame_gold_axes
 from embrm.studies._findings import CONSERVATIVE, Finding
 from embrm.studies._store import JobResult
 from embrm.studies._tables import summarise
@@ -78,11 +79,15 @@ def plot_rl_study(results: list[JobResult], out: Path, dataset: str, policy: str
     first = [r for r in runs if (r.learner, r.noise) == (runs[0].learner, runs[0].noise)]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
-    for name in dict.fromkeys(run["name"] for run in _runs(first[0], policy)):
+    for i, name in enumerate(dict.fromkeys(run["name"] for run in _runs(first[0], policy))):
         curves = [next(x for x in _runs(r, policy) if x["name"] == name)["curve"] for r in first]
         kl = np.mean([c["kl"] for c in curves], axis=0)
         gold = np.mean([c["gold"] for c in curves], axis=0)
-        ax.plot(np.sqrt(kl), gold, marker="o", ms=2.5, lw=1.5, label=name)
+        # ten colours, then the same colours dashed: every run stays distinguishable
+        ax.plot(np.sqrt(kl), gold, marker="o", ms=2.5, lw=1.5, ls=("-", "--", ":")[i // 10 % 3], label=name)
+    refs = [(np.mean(run["random"]), np.mean(run["oracle"])) for r in first for run in _runs(r, policy)]
+    random, oracle = np.mean(refs, axis=0)
+    frame_gold_axes(ax, None, float(random), float(oracle))
     ax.set(xlabel="sqrt KL(pi || pi_ref) (exact)", ylabel="held-out expected gold",
            title=f"{dataset}: RL ({policy} policy), {runs[0].learner}, {runs[0].noise} labels, mean of "
                  f"{len(first)} seeds")

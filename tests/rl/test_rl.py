@@ -9,7 +9,7 @@ import pytest
 
 from embrm.core import EmbrmError
 from embrm.data import overopt_dataset
-from embrm.evaluation import bon_weights, kl_bon, kl_bon_exact
+from embrm.evaluation import bon_weights, kl_bon, kl_bon_exact, pyplot
 from embrm.methods import tilted_policy
 from embrm.pipeline import LabelConfig, Learner, Protocol
 from embrm.rl import (
@@ -17,6 +17,7 @@ from embrm.rl import (
     PoolPolicy,
     PoolSet,
     RLConfig,
+    frame_gold_axes,
     reference_cdf,
     rl_experiment,
     train,
@@ -187,3 +188,18 @@ def test_experiment_refusals(overopt, models_subset):
         rl_experiment(real, Xr, protocol, RLConfig(policy="gaussian", steps=2))
     with pytest.raises(EmbrmError, match="length_penalty"):
         rl_experiment(ds, X, protocol, RLConfig(policy="gaussian", steps=2, length_penalty=1.0))
+
+
+def test_the_gold_axis_is_cut_only_when_a_run_falls_far_below_random():
+    plt = pyplot()
+    fig, (kept, cut) = plt.subplots(1, 2)
+    for ax, end in ((kept, -1.0), (cut, -8000.0)):
+        ax.plot([0, 1, 2], [0.0, 3.0, 2.0])
+        ax.plot([0, 1, 2, 40], [0.0, 2.0, 1.0, end])
+    untouched = kept.get_ylim()
+    for ax in (kept, cut):
+        frame_gold_axes(ax, None, 0.0, 4.0)
+    assert kept.get_ylim() == untouched and not kept.texts
+    assert cut.get_ylim() == pytest.approx((-8.2, 4.4)) and cut.get_xlim() == pytest.approx((0.0, 2.3))
+    assert "cut at -8" in cut.texts[0].get_text()
+    plt.close(fig)

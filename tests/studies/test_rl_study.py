@@ -73,6 +73,8 @@ def test_report_sections_findings_and_replication(study_run):
     report = result.report_path.read_text()
     assert "## Reinforcement learning on `ov` (pool policy)" in report
     assert "## Reinforcement learning on `ov` (gaussian policy)" in report
+    pool, gaussian = report.split("(pool policy)")[1], report.split("(gaussian policy)")[1]
+    assert "Adam lr 0.2," in pool.split("## ")[0] and "Adam lr 0.05," in gaussian.split("## ")[0]
     assert (root / "out" / "rl_ov_pool.png").stat().st_size > 10_000
     found = json.loads((root / "out" / "findings.json").read_text())
     keys = {f["key"] for f in found}
