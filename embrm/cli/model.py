@@ -73,7 +73,11 @@ class FitOptions:
     ensemble: Annotated[int, typer.Option("--ensemble", "-k", help="Number of members K.")] = 5
     mode: Annotated[Optional[str], typer.Option(
         "--mode", help="independent (default) | bootstrap | shared_trunk (mlp) | linear_heads (linear) | "
-                       "posterior (laplace, its default).")] = None
+                       "posterior (laplace, its default) | features (linear, mlp: each member on a random subset "
+                       "of the dimensions) | disjoint (each member on its own share of the training prompts).")] = None
+    feature_fraction: Annotated[Optional[float], typer.Option(
+        "--feature-fraction", help="--mode features: the share of the embedding dimensions each member sees "
+                                   "(default 0.5).")] = None
     objective: Annotated[Optional[str], typer.Option("--objective", help="mlp/lgbm: bt | classification.")] = None
     hidden: Annotated[Optional[str], typer.Option(
         "--hidden", help="mlp: hidden widths (default 256,128, the default study's; Sun et al.: 1024,512).")] = None
@@ -106,7 +110,8 @@ class FitOptions:
         with options_named(FIT_OPTION):  # the protocol's errors name their field; the user needs the option
             learner = replace(DEFAULT_LEARNERS[self.head], mode=self.mode, length_control=self.length_control)
             learner = learner.with_params(objective=self.objective, epochs=self.epochs,
-                                          hidden=tuple(hidden) if hidden else None)
+                                          hidden=tuple(hidden) if hidden else None,
+                                          feature_fraction=self.feature_fraction)
             labels = LabelConfig(self.labels, self.beta, self.flip, self.n_pairs, not self.across_prompts,
                                  self.pairs_per_prompt)
             return Protocol(learner, labels, self.ensemble, self.test_size, seed, with_excluded=with_excluded)
@@ -115,7 +120,8 @@ class FitOptions:
 # Protocol field (EmbrmError.field) -> the `embrm fit` option that sets it
 FIT_OPTION = {"seed": "--seed", "k": "--ensemble", "flip": "--flip", "beta": "--beta", "n_pairs": "--n-pairs",
               "test_size": "--test-size", "epochs": "--epochs", "hidden": "--hidden", "objective": "--objective",
-              "mode": "--mode", "length_control": "--length-control", "pairs_per_prompt": "--pairs-per-prompt"}
+              "mode": "--mode", "feature_fraction": "--feature-fraction", "length_control": "--length-control",
+              "pairs_per_prompt": "--pairs-per-prompt"}
 # ... and the `embrm bon-sim` option
 BON_OPTION = {"lam": "--lam", "lcb_beta": "--lcb-beta", "temperature": "--temperature", "member": "--member",
               "coverage": "--coverage", "n_max": "--n-max", "aggregation": "--agg"}

@@ -185,6 +185,42 @@ def _ensemble_size_findings(results: list[JobResult], dataset: str, noises: list
     return out
 
 
+def diverse_pairs(results: list[JobResult]) -> dict[str, str]:
+    """{diverse learner: its independent twin} for the learners whose twin also ran."""
+    names = {r.learner for r in results}
+    return {r.learner: r.independent_learner for r in results if r.independent_learner in names}
+
+
+def diversity_claim(learner: str, twin: str, agg: str) -> tuple[str, str]:
+    """(claim, measure) of "members that differ make a conservative aggregation resist", shared with the RL one."""
+    return (f"members that differ ({learner}) make {agg} resist: {agg} gains more over the mean than with "
+            f"independent members ({twin})", f"difference in differences (({agg} − mean) of {learner} − "
+                                             f"({agg} − mean) of {twin})")
+
+
+def _diversity_findings(results: list[JobResult], dataset: str, noises: list[str]) -> list[Finding]:
+    """Per diverse learner and conservative aggregation, per noise: (agg − mean) of the diverse ensemble against
+    (agg − mean) of its independent twin at n = N, paired by seed and held-out prompt."""
+    out = []
+    pool = _records(results, dataset, "pool")
+    for learner, twin in sorted(diverse_pairs(pool).items()):
+        for agg, noise in ((a, n) for a in CONSERVATIVE for n in noises):
+            units = []
+            for ra, rb in (p for p in _paired_runs(pool, learner, twin) if p[0].noise == noise):
+                pa, pb = ra.bon["pool"].per_prompt, rb.bon["pool"].per_prompt
+                if agg in pa.pick and agg in pb.pick and pa.prompt_id == pb.prompt_id:
+                    units.append(Unit(ra.seed, f"{noise}/{learner}", np.asarray(pa.prompt_id),
+                                      np.asarray(pa.pick[agg]) - np.asarray(pa.pick["mean"]),
+                                      np.asarray(pb.pick[agg]) - np.asarray(pb.pick["mean"]),
+                                      np.asarray(pa.oracle) - np.asarray(pa.random)))
+            effect = _effect(units)
+            if effect is not None:
+                claim, measure = diversity_claim(learner, twin, agg)
+                out.append(Finding(f"{dataset}|{noise}|{agg}-vs-mean|{learner}-vs-{twin}", dataset, noise,
+                                   "Coste et al.", claim, measure, +1, effect))
+    return out
+
+
 def _peak_units(runs: list[JobResult]) -> list[Unit]:
     """Per run: the mean's expected gold at the n where the OTHER seeds' mean curves peak (cross-fitted, so that the
     peak is not chosen on the prompts it is measured on) against its gold at n = N (the whole pool), per prompt."""
@@ -323,6 +359,7 @@ def findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:
             out += _aggregation_findings(plain, dataset, noises)
             out += _overoptimisation_findings(plain, dataset, noises)
             out += _ensemble_size_findings(plain, dataset, noises)
+            out += _diversity_findings(plain, dataset, noises)
             out += _length_control_findings(runs, dataset)
             plain_names = sorted({r.learner for r in plain})
             if bon.height and (gao := _overoptimisation(bon.filter(pl.col("learner").is_in(plain_names)), dataset)):

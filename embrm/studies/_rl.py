@@ -6,6 +6,8 @@ gold-vs-KL plot averaged over seeds, and the findings, each paired per held-out 
     Coste et al.      a conservative aggregation (min, UWO, LCB, conformal) keeps more gold than the mean at the end
                       of RL ("resists over-optimisation under RL")
     embrm             a KL penalty, and a reward transform (sigmoid, cdf), keeps more gold at the end than none
+    Coste et al.      members that differ (bootstrap, features, disjoint) make a conservative aggregation resist:
+                      (agg − mean) at the end exceeds that of the same learner with independent members
 Effects are gain differences in units of each prompt's oracle - random gold (as the Best-of-n findings).
 """
 
@@ -20,7 +22,7 @@ import polars as pl
 from embrm.core import fmt, md_table
 from embrm.evaluation import Unit, paired_effect, pyplot, save_figure
 from embrm.rl import frame_gold_axes
-from embrm.studies._findings import CONSERVATIVE, Finding
+from embrm.studies._findings import CONSERVATIVE, Finding, diverse_pairs, diversity_claim
 from embrm.studies._store import JobResult
 from embrm.studies._tables import summarise
 
@@ -130,6 +132,18 @@ def _paired_end(jobs: list[JobResult], policy: str, a: dict, b: dict) -> list[Un
     return units
 
 
+def _diversity_units(jobs: list[JobResult], policy: str, learner: str, twin: str, a: dict, b: dict) -> list[Unit]:
+    """Per seed and annotator: (run a − run b) at the end of the diverse learner against the same of its twin."""
+    twins = {(r.noise, r.seed): r for r in jobs if r.learner == twin}
+    units = []
+    for r in (r for r in jobs if r.learner == learner and (r.noise, r.seed) in twins):
+        mine, theirs = _paired_end([r], policy, a, b), _paired_end([twins[(r.noise, r.seed)]], policy, a, b)
+        if mine and theirs and np.array_equal(mine[0].prompts, theirs[0].prompts):
+            m, t = mine[0], theirs[0]
+            units.append(Unit(r.seed, m.name, m.prompts, m.num_a - m.num_b, t.num_a - t.num_b, m.den))
+    return units
+
+
 def _peak_units(jobs: list[JobResult], policy: str, base: dict) -> list[Unit]:
     """Per job: its base run's gold at the step where the OTHER seeds' mean curves of the same learner and annotator
     peak, against its gold at the end, per prompt."""
@@ -170,6 +184,10 @@ def rl_findings(results: list[JobResult], dataset: str) -> list[Finding]:
         tested += [(f"{t}-vs-{transforms[0]}", "embrm", f"the {t} reward transform resists over-optimisation: more "
                     f"gold at the end than {transforms[0]}", f"gain difference at the end ({t} − {transforms[0]})",
                     _paired_end(jobs, policy, {**base, "transform": t}, base)) for t in transforms[1:]]
+        for learner, twin in sorted(diverse_pairs(jobs).items()):
+            tested += [(f"{a}-vs-mean|{learner}-vs-{twin}", "Coste et al.", *diversity_claim(learner, twin, a),
+                        _diversity_units(jobs, policy, learner, twin, {**base, "aggregation": a}, base))
+                       for a in aggs if a in CONSERVATIVE]
         for key, source, claim, measure, units in tested:
             effect = _effect(units)
             if effect is not None:

@@ -26,6 +26,11 @@ from embrm.evaluation import BonResult, Evaluation, FitMetrics, PublishedPick
 from embrm.pipeline import Protocol
 from embrm.studies._config import Job, Study
 
+# Ensemble modes whose members see different data (bootstrap resamples, disjoint prompt shares) or different
+# embedding dimensions (features): Coste et al.'s conservative aggregations need members that disagree off the data.
+DIVERSE_MODES = ("bootstrap", "features", "disjoint")
+MODE_PARAMS = ("feature_fraction",)  # parameters that only a diverse mode takes
+
 RESULT_VERSION = 6  # 6: calibration metrics and the conformal bound's coverage; 5: Best-of-n on a grid of n, ...
 
 
@@ -83,6 +88,16 @@ class JobResult:
     def plain_learner(self) -> str:
         """The same learner without its length control (`mlp.posthoc` -> `mlp`, `mlp.odin.k10` -> `mlp.k10`)."""
         return replace(self.protocol.learner, length_control="none").name
+
+    @property
+    def independent_learner(self) -> str | None:
+        """For members made to differ (DIVERSE_MODES): the same learner with independent members (its mode's own
+        parameters dropped: `linear-feat0.25` -> `linear`), the baseline of the diversity findings; else None."""
+        learner = self.protocol.learner
+        if learner.mode not in DIVERSE_MODES:
+            return None
+        return replace(learner, mode="independent", params=tuple(p for p in learner.params
+                                                                 if p[0] not in MODE_PARAMS)).name
 
     @property
     def sized(self) -> bool:

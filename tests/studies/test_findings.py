@@ -1,6 +1,8 @@
 """The findings a study's per-prompt records support: over-optimisation with a cross-fitted peak, ensemble size,
 and which learners count as plain (no length control)."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from embrm.evaluation import BonResult, Evaluation, FitMetrics, PromptPicks
@@ -83,3 +85,23 @@ def test_prompts_whose_pools_are_smaller_than_the_peak_n_keep_their_whole_pool_a
             results.append(r)
     drop = by_key(findings(results, pl.DataFrame()))["d|bt10|overoptimisation-drop"]
     assert drop.effect.n_prompts == 90 and drop.verdict == "reproduced"
+
+
+def test_members_that_differ_are_compared_with_their_independent_twin_at_the_same_seed():
+    import polars as pl
+
+    curve = np.array([0.1, 0.2, 0.3, 0.3, 0.3])
+    diverse = Learner("linear", mode="features", params={"feature_fraction": 0.25})
+    results = []
+    for s in range(4):
+        twin = run(s, "linear", curve)
+        other = replace(run(s, "linear", curve), learner=diverse.name, protocol=Protocol(diverse, seed=s))
+        for r, edge in ((twin, 0.0), (other, 0.2)):  # min - mean: 0 for independent members, +0.2 for diverse ones
+            picks = r.bon["pool"].per_prompt.pick
+            picks["min"] = (np.asarray(picks["mean"]) + edge).tolist()
+        results += [twin, other]
+    assert other.independent_learner == "linear" and twin.independent_learner is None
+    found = by_key(findings(results, pl.DataFrame()))
+    effect = found["d|bt10|min-vs-mean|linear-feat0.25-vs-linear"]
+    assert effect.verdict == "reproduced" and abs(effect.effect.estimate - 0.2) < 1e-9
+    assert effect.effect.n_seeds == 4 and "linear-feat0.25" in effect.claim and "(linear)" in effect.claim

@@ -33,6 +33,10 @@ beta = 10.0
 [[learners]]
 head = "linear"
 
+[[learners]]
+head = "linear"
+mode = "features"
+
 [rl]
 policies = ["pool", "gaussian"]
 steps = 20
@@ -59,8 +63,8 @@ def test_every_pool_job_runs_each_policy_and_combination(study_run):
     study, result, root = study_run
     rl = pl.read_parquet(root / "out" / "rl_summary.parquet")
     assert set(rl["policy"]) == {"pool", "gaussian"} and set(rl["seed"]) == {0, 1}
-    # (mean, min) x (none, cdf) x (kl 0, 0.1) per job and policy
-    assert rl.height == 2 * 2 * 8 and set(rl["run"]) == {f"{a}/{t}/kl{k}" for a in ("mean", "min")
+    # (mean, min) x (none, cdf) x (kl 0, 0.1) per job (2 learners x 2 seeds) and policy
+    assert rl.height == 2 * 2 * 2 * 8 and set(rl["run"]) == {f"{a}/{t}/kl{k}" for a in ("mean", "min")
                                                          for t in ("none", "cdf") for k in ("0", "0.1")}
     assert (rl["start_gold"] - rl["random"]).abs().max() < 1.0  # step 0 is pi_ref (Monte-Carlo for gaussian)
     job = json.loads(next((root / "out" / "jobs").rglob("*.json")).read_text())
@@ -81,6 +85,8 @@ def test_report_sections_findings_and_replication(study_run):
     for policy in ("pool", "gaussian"):
         assert {f"ov|all|rl-{policy}|overoptimisation", f"ov|all|rl-{policy}|min-vs-mean",
                 f"ov|all|rl-{policy}|kl0.1-vs-kl0", f"ov|all|rl-{policy}|cdf-vs-none"} <= keys
+    for where in ("ov|bt10", "ov|all|rl-pool", "ov|all|rl-gaussian"):  # members that differ vs independent ones
+        assert f"{where}|min-vs-mean|linear-feat-vs-linear" in keys
     rl_found = [f for f in found if "|rl-" in f["key"]]
     assert all(f["effect"]["n_seeds"] == 2 and f["verdict"] for f in rl_found)
     assert "[RL, pool policy]" in report
