@@ -42,6 +42,11 @@ def reference_cdf(ref_values: np.ndarray, ref_weights: np.ndarray, values: np.nd
     return _SortedReference(ref_values, ref_weights).cdf(values)
 
 
+def _centred_sigmoid(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """sigmoid(values - each prompt's reference mean): the preference-as-reward shaping."""
+    return 1.0 / (1.0 + np.exp(-(values - mean)))
+
+
 class _SortedReference:
     """Each prompt's reference values sorted once, with their cumulative weights: the mid-CDF of new values is then
     two batched binary searches (a continuous policy's reference is fixed for the whole run)."""
@@ -70,7 +75,7 @@ def transform_rewards(transform: str, values: np.ndarray, ref_values: np.ndarray
         return values
     if transform == "sigmoid":
         mean = (np.where(ref_weights > 0, ref_values, 0.0) * ref_weights).sum(axis=1, keepdims=True)
-        return 1.0 / (1.0 + np.exp(-(values - mean)))
+        return _centred_sigmoid(values, mean)
     if transform == "cdf":
         return reference_cdf(np.where(ref_weights > 0, ref_values, np.inf), ref_weights, values)
     raise EmbrmError(f"transform {transform!r} is not one of none, sigmoid, cdf")
@@ -187,7 +192,7 @@ class PromptReward:
         if self.transform == "none":
             reward = proxy
         elif self.transform == "sigmoid":
-            reward = (1.0 / (1.0 + np.exp(-(proxy - self._mean)))).astype(np.float32)
+            reward = _centred_sigmoid(proxy, self._mean).astype(np.float32)
         else:
             reward = self._sorted.cdf(proxy).astype(np.float32)
         return (proxy, reward) if parts else reward

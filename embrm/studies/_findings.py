@@ -191,6 +191,13 @@ def diverse_pairs(results: list[JobResult]) -> dict[str, str]:
     return {r.learner: r.independent_learner for r in results if r.independent_learner in names}
 
 
+def differences(mine: list[Unit], theirs: list[Unit]) -> list[Unit]:
+    """Difference in differences: each unit of `mine` (a − b) against the unit of `theirs` at the same position
+    (a − b of another learner, same seed), where both hold the same prompts."""
+    return [Unit(m.seed, m.name, m.prompts, m.num_a - m.num_b, t.num_a - t.num_b, m.den)
+            for m, t in zip(mine, theirs) if np.array_equal(m.prompts, t.prompts)]
+
+
 def diversity_claim(learner: str, twin: str, agg: str) -> tuple[str, str]:
     """(claim, measure) of "members that differ make a conservative aggregation resist", shared with the RL one."""
     return (f"members that differ ({learner}) make {agg} resist: {agg} gains more over the mean than with "
@@ -205,14 +212,9 @@ def _diversity_findings(results: list[JobResult], dataset: str, noises: list[str
     pool = _records(results, dataset, "pool")
     for learner, twin in sorted(diverse_pairs(pool).items()):
         for agg, noise in ((a, n) for a in CONSERVATIVE for n in noises):
-            units = []
-            for ra, rb in (p for p in _paired_runs(pool, learner, twin) if p[0].noise == noise):
-                pa, pb = ra.bon["pool"].per_prompt, rb.bon["pool"].per_prompt
-                if agg in pa.pick and agg in pb.pick and pa.prompt_id == pb.prompt_id:
-                    units.append(Unit(ra.seed, f"{noise}/{learner}", np.asarray(pa.prompt_id),
-                                      np.asarray(pa.pick[agg]) - np.asarray(pa.pick["mean"]),
-                                      np.asarray(pb.pick[agg]) - np.asarray(pb.pick["mean"]),
-                                      np.asarray(pa.oracle) - np.asarray(pa.random)))
+            units = [u for ra, rb in _paired_runs(pool, learner, twin) if ra.noise == noise
+                     for u in differences(_bon_units([(ra, ra)], "pool", agg, "mean", "gain"),
+                                          _bon_units([(rb, rb)], "pool", agg, "mean", "gain"))]
             effect = _effect(units)
             if effect is not None:
                 claim, measure = diversity_claim(learner, twin, agg)

@@ -22,7 +22,7 @@ import polars as pl
 from embrm.core import fmt, md_table
 from embrm.evaluation import Unit, paired_effect, pyplot, save_figure
 from embrm.rl import frame_gold_axes
-from embrm.studies._findings import CONSERVATIVE, Finding, diverse_pairs, diversity_claim
+from embrm.studies._findings import CONSERVATIVE, Finding, differences, diverse_pairs, diversity_claim
 from embrm.studies._store import JobResult
 from embrm.studies._tables import summarise
 
@@ -135,13 +135,8 @@ def _paired_end(jobs: list[JobResult], policy: str, a: dict, b: dict) -> list[Un
 def _diversity_units(jobs: list[JobResult], policy: str, learner: str, twin: str, a: dict, b: dict) -> list[Unit]:
     """Per seed and annotator: (run a − run b) at the end of the diverse learner against the same of its twin."""
     twins = {(r.noise, r.seed): r for r in jobs if r.learner == twin}
-    units = []
-    for r in (r for r in jobs if r.learner == learner and (r.noise, r.seed) in twins):
-        mine, theirs = _paired_end([r], policy, a, b), _paired_end([twins[(r.noise, r.seed)]], policy, a, b)
-        if mine and theirs and np.array_equal(mine[0].prompts, theirs[0].prompts):
-            m, t = mine[0], theirs[0]
-            units.append(Unit(r.seed, m.name, m.prompts, m.num_a - m.num_b, t.num_a - t.num_b, m.den))
-    return units
+    return [u for r in jobs if r.learner == learner and (r.noise, r.seed) in twins
+            for u in differences(_paired_end([r], policy, a, b), _paired_end([twins[(r.noise, r.seed)]], policy, a, b))]
 
 
 def _peak_units(jobs: list[JobResult], policy: str, base: dict) -> list[Unit]:
