@@ -12,7 +12,7 @@ import embrm
 
 ROOT = Path(embrm.__file__).parent
 # The layers, lowest first: a package may import its own layer's modules and any package of a lower layer.
-LAYERS = [("core",), ("data",), ("embedding",), ("evaluation",), ("rewards",), ("pipeline",), ("methods", "active", "rl"),
+LAYERS = [("core",), ("data",), ("embedding",), ("evaluation",), ("rewards",), ("pipeline",), ("methods", "active", "rl", "serve"),
           ("studies",), ("cli",), ("",)]  # "": embrm's own __init__, __main__ and _compat
 LAYER = {package: rank for rank, names in enumerate(LAYERS) for package in names}
 

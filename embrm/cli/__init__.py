@@ -8,7 +8,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from embrm.cli import active, data, imports, methods, model, rl, study
+from embrm.cli import active, data, imports, methods, model, rl, serve, study
 from embrm.cli.common import error_line, quiet_libraries
 
 
@@ -54,6 +54,7 @@ for command in (methods.laser, methods.moe, methods.composite, methods.policy):
     app.command()(command)
 app.command()(active.active)
 app.command()(rl.rl)
+app.command()(serve.serve)
 
 
 def main() -> None:
