@@ -119,7 +119,8 @@ def create_app(model: RewardModel, config: ServeConfig) -> Starlette:
         return endpoint
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "queued": batcher.queued, **batcher.stats})
+        return JSONResponse({"status": "ok", "queued": batcher.queued, "in_flight": batcher.in_flight,
+                             **batcher.stats})
 
     async def info(request: Request) -> JSONResponse:
         if not authorised(request):

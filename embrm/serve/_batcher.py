@@ -46,6 +46,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="embrm-score")
         self._task: asyncio.Task | None = None
+        self.in_flight = 0  # requests submitted and not yet answered
         self.stats = {"requests": 0, "pairs": 0, "batches": 0}
 
     @property
@@ -70,7 +71,11 @@ class MicroBatcher:
         self._queue.append(waiting)
         self._queued_pairs += n
         self._arrived.set()
-        return await waiting.future
+        self.in_flight += 1
+        try:
+            return await waiting.future
+        finally:
+            self.in_flight -= 1
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

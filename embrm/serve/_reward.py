@@ -241,6 +241,7 @@ class RewardModel:
         """Rewards of vectors X (n, d) of the responses (their texts give the length)."""
         for name in aggregations:
             check_value("aggregation", name, SETTING_RULES["aggregation"])
+        check_value("member", settings.member, Integer(-self.k, self.k - 1))
         frame = pl.DataFrame({"response": list(responses)}, schema={"response": pl.Utf8})
         log_length = length_feature(frame)
         with fit_threads():
