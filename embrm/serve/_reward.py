@@ -99,6 +99,12 @@ class Rewards:
     aggregations: dict[str, np.ndarray]  # more aggregations asked for (normalised like `rewards`, no length penalty)
     n_embedded: int = 0
 
+    def rows(self, lo: int, hi: int) -> Rewards:
+        """The rewards of pairs lo..hi-1 (one request's share of a batch scored at once)."""
+        return Rewards(self.rewards[lo:hi], self.scores[lo:hi], self.members[lo:hi], self.std[lo:hi],
+                       self.mean[lo:hi], self.length[lo:hi], self.settings,
+                       {k: v[lo:hi] for k, v in self.aggregations.items()}, self.n_embedded)
+
     def to_dict(self) -> dict:
         return {"rewards": self.rewards.tolist(), "scores": self.scores.tolist(), "members": self.members.tolist(),
                 "std": self.std.tolist(), "mean": self.mean.tolist(), "length": self.length.tolist(),
