@@ -14,7 +14,8 @@ the same 2 cores as the server, so the ratio includes their cost.
 
 With --check MODEL_DIR (a model fitted on a named dataset whose texts are in --cache-dir, e.g. `embrm fit
 alpaca-eval-models`), the server also scores EVERY response of that dataset in OpenRLHF's request shape (256 per
-request) and the largest difference to `embrm score`'s members and to the studies' aggregation is reported.
+request, responses kept exactly as sent: "strip_stop": false) and the largest difference to `embrm score`'s
+members and to the studies' aggregation is reported.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ def check_against_score(model_dir: Path, cache_dir: Path) -> dict:
         with httpx.Client(timeout=600) as client:
             for lo in range(0, len(prompts), 256):
                 p, r = prompts[lo:lo + 256], responses[lo:lo + 256]
-                body = client.post(f"{url}/get_reward", json={"query": [a + b for a, b in zip(p, r)],
-                                                              "prompts": p}).raise_for_status().json()
+                request = {"query": [a + b for a, b in zip(p, r)], "prompts": p, "strip_stop": False}
+                body = client.post(f"{url}/get_reward", json=request).raise_for_status().json()
                 got_r += body["rewards"]
                 got_m.append(np.array([body["extra_logs"][f"member_{k}"] for k in range(members.shape[1])]).T)
         seconds = time.perf_counter() - start
@@ -204,7 +205,7 @@ def main() -> None:
               "met": runs[-1]["vs_embedder"] >= 0.85, "check_against_embrm_score": check}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| concurrency | rewards/s | vs embedder | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
+    print("\n| concurrency | rewards/s | vs embedder | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['concurrency']} | {r['pairs_per_s']} | {r['vs_embedder']:.2f} | {r['p50_ms']} | {r['p99_ms']} "
               f"| {r['mean_batch']} |")

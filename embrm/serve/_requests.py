@@ -112,33 +112,35 @@ def unwrap_prompt(prompt: str) -> str:
 
 
 def _clean_response(response: str) -> str:
-    response = response.strip()
-    stripped = True
-    while stripped:
-        stripped = False
-        for stop in STOP_STRINGS:
-            if response.endswith(stop):
-                response, stripped = response[: -len(stop)].rstrip(), True
-    return response
+    """The response without the end-of-turn / end-of-sequence strings a decoded rollout ends with (anything else,
+    whitespace included, is kept: the text must be the one the model's vectors were made of)."""
+    while True:
+        stop = next((s for s in STOP_STRINGS if response.endswith(s)), None)
+        if stop is None:
+            return response
+        response = response[: -len(stop)]
 
 
-def split_query(query: str, prompt: str | None, i: int) -> tuple[str, str]:
+def split_query(query: str, prompt: str | None, i: int, strip_stop: bool = True) -> tuple[str, str]:
     """(prompt, response) of an OpenRLHF query: the response follows the request's prompt in the query, or (no
-    prompt sent) follows the last assistant turn's opening."""
+    prompt sent) follows the last assistant turn's opening; strip_stop: without trailing end-of-turn strings."""
+    clean = _clean_response if strip_stop else str
     if prompt is not None:
         at = query.find(prompt) if prompt else 0
         if at < 0:
             raise BadRequest(f"query[{i}] does not contain prompts[{i}]: send the prompt the query starts with", 422)
-        return unwrap_prompt(prompt), _clean_response(query[at + len(prompt):])
+        return unwrap_prompt(prompt), clean(query[at + len(prompt):])
     for _, opening in CHAT_FORMATS:
         starts = [m.end() for m in re.finditer(opening, query)]
         if starts:
-            return unwrap_prompt(query[: starts[-1]]), _clean_response(query[starts[-1]:])
+            return unwrap_prompt(query[: starts[-1]]), clean(query[starts[-1]:])
     raise BadRequest(f"query[{i}] has no assistant turn of a known chat format: send 'prompts' too", 422)
 
 
 def reward_request(doc: dict, defaults: RewardSettings) -> Scoring:
-    """OpenRLHF's body -> the pairs (labels are accepted and unused: the reward model needs none)."""
+    """OpenRLHF's body -> the pairs (labels are accepted and unused: the reward model needs none). embrm's
+    additions: "settings" (overrides) and "strip_stop" (default true: drop the end-of-turn strings a decoded rollout
+    ends with; false keeps the response exactly as sent)."""
     queries = _strings(doc, "query")
     prompts = _strings(doc, "prompts", required=False)
     if prompts is not None and len(prompts) != len(queries):
@@ -146,7 +148,10 @@ def reward_request(doc: dict, defaults: RewardSettings) -> Scoring:
     labels = doc.get("labels")
     if labels is not None and (not isinstance(labels, list) or len(labels) != len(queries)):
         raise BadRequest(f"'labels' must be a list of {len(queries)} items (one per query) or left out", 422)
-    pairs = [split_query(q, None if prompts is None else prompts[i], i) for i, q in enumerate(queries)]
+    strip_stop = doc.get("strip_stop", True)
+    if not isinstance(strip_stop, bool):
+        raise BadRequest(f"'strip_stop' must be true or false, got {strip_stop!r}", 422)
+    pairs = [split_query(q, None if prompts is None else prompts[i], i, strip_stop) for i, q in enumerate(queries)]
     return Scoring([p for p, _ in pairs], [r for _, r in pairs], _overrides(doc, defaults))
 
 

@@ -96,3 +96,8 @@ def test_openrlhf_queries_split_into_the_pairs_the_model_knows(prompt, query, ex
     assert unwrap_prompt("plain text") == "plain text"
     with pytest.raises(BadRequest, match=r"query\[3\] does not contain prompts\[3\]"):
         split_query("something else", "Hi?", 3)
+
+
+def test_stop_strings_are_dropped_unless_asked_to_keep_them():
+    assert split_query("Hi? Hello.</s>", "Hi?", 0) == ("Hi?", " Hello.")
+    assert split_query("Hi? Hello.</s>", "Hi?", 0, strip_stop=False) == ("Hi?", " Hello.</s>")

@@ -117,6 +117,7 @@ BAD = [  # (path, body bytes or JSON, headers, status, words in the error)
     ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "labels": [1, 2]}, None, 422, "'labels'"),
     ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "labels": "x"}, None, 422, "'labels'"),
     ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "settings": []}, None, 422, "'settings' must be"),
+    ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "strip_stop": "no"}, None, 422, "'strip_stop'"),
     ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "settings": {"aggregation": "max"}}, None, 422,
      "aggregation"),
     ("/get_reward", {"query": ["Hi? Yo"], "prompts": ["Hi?"], "settings": {"lam": -2}}, None, 422, "lam"),

@@ -1,6 +1,11 @@
 """The reward functions inside real trainers: TRL's GRPOTrainer (a tiny causal LM built from a config, two steps on
 the CPU) takes its rewards from embrm, in-process and through `embrm serve`; verl's compute_score signatures."""
 
+import asyncio
+import inspect
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from realdata import needs_data
@@ -97,3 +102,28 @@ def test_verl_compute_score_in_process_and_through_the_server(reward_model, serv
         pytest.approx(expected.tolist(), abs=1e-5)
     with pytest.raises(EmbrmError, match="extra_info of sample 0 has no prompt"):
         verl_reward(reward_model)[0]("alpaca", "Blue.", None, {"question_id": 3})
+
+
+def test_the_readme_serving_block_runs_as_shown(fitted, server, monkeypatch):
+    """The README's `python serve` block, with its model dir and URL pointed at the fixtures' and GRPOTrainer
+    standing for TRL's: it calls each reward function the way the trainer does."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.findall(r"```python serve\n(.*?)```", readme, flags=re.S)[0]
+    block = block.replace("http://127.0.0.1:8000", server.url)
+    monkeypatch.chdir(fitted)  # `embrm fit --out models/lin` in a user's session: models/ and cache/ side by side
+    (fitted / "models").mkdir(exist_ok=True)
+    if not (fitted / "models" / "lin").exists():
+        (fitted / "models" / "lin").symlink_to(fitted / "model")
+    rewards = []
+
+    def GRPOTrainer(model, reward_funcs, args, train_dataset):
+        (reward,) = reward_funcs
+        got = reward(prompts=PROMPTS, completions=["Blue."] * 4)
+        rewards.append(asyncio.run(got) if inspect.iscoroutine(got) else got)
+
+    names = {"GRPOTrainer": GRPOTrainer, "policy": None, "config": None, "data": None, "prompts": PROMPTS,
+             "responses": ["Blue."] * 4}
+    exec(compile(block, "README", "exec"), names)
+    assert len(rewards) == 2 and rewards[0] == pytest.approx(rewards[1], abs=1e-5)
+    assert names["compute_score"]("alpaca", "Blue.", None, {"prompt": PROMPTS[0]})["score"] == \
+        pytest.approx(rewards[0][0], abs=1e-5)
