@@ -1,19 +1,10 @@
 """Fixtures of the serving tests (session scope): a real pool file cut from the 58-model AlpacaEval data, embedded
 with the packaged MiniLM and fitted with `embrm fit` (in-process), and a real `embrm serve` process on it."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from types import SimpleNamespace
-
-import httpx
 import polars as pl
 import pytest
 from realdata import DATA_DIR
-
-KEY_ENV, KEY = "EMBRM_TEST_SERVE_KEY", "sk-test-4f9c2e"  # a made-up key: the server must never print it
+from servers import KEY, KEY_ENV, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
@@ -43,49 +34,6 @@ def reward_model(fitted):
     from embrm.serve import RewardModel
 
     return RewardModel.load(fitted / "model", cache_dir=fitted / "cache")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(fitted, *options, env_extra=None):
-    port = free_port()
-    env = {**os.environ, KEY_ENV: KEY, **(env_extra or {})}
-    log = open(fitted / f"server-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "embrm", "serve", str(fitted / "model"), "--port", str(port),
-                             "--cache-dir", str(fitted / "cache"), *options], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"embrm serve exited {proc.returncode}: {log.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return SimpleNamespace(url=url, proc=proc, log=log, port=port)
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("embrm serve did not answer /health within 180 s")
-
-
-def stop_server(server) -> int:
-    if server.log.closed:
-        return server.proc.returncode
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-    server.log.seek(0)
-    server.output = server.log.read()
-    server.log.close()
-    return server.proc.returncode
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,7 @@ def test_settings_per_call_and_their_errors(reward_model):
 
 
 @pytest.mark.parametrize("prompt, query, expected", [
-    ("Hi?", "Hi? Hello there.</s>", ("Hi?", "Hello there.")),
+    ("Hi?", "Hi? Hello there.</s>", ("Hi?", " Hello there.")),  # the text as sent, less the stop string
     ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n",
      None, ("Name a colour.", "Blue.")),
     ("<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"

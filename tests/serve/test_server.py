@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from conftest import KEY, stop_server
 from realdata import needs_data
+from servers import KEY, stop_server
 
 pytestmark = [needs_data, pytest.mark.slow]
 
