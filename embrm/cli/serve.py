@@ -7,11 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from embrm.cli.common import CacheDirOpt, friendly, out
+from embrm.cli.common import CacheDirOpt, friendly, options_named, out
 from embrm.cli.model import ModelDirArg
 from embrm.core import EmbrmError
 from embrm.serve import RewardSettings, ServeConfig
 from embrm.serve import serve as run_server
+
+# the API's field -> the option that sets it
+SERVE_OPTION = {"aggregation": "--agg", "lam": "--lambda", "temperature": "--temperature", "member": "--member",
+                "length_penalty": "--length-penalty", "max_batch": "--max-batch", "max_queue": "--max-queue",
+                "max_wait": "--max-wait-ms"}
 
 
 @friendly
@@ -60,12 +65,13 @@ def serve(
         raise EmbrmError(f"--workers {workers}: use 1..64")
     if (backend is None) != (embed_model is None):
         raise EmbrmError("--backend and --embed-model go together: the live embedder for imported vectors")
-    settings = RewardSettings(agg, lam, temperature, member, length_penalty, normalize)
-    config = ServeConfig(str(model_dir), str(cache_dir), settings.to_dict(), dataset,
-                         None if data_dir is None else str(data_dir),
-                         None if backend is None else {"backend": backend, "model": embed_model},
-                         max_batch, max_wait_ms / 1000.0, max_queue, api_key_env=api_key_env)
-    run_server(config, host, port, workers, log_level, announce=_announce(host, port))
+    with options_named(SERVE_OPTION):
+        settings = RewardSettings(agg, lam, temperature, member, length_penalty, normalize)
+        config = ServeConfig(str(model_dir), str(cache_dir), settings.to_dict(), dataset,
+                             None if data_dir is None else str(data_dir),
+                             None if backend is None else {"backend": backend, "model": embed_model},
+                             max_batch, max_wait_ms / 1000.0, max_queue, api_key_env=api_key_env)
+        run_server(config, host, port, workers, log_level, announce=_announce(host, port))
 
 
 def _announce(host: str, port: int):

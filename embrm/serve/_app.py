@@ -58,6 +58,14 @@ class ServeConfig:
     api_key_env: str | None = None
     memory: int | None = None
 
+    def __post_init__(self):
+        for name, value, low in (("max_batch", self.max_batch, 1), ("max_queue", self.max_queue, 1),
+                                 ("max_body", self.max_body, 1024)):
+            if not isinstance(value, int) or value < low:
+                raise EmbrmError(f"{name} = {value!r}: give a whole number >= {low}", field=name)
+        if not (isinstance(self.max_wait, (int, float)) and 0 <= self.max_wait <= 60):
+            raise EmbrmError(f"max_wait = {self.max_wait!r}: give 0 to 60 seconds", field="max_wait")
+
     def load(self) -> RewardModel:
         return RewardModel.load(self.model_dir, cache_dir=self.cache_dir, settings=RewardSettings(**self.settings),
                                 dataset=self.dataset, data_dir=self.data_dir,
@@ -173,6 +181,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     """Run the server until SIGINT/SIGTERM (in-flight requests finish first). One worker loads the model here;
     several are separate processes (uvicorn's), each loading it (memory x workers), sharing the port.
     `announce(info)`: called with the model's /info before the port opens (the CLI prints it)."""
+    config.api_key()  # the one-line errors before anything loads
     if workers == 1:
         model = config.load()
         app = create_app(model, config)
@@ -180,10 +189,11 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
             announce(model.info())
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
-    config.api_key()  # the one-line errors before any process starts
     if announce:
         announce({"model_dir": config.model_dir, "workers": workers})
     load_model(config.model_dir)
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    # each worker's embedder on its share of the cores (torch reads this when it loads), not all of them each
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("embrm.serve._app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)
