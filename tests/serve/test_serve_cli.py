@@ -53,3 +53,28 @@ def test_live_embedders_rebuild_the_spec_they_came_from(tmp_path):
         live_embedder({**st.spec(), "template": "plain"}, EmbedderConfig("openai", "m", base_url="http://h/v1"))
     with pytest.raises(EmbrmError, match="backend 'carried'"):
         live_embedder({"backend": "carried", "model": "overopt", "template": "plain"})
+
+
+@pytest.mark.slow
+def test_online_vectors_of_a_causal_lm_match_embrm_embed(tmp_path):
+    """A causal-LM (hf backend, a tiny Llama built from a config) rebuilt from its cache spec: texts in the cache
+    are read from it, others embedded live, both equal to what `embrm embed` caches."""
+    import numpy as np
+    import polars as pl
+    from synthdata import tiny_llama
+
+    from embrm.embedding import OnlineVectors
+
+    lm = tiny_llama(tmp_path / "lm", ["the quick brown fox jumps over the lazy dog"] * 10, vocab_size=120,
+                    max_positions=128)
+    frame = pl.DataFrame({"prompt_id": ["a", "a", "b"], "prompt": ["Say hi.", "Say hi.", "Count."],
+                          "response": ["hi", "hello there", "one two three"]})
+    made = EmbedderConfig("hf", str(lm), dtype="float32").embed(frame, tmp_path / "cache", progress=False)
+    online = OnlineVectors(made.spec, tmp_path / "cache")
+    X, n_new = online.vectors(frame["prompt"].to_list(), frame["response"].to_list())
+    assert n_new == 0 and online.counts["disk"] == 3
+    np.testing.assert_array_equal(X, made.X)
+    live = OnlineVectors(made.spec, tmp_path / "empty")
+    X, n_new = live.vectors(frame["prompt"].to_list(), frame["response"].to_list())
+    assert n_new == 3
+    np.testing.assert_allclose(X, made.X, atol=1e-5)
