@@ -179,9 +179,12 @@ class Reference:
         below, upto = np.searchsorted(ref, r, "left"), np.searchsorted(ref, r, "right")
         return (below + upto) / (2.0 * len(ref))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, settings: RewardSettings | None = None) -> dict:
         d = {"dataset": self.source, "training_responses": self.n_total, "used": len(self.members),
              "member_mean": self.member_mean.tolist(), "member_std": self.member_std.tolist()}
+        if settings is not None:  # the aggregation's statistics that normalise the reward under these settings
+            _, centre, scale = self._reference_values(settings)
+            d["aggregation"] = {"name": settings.aggregation, "mean": centre, "std": scale}
         if self.log_length is not None:
             d["log_length"] = {"mean": self.length_mean, "std": self.length_std}
         return d
@@ -261,7 +264,7 @@ class RewardModel:
             r = r - settings.length_penalty * self.reference.length_z(log_length)
         if not np.isfinite(r).all():
             raise EmbrmError(f"{int((~np.isfinite(r)).sum())} of {len(r)} rewards are not finite: check the "
-                             f"settings (e.g. a huge length_penalty)")
+                             f"settings (e.g. a huge length_penalty)", field="settings")
         others = {name: self.reference.normalised(agg[name], replace(settings, aggregation=name))
                   for name in aggregations}
         return Rewards(r, self.reference.rank(r, settings), members, std, agg["mean"],
@@ -274,7 +277,7 @@ class RewardModel:
                 "embedder": {"fingerprint": self.vectors.fingerprint, "backend": self.vectors.spec.get("backend"),
                              "model": self.vectors.spec.get("model"), "template": self.vectors.template,
                              "live": self.vectors.embedder.spec().get("backend")},
-                "settings": self.settings.to_dict(), "reference": self.reference.to_dict(),
+                "settings": self.settings.to_dict(), "reference": self.reference.to_dict(self.settings),
                 "aggregations": list(AGGREGATIONS), "length_corrected": self.length_corrected,
                 "vectors": dict(self.vectors.counts)}
 

@@ -59,6 +59,7 @@ def test_health_and_info(server):
     info = httpx.get(f"{server.url}/info").json()
     assert info["embedder"]["backend"] == "st" and len(info["embedder"]["fingerprint"]) == 32
     assert info["settings"]["aggregation"] == "lcb" and info["reference"]["training_responses"] > 0
+    assert info["reference"]["aggregation"]["name"] == "lcb" and info["reference"]["aggregation"]["std"] > 0
     assert info["server"]["api_key"] is False
 
 
