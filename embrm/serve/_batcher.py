@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embrm.core import EmbrmError
-from embrm.serve._requests import Scoring
+from embrm.serve._requests import BadRequest, Scoring
 from embrm.serve._reward import RewardModel, Rewards
 
 __all__ = ["MicroBatcher", "Overloaded"]
@@ -66,6 +66,9 @@ class MicroBatcher:
 
     async def submit(self, scoring: Scoring) -> Rewards:
         n = len(scoring.prompts)
+        if n > self.max_queue:  # would never fit: refused for good, not "retry later"
+            raise BadRequest(f"{n} pairs in one request: this server queues at most {self.max_queue}: send fewer "
+                             f"per request", 413)
         if self._queued_pairs + n > self.max_queue:
             raise Overloaded(f"{self._queued_pairs} pairs are waiting (at most {self.max_queue}): retry shortly")
         waiting = _Waiting(scoring, asyncio.get_running_loop().create_future())

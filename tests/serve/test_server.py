@@ -203,6 +203,8 @@ def test_overload_gets_503_with_retry_after(guarded):
     assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
     refused = next(r for r in replies if r.status_code == 503)
     assert refused.headers["retry-after"] == "1" and "retry" in refused.json()["error"]
+    too_big = httpx.post(f"{guarded.url}/score", headers=guarded.headers, json={"pairs": [PAIR] * 5})
+    assert too_big.status_code == 413 and "queues at most 4" in too_big.json()["error"]  # never fits: no retry
 
 
 def test_sigterm_finishes_the_request_in_flight(guarded):
