@@ -47,7 +47,15 @@ class RemoteRewards:
         return {"pairs": [{"prompt": p, "response": r} for p, r in zip(prompts, responses)],
                 "settings": dict(overrides or {})}
 
-    def _rewards(self, reply: httpx.Response) -> list[float]:
+    def _settled(self, attempt: int, reply: httpx.Response | None, error: Exception | None) -> list[float] | None:
+        """The reply's rewards, or None to try again (a 503 or a connection failure before the last try)."""
+        last = attempt == self.tries - 1
+        if error is not None:
+            if last:
+                raise EmbrmError(f"{self.url}: {type(error).__name__}: is `embrm serve` running there?")
+            return None
+        if reply.status_code == 503 and not last:
+            return None
         if reply.status_code != 200:
             try:
                 message = reply.json().get("error")
@@ -61,28 +69,24 @@ class RemoteRewards:
         with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
             for attempt in range(self.tries):
                 try:
-                    reply = client.post(f"{self.url}/score", json=body)
-                    if reply.status_code != 503 or attempt == self.tries - 1:
-                        return self._rewards(reply)
+                    reply, error = client.post(f"{self.url}/score", json=body), None
                 except httpx.TransportError as e:
-                    if attempt == self.tries - 1:
-                        raise EmbrmError(f"{self.url}: {type(e).__name__}: is `embrm serve` running there?") from None
+                    reply, error = None, e
+                if (got := self._settled(attempt, reply, error)) is not None:
+                    return got
                 time.sleep(1.0)
-        raise AssertionError("unreachable")
 
     async def arewards(self, prompts: list[str], responses: list[str], overrides: dict | None = None) -> list[float]:
         body = self._body(prompts, responses, overrides)
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
             for attempt in range(self.tries):
                 try:
-                    reply = await client.post(f"{self.url}/score", json=body)
-                    if reply.status_code != 503 or attempt == self.tries - 1:
-                        return self._rewards(reply)
+                    reply, error = await client.post(f"{self.url}/score", json=body), None
                 except httpx.TransportError as e:
-                    if attempt == self.tries - 1:
-                        raise EmbrmError(f"{self.url}: {type(e).__name__}: is `embrm serve` running there?") from None
+                    reply, error = None, e
+                if (got := self._settled(attempt, reply, error)) is not None:
+                    return got
                 await asyncio.sleep(1.0)
-        raise AssertionError("unreachable")
 
 
 class _LocalRewards:

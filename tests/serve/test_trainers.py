@@ -127,3 +127,18 @@ def test_the_readme_serving_block_runs_as_shown(fitted, server, monkeypatch):
     assert len(rewards) == 2 and rewards[0] == pytest.approx(rewards[1], abs=1e-5)
     assert names["compute_score"]("alpaca", "Blue.", None, {"prompt": PROMPTS[0]})["score"] == \
         pytest.approx(rewards[0][0], abs=1e-5)
+
+
+def test_a_remote_reward_without_a_server_fails_in_one_line():
+    from embrm.serve import RemoteRewards
+
+    with pytest.raises(EmbrmError, match="ConnectError: is `embrm serve` running there"):
+        RemoteRewards("http://127.0.0.1:9", tries=2).rewards(["a"], ["b"])
+    with pytest.raises(EmbrmError, match="EMBRM_TEST_NO_KEY"):
+        RemoteRewards("http://127.0.0.1:9", api_key_env="EMBRM_TEST_NO_KEY")
+
+
+def test_a_remote_refusal_reaches_the_trainer_in_one_line(server):
+    reward = trl_reward(server.url, settings={"aggregation": "max"})
+    with pytest.raises(EmbrmError, match="answered 422: settings: aggregation"):
+        reward(["Name a colour."], ["Blue."])
