@@ -52,10 +52,10 @@ def live_embedder(spec: dict, override: EmbedderConfig | None = None):
     params = inspect.signature(embedder_class(backend)).parameters
     options = {k: v for k, v in spec.items() if k in params and k != "model" and v is not None}
     embedder = make_embedder(backend, spec.get("model"), **options)
-    differ = sorted(k for k in set(_own(spec)) | set(_own(embedder.spec()))
-                    if _own(spec).get(k) != _own(embedder.spec()).get(k))
+    stored, rebuilt = _own(spec), _own(embedder.spec())
+    differ = sorted(k for k in stored.keys() | rebuilt.keys() if stored.get(k) != rebuilt.get(k))
     if differ:
-        shown = ", ".join(f"{k} {spec.get(k)!r} here {embedder.spec().get(k)!r}" for k in differ)
+        shown = ", ".join(f"{k} {stored.get(k)!r} here {rebuilt.get(k)!r}" for k in differ)
         raise EmbrmError(f"the embedder rebuilt from the model's spec differs from it ({shown}): serve on a "
                          f"machine where it resolves the same, or refit")
     return embedder
@@ -98,23 +98,22 @@ class OnlineVectors:
         texts, starts = render(pl.DataFrame({"prompt": prompts, "response": responses},
                                             schema={"prompt": pl.Utf8, "response": pl.Utf8}), self.template, self.chat)
         keys = text_keys(texts)
+        first = {}  # each distinct text -> its first row
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
         with self._lock:
-            found = {k: self._recent[k] for k in dict.fromkeys(keys) if k in self._recent}
+            found = {k: self._recent[k] for k in first if k in self._recent}
             for k in found:
                 self._recent.move_to_end(k)
             self.counts["memory"] += len(found)
-            self._from_disk([k for k in dict.fromkeys(keys) if k not in found], found)
-            first: dict[str, int] = {}
-            for i, k in enumerate(keys):
-                first.setdefault(k, i)
-            todo = [i for k, i in first.items() if k not in found]  # the first copy of each new text
+            self._from_disk([k for k in first if k not in found], found)
+            todo = [i for k, i in first.items() if k not in found]
             if todo:
-                batch = self.embedder.embed([texts[i] for i in todo], [starts[i] for i in todo])
-                new = np.asarray(batch.vectors, np.float32)
-                for j, i in enumerate(todo):
-                    found[keys[i]] = new[j]
+                new = self.embedder.embed([texts[i] for i in todo], [starts[i] for i in todo]).vectors
+                fresh = dict(zip((keys[i] for i in todo), np.asarray(new, np.float32)))
+                found.update(fresh)
+                self._remember(fresh)
                 self.counts["embedded"] += len(todo)
-                self._remember({keys[i]: new[j] for j, i in enumerate(todo)})
             X = np.stack([found[k] for k in keys]) if keys else np.empty((0, self.dim), np.float32)
         return X, len(todo)
 

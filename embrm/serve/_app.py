@@ -108,11 +108,13 @@ def create_app(model: RewardModel, config: ServeConfig) -> Starlette:
         scheme, _, token = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
+    def refused() -> JSONResponse:
+        return error("missing or wrong API key: send Authorization: Bearer KEY", 401, {"WWW-Authenticate": "Bearer"})
+
     def handler(parse, answer):
         async def endpoint(request: Request) -> JSONResponse:
             if not authorised(request):
-                return error("missing or wrong API key: send Authorization: Bearer KEY", 401,
-                             {"WWW-Authenticate": "Bearer"})
+                return refused()
             try:
                 scoring = parse(await body_of(request), model.settings)
                 return JSONResponse(answer(await batcher.submit(scoring)))
@@ -132,8 +134,7 @@ def create_app(model: RewardModel, config: ServeConfig) -> Starlette:
 
     async def info(request: Request) -> JSONResponse:
         if not authorised(request):
-            return error("missing or wrong API key: send Authorization: Bearer KEY", 401,
-                         {"WWW-Authenticate": "Bearer"})
+            return refused()
         server = {k: v for k, v in asdict(config).items() if k in ("max_batch", "max_wait", "max_queue", "max_body")}
         return JSONResponse({**model.info(), "server": {**server, "api_key": key is not None}, **batcher.stats})
 

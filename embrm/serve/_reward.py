@@ -141,12 +141,12 @@ class Reference:
                                  f"its reference statistics ({e}): pass it as --dataset") from None
         X = model_embeddings(model, ds, cache_dir)
         rows = np.flatnonzero(rows_of(ds.responses, model.split.train) & ~ds.excluded)
-        if len(rows) > REFERENCE_CAP:
+        n_total = len(rows)
+        if n_total > REFERENCE_CAP:
             rows = np.sort(np.random.default_rng(0).choice(rows, REFERENCE_CAP, replace=False))
         lengths = length_feature(ds.responses[rows]) if ds.texts else None
         with fit_threads():
             members = model.ensemble.predict(take_rows(X, rows), lengths)
-        n_total = int((rows_of(ds.responses, model.split.train) & ~ds.excluded).sum())
         return cls(np.asarray(members, np.float32), lengths, n_total, ds.name)
 
     def standardised(self, members: np.ndarray) -> np.ndarray:
@@ -160,7 +160,7 @@ class Reference:
         centre, scale = (float(a.mean()), float(a.std()) or 1.0) if settings.normalize else (0.0, 1.0)
         r = (a - centre) / scale
         if settings.length_penalty and self.log_length is not None:
-            r = r - settings.length_penalty * (self.log_length - self.length_mean) / self.length_std
+            r = r - settings.length_penalty * self.length_z(self.log_length)
         return np.sort(r), centre, scale
 
     def normalised(self, a: np.ndarray, settings: RewardSettings) -> np.ndarray:
