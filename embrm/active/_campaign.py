@@ -47,12 +47,14 @@ from embrm.core import (
     Progress,
     cell,
     check_embeddings,
+    check_size,
     check_value,
     md_table,
     write_atomic,
 )
 from embrm.data import Dataset
 from embrm.evaluation import (
+    AGGREGATION_RULES,
     Effect,
     Pools,
     Unit,
@@ -78,7 +80,8 @@ VERDICTS = {"reproduced": "beats random", "reversed": "worse than random",
 N_BOOT = 2000
 RULES = {
     "seed_pairs": Integer(1, 100_000_000), "batch": Integer(1, 10_000_000), "rounds": Integer(1, 100_000),
-    "samples": Integer(2, 100_000), "C": Number(0, lo_open=True), "lcb_beta": Number(0),
+    "samples": Integer(2, 100_000), "C": Number(0, lo_open=True),
+    "lcb_beta": Number(0, AGGREGATION_RULES["lcb_beta"].hi),
     "test_size": Number(0, 1, lo_open=True, hi_open=True),
 }
 OPTIONAL = {"beta": Number(0), "flip": Number(0, 1), "target": Number(0, 1)}
@@ -348,6 +351,7 @@ def _round(pool: SeedPool, config: ActiveConfig, name: str, model: LaplaceBT, av
            rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """One selection: the rule's picks (checked: new and distinct) and the seconds it took."""
     t = time.perf_counter()
+    _check_draws_fit(pool, config)
     W = model.sample(config.samples, seed=int(rng.integers(0, 2 ** 32)))
     state = State(pool.X, pool.candidates, available, model, W, config.lcb_beta, pool.prior_sq_norms)
     picks = select(name, state, config.batch, rng)
@@ -356,6 +360,15 @@ def _round(pool: SeedPool, config: ActiveConfig, name: str, model: LaplaceBT, av
             len(picks) != min(config.batch, int(available.sum())):
         raise RuntimeError(f"strategy {name} returned labelled, repeated or too few pairs")  # a bug, not user input
     return picks, seconds
+
+
+def _check_draws_fit(pool: SeedPool, config: ActiveConfig) -> None:
+    """The posterior draws (d, S), every response's reward under each (n, S) and the candidates' margins with their
+    probabilities and entropies (~3 x (m, S)), float64: refused before any is allocated when memory lacks."""
+    n, d = pool.X.shape
+    n_bytes = (d + n + 3 * len(pool.candidates)) * config.samples * 8
+    check_size("active", f"{config.samples} posterior draws over {len(pool.candidates):,} candidate pairs", n_bytes,
+               "lower --samples (16-64 draws estimate disagreement and BALD well)", field="samples")
 
 
 def run_strategy(pool: SeedPool, config: ActiveConfig, name: str, start: tuple[LaplaceBT, float],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -10,6 +11,7 @@ from typer.core import TyperGroup
 
 from embrm.cli import active, data, imports, methods, model, rl, serve, study
 from embrm.cli.common import error_line, quiet_libraries
+from embrm.embedding.backends import VERBOSE_ENV
 
 
 class OneLineErrors(TyperGroup):
@@ -38,6 +40,16 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Embed (prompt, response) texts once; fit reward-model ensembles and simulate Best-of-N "
                        "on a CPU.")
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(
+        False, "--verbose", help="Show the model libraries' own output (log lines, progress bars) while a model "
+                                 "loads; without it a failure is one line.")) -> None:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check the embedding cache.")
 app.add_typer(cache_app, name="cache")
 

@@ -17,7 +17,7 @@ from embrm.cli.common import (
     FormatOpt,
     OutDirOpt,
     OverwriteOpt,
-    check_out,
+    claim_out,
     friendly,
     grouped,
     out,
@@ -58,7 +58,7 @@ def active(
 
     Example: embrm active alpaca-eval-models --strategies random,dopt,bald --rounds 10 --batch 50 --out runs/active
     """
-    check_out(out_dir, overwrite)
+    claim_out(ctx, out_dir, overwrite)
     names = split_list(strategies)
     if strategies is not None and not names:
         raise EmbrmError(f"--strategies: give a comma-separated list of {', '.join(STRATEGIES)}")

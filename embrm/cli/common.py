@@ -8,6 +8,7 @@ and the methods take the same dataset and embedder options, spelled the same way
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import json
@@ -22,8 +23,7 @@ from typing import Annotated, Optional, get_type_hints
 import typer
 from rich.console import Console, ConsoleDimensions
 
-from embrm.core import EmbrmError
-from embrm.core import check_out as check_out  # the one --out check, re-exported for the commands
+from embrm.core import EmbrmError, check_out, exclusive
 from embrm.data import Dataset, load_dataset
 from embrm.embedding import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
 
@@ -146,7 +146,8 @@ class EmbedderOptions:
                              "the vectors do not depend on it.")] = None
 
     def config(self) -> EmbedderConfig:
-        return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        with options_named({f.name: f"--{f.name.replace('_', '-')}" for f in fields(self)}):
+            return EmbedderConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
 
     def embed(self, ds: Dataset, cache_dir: Path, fmt: Format) -> EmbedResult:
         return self.config().embed(ds, cache_dir, progress=None if fmt == Format.text else False)
@@ -186,6 +187,9 @@ def error_line(message: str) -> None:
     err.print(" ".join(str(message).split()), markup=False, highlight=False, soft_wrap=True)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file-size limit, a quota
+
+
 def friendly(fn):
     """Turn EmbrmError, OS errors (a path that is a directory, unreadable, on a full disk) and Ctrl-C into one line
     on stderr and a non-zero exit, never a traceback."""
@@ -198,7 +202,9 @@ def friendly(fn):
             raise typer.Exit(2) from None
         except OSError as e:
             where = e.filename or "a file"
-            error_line(f"{where}: {e.strerror or type(e).__name__}: check the path and its permissions")
+            fix = "free space on its disk, or choose another path" if e.errno in NO_SPACE else \
+                "check the path and its permissions"
+            error_line(f"{where}: {e.strerror or type(e).__name__}: {fix}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished batches are cached; re-run the same command to resume")
@@ -240,6 +246,15 @@ def options_named(options: dict[str, str]):
 # The API's field -> the option that sets it, for the options every command shares
 EMBED_OPTION = {"runner": "--runner", "shard": "--shard", "workers": "--workers", "address": "--address",
                 "views": "--views"}
+
+
+def claim_out(ctx: typer.Context, path: Path | None, overwrite: bool = True, *, file: bool = False,
+              option: str = "--out") -> None:
+    """The one --out check (embrm.core.check_out), then this command holds the target's one-writer lock until it
+    ends: two commands writing one result fail at once instead of replacing each other's."""
+    check_out(path, overwrite, file=file, option=option)
+    if path is not None:
+        ctx.with_resource(exclusive(path, option))
 
 
 def print_json(obj) -> None:

@@ -96,7 +96,8 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
              embrm embed my-pool.toml --backend hf --model smollm2 --runner ray --address auto
     """
     with options_named(EMBED_OPTION):
-        route = EmbedRoute(runner, shard, workers, address, views or ())  # checked before the data is read
+        # checked before the data is read; --views '' is a (bad) value, not the absence of one
+        route = EmbedRoute(runner, shard, workers, address, () if views is None else views)
         ds = data.load(dataset)
         if ds.vectors is not None:  # a generated pool or an array dataset: its vectors are the data
             if format == Format.json:
@@ -177,7 +178,8 @@ def cache_verify(path: CachePathArg = Path("cache"),
                  format: FormatOpt = Format.text):
     """Check every byte of each cache (checksums, footer, values); report problems (exit 1), fix them with --repair.
 
-    Example: embrm cache verify cache/ --repair   (then re-run `embrm embed` to re-embed what was dropped)
+    Example: embrm cache verify cache/ --repair   (then re-run `embrm embed`, or the `embrm import`, to refill what
+             was dropped; a cache this user cannot write is refused, unchanged)
     """
     dirs = cache_dirs(path)
     problems = [p for d in dirs for p in verify(d)]
@@ -195,13 +197,13 @@ def cache_verify(path: CachePathArg = Path("cache"),
             for line in r.notes + [f"quarantined {q}" for q in r.quarantined] + [f"removed {t}" for t in r.removed]:
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
             if r.vectors_dropped:
-                out.print(f"{r.vectors_dropped} vectors dropped from {r.path}: re-run `embrm embed` to re-embed them",
+                out.print(f"{r.vectors_dropped} vectors dropped from {r.path}: {r.refill} to put them back",
                           markup=False, highlight=False)
         if not problems:
             out.print(f"cache OK ({len(dirs)} cache director{'y' if len(dirs) == 1 else 'ies'}, every listed part "
                       f"checked)")
         elif not repair:
-            err.print("run `embrm cache verify --repair` to set them aside, then `embrm embed` to re-embed their rows",
-                      markup=False)
+            err.print("run `embrm cache verify --repair` to set them aside, then re-run the `embrm embed` (or `embrm "
+                      "import`) that filled the cache to put their rows back", markup=False)
     if problems and not repair:
         raise typer.Exit(1)

@@ -21,7 +21,7 @@ from embrm.cli.common import (
     OverwriteOpt,
     SeedOpt,
     WithExcludedOpt,
-    check_out,
+    claim_out,
     command_line,
     friendly,
     grouped,
@@ -55,7 +55,7 @@ def _run(ctx, name: str, dataset: str, data: DataOptions, embedder: EmbedderOpti
          out_dir: Path | None, overwrite: bool, seed: int, with_excluded: bool, **params) -> None:
     """Check --out, load (a pool with gold, before anything is embedded), embed, run the method, write its files,
     print its summary (JSON) or its rendering."""
-    check_out(out_dir, overwrite)
+    claim_out(ctx, out_dir, overwrite)
     ds = data.load(dataset)
     ds.require_pool(name)
     X = embedder.embed(ds, cache_dir, fmt).X

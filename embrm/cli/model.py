@@ -25,7 +25,7 @@ from embrm.cli.common import (
     OverwriteOpt,
     SeedOpt,
     WithExcludedOpt,
-    check_out,
+    claim_out,
     command_line,
     friendly,
     grouped,
@@ -141,7 +141,7 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
 
     Example: embrm fit alpaca-eval-models --head mlp --ensemble 10 --flip 0.25 --out models/mlp-flip25
     """
-    check_out(out_dir, overwrite)
+    claim_out(ctx, out_dir, overwrite)
     if overwrite:
         check_replaceable(out_dir)
     protocol = options.protocol(seed, with_excluded=True)
@@ -149,9 +149,10 @@ def fit(ctx: typer.Context, dataset: DatasetArg, options: FitOptions, data: Data
     _require_labels(ds, protocol)
     emb = embedder.embed(ds, cache_dir, format)
     augment = embedder.embed(rrm_dataset(ds), cache_dir, format).X if protocol.learner.length_control == "rrm" else None
-    fitted = fit_model(ds, emb.X, protocol, augment=augment, progress=None if format == Format.text else False)
-    # check_out refused earlier results unless --overwrite, so an existing --out here may be replaced
-    fitted.save(out_dir, ds, emb.spec, emb.fingerprint, overwrite=True, command=command_line(ctx))
+    with options_named(FIT_OPTION):  # e.g. a --test-size that leaves no prompt on one side of this dataset
+        fitted = fit_model(ds, emb.X, protocol, augment=augment, progress=None if format == Format.text else False)
+    # check_out refused earlier results unless --overwrite; an --out written meanwhile is refused, not replaced
+    fitted.save(out_dir, ds, emb.spec, emb.fingerprint, overwrite=overwrite, command=command_line(ctx))
     if format == Format.json:
         return print_json({"model_dir": str(out_dir), "label_accuracy": fitted.label_accuracy,
                            **fitted.metrics.to_dict()})
@@ -215,7 +216,7 @@ def print_fit_metrics(m: FitMetrics, title: str) -> None:
 
 @friendly
 @grouped(data=DataOptions)
-def score(model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
+def score(ctx: typer.Context, model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
           out_file: Annotated[Path, typer.Option("--out", "-o", help="Parquet: response_id + one column per "
                                                                      "member.")],
           cache_dir: CacheDirOpt = Path("cache"), overwrite: OverwriteOpt = False):
@@ -223,7 +224,7 @@ def score(model_dir: ModelDirArg, dataset: DatasetArg, data: DataOptions,
 
     Example: embrm score models/mlp-flip25 alpaca-eval-models --out scores.parquet
     """
-    check_out(out_file, overwrite, file=True)
+    claim_out(ctx, out_file, overwrite, file=True)
     model = _load_model(model_dir)
     ds = data.load(dataset)
     frame = score_model(model, ds, model_embeddings(model, ds, cache_dir))
@@ -263,7 +264,7 @@ def bon_sim(
 
     Example: embrm bon-sim alpaca-eval-models --model models/mlp-flip25 --agg mean,min,uwo --out results/bon
     """
-    check_out(out_dir, overwrite)
+    claim_out(ctx, out_dir, overwrite)
     model = _load_model(model_dir)
     changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, coverage=coverage, n_max=n_max,
                    n_grid=_n_grid(n_grid),

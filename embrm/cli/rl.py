@@ -17,7 +17,7 @@ from embrm.cli.common import (
     FormatOpt,
     OutDirOpt,
     OverwriteOpt,
-    check_out,
+    claim_out,
     command_line,
     friendly,
     grouped,
@@ -85,7 +85,7 @@ def rl(
 
     Example: embrm rl overopt --model models/overopt-linear --algo grpo --agg mean,min --transform none,cdf --out results/rl
     """
-    check_out(out_dir, overwrite)
+    claim_out(ctx, out_dir, overwrite)
     model = _load_model(model_dir)
     aggregations = _list(agg, "--agg")
     transforms = _list(transform, "--transform") or ["none"]

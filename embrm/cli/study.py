@@ -41,6 +41,9 @@ def run(
     replicate: Annotated[Optional[bool], typer.Option(
         "--replicate/--no-replicate", help="Also run the study on two disjoint halves of every dataset's prompts and "
                                            "report which findings agree (default: the study's `replicate`).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace another study's results at --out (without it they are refused; the same "
+                            "study's are resumed).")] = False,
 ):
     """Run a whole study: embed (cached), fit every (dataset, noise, learner, seed), Best-of-n, report.md + plots.
 
@@ -52,7 +55,7 @@ def run(
     out_dir = out_dir or Path("results") / study.name  # the name is a plain name: this stays under results/
     result = run_study(study, out_dir, cache_dir=cache_dir, data_dir=data_dir, workers=workers, runner=runner,
                        address=address, progress=None if format == Format.text else False, command=command_line(ctx),
-                       replicate=replicate)
+                       replicate=replicate, overwrite=overwrite)
     if format == Format.json:
         return print_json({"out_dir": str(out_dir), "findings": [f.to_dict() for f in result.findings],
                            "replication": result.replication and [r.to_dict() for r in result.replication],

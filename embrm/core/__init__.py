@@ -4,25 +4,32 @@ nothing else of embrm.
 """
 
 from embrm.core._checks import (
+    MAX_NESTING,
+    NAME,
     RANDOM_STATE,
     SEED,
     Integer,
+    Name,
     Number,
     OneOf,
     Sizes,
+    available_memory,
     check_choice,
     check_embeddings,
     check_fitted,
     check_group_ids,
+    check_name,
+    check_nesting,
     check_out,
     check_pairs,
     check_params,
+    check_size,
     check_value,
     is_int,
     shown,
 )
 from embrm.core._errors import EmbrmError
-from embrm.core._files import write_atomic
+from embrm.core._files import exclusive, file_stem, staged, write_atomic
 from embrm.core._format import cell, fmt, md_table
 from embrm.core._hardware import (
     THREADS_ENV,
@@ -37,9 +44,10 @@ from embrm.core._progress import Progress, Stages, format_duration, step_progres
 from embrm.core._rows import Rows, map_rows, mapped, row_blocks, take_rows
 
 __all__ = [
-    "cell", "check_choice", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs",
-    "check_params", "check_value", "current_threads", "EmbrmError", "fast_bf16", "fit_threads", "fmt",
+    "available_memory", "cell", "check_choice", "check_name", "check_nesting", "check_size", "MAX_NESTING", "Name",
+    "NAME", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs", "check_params",
+    "check_value", "current_threads", "EmbrmError", "exclusive", "fast_bf16", "file_stem", "fit_threads", "fmt",
     "format_duration", "Integer", "is_int", "md_table", "Number", "on_fit_threads", "OneOf", "policy_threads",
-    "Progress", "RANDOM_STATE", "Rows", "map_rows", "mapped", "row_blocks", "take_rows",
-    "SEED", "shown", "Sizes", "Stages", "step_progress", "THREADS_ENV", "torch_threads", "write_atomic"
+    "Progress", "RANDOM_STATE", "Rows", "map_rows", "mapped", "row_blocks", "take_rows", "SEED", "shown", "staged",
+    "Sizes", "Stages", "step_progress", "THREADS_ENV", "torch_threads", "write_atomic"
 ]

@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,19 @@ def check_fitted(est, attr: str) -> None:
 MAX_SEED = 2 ** 32 - 1  # numpy's SeedSequence, torch.manual_seed and LightGBM all take it; member seeds are uint32
 
 
+SHOWN_CHARS = 200  # an error stays one readable line, whatever was given
+
+
 def shown(value) -> str:
-    """A value as a user wrote it (JSON/TOML spelling: ["a"], "x", 1.5), for error messages."""
+    """A value as a user wrote it (JSON/TOML spelling: ["a"], "x", 1.5), on one line, for error messages."""
     try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = " ".join(repr(value).split())  # e.g. a numpy array's repr spans lines
+        except (ValueError, RecursionError):  # an int past Python's digit limit, a self-nesting value
+            text = f"a {type(value).__name__} too large to show"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 def is_int(v) -> bool:
@@ -157,8 +165,24 @@ class Sizes:
         return f"a list of 1 to {self.max_layers} positive integers (each <= {self.max_width})"
 
 
+@dataclass(frozen=True)
+class Name:
+    """A name that becomes part of a file or directory name (a dataset, an exclusion, a study, an embedder, a
+    noise): ASCII letters, digits, '.', '_', '-', so no separator, NUL, newline or look-alike; no leading '.', so
+    never '.', '..' or a hidden file."""
+    pattern = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+    def ok(self, v) -> bool:
+        return isinstance(v, str) and self.pattern.fullmatch(v) is not None
+
+    def __str__(self) -> str:
+        return "a plain name (1-100 letters, digits, '.', '_', '-'; not starting with '.')"
+
+
 SEED = Integer(0, MAX_SEED)
 RANDOM_STATE = Integer(0, MAX_SEED, none=True)  # a head's random_state (None: 0)
+NAME = Name()
+MAX_NESTING = 16  # tables and arrays in a declaration or a study: the deepest schema needs 4
 
 
 def check_value(name: str, value, rule, *, field: str | None = None):
@@ -177,6 +201,51 @@ def check_choice(name: str, value, allowed, *, field: str | None = None):
         raise EmbrmError(f"{name} = {shown(value)} is not allowed: use one of {', '.join(map(str, allowed))}",
                          field=field or name)
     return value
+
+
+def check_name(where: str, key: str, value) -> str:
+    """value if it is a plain name (NAME), else a one-line EmbrmError naming where it was given and the key."""
+    if not NAME.ok(value):
+        raise EmbrmError(f"{where}: {key} = {shown(value)} must be {NAME}: it names files", field=key)
+    return value
+
+
+def check_nesting(where: str, doc, limit: int = MAX_NESTING) -> None:
+    """Refuse a parsed document nested deeper than `limit` tables/arrays: every message that shows such a value,
+    and every copy of it, would recurse that deep (walked without recursion)."""
+    stack = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= limit:
+                raise EmbrmError(f"{where}: tables or arrays nested more than {limit} deep: no key takes such a "
+                                 f"value; flatten it")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+
+
+def available_memory() -> int:
+    """Bytes that can still be allocated without swapping: Linux's MemAvailable, else the free physical pages."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not knowable here: refuse nothing
+        return 2 ** 63
+
+
+def check_size(where: str, what: str, n_bytes: int, fix: str, *, free: int | None = None,
+               kind: str = "memory", field: str | None = None) -> None:
+    """Refuse a planned allocation larger than what is available (memory, or `free` bytes of `kind`, e.g. disk)
+    before any of it is made: one line with both sizes and the fix, instead of a MemoryError or a swapping machine."""
+    free = available_memory() if free is None else free
+    if n_bytes > free:
+        raise EmbrmError(f"{where}: {what} would take {n_bytes / 2**30:.1f} GiB of {kind}, but {free / 2**30:.1f} "
+                         f"GiB is available: {fix}", field=field)
 
 
 def check_params(params: dict, rules: dict, owner: str) -> None:

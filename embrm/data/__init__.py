@@ -4,7 +4,7 @@ array datasets (embedding + gold arrays without texts, Sun et al.'s release layo
 """
 
 from embrm.data._array_dataset import ArraySource, load_array_dataset
-from embrm.data._arrays import ARRAY_FORMATS, ArraySplit, file_digest, open_array, read_split
+from embrm.data._arrays import ARRAY_FORMATS, ArraySplit, check_array_file, file_digest, open_array, read_split
 from embrm.data._augment import AUG_COLUMNS, rrm_dataset, rrm_pairs
 from embrm.data._dataset import Dataset
 from embrm.data._labels import (
@@ -31,7 +31,8 @@ from embrm.data._sun_layout import SunLayout, planted_gold, write_sun_layout
 from embrm.data._synthetic import synthetic_pool
 
 __all__ = [
-    "ARRAY_FORMATS", "ArraySource", "ArraySplit", "file_digest", "load_array_dataset", "open_array", "planted_gold",
+    "ARRAY_FORMATS", "ArraySource", "ArraySplit", "check_array_file", "file_digest", "load_array_dataset", "open_array",
+    "planted_gold",
     "read_split", "SunLayout", "write_sun_layout", "AUG_COLUMNS", "Dataset", "dataset_spec", "DatasetSpec", "Exclusion", "existing_data_dir", "GENERATORS",
     "half_of", "ideal_proxy_curve", "label_given_pairs", "load_dataset", "MIN_PAIRS_FOR_SPLIT", "overopt_dataset",
     "overopt_truth", "OveroptTruth", "pair_indices", "REGISTRY", "rrm_dataset", "rrm_pairs", "simulate_pairs", "spec_from_table",

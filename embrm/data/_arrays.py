@@ -6,6 +6,11 @@ memory-mapped; torch files are mmapped by torch), their dtype is kept (float16, 
 every fault is a one-line EmbrmError naming the file and the fix. What is slow to learn about a big file (its
 SHA-256, that an array in it is finite) is remembered in `<state dir>/file-facts.json`, keyed by the file's
 absolute path and forgotten when its size or mtime changes, so an 11 GB file is hashed and scanned once.
+
+Headers are never trusted: `check_array_file` reads every array header of a file (.npy; each .npz member, stored or
+deflated; each safetensors entry) and refuses one that declares more bytes than the file (member) holds, before
+anything is allocated or mapped; a lying header is a few bytes that would make numpy ask for petabytes. The
+openers here and `embrm import` both go through it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +35,19 @@ FACTS_FILE = "file-facts.json"
 CHUNK_BYTES = 64 * 2 ** 20  # what the finiteness scan converts to float32 at a time
 HASH_BLOCK = 2 ** 20
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then the name and extra-field lengths at bytes 26-29
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+NPY_MAX_HEADER = 10_000  # numpy's own limit (max_header_size), checked before numpy reads what the header says
+# deflate never expands one input byte to more than 1032 output bytes (a 258-byte match costs at least 2 bits), so
+# a member declaring more than this many uncompressed bytes per compressed byte lies about its size
+DEFLATE_MAX_RATIO = 1032
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+SAFETENSORS_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                     "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."  # a hostile header is quoted, not copied whole
 
 
 # ----------------------------------------------------------------------------- opening
@@ -75,9 +90,10 @@ def _pick(path: Path, key: str | None, keys: list[str], what: str) -> str:
     return key
 
 
-def _npy_header(f, path: Path, start: int, size: int) -> tuple[tuple, bool, np.dtype, int]:
-    """(shape, fortran_order, dtype, offset of the data) of the .npy stream at file offset `start`, `size` bytes
-    long; a pickle, a damaged header or a stream shorter than its header says -> EmbrmError."""
+def _npy_header(f, where: str, start: int, size: int, holder: str = "the file") -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, offset of the data) of the .npy stream at offset `start` of `f`, `size` bytes
+    long (`where` names it in messages, `holder` what holds it). A pickle, a damaged header, a negative dimension
+    or a header that declares more bytes than the stream holds -> EmbrmError; nothing is allocated."""
     fmt = np.lib.format
     f.seek(start)
     try:
@@ -85,50 +101,100 @@ def _npy_header(f, path: Path, start: int, size: int) -> tuple[tuple, bool, np.d
         read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
         if read is None:
             raise ValueError(f"unsupported .npy version {version}")
+        _npy_header_length(f, where, start, size, version)
         shape, fortran, dtype = read(f)
-    except ValueError as e:
-        raise EmbrmError(f"{path} is not a readable .npy array ({_one_line(e)}): save it with np.save") from None
+    except (ValueError, SyntaxError, RecursionError, OverflowError) as e:
+        raise EmbrmError(f"{where} is not a readable .npy array ({_one_line(e)}): save it with np.save") from None
     if dtype.hasobject:
-        raise EmbrmError(f"{path} holds Python objects (a pickle), which are never loaded: save a numeric array, "
+        raise EmbrmError(f"{where} holds Python objects (a pickle), which are never loaded: save a numeric array, "
                          f"e.g. np.save(path, array.astype(np.float32))")
+    if any(n < 0 for n in shape):
+        raise EmbrmError(f"{where} has a damaged header: it declares the negative shape {shape}: save it again")
     offset = f.tell()
     need = offset - start + dtype.itemsize * math.prod(shape)
     if need > size:
-        raise EmbrmError(f"{path} is truncated: its header says {need} bytes, the file has {size}: copy it again")
+        raise EmbrmError(f"{where} is truncated or damaged: its header declares {need} bytes but {holder} holds "
+                         f"{size}: copy or save it again")
     return shape, fortran, dtype, offset
+
+
+def _npy_header_length(f, where: str, start: int, size: int, version: tuple) -> None:
+    """Refuse a header length beyond the stream or numpy's limit before numpy reads (and allocates) that many bytes;
+    `f` is left where it was."""
+    at = f.tell()
+    field = f.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(field, "little")
+    f.seek(at)
+    end = at - start + len(field) + length
+    if length > NPY_MAX_HEADER or end > size:
+        raise EmbrmError(f"{where} is truncated or damaged: its header declares a {length}-byte header ({end} bytes) "
+                         f"but {size} bytes are there: copy or save it again")
 
 
 def _open_npy(path: Path, key: str | None) -> np.ndarray:
     if key is not None:
         raise EmbrmError(f"{path} holds one array: drop its key ({key!r})")
+    shape, fortran, dtype, offset = npy_file_header(path)
+    return _memmap(path, dtype, shape, offset, "F" if fortran else "C")
+
+
+def npy_file_header(path: Path) -> tuple[tuple, bool, np.dtype, int]:
+    """The checked header of a .npy file (see _npy_header)."""
     with open(path, "rb") as f:
-        _npy_header(f, path, 0, path.stat().st_size)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+        return _npy_header(f, str(path), 0, os.fstat(f.fileno()).st_size)
 
 
 def _open_npz(path: Path, key: str | None) -> np.ndarray:
+    members = _npz_members(path)
+    info, (shape, fortran, dtype, offset) = members[_pick(path, key, list(members), "array")]
+    if offset is not None:  # a stored member: map its bytes in place
+        return _memmap(path, dtype, shape, offset, "F" if fortran else "C")
+    try:  # compressed: read (its declared size was checked against what its compressed bytes can hold)
+        with zipfile.ZipFile(path) as z, z.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, RuntimeError, OSError, EOFError, zlib.error) as e:
+        raise EmbrmError(f"{path} ({info.filename}) is not a readable .npz member ({_one_line(e)}): save it with "
+                         f"np.savez") from None
+
+
+def _npz_members(path: Path) -> dict:
+    """name -> (ZipInfo, (shape, fortran, dtype, offset of the data in the file, None when compressed)) for every
+    .npy member of the archive, each header checked against the bytes the member holds."""
+    size = path.stat().st_size
     try:
-        with zipfile.ZipFile(path) as z:
-            members = {i.filename.removesuffix(".npy"): i for i in z.infolist() if i.filename.endswith(".npy")}
-            info = members[_pick(path, key, list(members), "array")]
-            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:  # compressed (or encrypted): read
-                with z.open(info) as f:
-                    return np.lib.format.read_array(f, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, RuntimeError, OSError, EOFError) as e:
-        if "Object arrays" in str(e):
-            raise EmbrmError(f"{path} holds Python objects (a pickle), which are never loaded: save numeric "
-                             f"arrays with np.savez") from None
+        with zipfile.ZipFile(path) as z, open(path, "rb") as raw:
+            return {i.filename.removesuffix(".npy"): (i, _npz_member(z, raw, i, path, size))
+                    for i in z.infolist() if i.filename.endswith(".npy")}
+    except (zipfile.BadZipFile, ValueError, RuntimeError, OSError, EOFError, zlib.error) as e:
         raise EmbrmError(f"{path} is not a readable .npz archive ({_one_line(e)}): save it with np.savez") from None
-    with open(path, "rb") as f:  # a stored member: map its bytes in place
-        f.seek(info.header_offset)
-        signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(f.read(ZIP_LOCAL_HEADER.size))
-        if signature != b"PK\x03\x04":
-            raise EmbrmError(f"{path} is a damaged .npz archive (bad header of {info.filename}): save it again")
-        start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
-        shape, fortran, dtype, offset = _npy_header(f, path, start, info.file_size)
-    if start + info.file_size > path.stat().st_size:
-        raise EmbrmError(f"{path} is truncated ({info.filename} runs past its end): copy it again")
-    return _memmap(path, dtype, shape, offset, "F" if fortran else "C")
+
+
+def _npz_member(z: zipfile.ZipFile, raw, info: zipfile.ZipInfo, path: Path, size: int):
+    where = f"{path} ({info.filename})"
+    if info.flag_bits & 1:
+        raise EmbrmError(f"{where} is encrypted: save the arrays with np.savez")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise EmbrmError(f"{where} is compressed with zip method {info.compress_type}: save the arrays with "
+                         f"np.savez or np.savez_compressed")
+    end = info.header_offset + ZIP_LOCAL_HEADER.size + info.compress_size
+    if end > size:
+        raise EmbrmError(f"{where} is truncated or damaged: the archive declares {end} bytes up to its end but the "
+                         f"file holds {size}: copy or save it again")
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        most = DEFLATE_MAX_RATIO * info.compress_size + 1024
+        if info.file_size > most:
+            raise EmbrmError(f"{where} is damaged: the archive declares {info.file_size} bytes uncompressed but its "
+                             f"{info.compress_size} deflated bytes can hold at most {most}: save it again")
+        with z.open(info) as f:  # only the header is inflated
+            return (*_npy_header(f, where, 0, info.file_size, "the member")[:3], None)
+    raw.seek(info.header_offset)
+    local = raw.read(ZIP_LOCAL_HEADER.size).ljust(ZIP_LOCAL_HEADER.size, b"\0")  # a cut file reads short
+    signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(local)
+    start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
+    if signature != ZIP_MAGIC or info.file_size != info.compress_size or start + info.file_size > size:
+        raise EmbrmError(f"{where} is truncated or damaged: the archive declares {start + info.file_size} bytes up "
+                         f"to its end but the file holds {size}: copy or save it again")
+    return _npy_header(raw, where, start, info.file_size, "the member")
 
 
 def _memmap(path: Path, dtype, shape, offset: int, order: str = "C") -> np.ndarray:
@@ -147,36 +213,87 @@ def _safetensors_dtype(name: str):
 
 
 def _open_safetensors(path: Path, key: str | None) -> np.ndarray:
+    start, entries = _safetensors_header(path)
+    name = _pick(path, key, sorted(entries), "tensor")
+    dtype_name, shape, begin, _ = entries[name]
+    dtype = _safetensors_dtype(dtype_name)
+    if dtype is None:
+        raise EmbrmError(f"{path}: tensor {name!r} is {dtype_name}: save it as F32, F16, BF16 or F64")
+    return _memmap(path, dtype, shape, start + begin)
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict]:
+    """(offset of the data, name -> (dtype name, shape, begin, end)) of a .safetensors file, every entry checked:
+    a known dtype, a non-negative shape whose bytes are its offsets' span, offsets inside the file and not
+    overlapping."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
-        if n is None or n > size - 8:
-            raise EmbrmError(f"{path} is truncated or not a .safetensors file (its header runs past its end): "
-                             f"copy it again")
+        if n is None or n > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise EmbrmError(f"{path} is truncated or not a .safetensors file: its header declares "
+                             f"{'no length' if n is None else f'{n} bytes'} but the file holds {size}: copy it again")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise EmbrmError(f"{path} has a damaged .safetensors header ({_one_line(e)}): save it again") from None
     if not isinstance(header, dict):
         raise EmbrmError(f"{path} has a damaged .safetensors header (not a JSON object): save it again")
-    name = _pick(path, key, sorted(k for k in header if k != "__metadata__"), "tensor")
+    entries = {name: _safetensors_entry(path, name, entry) for name, entry in header.items() if name != "__metadata__"}
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise EmbrmError(f"{path} has a damaged .safetensors header: tensors {first!r} and {second!r} overlap: "
+                             f"save it again")
+    last = max((end for _, end, _ in spans), default=0)
+    if 8 + n + last > size:
+        raise EmbrmError(f"{path} is truncated or damaged: its header declares {8 + n + last} bytes but the file "
+                         f"holds {size}: copy or save it again")
+    return 8 + n, entries
+
+
+def _safetensors_entry(path: Path, name: str, entry) -> tuple[str, list[int], int, int]:
+    def count(v) -> bool:
+        return type(v) is int and v >= 0
+
     try:
-        entry = header[name]
-        dtype_name, shape, (begin, end) = entry["dtype"], [int(s) for s in entry["shape"]], entry["data_offsets"]
+        dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not (isinstance(shape, list) and all(map(count, shape)) and count(begin) and count(end) and begin <= end):
+            raise ValueError(f"shape {shape} and data_offsets {entry['data_offsets']} must be counts, begin <= end")
+        if not isinstance(dtype_name, str):
+            raise ValueError(f"dtype {dtype_name!r} is not a name")
     except (TypeError, KeyError, ValueError) as e:
         raise EmbrmError(f"{path}: tensor {name!r} has a damaged header entry ({_one_line(e)}): save it again") \
             from None
-    dtype = _safetensors_dtype(dtype_name)
-    if dtype is None:
-        raise EmbrmError(f"{path}: tensor {name!r} is {dtype_name}: save it as F32, F16, BF16 or F64")
-    if end - begin != dtype.itemsize * math.prod(shape):
+    if dtype_name not in SAFETENSORS_SIZES:
+        raise EmbrmError(f"{path}: tensor {name!r} has the unknown dtype {dtype_name!r}: save it as F32, F16, BF16 "
+                         f"or F64")
+    declared = SAFETENSORS_SIZES[dtype_name] * math.prod(shape)
+    if end - begin != declared:
         raise EmbrmError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {tuple(shape)} of "
-                         f"{dtype_name}: save it again")
-    if 8 + n + end > size:
-        raise EmbrmError(f"{path} is truncated: its header says {8 + n + end} bytes, the file has {size}: "
-                         f"copy it again")
-    return _memmap(path, dtype, shape, 8 + n + begin)
+                         f"{dtype_name} (which declares {declared}): save it again")
+    return dtype_name, shape, begin, end
+
+
+def check_array_file(path) -> None:
+    """Refuse (one-line EmbrmError) a .npy, .npz or .safetensors file any of whose array headers is damaged, holds
+    Python objects or declares more bytes than the file (the member) holds. Reads headers only: nothing is
+    allocated or mapped. Other formats are checked by their own readers (torch compares each record's size with
+    its storage before reading; parquet's readers check their pages)."""
+    path = _existing(path)
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic.startswith(ZIP_MAGIC[:2]):
+            _npz_members(path)
+        elif magic == NPY_MAGIC:
+            npy_file_header(path)
+        else:
+            raise EmbrmError(f"{path} is neither a .npy array nor an .npz archive (it starts with {magic!r}): save it "
+                             f"with np.save or np.savez")
+    elif suffix == ".safetensors":
+        _safetensors_header(path)
 
 
 def _open_torch(path: Path, key: str | None) -> np.ndarray:

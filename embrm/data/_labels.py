@@ -33,13 +33,17 @@ MIN_PAIRS_FOR_SPLIT = 20
 
 def split_prompts(prompt_ids, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split the distinct prompt ids into (train_ids, test_ids), disjoint, each sorted, as str arrays.
-    The test side gets round(test_size * n_prompts) prompts, at least 1 (and the train side at least 1)."""
+    The test side gets round(test_size * n_prompts) prompts; a size that leaves either side empty is refused."""
     if not 0 < test_size < 1:
         raise EmbrmError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
     ids = np.asarray(pl.Series(prompt_ids).cast(pl.Utf8).drop_nulls().unique().sort().to_numpy()).astype(str)
     if len(ids) < 2:
         raise EmbrmError(f"only {len(ids)} distinct prompt(s): a prompt split needs at least 2 prompts")
-    n_test = min(max(int(round(test_size * len(ids))), 1), len(ids) - 1)
+    n_test = int(round(test_size * len(ids)))
+    if not 1 <= n_test <= len(ids) - 1:  # a test (or train) side of no prompt: the size says nothing of the split
+        side = "test" if n_test < 1 else "training"
+        raise EmbrmError(f"test_size {test_size:g} of {len(ids)} prompts leaves the {side} side empty: use a test_size "
+                         f"between {0.5 / len(ids):.3g} and {1 - 0.5 / len(ids):.3g}", field="test_size")
     perm = np.random.default_rng(seed).permutation(len(ids))
     return np.sort(ids[perm[n_test:]]), np.sort(ids[perm[:n_test]])
 

@@ -73,13 +73,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from embrm.core import SEED, EmbrmError, check_value
+from embrm.core import SEED, EmbrmError, Integer, Number, check_size, check_value
 from embrm.data._dataset import Dataset
 
-__all__ = ["OveroptTruth", "ideal_proxy_curve", "overopt_dataset", "overopt_truth"]
+__all__ = ["OveroptTruth", "PARAMS", "ideal_proxy_curve", "overopt_dataset", "overopt_truth"]
 
 CHUNK_ROWS = 1 << 16
 MAX_CELLS = 1 << 30  # embedding floats of one generated dataset (4 GB of float32): beyond that, refuse
+ROW_BYTES = 160  # a response's row in the table (ids and placeholder texts) while it is built
+# Every parameter's rule, checked by overopt_dataset, overopt_truth and a declaration's `params`. The constants'
+# bounds keep the gold finite in float32 and far beyond any calibrated setting (module docstring).
+PARAMS = {
+    "n_prompts": Integer(2, 10_000_000), "n_candidates": Integer(2, 1_000_000), "dim": Integer(2, 65_536),
+    "seed": SEED, "hack": Number(-100, 100), "hack_penalty": Number(0, 100), "threshold": Number(-100, 100),
+    "nonlinear": Number(0, 100), "n_features": Integer(1, 4096), "prompt_spread": Number(0, 100),
+    "prompt_hack_spread": Number(0, 100), "chunk_rows": Integer(1, 1 << 24),
+}
 
 @dataclass(frozen=True, eq=False)
 class OveroptTruth:
@@ -179,7 +188,7 @@ def overopt_dataset(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 3
     (``OveroptTruth``) is ``overopt_truth`` of the same arguments; the dataset's ``source`` states the gold in words.
     ``seed`` fixes everything: the same arguments give identical data."""
     truth, rng = _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, threshold, nonlinear,
-                                n_features, prompt_spread, prompt_hack_spread)
+                                n_features, prompt_spread, prompt_hack_spread, chunk_rows)
     n_prompts, n_candidates, dim, mu = truth.n_prompts, truth.n_candidates, truth.dim, truth.mu
     n = n_prompts * n_candidates
     prompt_index = np.repeat(np.arange(n_prompts, dtype=np.int64), n_candidates)
@@ -228,27 +237,34 @@ def overopt_truth(n_prompts: int = 100, n_candidates: int = 2000, dim: int = 32,
     """The OveroptTruth of overopt_dataset with the same arguments (the directions are the seed's first draws), without
     generating any data."""
     return _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, threshold, nonlinear, n_features,
-                          prompt_spread, prompt_hack_spread)[0]
+                          prompt_spread, prompt_hack_spread, chunk_rows)[0]
+
+
+def planned_bytes(n_prompts: int, n_candidates: int, dim: int, n_features: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """About the peak memory of overopt_dataset: the embeddings, gold and table, the structure and prompt means,
+    and one chunk's projections (float32, then float64 for the cosines)."""
+    n = n_prompts * n_candidates
+    chunk = min(n, chunk_rows)
+    return (n * (4 * dim + 8 + 8 + ROW_BYTES) + n_prompts * dim * 12 + dim * (n_features + 2) * 8
+            + chunk * (4 * dim + 20 * (n_features + 2)))
 
 
 def _truth_and_rng(n_prompts, n_candidates, dim, seed, hack, hack_penalty, threshold, nonlinear, n_features,
-                   prompt_spread, prompt_hack_spread) -> tuple[OveroptTruth, np.random.Generator]:
+                   prompt_spread, prompt_hack_spread, chunk_rows) -> tuple[OveroptTruth, np.random.Generator]:
     """The checked constants, structure and prompt means, and the generator positioned after their draws."""
-    if n_prompts < 2 or n_candidates < 2 or dim < 2 or n_features < 1:
-        raise EmbrmError(f"overopt_dataset: need n_prompts >= 2, n_candidates >= 2, dim >= 2, n_features >= 1 "
-                         f"(got {n_prompts}, {n_candidates}, {dim}, {n_features})")
-    for name, value in (("hack_penalty", hack_penalty), ("prompt_spread", prompt_spread),
-                        ("prompt_hack_spread", prompt_hack_spread), ("nonlinear", nonlinear)):
-        if not (np.isfinite(value) and value >= 0):
-            raise EmbrmError(f"overopt_dataset: {name} must be a finite number >= 0, got {value}")
-    if not (np.isfinite(hack) and np.isfinite(threshold)):
-        raise EmbrmError("overopt_dataset: hack and threshold must be finite")
-    check_value("seed", seed, SEED)
-    n_prompts, n_candidates, dim = int(n_prompts), int(n_candidates), int(dim)
+    given = dict(n_prompts=n_prompts, n_candidates=n_candidates, dim=dim, seed=seed, hack=hack,
+                 hack_penalty=hack_penalty, threshold=threshold, nonlinear=nonlinear, n_features=n_features,
+                 prompt_spread=prompt_spread, prompt_hack_spread=prompt_hack_spread, chunk_rows=chunk_rows)
+    for name, value in given.items():
+        check_value(f"overopt_dataset: {name}", value, PARAMS[name], field=name)
+    n_prompts, n_candidates, dim, n_features = int(n_prompts), int(n_candidates), int(dim), int(n_features)
     if n_prompts * n_candidates * dim > MAX_CELLS:
         raise EmbrmError(f"overopt_dataset: {n_prompts} x {n_candidates} candidates x {dim} dims would need "
                          f"{n_prompts * n_candidates * dim * 4 / 2**30:.1f} GB of embeddings (at most "
                          f"{MAX_CELLS * 4 / 2**30:.0f} GB): use fewer prompts, candidates or dims")
+    check_size("overopt_dataset", f"{n_prompts} prompts x {n_candidates} candidates x {dim} dims "
+               f"({n_features} features)", planned_bytes(n_prompts, n_candidates, dim, n_features, chunk_rows),
+               "use fewer prompts, candidates, dims or features")
     rng = np.random.default_rng(seed)
     u, v, wf, bf, cf = _structure(dim, n_features, rng)
     z = rng.standard_normal((n_prompts, dim))

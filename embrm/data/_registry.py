@@ -6,7 +6,7 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     # my-pool.toml                         embrm embed my-pool.toml; embrm fit my-pool.toml ...; a study's datasets
     [dataset]
     path = "pool.jsonl"                  # relative to this file
-    name = "my-pool"                     # optional (default: the file name)
+    name = "my-pool"                     # optional (default: the file name); a plain name (letters, digits, . _ -)
     answer_source = "model"              # optional: the column naming who wrote each answer (a model, a policy):
                                          # the length-controlled gold holds it fixed (rewards.controlled_gold)
     [dataset.columns]                    # any of: prompt_id, prompt, response, gold, response_key, chosen, rejected
@@ -17,7 +17,7 @@ given as options), or a declaration file (TOML) that a command, a study and a no
     [dataset.exclude]                    # responses that never label, train or enter an evaluated pool
     column = "model"
     pattern = "^NullModel$|_verbose$"    # a regular expression (or values = ["a", "b"])
-    name = "probes"                      # what they are, in reports ("pool+probes")
+    name = "probes"                      # what they are, in reports and file names ("pool+probes"): a plain name
 
 A declaration (a file's [dataset] table or a study's [[datasets]] table) may keep only some prompts: `prompts = N`
 takes the first N prompts in sorted prompt-id order (a quick study on a real pool; the subset is part of the jobs'
@@ -29,7 +29,9 @@ is a dataset too: `overopt` on the command line (default size), or in a study
     [[datasets]]
     generate = "overopt"
     name = "overopt"
-    params = { n_prompts = 100, n_candidates = 10000, seed = 0 }   # any keyword of embrm.data.overopt_dataset
+    params = { n_prompts = 100, n_candidates = 10000, seed = 0 }   # any keyword of embrm.data.overopt_dataset, each
+                                                                   # checked by its rule (overopt.PARAMS) and the
+                                                                   # memory the pool would take
 
 Its embeddings come with it (Dataset.vectors): nothing is embedded or cached.
 
@@ -46,20 +48,27 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import re._constants as re_ops  # the parse tree's opcodes: possessive repeats and atomic groups (Python >= 3.11)
+import re._parser as re_parser
+import shutil
+import sys
 import tomllib
 import urllib.request
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, Integer, check_name, check_nesting, check_size, is_int, shown
 from embrm.data._array_dataset import array_sources, load_array_dataset
-from embrm.data._arrays import _sha256
+from embrm.data._arrays import _sha256, state_dir
 from embrm.data._dataset import Dataset, load_file, load_pairs, load_pool
 from embrm.data._overopt import overopt_dataset, overopt_truth
 from embrm.data._sun_layout import check_sun_dataset, sun_dataset
+
+PROMPTS = Integer(1, 2 ** 31 - 1)  # a declaration's `prompts = N` (a study also needs enough to split: studies)
 
 
 @dataclass(frozen=True)
@@ -71,10 +80,20 @@ class Generator:
     description: str
 
 
+def _check_sun(**params) -> None:
+    """sun_dataset's own rules, then its arrays (float32 embeddings + gold) against the free disk where they go."""
+    check_sun_dataset(**params)
+    v = {k: p.default for k, p in inspect.signature(sun_dataset).parameters.items()} | params
+    rows = v["train_prompts"] * v["train_responses"] + v["test_prompts"] * v["test_responses"]
+    where = next(p for p in (state_dir() / "generated").absolute().parents if p.exists())
+    check_size("sun_dataset", f"{rows} responses x {v['dim']} dims", rows * (4 * v["dim"] + 4),
+               "use fewer prompts, responses or dims", free=shutil.disk_usage(where).free, kind=f"disk under {where}")
+
+
 GENERATORS = {"overopt": Generator(overopt_dataset, overopt_truth,
                                    "pools with a known gold that turns down along a hackable direction: learned "
                                    "over-optimisation (params: n_prompts, n_candidates, dim, seed, hack, ...)"),
-              "sun": Generator(sun_dataset, check_sun_dataset,
+              "sun": Generator(sun_dataset, _check_sun,
                                "arrays in Sun et al.'s release layout (train and test splits, no texts) with a "
                                "planted gold, written once and read from disk (params: train_prompts, "
                                "train_responses, test_prompts, test_responses, dim, seed)")}
@@ -109,16 +128,55 @@ class Exclusion:
 
     @classmethod
     def checked(cls, column: str, pattern: str, name: str, where: str) -> "Exclusion":
+        """The rule, if polars' regex engine (which runs it) reads `pattern` as Python's re does: each refusal names
+        the construct the two engines disagree on."""
+        check_name(where, "name", name)
+        if not isinstance(column, str) or not column:
+            raise EmbrmError(f"{where}: column must be a column name, got {shown(column)}")
+        if not isinstance(pattern, str) or not pattern:
+            raise EmbrmError(f"{where}: pattern must be a non-empty string (a regular expression), got "
+                             f"{shown(pattern)}")
         try:
-            re.compile(pattern)
-        except re.error as e:
-            raise EmbrmError(f"{where}: pattern {pattern!r} is not a regular expression ({e})") from None
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                tree = re_parser.parse(pattern)  # not re.compile: its cache would hide the warnings on a re-check
+                re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise EmbrmError(f"{where}: pattern {_brief(pattern)} is not a regular expression ({e})") from None
+        if any(issubclass(w.category, FutureWarning) for w in said):  # "Possible nested set / set difference ..."
+            raise EmbrmError(f"{where}: pattern {_brief(pattern)} has '[' or '&&', '--', '~~', '||' inside a class, "
+                             f"which the matcher reads as nested classes or set operations: escape them (\\[, \\&)")
+        if _possessive(tree):
+            raise EmbrmError(f"{where}: pattern {_brief(pattern)} has a possessive quantifier (a++, a*+, a?+, a{{n}}+) "
+                             f"or an atomic group (?>...), which the matcher reads as a nested repeat or refuses: "
+                             f"drop the extra '+' (or the group)")
         try:  # the rule runs in polars' engine, which lacks look-around and backreferences
             pl.Series([""]).str.contains(pattern)
-        except pl.exceptions.PolarsError:
-            raise EmbrmError(f"{where}: pattern {pattern!r} uses look-around or a backreference, which the matcher "
-                             f"does not support: rewrite it without them") from None
+        except pl.exceptions.PolarsError as e:
+            why = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("error:")), "")
+            raise EmbrmError(f"{where}: pattern {_brief(pattern)} is not supported by the matcher (polars' regex: "
+                             f"{why or 'refused'}; it has no look-around, backreferences, atomic groups or \\Z): "
+                             f"rewrite it without them") from None
         return cls(column, pattern, name)
+
+
+def _brief(pattern: str) -> str:
+    """A pattern as written, cut short: an error stays one readable line."""
+    return repr(pattern) if len(pattern) <= 200 else repr(pattern[:200]) + "..."
+
+
+def _possessive(tree) -> bool:
+    """Whether a parsed pattern (re's parse tree) holds a possessive repeat or an atomic group, at any depth."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, re_parser.SubPattern):
+            stack.extend(node.data)
+        elif isinstance(node, (list, tuple)):
+            if node and node[0] in (re_ops.POSSESSIVE_REPEAT, re_ops.ATOMIC_GROUP):
+                return True
+            stack.extend(node)
+    return False
 
 
 @dataclass(frozen=True)
@@ -287,6 +345,8 @@ def dataset_spec(source: "str | Path | DatasetSpec", *, name: str | None = None,
         raise EmbrmError(f"unknown column option(s) {', '.join(unknown)}: use {', '.join(roles)}")
     if isinstance(exclude, str):
         exclude = Exclusion.parse(exclude)
+    if name is not None:
+        check_name("dataset", "name", name)
     if given or name or exclude:
         spec = replace(spec, name=name or spec.name, columns=tuple(sorted({**dict(spec.columns), **given}.items())),
                        exclude=exclude or spec.exclude)
@@ -308,10 +368,9 @@ def spec_from_table(doc: dict, where: str, base: Path = Path(".")) -> DatasetSpe
     for key in doc:
         if key not in allowed:
             raise EmbrmError(f"{where}: unknown key '{key}': allowed keys are {', '.join(sorted(allowed))}")
-    if not isinstance(doc.get("path"), str) or not doc["path"].strip():
+    if not isinstance(doc.get("path"), str) or not doc["path"].strip() or "\0" in doc["path"]:
         raise EmbrmError(f"{where}: needs path = a data file (relative to the declaration) or a named dataset")
-    if not isinstance(doc.get("name", ""), str):
-        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    _declared_name(doc, where)
     if not isinstance(doc.get("answer_source", ""), str):
         raise EmbrmError(f"{where}: answer_source must be a column name (the column naming each answer's author)")
     prompts = _prompts(doc, where)
@@ -331,18 +390,25 @@ def _array_spec(doc: dict, where: str, base: Path) -> DatasetSpec:
     if unknown:
         raise EmbrmError(f"{where}: unknown key '{sorted(unknown)[0]}': an array dataset takes name, prompts, and "
                          f"embeddings + gold or [train] and [test] tables")
-    if not isinstance(doc.get("name", ""), str):
-        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    _declared_name(doc, where)
     sources = array_sources(doc, where, base)
     name = doc.get("name") or Path(sources[0].embeddings).stem
     return DatasetSpec(sources[0].embeddings, name, prompts=_prompts(doc, where), arrays=sources)
 
 
+def _declared_name(doc: dict, where: str) -> None:
+    """A declared name becomes part of file names (plots, results): a string, and a plain name."""
+    if not isinstance(doc.get("name", ""), str):
+        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    if "name" in doc:
+        check_name(where, "name", doc["name"])
+
+
 def _prompts(doc: dict, where: str) -> int:
     prompts = doc.get("prompts", 0)
-    if "prompts" in doc and (isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1):
-        raise EmbrmError(f"{where}: prompts must be a positive integer (the first N prompts in sorted prompt-id "
-                         f"order), got {prompts!r}")
+    if "prompts" in doc and not PROMPTS.ok(prompts):
+        raise EmbrmError(f"{where}: prompts must be a positive integer (at most {PROMPTS.hi}: the first N prompts in "
+                         f"sorted prompt-id order), got {shown(prompts)}", field="prompts")
     return prompts
 
 
@@ -355,17 +421,14 @@ def _generated_spec(doc: dict, where: str) -> DatasetSpec:
     kind, params = doc["generate"], doc.get("params", {})
     if not isinstance(kind, str) or kind not in GENERATORS:
         raise EmbrmError(f"{where}: generate = {kind!r} is not a generator: use one of {', '.join(GENERATORS)}")
-    if not isinstance(doc.get("name", ""), str):
-        raise EmbrmError(f"{where}: name must be a string (what reports call the dataset)")
+    _declared_name(doc, where)
     keywords = [k for k in inspect.signature(GENERATORS[kind].make).parameters if k != "chunk_rows"]
     if not isinstance(params, dict):
         raise EmbrmError(f"{where}: params must be a table of {', '.join(keywords)}")
-    for key, value in params.items():
+    for key in params:
         if key not in keywords:
             raise EmbrmError(f"{where} params: unknown key '{key}': use {', '.join(keywords)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EmbrmError(f"{where} params: {key} must be a number, got {value!r}")
-    try:
+    try:  # each generator checks its parameters' rules (and the memory or disk they need)
         GENERATORS[kind].check(**params)
     except EmbrmError as e:
         raise EmbrmError(f"{where} params: {e}") from None
@@ -382,12 +445,12 @@ def _exclusion_from(doc, where: str) -> Exclusion | None:
     pattern = doc.get("pattern")
     if pattern is None:
         values = doc["values"]
-        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int)) for v in values):
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) or is_int(v) for v in values):
             raise EmbrmError(f"{where}: values must be a non-empty list of strings (the column values to exclude)")
         pattern = "^(" + "|".join(re.escape(str(v)) for v in values) + ")$"
     elif not isinstance(pattern, str) or not pattern:
         raise EmbrmError(f"{where}: pattern must be a non-empty string (a regular expression)")
-    return Exclusion.checked(doc["column"], pattern, str(doc.get("name", "excluded")), where)
+    return Exclusion.checked(doc["column"], pattern, doc.get("name", "excluded"), where)
 
 
 def read_declaration(path: str | Path) -> DatasetSpec:
@@ -399,8 +462,17 @@ def read_declaration(path: str | Path) -> DatasetSpec:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EmbrmError(f"{path}: not valid TOML ({e})") from None
+    except ValueError:  # an integer past Python's digit limit
+        raise EmbrmError(f"{path}: not valid TOML (a number has more than {sys.get_int_max_str_digits()} digits)") \
+            from None
+    except RecursionError:
+        raise EmbrmError(f"{path}: not valid TOML (arrays or inline tables nested too deep to read): flatten "
+                         f"them") from None
+    except MemoryError:
+        raise EmbrmError(f"{path}: too large to read as a dataset declaration: it should be a few lines") from None
     except OSError as e:
         raise EmbrmError(f"{path}: cannot read the declaration ({e.strerror or e}): check its permissions") from None
+    check_nesting(str(path), doc)
     if set(doc) != {"dataset"}:
         raise EmbrmError(f"{path}: a dataset declaration holds one [dataset] table (path, name, columns, exclude)")
     spec = spec_from_table(doc["dataset"], f"{path} [dataset]", path.parent)
@@ -473,8 +545,8 @@ HALF_SEED = 20_260_101  # fixed: the two halves of a dataset are the same on eve
 def half_of(ds: Dataset, half: int) -> Dataset:
     """One of two disjoint halves of the dataset's prompts (a seeded permutation of the sorted prompt ids: half 1
     the first floor(P / 2), half 2 the rest), for replication checks; human pairs keep the pairs of their half."""
-    if half not in (1, 2):
-        raise EmbrmError(f"half must be 1 or 2, got {half!r}")
+    if not is_int(half) or half not in (1, 2):
+        raise EmbrmError(f"half must be 1 or 2, got {shown(half)}", field="half")
     prompts = ds.responses["prompt_id"].unique().sort().to_numpy()
     order = np.random.default_rng(HALF_SEED).permutation(len(prompts))
     mine = prompts[order[:len(prompts) // 2]] if half == 1 else prompts[order[len(prompts) // 2:]]

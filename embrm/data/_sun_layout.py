@@ -45,7 +45,7 @@ import numpy as np
 
 from embrm.core import SEED, EmbrmError, Integer, Progress, check_choice, check_value, write_atomic
 from embrm.data._array_dataset import ArraySource, load_array_dataset
-from embrm.data._arrays import state_dir
+from embrm.data._arrays import npy_file_header, state_dir
 
 __all__ = ["SunLayout", "planted_gold", "write_sun_layout"]
 
@@ -172,7 +172,7 @@ def _complete(layout: SunLayout) -> bool:
             if _header(emb) != (shape + (p["dim"],), np.dtype(p["dtype"])) or \
                     _header(gold) != (shape + (1,), np.dtype(np.float32)):
                 return False
-    except (OSError, ValueError):
+    except (OSError, ValueError, EmbrmError):
         return False
     return True
 
@@ -182,13 +182,11 @@ def _without_name(params) -> dict | None:
 
 
 def _header(path: Path) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) of a .npy file whose size matches its header (a truncated file raises ValueError)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dt = read(f)
-        if fortran or os.fstat(f.fileno()).st_size != f.tell() + math.prod(shape) * dt.itemsize:
-            raise ValueError(f"{path}: not a complete C-order array")
+    """(shape, dtype) of a .npy file whose size matches its header (through the shared header check: a damaged or
+    lying header raises EmbrmError, a file of another size ValueError)."""
+    shape, fortran, dt, offset = npy_file_header(path)
+    if fortran or path.stat().st_size != offset + math.prod(shape) * dt.itemsize:
+        raise ValueError(f"{path}: not a complete C-order array")
     return tuple(shape), dt
 
 

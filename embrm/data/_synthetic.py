@@ -9,7 +9,8 @@ Model (all float32; ``x`` is a candidate's embedding):
     gold   = s + nonlinear * f - hack_penalty * relu(h)^2
     member k score:
     R_k    = s + nonlinear * f + hack_k * h + error * (e_k . x)
-             hack_k = hack * (1 + member_spread * z_k), z_k standardised N(0, 1) draws:   every member rewards the hackable direction
+             hack_k = hack * (1 + member_spread * z_k), z_k standardised N(0, 1) draws:   every member rewards the
+             hackable direction
              that gold penalises at large values, by a member-specific amount; e_k: a member-specific random unit
              direction (structured error, what fitting on finite noisy labels leaves behind).
 
@@ -32,7 +33,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError
+from embrm.core import SEED, EmbrmError, Integer, Number, check_size, check_value, shown
+
+# Every parameter's rule (the bounds keep the gold and scores finite in float32; see the module docstring).
+PARAMS = {
+    "n_prompts": Integer(1, 10_000_000), "n_candidates": Integer(1, 1_000_000), "dim": Integer(2, 65_536),
+    "k_members": Integer(1, 1024), "hack": Number(-100, 100), "hack_penalty": Number(0, 100),
+    "member_spread": Number(0, 100), "error": Number(0, 100), "nonlinear": Number(0, 100),
+    "n_features": Integer(1, 4096), "prompt_spread": Number(0, 100), "seed": SEED, "chunk_rows": Integer(1, 1 << 24),
+}
+ROW_BYTES = {False: 64, True: 160}  # a response's row in the table while it is built (without / with texts)
 
 
 @dataclass
@@ -56,6 +66,26 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=0, keepdims=True)
 
 
+def _candidate_range(n_candidates) -> tuple[int, int]:
+    """(lo, hi) of the pool sizes: n_candidates itself, or an inclusive (lo, hi) range."""
+    if not isinstance(n_candidates, (tuple, list)):
+        check_value("synthetic_pool: n_candidates", n_candidates, PARAMS["n_candidates"], field="n_candidates")
+        return int(n_candidates), int(n_candidates)
+    if len(n_candidates) != 2 or not all(PARAMS["n_candidates"].ok(v) for v in n_candidates) or \
+            n_candidates[0] > n_candidates[1]:
+        raise EmbrmError(f"synthetic_pool: n_candidates = {shown(n_candidates)}: give a pool size or a (lo, hi) range "
+                         f"with 1 <= lo <= hi <= {PARAMS['n_candidates'].hi}", field="n_candidates")
+    return int(n_candidates[0]), int(n_candidates[1])
+
+
+def _planned_bytes(n_prompts, n_candidates, dim, k, n_features, embeddings, texts, chunk_rows) -> int:
+    """About the peak memory of synthetic_pool at its largest pools: outputs, table and one chunk's projections."""
+    n = n_prompts * n_candidates
+    chunk = min(n, chunk_rows)
+    return (n * ((4 * dim if embeddings else 0) + 4 * k + 24 + ROW_BYTES[texts]) + n_prompts * dim * 12
+            + chunk * (4 * dim + 12 * (2 + n_features + k)))
+
+
 def synthetic_pool(n_prompts: int = 1000, n_candidates: int | tuple[int, int] = 64, *, dim: int = 64,
                    k_members: int = 10, hack: float = 1.2, hack_penalty: float = 0.35, member_spread: float = 0.5,
                    error: float = 0.3, nonlinear: float = 0.5, n_features: int = 32, prompt_spread: float = 1.0,
@@ -71,18 +101,21 @@ def synthetic_pool(n_prompts: int = 1000, n_candidates: int | tuple[int, int] = 
     """
     import torch
 
-    if n_prompts < 1 or dim < 2 or k_members < 1 or n_features < 1:
-        raise EmbrmError("synthetic_pool: need n_prompts >= 1, dim >= 2, k_members >= 1, n_features >= 1")
+    given = dict(n_prompts=n_prompts, dim=dim, k_members=k_members, hack=hack, hack_penalty=hack_penalty,
+                 member_spread=member_spread, error=error, nonlinear=nonlinear, n_features=n_features,
+                 prompt_spread=prompt_spread, seed=seed, chunk_rows=chunk_rows)
+    for name, value in given.items():
+        check_value(f"synthetic_pool: {name}", value, PARAMS[name], field=name)
+    for name, value in (("embeddings", embeddings), ("texts", texts)):
+        if not isinstance(value, bool):
+            raise EmbrmError(f"synthetic_pool: {name} must be true or false, got {shown(value)}", field=name)
+    lo, hi = _candidate_range(n_candidates)
+    check_size("synthetic_pool", f"{n_prompts} prompts x up to {hi} candidates x {dim} dims",
+               _planned_bytes(n_prompts, hi, dim, k_members, n_features, embeddings, texts, chunk_rows),
+               "use fewer prompts, candidates, dims, members or features (or embeddings=False)")
     rng = np.random.default_rng(seed)
-    if isinstance(n_candidates, (tuple, list)):
-        lo, hi = (int(v) for v in n_candidates)
-        if not 1 <= lo <= hi:
-            raise EmbrmError(f"n_candidates = {n_candidates}: need 1 <= lo <= hi")
-        sizes = rng.integers(lo, hi + 1, n_prompts)
-    else:
-        if int(n_candidates) < 1:
-            raise EmbrmError(f"n_candidates = {n_candidates}: need >= 1")
-        sizes = np.full(n_prompts, int(n_candidates))
+    sizes = rng.integers(lo, hi + 1, n_prompts) if isinstance(n_candidates, (tuple, list)) else \
+        np.full(n_prompts, hi)
     n = int(sizes.sum())
     prompt_index = np.repeat(np.arange(n_prompts, dtype=np.int64), sizes)
 

@@ -13,6 +13,7 @@ from embrm.embedding._embed import (
     embed_dataset,
     embed_views,
     render,
+    template_halves,
     view_groups,
 )
 from embrm.embedding._importer import SUFFIXES, import_embeddings
@@ -25,6 +26,6 @@ from embrm.embedding._verify import cache_dirs, leftovers, repair, verify
 __all__ = [
     "cache_dirs", "cached_embeddings", "CHAT", "DEFAULT_CACHE_DIR", "DEFAULT_TEMPLATE", "embed_dataset",
     "embed_on_ray", "embed_views", "EmbedderConfig", "EmbeddingCache", "EmbedResult", "EmbedRoute",
-    "import_embeddings", "leftovers", "live_embedder", "OnlineVectors", "parsed_views", "ray_session", "render", "repair", "RUNNERS", "Shard",
-    "ShardResult", "SUFFIXES", "verify", "view_groups", "WHOLE"
+    "import_embeddings", "leftovers", "live_embedder", "OnlineVectors", "parsed_views", "ray_session", "render",
+    "repair", "RUNNERS", "Shard", "ShardResult", "SUFFIXES", "template_halves", "verify", "view_groups", "WHOLE"
 ]

@@ -14,15 +14,22 @@ an unlisted part, which the next writer removes. Every read checks the whole fil
 manifest (any flipped byte, truncation or swapped file is refused; about 4 GB/s) and Parquet's page checksums;
 `verify` also checks SHA-256, the footer and the values. Labels and gold scores never live here: they join on
 `key`. Writers take an exclusive lock on `.lock`; readers need none (parts are immutable, the manifest is replaced
-atomically).
+atomically; a reader that finds a listed part gone re-reads the manifest, which a merge replaced). The cache
+stays inside itself: a manifest may list only names the cache writes (`part-<20 digits>-<8 hex>.parquet`), and a
+part, manifest or fingerprint file must be a regular file, not a link, device or pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import re
+import shlex
+import shutil
+import stat
 import time
 import uuid
 import zlib
@@ -42,6 +49,8 @@ SCHEMA_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
 MANIFEST_FILE = "manifest.json"
 PART_GLOB = "part-*.parquet"
+PART_NAME = re.compile(r"part-[0-9]{20}-[0-9a-f]{8}\.parquet", re.ASCII)  # what _add_part names a part, nothing else
+READ_RETRIES = 5  # re-reads of a manifest replaced (by a merge) under a reader, before a missing part is damage
 COLUMNS = ("key", "embedding", "n_tokens", "truncated", "response_cut")
 
 
@@ -106,18 +115,61 @@ class Manifest:
 
     @classmethod
     def parse(cls, path: Path) -> Manifest:
-        """Raises EmbrmError for anything but an intact manifest (truncated, edited, wrong schema)."""
+        """Raises EmbrmError for anything but an intact manifest (truncated, edited, wrong schema) and for one that
+        names a file outside the cache directory, before any part is opened: the digest catches damage, not a
+        forger who recomputes it, so every entry is checked as well."""
         try:
-            doc = json.loads(path.read_bytes())
-            body = {k: doc[k] for k in ("schema_version", "fingerprint", "dim", "parts")}
-            ok = doc["digest"] == _digest(body) and body["schema_version"] == SCHEMA_VERSION
-            parts = tuple(PartEntry(**p) for p in body["parts"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            ok = False
-        if not ok:
-            raise EmbrmError(f"{path}: corrupt or edited manifest: run `embrm cache verify --repair "
+            problem = None if is_plain_file(path) else "not a regular file"
+            manifest = None if problem else _parsed(json.loads(path.read_bytes()))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            problem = str(e) if isinstance(e, _BadManifest) else "unreadable or incomplete"
+        if problem is not None:
+            raise EmbrmError(f"{path}: corrupt or edited manifest ({problem}): run `embrm cache verify --repair "
                              f"{path.parent}` (it re-lists the parts that pass every check)")
-        return cls(body["fingerprint"], body["dim"], parts)
+        return manifest
+
+
+class _BadManifest(ValueError):
+    """A manifest whose digest checks out but whose content a cache never writes."""
+
+
+def _parsed(doc: dict) -> Manifest:
+    body = {k: doc[k] for k in ("schema_version", "fingerprint", "dim", "parts")}
+    if doc["digest"] != _digest(body) or body["schema_version"] != SCHEMA_VERSION:
+        raise _BadManifest("digest or schema version mismatch")
+    dim = body["dim"]
+    if not isinstance(body["fingerprint"], str) or not (dim is None or _count(dim) and dim > 0):
+        raise _BadManifest("bad fingerprint or dim")
+    parts = tuple(_entry(p) for p in body["parts"])
+    names = [p.name for p in parts]
+    if len(set(names)) < len(names):
+        raise _BadManifest("a part listed twice")
+    if parts and dim is None:
+        raise _BadManifest("parts listed without a dim")
+    return Manifest(body["fingerprint"], dim, parts)
+
+
+def _entry(row: dict) -> PartEntry:
+    entry = PartEntry(**row)
+    if not (isinstance(entry.name, str) and PART_NAME.fullmatch(entry.name)):
+        raise _BadManifest(f"part name {ascii(entry.name)[:80]} is not a part of this directory")
+    if not (all(map(_count, (entry.rows, entry.bytes, entry.crc32))) and entry.crc32 < 2**32
+            and isinstance(entry.sha256, str) and re.fullmatch(r"[0-9a-f]{64}", entry.sha256, re.ASCII)):
+        raise _BadManifest(f"bad rows, bytes or checksums for {entry.name}")
+    return entry
+
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def is_plain_file(path: Path) -> bool:
+    """A regular file itself (not a link, directory, device or pipe): what a cache's own files are. A link could
+    lead out of the cache, and a pipe or device would hang or never end a read."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _digest(body: dict) -> str:
@@ -127,11 +179,14 @@ def _digest(body: dict) -> str:
 def read_identity(path: Path) -> tuple[dict, str]:
     """(spec, fingerprint) from a cache directory's fingerprint.json, checked against itself and the dir name."""
     fp_file = path / FINGERPRINT_FILE
+    if not fp_file.exists() and not fp_file.is_symlink():
+        raise EmbrmError(f"{fp_file}: missing: run `embrm cache verify --repair {path}` (it restores the file from "
+                         f"the parts)")
     try:
-        doc = json.loads(fp_file.read_bytes())
+        doc = json.loads(fp_file.read_bytes()) if is_plain_file(fp_file) else None
         spec, fingerprint = doc["spec"], doc["fingerprint"]
         ok = isinstance(spec, dict) and fingerprint == fingerprint_of(spec) and path.name.endswith(fingerprint[:16])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         ok = False
     if not ok:
         raise EmbrmError(f"{fp_file}: corrupt or edited fingerprint file: run `embrm cache verify --repair {path}` "
@@ -142,13 +197,26 @@ def read_identity(path: Path) -> tuple[dict, str]:
 # ----------------------------------------------------------------------------------------------- the cache
 
 
+MISSING = "listed in the manifest but missing"
+
+
 class CorruptPart(EmbrmError):
     """A listed part that cannot be trusted; `problem` says why (verify lists it, repair quarantines it)."""
 
-    def __init__(self, path: Path, problem: str, cache_path: Path):
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}: run `embrm cache verify --repair {cache_path}`, then `embrm embed` "
-                         f"to re-embed what it drops")
+    def __init__(self, path: Path, problem: str, cache_path: Path, refill: str = "re-run `embrm embed`"):
+        self.path, self.problem, self.missing = path, problem, problem == MISSING
+        super().__init__(f"{path}: {problem}: run `embrm cache verify --repair {cache_path}`, then {refill} to "
+                         f"refill what it drops")
+
+
+def refill_advice(spec: dict, cache_path: Path) -> str:
+    """The command that puts dropped vectors back: an imported cache is refilled from its file, not by a model."""
+    if spec.get("backend") != "imported":
+        return "re-run `embrm embed`"
+    opts = "".join(f" --{k} {shlex.quote(str(spec[k]))}" for k in ("model", "layer", "pooling", "key")
+                   if spec.get(k) is not None)
+    return (f"re-run `embrm import DATASET {shlex.quote(str(spec.get('file')))}{opts} --cache-dir "
+            f"{shlex.quote(str(cache_path.parent))}` (the import that filled it, with its --order/--template)")
 
 
 @dataclass
@@ -190,7 +258,7 @@ class EmbeddingCache:
     def open(cls, path: str | Path) -> EmbeddingCache:
         """Open an existing cache directory (for info/verify) from its fingerprint.json."""
         path = Path(path)
-        if not (path / FINGERPRINT_FILE).is_file():
+        if not looks_like_cache(path):
             raise EmbrmError(f"{path}: not an embrm cache directory (no {FINGERPRINT_FILE}): "
                              f"pass a directory listed by `embrm cache info`")
         spec, _ = read_identity(path)
@@ -198,13 +266,21 @@ class EmbeddingCache:
         cache.path = path
         return cache
 
+    @property
+    def refill(self) -> str:
+        return refill_advice(self.spec, self.path)
+
     # ------------------------------------------------------------------ manifest
 
     def manifest(self) -> Manifest:
         if self._manifest is None:
             file = self.path / MANIFEST_FILE
-            if file.exists():
-                self._manifest = Manifest.parse(file)
+            if file.exists() or file.is_symlink():
+                manifest = Manifest.parse(file)
+                if manifest.fingerprint != self.fingerprint:
+                    raise EmbrmError(f"{file}: corrupt or edited manifest (another embedder's fingerprint): run "
+                                     f"`embrm cache verify --repair {self.path}`")
+                self._manifest = manifest
             elif any(self.path.glob(PART_GLOB)):
                 raise EmbrmError(f"{self.path}: parts without a manifest (a cache from embrm < 0.3): run `embrm "
                                  f"cache verify --repair {self.path}` to check and list them")
@@ -231,7 +307,13 @@ class EmbeddingCache:
         import fcntl  # POSIX; imported here so that reading a cache needs nothing platform-specific
 
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a") as lock:
+        try:  # never through a link: a planted `.lock` must not create or open a file outside the cache
+            fd = os.open(self.path / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if not (self.path / ".lock").is_symlink():
+                raise
+            raise EmbrmError(f"{self.path / '.lock'}: a link where the cache's lock file belongs: remove it") from e
+        with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._locked, self._manifest, self._index = True, None, None
             try:
@@ -314,23 +396,46 @@ class EmbeddingCache:
         if not strong and entry.name in self._tables:
             return self._tables[entry.name]
         path = self.path / entry.name
-        if path.is_dir():
-            raise CorruptPart(path, "a directory where a cache part belongs", self.path)
-        try:
+        try:  # one lstat: a part a merge deletes meanwhile is missing (a reader retries), never "not a file"
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a directory" if stat.S_ISDIR(mode) else "a link, device or pipe"
+                raise CorruptPart(path, f"{kind} where a cache part belongs", self.path, self.refill)
             with pa.OSFile(str(path)) as f:  # one read into an Arrow buffer: checked, then parsed without a copy
                 data = f.read_buffer()
         except FileNotFoundError:
-            raise CorruptPart(path, "listed in the manifest but missing", self.path) from None
+            raise CorruptPart(path, MISSING, self.path, self.refill) from None
         if (problem := entry.check(data, strong)) is not None:
-            raise CorruptPart(path, problem, self.path)
+            raise CorruptPart(path, problem, self.path, self.refill)
         table = parse_part(data, self.fingerprint)
         if isinstance(table, str):
-            raise CorruptPart(path, table, self.path)
+            raise CorruptPart(path, table, self.path, self.refill)
         self._tables[entry.name] = table
         return table
 
+    def _fresh(self, read):
+        """`read()`, started over from the manifest on disk when a listed part vanished because another process
+        replaced the manifest meanwhile (a merge deletes the parts it replaced): damage only if it stays missing."""
+        for _ in range(READ_RETRIES):
+            try:
+                return read()
+            except CorruptPart as e:
+                if not (e.missing and self._manifest_changed()):
+                    raise
+                self._manifest, self._index = None, None
+        return read()
+
+    def _manifest_changed(self) -> bool:
+        try:
+            return Manifest.parse(self.path / MANIFEST_FILE) != self._manifest
+        except (EmbrmError, OSError):  # gone or damaged: manifest() says so on the next try
+            return True
+
     def index(self) -> pl.DataFrame:
         """key -> (part number, row in part); the first copy of a key wins."""
+        return self._fresh(self._built_index)
+
+    def _built_index(self) -> pl.DataFrame:
         if self._index is None:
             frames = [pl.DataFrame({"key": self.read_part(p).column("key").to_numpy(zero_copy_only=False)})
                       .with_columns(part=pl.lit(i, pl.Int32), row=pl.int_range(pl.len(), dtype=pl.Int64))
@@ -360,6 +465,9 @@ class EmbeddingCache:
     def gather(self, keys: list[str], *columns: str) -> tuple[np.ndarray, ...]:
         """Columns aligned with keys ("embedding" as the (n, d) float32 matrix, the flags as (n,) arrays), in one
         pass: one join and one read per part file, not per row or per column. Every key must be present."""
+        return self._fresh(lambda: self._gathered(keys, columns))
+
+    def _gathered(self, keys: list[str], columns: tuple[str, ...]) -> tuple[np.ndarray, ...]:
         where = pl.DataFrame({"key": keys}).with_row_index("pos").join(self.index(), on="key", how="left")
         if where["part"].null_count():
             first = where.filter(pl.col("part").is_null())["key"][0]
@@ -401,8 +509,17 @@ class EmbeddingCache:
             for leftover in self.leftovers():
                 if leftover.is_file():
                     leftover.unlink()
-            if len(manifest.parts) > 1:
-                self._merge(manifest)
+            if len(manifest.parts) > 1 and self._room_to_merge(manifest):
+                try:
+                    self._merge(manifest)
+                except OSError as e:  # out of space after all: the listed parts stay, and read as before
+                    if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                        raise
+
+    def _room_to_merge(self, manifest: Manifest) -> bool:
+        """Merging is only for speed: on a disk without room for the merged part (about the parts' size), the cache
+        stays in parts, so a warm command on a full disk still reads every vector."""
+        return shutil.disk_usage(self.path).free > 2 * sum(p.bytes for p in manifest.parts) + (64 << 20)
 
     compact = settle
 
@@ -422,10 +539,12 @@ class EmbeddingCache:
             (self.path / p.name).unlink(missing_ok=True)
 
     def info(self) -> CacheInfo:
-        manifest = self.manifest()
+        return self._fresh(self._info)
+
+    def _info(self) -> CacheInfo:
         index = self.index()
-        keys = index["key"].to_list()
-        truncated, response_cut = self.flags(keys)
+        truncated, response_cut = self.flags(index["key"].to_list())
+        manifest = self.manifest()  # the one index and flags were read from
         return CacheInfo(str(self.path), self.fingerprint, self.spec, manifest.dim, len(manifest.parts),
                          sum(p.rows for p in manifest.parts), len(index), sum(p.bytes for p in manifest.parts),
                          int(truncated.sum()), int(response_cut.sum()), len(self.leftovers()))
@@ -462,6 +581,12 @@ def _complete(table: pa.Table) -> pa.Table:
     if "response_cut" not in table.column_names:
         table = table.append_column("response_cut", pa.array(np.zeros(len(table), bool)))
     return table.select(list(COLUMNS)).replace_schema_metadata(None)
+
+
+def looks_like_cache(path: Path) -> bool:
+    """A cache directory, even one whose fingerprint.json or manifest.json is gone (verify says which)."""
+    own = [path / FINGERPRINT_FILE, path / MANIFEST_FILE]
+    return path.is_dir() and (any(f.exists() or f.is_symlink() for f in own) or any(path.glob(PART_GLOB)))
 
 
 def list_caches(root: str | Path) -> list[EmbeddingCache]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import string
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,17 +17,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, Progress, Rows
+from embrm.core import EmbrmError, Integer, Progress, Rows, check_value
 from embrm.data import Dataset
 from embrm.embedding._cache import EmbeddingCache, text_keys
 from embrm.embedding._chat import NO_TEMPLATE, ChatTemplate
-from embrm.embedding._shards import WHOLE, Shard, shard_batches
+from embrm.embedding._shards import WHOLE, Shard, record_plan, shard_batches
 from embrm.embedding.backends import make_embedder
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 CHAT = "chat"  # the model's own chat rendering of a user turn and an assistant turn (embrm.embedding._chat)
 TEMPLATE_NAMES = {"plain": DEFAULT_TEMPLATE, "default": DEFAULT_TEMPLATE}
 DEFAULT_CACHE_DIR = "cache"
+# The sizes of an embedder's work, checked when it is described (option, study key, API): a batch is one cache part
+# held in memory; a window or token budget beyond these is no model's.
+EMBEDDER_RULES = {
+    "batch_size": Integer(1, 65_536),
+    "max_length": Integer(1, 1_048_576, none=True),
+    "max_tokens": Integer(1, 1 << 30, none=True),
+    "layer": Integer(-4096, 4095),
+}
 
 
 @dataclass
@@ -86,6 +95,10 @@ class EmbedderConfig:
 
     def __post_init__(self):  # named templates are stored as what they stand for: one cache per text form
         object.__setattr__(self, "template", TEMPLATE_NAMES.get(self.template, self.template))
+        for name, rule in EMBEDDER_RULES.items():
+            check_value(name, getattr(self, name), rule)
+        if self.template != CHAT:  # a chat template is the model's own: checked when its tokenizer loads
+            template_halves(self.template)
 
     def build(self):
         if self.backend == "openai":
@@ -116,18 +129,41 @@ def render(responses: pl.DataFrame, template: str = DEFAULT_TEMPLATE,
             raise EmbrmError("--template chat needs the model's chat template (see chat_template_of in "
                              "embrm/embedding/_embed.py)")
         return chat.render(responses["prompt"].to_list(), responses["response"].to_list())
-    if "{prompt}" not in template or "{response}" not in template:
-        raise EmbrmError(f"template {template!r} must contain both {{prompt}} and {{response}}, or be 'chat' "
-                         f"(the model's chat template) or 'plain'")
-    head, tail = template.split("{response}", 1)
+    head, tail = template_halves(template)
     prompts, answers = responses["prompt"].to_list(), responses["response"].to_list()
-    try:
-        prefixes = [head.format(prompt=p) for p in prompts]
-        texts = [pre + a + tail.format(prompt=p) for pre, a, p in zip(prefixes, answers, prompts)]
-    except (KeyError, IndexError, ValueError) as e:
-        raise EmbrmError(f"template {template!r}: {e}: use only {{prompt}} and {{response}} "
-                         f"(write literal braces as {{{{ }}}})") from None
+    prefixes = [head.format(prompt=p) for p in prompts]
+    texts = [pre + a + tail.format(prompt=p) for pre, a, p in zip(prefixes, answers, prompts)]
     return texts, [len(p) for p in prefixes]
+
+
+def template_halves(template: str) -> tuple[str, str]:
+    """A template as (head, tail): format strings in {prompt} alone, on either side of its one {response} field.
+    Parsed as str.format parses it, so '{{prompt}}' is the literal text it renders to, not a field."""
+    fix = "use {prompt} and {response} (each a field; literal braces as {{ }}), or 'chat' or 'plain'"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise EmbrmError(f"template {template!r}: {e}: {fix}", field="template") from None
+    halves, fields = ([], []), []
+    for literal, name, spec, conversion in parts:
+        half = halves[fields.count("response")]
+        half.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        fields.append(name)
+        if name == "prompt":
+            half.append("{prompt" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
+        elif name != "response" or spec or conversion:
+            raise EmbrmError(f"template {template!r}: field {{{name}}} is not allowed: {fix}", field="template")
+    if fields.count("response") != 1 or "prompt" not in fields:
+        raise EmbrmError(f"template {template!r} must hold {{response}} once and {{prompt}} at least once (as "
+                         f"fields, not escaped): {fix}", field="template")
+    try:
+        head, tail = ("".join(h) for h in halves)
+        head.format(prompt=""), tail.format(prompt="")
+    except ValueError as e:  # a bad format spec on {prompt}
+        raise EmbrmError(f"template {template!r}: {e}: {fix}", field="template") from None
+    return head, tail
 
 
 def chat_template_of(embedder) -> ChatTemplate:
@@ -161,6 +197,8 @@ def embed_texts(texts: list[str], embedder, cache: EmbeddingCache | list[Embeddi
     done = functools.reduce(lambda a, b: a.join(b, on="key", how="semi"), have)  # cached in every view
     lengths = pl.Series(texts, dtype=pl.Utf8).str.len_chars().to_numpy()
     batches = shard_batches(keys, lengths, batch_size, shard, done)
+    if batches and shard.count > 1:
+        record_plan(caches, keys, batch_size, shard)  # shards must cut one plan
     n_embedded = sum(map(len, batches))
     if batches:
         with Progress(n_embedded, label, "texts", progress) as bar:
@@ -240,7 +278,7 @@ def embed_views(data: Dataset | pl.DataFrame, configs: list[EmbedderConfig], *,
                          f"backend")
     views = [(c.layer, c.pooling) for c in configs]
     if len(set(views)) < len(views):
-        raise EmbrmError(f"views {views}: each layer/pooling pair once")
+        raise EmbrmError(f"views {views}: each layer/pooling pair once", field="views")
     return _embed(data, embedder, views, shard, cache_dir, base.template, base.batch_size, progress)
 
 

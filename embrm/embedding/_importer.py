@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,15 +25,17 @@ import numpy as np
 import polars as pl
 
 from embrm.core import EmbrmError
-from embrm.data import Dataset
+from embrm.data import Dataset, check_array_file
 from embrm.embedding._cache import EmbeddingCache, text_keys
 from embrm.embedding._embed import DEFAULT_CACHE_DIR, DEFAULT_TEMPLATE, render
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SUFFIXES = (".npy", ".npz", ".safetensors", ".parquet", *TORCH_SUFFIXES)
 FLOATS = ("float16", "bfloat16", "float32", "float64")
-# Identical texts embedded in different batches may differ by padding/bf16 noise; different texts differ far more.
-SAME_TEXT_RTOL = 1e-2
+# One text has one vector: copies of it may differ by rounding (to bfloat16, the coarsest float read: twice its unit
+# roundoff, as both copies may be rounded; float16's smallest step near zero), never by more.
+SAME_TEXT_RTOL = 2.0 ** -7
+SAME_TEXT_ATOL = 2.0 ** -24
 
 
 @dataclass
@@ -97,6 +101,7 @@ def sha256_of(path: Path) -> str:
 
 def read_vectors(path: Path, key: str | None, order: str | None = None) -> tuple[str | None, np.ndarray, list | None]:
     """(the array's name in the file, its values as float32, the ids of a .parquet id column named by `order`)."""
+    check_array_file(path)  # every header against the bytes the file holds, before a reader allocates what it says
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _parquet(path, key, order)
@@ -131,7 +136,7 @@ def _pickled(path: Path) -> EmbrmError:
 
 
 def _numpy(path: Path, key: str | None):
-    """A .npy (one array) or .npz (named arrays) file, never unpickled; which one is np.load's call, not the suffix's."""
+    """A .npy (one array) or .npz (named arrays) file, never unpickled; np.load, not the suffix, tells which."""
     kind = path.suffix.lower()
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -139,14 +144,14 @@ def _numpy(path: Path, key: str | None):
             if key is not None:
                 raise EmbrmError(f"{path}: holds one array: drop --key {key}")
             return None, loaded, loaded.dtype.name
-        with loaded as archive:
-            name = _pick(list(archive.files), key, path)
+        with loaded as archive:  # only .npy members are arrays (np.load hands other members back as bytes)
+            name = _pick([n.removesuffix(".npy") for n in archive.zip.namelist() if n.endswith(".npy")], key, path)
             values = archive[name]
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise _pickled(path) from None
         raise _unreadable(path, e, kind) from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # e.g. a member whose data fails its CRC
         raise _unreadable(path, e, kind) from None
     return name, values, values.dtype.name
 
@@ -224,7 +229,13 @@ def _parquet(path: Path, key: str | None, order: str | None):
     if not inner.is_float():
         raise EmbrmError(f"{path}: column {name!r} holds {inner} values: embeddings must be floats "
                          f"({', '.join(FLOATS)})")
-    ids = df[order].cast(pl.Utf8).to_list() if order is not None and order in df.columns and order != name else None
+    ids = None
+    if order is not None and order in df.columns and order != name:
+        ids = df[order].cast(pl.Utf8, strict=False)
+        if ids.null_count():
+            raise EmbrmError(f"{path}: row {int(ids.is_null().arg_true()[0])} of id column {order!r} has no id: "
+                             f"give every row its response id")
+        ids = ids.to_list()
     return name, _list_matrix(col, path), ids
 
 
@@ -305,14 +316,32 @@ def _by_prompt(values: np.ndarray, data: Dataset, path: Path):
 
 
 def _id_file(order: str, path: Path) -> list[str]:
+    """The ids of a text file, one a line: UTF-8 (a BOM and CRLF line ends are fine), trailing blank lines ignored,
+    a blank line between ids refused."""
+    order = str(order)  # the Python API takes a Path too
+    if not order.strip():
+        raise EmbrmError("--order is empty: pass --order rows or a text file of response ids, one a line")
     file = Path(order)
+    if file.is_dir():
+        raise EmbrmError(f"--order {order}: is a directory: pass the text file of response ids in it (one a line) "
+                         f"or --order rows")
     if not file.is_file():
         column = " nor an id column of the file" if path.suffix.lower() == ".parquet" else ""
         raise EmbrmError(f"--order {order!r}: neither 'rows', an existing id file{column}: pass --order rows or a "
                          f"text file of response ids, one a line")
-    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise EmbrmError(f"{file} line {line}: not UTF-8 text ({e.reason}, byte {data[e.start:e.start + 1]!r}): save "
+                         f"the ids as UTF-8, one a line") from None
+    lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
+    if "" in lines:
+        raise EmbrmError(f"{file} line {lines.index('') + 1}: blank line among the ids: give one response id a line, "
+                         f"without blank lines")
     return lines
 
 
@@ -344,8 +373,9 @@ def _rows_of_ids(ids: list, n_rows: int, data: Dataset, path: Path, order: str) 
 
 
 def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n,) bool: rows of a and b further apart than noise (relative L2)."""
-    return np.linalg.norm(a - b, axis=1) > SAME_TEXT_RTOL * np.linalg.norm(a, axis=1)
+    """(n,) bool: rows of a and b with a value further apart than rounding (SAME_TEXT_RTOL of the larger)."""
+    tolerance = SAME_TEXT_RTOL * np.maximum(np.abs(a), np.abs(b)) + SAME_TEXT_ATOL
+    return (np.abs(a - b) > tolerance).any(axis=1)
 
 
 def _one_vector_per_text(X: np.ndarray, keys: list[str], where: Callable[[int], str], path: Path) -> np.ndarray:

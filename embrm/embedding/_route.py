@@ -13,7 +13,7 @@ import polars as pl
 
 from embrm.core import EmbrmError, OneOf, check_value
 from embrm.data import Dataset
-from embrm.embedding._embed import DEFAULT_CACHE_DIR, EmbedderConfig, ShardResult, embed_views
+from embrm.embedding._embed import DEFAULT_CACHE_DIR, EMBEDDER_RULES, EmbedderConfig, ShardResult, embed_views
 from embrm.embedding._ray import WORKERS, embed_on_ray
 from embrm.embedding._shards import WHOLE, Shard
 
@@ -72,10 +72,13 @@ class EmbedRoute:
                             result)]
 
 
+MAX_VIEWS = 256  # (layer, pooling) pairs filled by one forward pass
+
+
 def parsed_views(views: tuple | list | str) -> tuple[tuple[int, str], ...]:
     """'-1:last,10:max' (or [(-1, 'last'), (10, 'max')]) -> ((-1, 'last'), (10, 'max'))."""
     if not isinstance(views, str):
-        return tuple((layer, pooling) for layer, pooling in views)
+        return _checked_views(tuple((layer, pooling) for layer, pooling in views))
     try:
         pairs = [item.strip().rsplit(":", 1) for item in views.split(",") if item.strip()]
         parsed = tuple((int(layer), pooling) for layer, pooling in pairs)
@@ -84,7 +87,16 @@ def parsed_views(views: tuple | list | str) -> tuple[tuple[int, str], ...]:
     if not parsed:
         raise EmbrmError(f"views {views!r}: write LAYER:POOLING pairs separated by commas, e.g. -1:last,10:max",
                          field="views")
-    return parsed
+    return _checked_views(parsed)
+
+
+def _checked_views(views: tuple) -> tuple[tuple[int, str], ...]:
+    if len(views) > MAX_VIEWS:
+        raise EmbrmError(f"views: {len(views)} views; at most {MAX_VIEWS} in one pass (each keeps a cache part per "
+                         f"batch in memory)", field="views")
+    for layer, _ in views:
+        check_value(f"views: layer {layer}", layer, EMBEDDER_RULES["layer"], field="views")
+    return views
 
 
 __all__ = ["RUNNERS", "EmbedRoute", "parsed_views"]

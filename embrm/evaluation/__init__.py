@@ -2,7 +2,7 @@
 grid, pairwise metrics, calibration, the conformal bound, paired statistics, held-out evaluation and plots.
 """
 
-from embrm.evaluation._aggregate import AGGREGATIONS, aggregate_all, standardize
+from embrm.evaluation._aggregate import AGGREGATION_RULES, AGGREGATIONS, aggregate_all, standardize
 from embrm.evaluation._bon import (
     ALL_N_LIMIT,
     GRID_POINTS,
@@ -57,14 +57,14 @@ from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect, verd
 from embrm.evaluation._sun import SUN_N, SunMetrics, sun_metrics
 
 __all__ = [
-    "aggregate_all", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n", "bon_curves",
-    "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "conformal_proxy", "ConformalResult",
-    "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator", "expected_best_of_n",
-    "expected_calibration_error", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs", "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact",
-    "length_proxy", "length_reward", "LengthEffect", "log_grid", "paired_effect", "pairwise_accuracy",
-    "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman", "pick_means", "plot_bon", "plot_gao_fit",
-    "plot_reliability", "pool_curves", "pooled_reliability", "Pools", "PromptAccuracy", "PromptBon", "PromptPicks",
-    "ProxySummary", "published_picks", "PublishedPick", "pyplot", "Reliability", "reliability", "rows_of",
-    "save_figure", "score_columns", "standardize", "SUN_N", "sun_metrics", "SunMetrics", "tie_average", "top_picks", "Unit",
-    "verdict"
+    "aggregate_all", "AGGREGATION_RULES", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n",
+    "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "conformal_proxy",
+    "ConformalResult", "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator",
+    "expected_best_of_n", "expected_calibration_error", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
+    "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect",
+    "log_grid", "paired_effect", "pairwise_accuracy", "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman",
+    "pick_means", "plot_bon", "plot_gao_fit", "plot_reliability", "pool_curves", "pooled_reliability", "Pools",
+    "PromptAccuracy", "PromptBon", "PromptPicks", "ProxySummary", "published_picks", "PublishedPick", "pyplot",
+    "Reliability", "reliability", "rows_of", "save_figure", "score_columns", "standardize", "SUN_N", "sun_metrics",
+    "SunMetrics", "tie_average", "top_picks", "Unit", "verdict"
 ]

@@ -29,9 +29,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, Number, check_value
 
 AGGREGATIONS: tuple[str, ...] = ("mean", "min", "median", "uwo", "lcb", "softmin", "single")
+# The aggregations' parameters, for every entry point (option, study key, served request, Python API). Standardised
+# member scores are O(1); beyond 1e6 (or a temperature below 1e-6) the float32 arithmetic overflows to inf/NaN, and
+# such a weight means nothing anyway: refused where the value enters, not after scoring.
+AGGREGATION_RULES = {
+    "lam": Number(-1e6, 1e6),  # uwo: any finite weight (0 = the mean; < 0 rewards disagreement)
+    "lcb_beta": Number(-1e6, 1e6),
+    "temperature": Number(1e-6, 1e6),  # soft-min divides by it
+}
 
 _NETWORK_MAX_K = 64  # above this the median falls back to np.median (rare: ensembles are ~5-20 members)
 
@@ -167,11 +175,8 @@ def aggregate_all(scores, methods=AGGREGATIONS, *, lam: float = 0.5, beta: float
     s = _check_scores(scores)
     methods = _check_methods(methods)
     n, k = s.shape
-    for name, v in (("lam", lam), ("beta", beta), ("temperature", temperature)):
-        if not np.isfinite(v):
-            raise EmbrmError(f"{name} = {v!r}: must be a finite number")
-    if "softmin" in methods and not temperature > 0:
-        raise EmbrmError(f"temperature = {temperature!r}: softmin needs temperature > 0")
+    for name, v in (("lam", lam), ("lcb_beta", beta), ("temperature", temperature)):
+        check_value(name, v, AGGREGATION_RULES[name])
     if "single" in methods and not (-k <= int(member) < k):
         raise EmbrmError(f"member = {member}: the ensemble has {k} members (use 0..{k - 1})")
     member = int(member) % k

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, write_atomic
+from embrm.core import EmbrmError, file_stem, staged, write_atomic
 from embrm.data import Dataset, pair_indices
 from embrm.evaluation import _metrics as M
 from embrm.evaluation._aggregate import aggregate_all, standardize
@@ -478,10 +478,14 @@ class Evaluation:
         return pl.concat([b.frame() for b in self.bon.values()]) if self.bon else pl.DataFrame()
 
     def write(self, out_dir, *, title: str | None = None, extra: dict | None = None) -> dict[str, Path]:
-        """curves.parquet, curves.csv, summary.json (each written atomically) and, per evaluated pool,
-        gold_vs_kl[_<pool>].png + gao_fit.png."""
+        """curves.parquet, curves.csv, summary.json and, per evaluated pool, gold_vs_kl[_<pool>].png + gao_fit.png;
+        staged together (embrm.core.staged): a failure leaves none of them."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        with staged(out) as stage:
+            written = self._write_files(stage, title, extra)
+        return {name: out / path.relative_to(stage) for name, path in written.items() if path is not None}
+
+    def _write_files(self, out: Path, title: str | None, extra: dict | None) -> dict[str, Path | None]:
         frame = self.frame()
         paths = {"curves": out / "curves.parquet", "csv": out / "curves.csv", "summary": out / "summary.json"}
         write_atomic(paths["curves"], frame.write_parquet)
@@ -489,7 +493,7 @@ class Evaluation:
         write_atomic(paths["summary"], json.dumps({**(extra or {}), **self.to_dict()}, indent=2, default=str) + "\n")
         refs = {p.reward_model: p.gold for p in self.published} or None
         for name, result in self.bon.items():
-            stem = "gold_vs_kl" if name == "pool" else f"gold_vs_kl_{name.replace('+', '_')}"
+            stem = "gold_vs_kl" if name == "pool" else file_stem(f"gold_vs_kl_{name}".replace("+", "_"))
             paths[stem] = result.plot(out / f"{stem}.png", title=f"{title} ({name})" if title else name,
                                       references=refs if name == "pool" else None)
         if "pool" in self.bon:

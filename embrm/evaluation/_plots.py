@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError
+from embrm.core import EmbrmError, write_atomic
 from embrm.evaluation._bon import BonCurves, fit_gao
 
 _X_LABELS = {"kl": "KL(best-of-n || base) = log n - (n-1)/n  [nats]", "d": "d = sqrt(KL)", "n": "n (log scale)"}
@@ -41,12 +41,15 @@ def pyplot():
 
 
 def save_figure(fig, path, dpi: int = 120) -> Path:
-    """Write a figure as PNG (creating the folder) and close it; returns the path."""
+    """Write a figure as PNG (creating the folder; atomically, so a full disk leaves no half image) and close it;
+    returns the path."""
     plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from embrm.core import SEED, EmbrmError, Integer, Number, check_choice, check_params, check_value, shown
 from embrm.data import Dataset
-from embrm.evaluation import AGGREGATIONS
+from embrm.evaluation import AGGREGATION_RULES, AGGREGATIONS
 from embrm.rewards import DEFAULT_FEATURE_FRACTION, FEATURE_FRACTION, FEATURE_HEADS, MODES, K
 from embrm.rewards.heads import HEADS as HEAD_CLASSES
 from embrm.rewards.heads import ODIN_PARAMS
@@ -37,9 +37,7 @@ RULES = {
     "k": K,  # see embrm.rewards._ensemble
     "seed": SEED,
     "test_size": Number(0, 1, lo_open=True, hi_open=True),  # both sides need prompts
-    "lam": Number(),  # UWO / LCB: any finite weight (0 = the mean; < 0 rewards disagreement)
-    "lcb_beta": Number(),
-    "temperature": Number(0, lo_open=True),  # soft-min divides by it
+    **AGGREGATION_RULES,  # lam, lcb_beta, temperature: see embrm.evaluation._aggregate
     "coverage": Number(0, 1, lo_open=True, hi_open=True),  # the conformal bound's target coverage
     "n_max": Integer(1, 1_000_000, none=True),  # Best-of-n's largest n (<= the pool: checked with the data)
     # 1,000x the default 1,000 labels (more than any of the papers reproduced); pairs and their difference vectors

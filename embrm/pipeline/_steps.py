@@ -358,9 +358,13 @@ def load_model(model_dir) -> SavedModel:
     if "protocol" not in manifest:
         raise EmbrmError(f"{model_dir}/manifest.json: written by an older embrm (no protocol): re-fit the model")
     split_ = manifest.get("split") or {}
-    return SavedModel(ensemble, Protocol.from_dict(manifest["protocol"]),
-                      Split(np.asarray(split_.get("train_prompts", []), dtype=str),
-                            np.asarray(split_.get("test_prompts", []), dtype=str)), manifest)
+    held = Split(np.asarray(split_.get("train_prompts", []), dtype=str),
+                 np.asarray(split_.get("test_prompts", []), dtype=str))
+    both = np.intersect1d(held.train, held.test)
+    if len(both):  # a held-out prompt that trained would inflate every held-out number
+        raise EmbrmError(f"{model_dir}/manifest.json: prompt {str(both[0])!r} (and {len(both) - 1} more) is both a "
+                         f"training and a held-out prompt: the split was edited; refit the model (embrm fit)")
+    return SavedModel(ensemble, Protocol.from_dict(manifest["protocol"]), held, manifest)
 
 
 def model_embeddings(model: SavedModel, ds: Dataset, cache_dir) -> np.ndarray:

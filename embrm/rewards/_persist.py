@@ -18,6 +18,8 @@ leaves a partial model directory.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -36,7 +38,8 @@ from embrm.rewards.heads import HEADS, LaplaceBT, LGBMReward, LinearBT, MLPRewar
 
 FORMAT = "embrm-reward-ensemble"
 FORMAT_VERSION = 1
-RESERVED = ("format", "format_version", "embrm_version", "created", "ensemble", "members", "packages", "files")
+RESERVED = ("format", "format_version", "embrm_version", "created", "ensemble", "members", "packages", "files",
+            "digest")
 
 
 def package_versions() -> dict:
@@ -88,6 +91,18 @@ def check_replaceable(model_dir) -> None:
         raise EmbrmError(f"{model_dir} is {what}: refusing to replace it; choose another path for the model")
 
 
+def _rename_new(tmp: Path, model_dir: Path) -> None:
+    """Rename tmp to model_dir unless another writer made model_dir meanwhile (a directory renames only over an
+    empty one): its model is kept, never silently replaced."""
+    try:
+        os.rename(tmp, model_dir)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise EmbrmError(f"model dir {model_dir} was written by another process while this one ran: kept it; "
+                         f"choose another path or pass overwrite=True (--overwrite)") from None
+
+
 def _is_model_dir(path: Path) -> bool:
     try:
         return json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT
@@ -105,7 +120,7 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
     clash = [k for k in extra if k in RESERVED]
     if clash:
         raise EmbrmError(f"manifest key(s) {', '.join(clash)} are embrm's own: rename them in what you pass")
-    if model_dir.exists() and not overwrite:
+    if not overwrite and (model_dir.is_file() or model_dir.is_dir() and any(model_dir.iterdir())):
         raise EmbrmError(f"model dir {model_dir} already exists: choose another path or pass overwrite=True "
                          f"(--overwrite)")
     check_replaceable(model_dir)
@@ -119,6 +134,7 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
         **_jsonable(extra),
     }
     try:
+        doc["digest"] = manifest_digest(doc)
         text = json.dumps(doc, indent=2, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise EmbrmError(f"manifest is not JSON-serialisable ({e}): pass plain dicts, lists, str and numbers") from None
@@ -132,15 +148,17 @@ def save_ensemble(model_dir, ensemble, manifest: dict | None = None, *, overwrit
         for j, name in enumerate(lgbm_files):
             ensemble.members[j].booster_.save_model(str(tmp / name))
         (tmp / "manifest.json").write_text(text)
-        if model_dir.exists():
+        if model_dir.exists() and overwrite:
             old = model_dir.parent / f".{model_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(model_dir, old)
             os.replace(tmp, model_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, model_dir)
-    except BaseException:
+            _rename_new(tmp, model_dir)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and (e.filename is None or str(tmp) in str(e.filename)):  # e.g. a full disk
+            raise OSError(e.errno, e.strerror or str(e), str(model_dir)) from None
         raise
     return model_dir
 
@@ -174,7 +192,18 @@ def _read_manifest(model_dir: Path) -> dict:
     if doc.get("format_version") != FORMAT_VERSION:
         raise EmbrmError(f"{mpath} has format version {doc.get('format_version')}, this embrm reads "
                          f"{FORMAT_VERSION}: upgrade embrm or refit")
+    if "digest" in doc and doc["digest"] != manifest_digest(doc):  # models before the digest carry none
+        raise _corrupt(model_dir, "manifest.json was edited after it was written (its digest does not match)")
     return doc
+
+
+def manifest_digest(doc: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON (without the digest itself): an edited protocol or split (e.g.
+    training prompts moved into the held-out set) is refused. Not a signature: whoever edits the manifest can
+    recompute it; it catches edits and damage, not forgery."""
+    body = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True,
+                                     default=str).encode()).hexdigest()
 
 
 def _header(model_dir: Path, doc: dict) -> dict:

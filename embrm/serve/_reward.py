@@ -29,7 +29,7 @@ import polars as pl
 from embrm.core import EmbrmError, Integer, Number, OneOf, check_value, fit_threads, take_rows
 from embrm.data import DatasetSpec, Exclusion, load_dataset
 from embrm.embedding import DEFAULT_CACHE_DIR, EmbedderConfig, OnlineVectors
-from embrm.evaluation import AGGREGATIONS, aggregate_all, rows_of
+from embrm.evaluation import AGGREGATION_RULES, AGGREGATIONS, aggregate_all, rows_of
 from embrm.pipeline import SavedModel, load_model, model_embeddings
 from embrm.rewards import length_feature
 
@@ -37,8 +37,8 @@ __all__ = ["Reference", "RewardModel", "Rewards", "RewardSettings", "SETTING_RUL
 
 SETTING_RULES = {
     "aggregation": OneOf(AGGREGATIONS),
-    "lam": Number(0.0, 1e6),
-    "temperature": Number(0.0, 1e6, lo_open=True),
+    "lam": Number(0.0, AGGREGATION_RULES["lam"].hi),  # lcb's beta and uwo's lambda: no reward for disagreement
+    "temperature": AGGREGATION_RULES["temperature"],
     "member": Integer(-1024, 1023),
     "length_penalty": Number(-1e6, 1e6),
 }

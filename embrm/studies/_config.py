@@ -79,8 +79,9 @@ settings through `embrm fit` + `embrm bon-sim` give the same numbers.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-import re
+import sys
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -89,8 +90,8 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveConfig
-from embrm.core import SEED, EmbrmError, Integer, check_choice, check_value, shown
-from embrm.data import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, spec_from_table
+from embrm.core import SEED, EmbrmError, Integer, check_choice, check_name, check_nesting, check_value, shown
+from embrm.data import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, overopt_dataset, spec_from_table
 from embrm.embedding import CHAT, EmbedderConfig, render
 from embrm.embedding.backends import BACKENDS
 from embrm.methods import REGISTRY as METHODS
@@ -100,9 +101,8 @@ from embrm.rl import RLPlan
 EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, "template": str, "layer": int,
                  "pooling": str, "base_url": str, "api_key_env": str, "batch_size": int, "device": str,
                  "max_tokens": int}
-# A name that becomes a file or directory name (the study's results/<name>, a noise's or dataset's part of a job's
-# file name): no path separators, no '.'/'..', nothing a file system or a shell treats specially.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+# Names that become file or directory names (the study's results/<name>, a noise's, an embedder's or a dataset's
+# part of a job's file name) are plain names: embrm.core.check_name.
 EMBED_BATCH = Integer(1, 65_536)  # texts per embedding batch (one cache part each)
 MAX_JOBS = 10_000  # at ~10 s a job on 8 cores, a day of work: a bigger grid is a mistake or several studies
 
@@ -241,6 +241,17 @@ def load_study(path: str | Path | None = None) -> Study:
         raise EmbrmError(f"{path}: not UTF-8 text (byte {e.start}): save the study file as UTF-8") from None
     except tomllib.TOMLDecodeError as e:  # its message ends with "(at line L, column C)"
         raise EmbrmError(f"{path}: not valid TOML: {e}") from None
+    except ValueError:  # an integer past Python's digit limit
+        raise EmbrmError(f"{path}: not valid TOML: a number has more than {sys.get_int_max_str_digits()} digits") \
+            from None
+    except RecursionError:
+        raise EmbrmError(f"{path}: not valid TOML: arrays or inline tables nested too deep to read: flatten them") \
+            from None
+    except MemoryError:
+        raise EmbrmError(f"{path}: too large to read as a study file: it should be a few dozen lines") from None
+    except OSError as e:
+        raise EmbrmError(f"{path}: cannot read the study file ({e.strerror or e}): check its permissions") from None
+    check_nesting(str(path), doc)
     if not doc:
         raise EmbrmError(f"{path}: the study file is empty: give at least one key (see embrm.studies._config), or run "
                          f"`embrm run` without a file for the default study")
@@ -287,13 +298,6 @@ def _checked(where: str, build):
         raise EmbrmError(f"{where}: {e}") from None
 
 
-def _plain_name(where: str, key: str, value) -> str:
-    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or value in (".", ".."):
-        raise EmbrmError(f"{where}: {key} = {shown(value)} must be a plain name (1-100 letters, digits, '.', '_', "
-                         f"'-'; not '.' or '..'): it names files under the results directory")
-    return value
-
-
 def _distinct(where: str, key: str, values: list) -> None:
     seen = set()
     for i, v in enumerate(values):
@@ -307,13 +311,14 @@ def _distinct_learners(where: str, learners: list[Learner]) -> None:
     names = [l.name for l in learners]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise EmbrmError(f"{where} [[learners]] #{i + 1}: a second {name!r} learner (same head, mode and length control as "
-                             f"#{names.index(name) + 1}): results are kept per learner, so put other parameters "
-                             f"in another study")
+            raise EmbrmError(f"{where} [[learners]] #{i + 1}: a second {name!r} learner (same head, mode and length "
+                             f"control as #{names.index(name) + 1}): results are kept per learner, so put other "
+                             f"parameters in another study")
 
 
 def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> Study:
     """A validated Study; `base` is the study file's directory (dataset tables' paths are relative to it)."""
+    check_nesting(where, doc)
     doc = _check_keys(where, doc, TOP)
     study = Study()
     for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid", "sun_metrics"):
@@ -362,7 +367,7 @@ def _dataset(where: str, entry, base: Path) -> DatasetSpec:
         what = "a directory" if Path(spec.source).is_dir() else "not an existing file"
         raise EmbrmError(f"{where}: {spec.source!r} is {what}: give a named dataset ({', '.join(REGISTRY)}) or a "
                          f"data file")
-    _plain_name(where, "name", spec.label)
+    check_name(where, "name", spec.label)
     return spec
 
 
@@ -399,7 +404,7 @@ def _named_embedder(where: str, doc) -> tuple[str, EmbedderConfig]:
         raise EmbrmError(f"{where}: needs name = a plain name (what the report calls this embedder), plus the keys "
                          f"of [embedder]")
     options = _check_keys(where, doc, {"name": str, **EMBEDDER_KEYS})
-    name = _plain_name(where, "name", options.pop("name"))
+    name = check_name(where, "name", options.pop("name"))
     return name, _embedder(where, options)
 
 
@@ -411,7 +416,7 @@ def _noise(where: str, doc) -> Noise:
     name = doc.get("name") or (f"bt{doc['beta']:g}" if "beta" in doc else f"flip{doc['flip']:g}")
     if "n_pairs" in doc and "name" not in doc:
         name += f"-{doc['n_pairs']}"
-    return Noise(_plain_name(where, "name", name), doc.get("beta"), doc.get("flip"), doc.get("n_pairs"))
+    return Noise(check_name(where, "name", name), doc.get("beta"), doc.get("flip"), doc.get("n_pairs"))
 
 
 def _learner(where: str, doc) -> Learner:
@@ -447,9 +452,48 @@ def check_rrm_texts(study: Study, where: str = "study") -> None:
                              f"another study")
 
 
+def min_prompts(test_size: float, halves: bool = False) -> int:
+    """The fewest prompts a job can split with test_size (embrm.data.split_prompts: round(test_size * P) held out):
+    its test side needs one, its training side two (early stopping holds out whole prompts); with the replication
+    halves, each half that many. Both sides only grow with P: the first P that serves both is the answer."""
+    if test_size < 1e-9:  # no prompt count a declaration can give (< 2^31) holds one prompt out
+        return 2 ** 31
+    least = max(3, int(0.5 / test_size), int(1.5 / (1 - test_size)))  # below either, a side is short for sure
+    while int(round(test_size * least)) < 1 or least - int(round(test_size * least)) < 2:
+        least += 1
+    return 2 * least if halves else least
+
+
+def _prompt_count(spec: DatasetSpec) -> tuple[str, int] | None:
+    """The key and number of prompts a dataset declares (prompts = N, or a generated pool's n_prompts); None where
+    only the data knows (it is checked when read) or the split is the data's own (array and sun datasets)."""
+    if spec.prompts and not spec.arrays:
+        return "prompts", spec.prompts
+    if spec.source == "overopt":
+        default = inspect.signature(overopt_dataset).parameters["n_prompts"].default
+        return "params n_prompts", dict(spec.params).get("n_prompts", default)
+    return None
+
+
+def check_prompt_counts(study: Study, where: str = "study") -> None:
+    """Every dataset with a known prompt count can be split by every job (and halved, for the pools of a study
+    that replicates): refused at load, not when a job (or a half) fails mid-run."""
+    for key, specs in (("datasets", study.datasets), ("human_pairs", study.human_pairs)):
+        halves = study.replicate and key == "datasets"
+        need = min_prompts(study.test_size, halves)
+        for i, spec in enumerate(specs):
+            known = _prompt_count(spec)
+            if known and known[1] < need:
+                why = f"the replication halves need {need} (replicate = false: {min_prompts(study.test_size)})" \
+                    if halves else f"a split needs {need}"
+                raise EmbrmError(f"{where}: {key}[{i}] {known[0]} = {known[1]} is too few prompts: with test_size "
+                                 f"{study.test_size:g} (2 prompts to train, 1 to test) {why}: give at least {need}",
+                                 field="prompts")
+
+
 def _validate(study: Study, where: str) -> None:
     """What needs the whole study: names, the grid, and the values every job's Protocol shares."""
-    _plain_name(where, "name", study.name)
+    check_name(where, "name", study.name)
     labels = [d.label for d in study.datasets] + [d.label for d in study.human_pairs]
     if len(set(labels)) != len(labels):
         raise EmbrmError(f"{where}: two datasets share a name ({', '.join(labels)}): give each a distinct name")
@@ -475,6 +519,7 @@ def _validate(study: Study, where: str) -> None:
         raise EmbrmError(f"{where}: nothing to run: give at least one learner and one dataset")
     if study.datasets and not study.noise:
         raise EmbrmError(f"{where}: pools need at least one [[noise]] annotator")
+    check_prompt_counts(study, where)
     jobs = jobs_of(study)
     n_jobs = len(jobs) + (2 * sum(j.kind == "pool" for j in jobs) if study.replicate else 0)
     if n_jobs > MAX_JOBS:

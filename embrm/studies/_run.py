@@ -28,14 +28,14 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveResult, run_active
-from embrm.core import EmbrmError, Progress, Rows, check_out
+from embrm.core import EmbrmError, Progress, Rows, check_out, exclusive
 from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
 from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
 from embrm.evaluation import LengthEffect
 from embrm.methods import MethodResult, run_method
 from embrm.rewards import package_versions
 from embrm.studies import _tables as R
-from embrm.studies._config import Study, check_rrm_texts, group_label, jobs_of
+from embrm.studies._config import Study, check_prompt_counts, check_rrm_texts, group_label, jobs_of
 from embrm.studies._findings import Finding, Replication, findings, replication
 from embrm.studies._jobs import check_run_options, run_jobs
 from embrm.studies._report import embedder_rows, render_report
@@ -143,12 +143,14 @@ def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
 
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
               runner: str = "local", address: str | None = None, progress: bool | None = None,
-              command: str | None = None, replicate: bool | None = None, backend: str | None = None) -> StudyResult:
+              command: str | None = None, replicate: bool | None = None, backend: str | None = None,
+              overwrite: bool = False) -> StudyResult:
     """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
     and cache_dir; both are checked, and every dataset loaded, before anything is written. runner: "local" (worker
     processes) or "ray" (at `address`). replicate (default: the study's `replicate`): run the study's pools again on
     each of two disjoint halves of their prompts (under out_dir/replication/half1, half2) and report which findings
-    agree. backend: the deprecated name of runner (it names the embedder everywhere else)."""
+    agree. backend: the deprecated name of runner (it names the embedder everywhere else). A directory holds one
+    study's results: another study's are refused unless `overwrite` (then replaced); one run at a time writes it."""
     if backend is not None:
         warnings.warn("run_study(backend=...) is deprecated: use runner=", DeprecationWarning, stacklevel=2)
         runner = backend
@@ -158,10 +160,21 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     check_run_options(workers, runner)
     check_out(out, option="--out")  # directories this run writes under: refused up front, before any work
     check_out(cache_dir, option="--cache-dir")
-    t0 = time.perf_counter()
     replicate = study.replicate if replicate is None else replicate
+    check_prompt_counts(replace(study, replicate=replicate))  # --replicate on a study that does not: its halves
+    with exclusive(out, "--out"):  # one run per results directory at a time
+        store.check_owner(study.name, overwrite)
+        return _run_study(study, store, cache_dir, data_dir, workers, runner, address, progress, command, replicate,
+                          overwrite)
+
+
+def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, workers: int, runner: str,
+               address: str | None, progress: bool | None, command: str | None, replicate: bool,
+               overwrite: bool) -> StudyResult:
+    out = store.out
+    t0 = time.perf_counter()
     specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
-    out.mkdir(parents=True, exist_ok=True)
+    store.claim(study.name, overwrite)
     t1 = time.perf_counter()
     jobs = jobs_of(study)
     halves = replication_jobs(study) if replicate else []

@@ -14,6 +14,7 @@ another RESULT_VERSION is run again; a damaged one is reported in one line on st
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, write_atomic
+from embrm.core import EmbrmError, file_stem, write_atomic
 from embrm.evaluation import BonResult, Evaluation, FitMetrics, PublishedPick
 from embrm.pipeline import Protocol
 from embrm.studies._config import Job, Study
@@ -31,6 +32,7 @@ from embrm.studies._config import Job, Study
 DIVERSE_MODES = ("bootstrap", "features", "disjoint")
 MODE_PARAMS = ("feature_fraction",)  # parameters that only a diverse mode takes
 
+OWNER_FILE = ".study"  # {"study": name}: the study whose results a directory holds (written before any job)
 RESULT_VERSION = 6  # 6: calibration metrics and the conformal bound's coverage; 5: Best-of-n on a grid of n, ...
 
 
@@ -155,7 +157,7 @@ class JobResult:
 
 def result_paths(jobs_dir: Path, job: Job, study: Study) -> tuple[Path, Path]:
     """A job's JSON and curves files: its key and the digest of everything that shapes its result."""
-    stem = job.key.replace("/", "__") + "-" + job.digest(study)
+    stem = file_stem(job.key.replace("/", "__")) + "-" + job.digest(study)
     return jobs_dir / f"{stem}.json", jobs_dir / f"{stem}.parquet"
 
 
@@ -198,6 +200,39 @@ class ResultStore:
     def __init__(self, out_dir):
         self.out = Path(out_dir)
         self.jobs_dir = self.out / "jobs"
+
+    # ------------------------------------------------------------------------- whose results
+
+    def owner(self) -> str | None:
+        """The study whose results the directory holds (its marker, else the study.json of an older embrm), or None
+        for an empty or missing directory; EmbrmError for a directory of other files."""
+        for path, name_of in ((self.out / OWNER_FILE, lambda d: d["study"]),
+                              (self.out / "study.json", lambda d: d["study"]["name"])):
+            try:
+                return str(name_of(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        if self.out.is_dir() and any(self.out.iterdir()):
+            raise EmbrmError(f"--out {self.out} holds files that are not an embrm study's results: choose another "
+                             f"--out (an empty or new directory)", field="--out")
+        return None
+
+    def check_owner(self, study: str, overwrite: bool) -> str | None:
+        """Refuse a directory that holds another study's results unless `overwrite` (checked before any work):
+        one study per directory, so a report never mixes two studies' jobs. Returns the other study's name."""
+        owner = self.owner()
+        if owner is not None and owner != study and not overwrite:
+            raise EmbrmError(f"--out {self.out} holds the results of study {owner!r}, not {study!r}: pass --overwrite "
+                             f"to replace them, or choose another --out", field="--out")
+        return owner if owner != study else None
+
+    def claim(self, study: str, overwrite: bool) -> None:
+        """Make the directory this study's: another study's results are removed first (only with `overwrite`)."""
+        if self.check_owner(study, overwrite) is not None:
+            for entry in self.out.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.out / OWNER_FILE, json.dumps({"study": study}) + "\n")
 
     # ------------------------------------------------------------------------- jobs
 
@@ -274,11 +309,11 @@ class ResultStore:
 
     def write_method(self, result) -> dict[str, Path]:
         """A method's files under methods/<name>/ (embrm.methods.MethodResult.write, atomic)."""
-        return result.write(self.out / "methods" / result.name)
+        return result.write(self.out / "methods" / file_stem(result.name))
 
     def write_active(self, result) -> dict[str, Path]:
         """An active labelling campaign's files under active/<pool>/ (embrm.active.ActiveResult.write, atomic)."""
-        return result.write(self.out / "active" / result.dataset)
+        return result.write(self.out / "active" / file_stem(result.dataset))
 
 
 def _json_default(v):

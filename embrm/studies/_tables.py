@@ -8,14 +8,13 @@ the seed-to-seed spread of the pool split does not hide a consistent difference.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from embrm.core import fmt, md_table
+from embrm.core import file_stem, fmt, md_table
 from embrm.evaluation import plot_bon, plot_reliability, pooled_reliability
 from embrm.studies._store import JobResult
 
@@ -293,7 +292,7 @@ def plot_reliability_study(results: list[JobResult], out: Path, dataset: str, no
     if not curves:
         return None
     pooled = {name: pooled_reliability(parts) for name, parts in curves.items()}
-    return plot_reliability(pooled, out / f"reliability_{dataset}_{noise}.png",
+    return plot_reliability(pooled, out / f"{file_stem(f'reliability_{dataset}_{noise}')}.png",
                             title=f"Reliability of the ensemble mean on {dataset} ({noise}), seeds pooled")
 
 
@@ -332,7 +331,7 @@ def plot_study(curves: pl.DataFrame, bon: pl.DataFrame, pub: pl.DataFrame, out: 
         if not pub.is_empty() and dataset in pub["dataset"].to_list():
             refs = {r: float(g["gold"].mean()) for (r,), g in pub.filter(pl.col("dataset") == dataset)
                     .group_by(["reward_model"], maintain_order=True)}
-        slug = re.sub(r"[^\w.-]+", "_", f"bon_{Path(dataset).name}_{variant}_{learner}_{noise}")
+        slug = file_stem(f"bon_{Path(dataset).name}_{variant}_{learner}_{noise}")
         path = out / f"{slug}.png"
         paths.append(plot_bon(mc, path, references=refs,
                               title=f"{dataset} ({variant}), {learner} ensemble, {noise} labels: mean of seeds"))
@@ -351,7 +350,7 @@ def plot_overoptimisation(curves: pl.DataFrame, bon: pl.DataFrame, out: Path,
             lines = [mean_curves(f.filter(pl.col("agg") == a), learner=learner, noise=noise)
                      .with_columns(agg=pl.lit(f"{learner} · {a}"))
                      for learner in f["learner"].unique(maintain_order=True).to_list() for a in aggregations]
-            slug = re.sub(r"[^\w.-]+", "_", f"overoptimisation_{Path(dataset).name}_{noise}")
+            slug = file_stem(f"overoptimisation_{Path(dataset).name}_{noise}")
             paths.append(plot_bon(pl.concat([l for l in lines if not l.is_empty()]), out / f"{slug}.png",
                                   title=f"{dataset}, {noise} labels: gold of the Best-of-n pick, mean of seeds"))
     return paths
@@ -369,7 +368,7 @@ def plot_length_control(curves: pl.DataFrame, out: Path, noise: str) -> list[Pat
         learners = f["learner"].unique(maintain_order=True).to_list()
         lines = [mean_curves(f.filter(pl.col("agg") == "mean"), learner=l).with_columns(agg=pl.lit(l)) for l in learners]
         lines.append(mean_curves(f.filter(pl.col("agg") == "length"), learner=learners[0]))
-        slug = re.sub(r"[^\w.-]+", "_", f"length_control_{Path(dataset).name}_{noise}")
+        slug = file_stem(f"length_control_{Path(dataset).name}_{noise}")
         paths.append(plot_bon(pl.concat(lines), out / f"{slug}.png",
                               title=f"{dataset}, length-controlled gold, ensemble mean per learner, {noise} labels: "
                                     f"mean of seeds"))

@@ -18,6 +18,7 @@ from realdata import needs_data
 from typer.testing import CliRunner
 
 from embrm.cli import app
+from embrm.rewards._persist import manifest_digest
 
 pytestmark = needs_data
 
@@ -269,7 +270,8 @@ def _option_cases():
         embed("data-dir-env-missing", ("alpaca-eval-bon16",), r"data dir /nonexistent/embrm-data does not exist.*"
               r"EMBRM_DATA_DIR", env={"EMBRM_DATA_DIR": "/nonexistent/embrm-data"}),
         embed("batch-size-zero", (POOL, "--batch-size", "0"), r"--batch-size"),
-        embed("template-without-response", (POOL, "--template", "{prompt}"), r"template .* must contain both"),
+        embed("template-without-response", (POOL, "--template", "{prompt}"),
+              r"template .* must hold \{response\} once"),
         Bad("datasets/data-dir-missing", ("datasets", "--data-dir", "{root}/no-data-dir"),
             r"data dir .*no-data-dir does not exist", ("no-data-dir",)),
     ]
@@ -508,9 +510,13 @@ def _models(root, real):
 
 
 def _manifest(edit):
+    """An edit whose digest is recomputed (a consistent forgery): the checks behind the digest still refuse it.
+    A stale digest is refused first (tests/cli/test_hostile_outputs.py)."""
     def apply(model):
         doc = json.loads((model / "manifest.json").read_text())
         edit(doc)
+        if isinstance(doc, dict):
+            doc["digest"] = manifest_digest(doc)
         (model / "manifest.json").write_text(json.dumps(doc))
     return apply
 

@@ -14,7 +14,7 @@ import importlib
 import inspect
 
 from embrm.core import EmbrmError
-from embrm.embedding.backends._base import EmbedBatch, Embedder
+from embrm.embedding.backends._base import VERBOSE_ENV, EmbedBatch, Embedder
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # backend -> (module, class); imported lazily so `import embrm` does not pull in torch or httpx.
@@ -25,7 +25,7 @@ BACKENDS = {
     "imported": ("embrm.embedding.backends._imported", "ImportedEmbedder"),
 }
 
-__all__ = ["BACKENDS", "DEFAULT_MODEL", "EmbedBatch", "Embedder", "embedder_class", "make_embedder"]
+__all__ = ["VERBOSE_ENV", "BACKENDS", "DEFAULT_MODEL", "EmbedBatch", "Embedder", "embedder_class", "make_embedder"]
 
 
 def embedder_class(backend: str) -> type[Embedder]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
+import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +126,22 @@ def local_or_hub(model: str, what: str) -> tuple[str, bool]:
     if looks_like_path:
         raise EmbrmError(f"model path {model} does not exist: pass {what} or a hub id (hub ids need internet)")
     return model, False
+
+
+VERBOSE_ENV = "EMBRM_VERBOSE"  # set (e.g. by `embrm --verbose`): the model libraries' own output is shown
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Keep the model libraries' own output (log lines, progress bars such as transformers' GGUF conversion, which
+    no setting turns off) off the terminal while a model loads, so that a failure is embrm's one line; shown with
+    EMBRM_VERBOSE=1 (`embrm --verbose ...`)."""
+    if os.environ.get(VERBOSE_ENV):
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def load_error(model: str, exc: BaseException, what: str) -> EmbrmError:

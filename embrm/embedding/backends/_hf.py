@@ -30,6 +30,7 @@ from embrm.embedding.backends._base import (
     l2_normalize,
     load_error,
     local_or_hub,
+    quiet_loading,
     require_packages,
     resolve_device,
     resolve_dtype,
@@ -204,8 +205,9 @@ class HFEmbedder(Embedder):
         from transformers import AutoModel, AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(where, **kwargs)
-            model = AutoModel.from_pretrained(where, **kwargs, **dtype_kwargs(self.dtype))
+            with quiet_loading():
+                tok = AutoTokenizer.from_pretrained(where, **kwargs)
+                model = AutoModel.from_pretrained(where, **kwargs, **dtype_kwargs(self.dtype))
         except Exception as e:  # noqa: BLE001 - turn any load failure into one actionable line
             raise load_error(self.model_id, e, f"{WHAT} or a hub id (hub ids need internet)") from e
         self._check_loaded(tok, model)
@@ -222,12 +224,31 @@ class HFEmbedder(Embedder):
         if self.append_eos and tok.eos_token_id is None:
             raise EmbrmError(f"the tokenizer of {self.model_id} has no EOS token: pass append_eos=False")
 
-    def _check_view_loaded(self, layer: int, pooling: str, n_layers: int) -> None:
+    def _config(self):
+        """The model's config (read once, without its weights)."""
+        if self._model is not None:
+            return self._model.config
+        if getattr(self, "_config_only", None) is None:
+            where, kwargs = self._location()
+            from transformers import AutoConfig
+
+            try:
+                with quiet_loading():
+                    self._config_only = AutoConfig.from_pretrained(
+                        where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision")})
+            except Exception as e:  # noqa: BLE001 - turn any load failure into one actionable line
+                raise load_error(self.model_id, e, f"{WHAT} or a hub id (hub ids need internet)") from e
+        return self._config_only
+
+    def _check_layer(self, layer: int, n_layers: int) -> None:
         if not -(n_layers + 1) <= layer <= n_layers:
             raise EmbrmError(
                 f"option layer={layer} is out of range for {self.model_id}: it has hidden states "
-                f"0..{n_layers} (or -{n_layers + 1}..-1)"
+                f"0..{n_layers} (or -{n_layers + 1}..-1)", field="layer"
             )
+
+    def _check_view_loaded(self, layer: int, pooling: str, n_layers: int) -> None:
+        self._check_layer(layer, n_layers)
         if pooling == "mean_response" and not getattr(self._tok, "is_fast", False):
             raise EmbrmError(
                 f"pooling='mean_response' needs character offsets, which the slow tokenizer of "
@@ -251,9 +272,11 @@ class HFEmbedder(Embedder):
         if "mean_response" in poolings and response_starts is None:
             raise EmbrmError("pooling='mean_response' needs response_starts (one char offset per text)")
         starts = None if response_starts is None else check_starts(texts, response_starts)
-        n_layers = self._load().config.num_hidden_layers
+        for layer, _ in views:  # from the config alone: a bad layer costs no weight loading
+            self._check_layer(layer, self._config().num_hidden_layers)
+        self._load()
         for layer, pooling in views:
-            self._check_view_loaded(layer, pooling, n_layers)
+            self._check_view_loaded(layer, pooling, self._model.config.num_hidden_layers)
         if not texts:
             return [EmbedBatch.build(np.zeros((0, self.dim)), [], []) for _ in views]
         enc, kept, n_tokens, starts, response_cut = self._prepare(texts, starts, "mean_response" in poolings)

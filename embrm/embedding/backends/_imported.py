@@ -34,6 +34,7 @@ class ImportedEmbedder(Embedder):
             raise EmbrmError("--max-length does not apply to --backend imported (the vectors were made elsewhere): "
                              "drop it")
         self.model = str(model)
+        _ = self.stored  # checked now: a dataset that carries its own vectors never asks for them
 
     @functools.cached_property
     def path(self) -> Path:

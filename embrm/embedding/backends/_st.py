@@ -21,6 +21,7 @@ from embrm.embedding.backends._base import (
     l2_normalize,
     load_error,
     local_or_hub,
+    quiet_loading,
     resolve_device,
     resolve_dtype,
     token_counter,
@@ -133,7 +134,8 @@ class STEmbedder(Embedder):
         source = self._source or packaged_minilm()
         kwargs = {"model_kwargs": dtype_kwargs(self.dtype)}
         try:
-            model = SentenceTransformer(source, device=self.device, revision=self.revision, **kwargs)
+            with quiet_loading():
+                model = SentenceTransformer(source, device=self.device, revision=self.revision, **kwargs)
         except Exception as e:  # noqa: BLE001 - turn any load failure into one actionable line
             raise load_error(self.model_id, e, f"{WHAT} or a hub id (hub ids need internet)") from e
         # Normalise ourselves in float32: a bf16 Normalize module leaves norms ~1e-3 off 1.
