@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -86,6 +87,18 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
+def _lock_dir() -> Path:
+    """This user's directory of one-writer locks in the system's temp dir, refused if someone else made it (another
+    user could otherwise hold or redirect our locks)."""
+    locks = Path(tempfile.gettempdir()) / f"embrm-locks-{os.getuid()}"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(locks)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise EmbrmError(f"{locks}: not a directory of this user's (another user made it): remove it, or set TMPDIR "
+                         f"to a directory of your own")
+    return locks
+
+
 @contextlib.contextmanager
 def exclusive(target: Path, option: str = "--out"):
     """Hold the one-writer lock of `target` (a result directory or file) while the block runs: a second process
@@ -96,10 +109,8 @@ def exclusive(target: Path, option: str = "--out"):
     import fcntl  # POSIX only; here so that importing embrm needs nothing platform-specific
 
     target = Path(target)
-    locks = Path(tempfile.gettempdir()) / f"embrm-locks-{os.getuid()}"
-    locks.mkdir(mode=0o700, exist_ok=True)
-    lock = locks / (hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:32] + ".lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    lock = _lock_dir() / (hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:32] + ".lock")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
