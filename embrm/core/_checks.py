@@ -224,7 +224,12 @@ def check_nesting(where: str, doc, limit: int = MAX_NESTING) -> None:
 
 
 def available_memory() -> int:
-    """Bytes that can still be allocated without swapping: Linux's MemAvailable, else the free physical pages."""
+    """Bytes that can still be allocated without swapping: Linux's MemAvailable (else the free physical pages),
+    and no more than this process's cgroup (v2) leaves below its limit: a container smaller than its host."""
+    return min(_host_available(), _cgroup_available())
+
+
+def _host_available() -> int:
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -235,6 +240,15 @@ def available_memory() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not knowable here: refuse nothing
+        return 2 ** 63
+
+
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> int:
+    try:
+        limit = open(f"{root}/memory.max", encoding="ascii").read().strip()
+        used = int(open(f"{root}/memory.current", encoding="ascii").read())
+        return max(int(limit) - used, 0) if limit != "max" else 2 ** 63
+    except (OSError, ValueError):  # no cgroup v2 files here (cgroup v1, macOS): the host's figure stands
         return 2 ** 63
 
 
