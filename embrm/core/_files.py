@@ -37,22 +37,27 @@ def write_atomic(path: Path, content: bytes | str | Callable[[Path], None], *, d
         os.replace(tmp, path)
     except OSError as e:  # e.g. a full disk: name the file the user asked for, not the temp name
         raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-    except Exception as e:  # a writer library's own error (polars, pyarrow) for a failed write
-        if isinstance(e, EmbrmError) or not _io_failure(e):
+    except Exception as e:  # a writer library's own error for a failed write (polars says "Invalid thrift:
+        if not _writer_library(e):  # transport error" for a full disk): whatever it says, the file is not written
             raise
-        raise EmbrmError(f"{path}: could not write it ({_first_line(e)}): free space or choose another path") from None
+        raise EmbrmError(f"{path}: could not write it ({_first_line(e)}): free space on its disk, or choose another "
+                         f"path") from None
     finally:
         tmp.unlink(missing_ok=True)  # only there when writing or renaming failed
 
 
+STAGE_PREFIX = ".stage-"  # staged's hidden directories inside a results directory
+
+
 @contextlib.contextmanager
 def staged(out_dir: Path):
-    """A hidden directory beside `out_dir` to write a set of result files into; when the block ends they move into
-    `out_dir` (renames: they cannot fail for space), and when it fails they are removed: a full disk or a crash
-    mid-way leaves the earlier results, never some files of the new ones."""
+    """A hidden directory inside `out_dir` to write a set of result files into; when the block ends they move into
+    `out_dir` (renames: they cannot fail for space), and when it fails they are removed: a full disk or an error
+    mid-way leaves the earlier results, never some files of the new ones. (A killed process leaves the hidden
+    directory; whoever next writes `out_dir` may remove it: `stale_stages`.)"""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.stage"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = out_dir / f"{STAGE_PREFIX}{uuid.uuid4().hex[:8]}"
     stage.mkdir()
     try:
         yield stage
@@ -68,6 +73,11 @@ def staged(out_dir: Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def stale_stages(out_dir: Path) -> list[Path]:
+    """The staging directories killed writers left in `out_dir` (remove them only while holding its lock)."""
+    return sorted(p for p in Path(out_dir).glob(f"{STAGE_PREFIX}*") if p.is_dir() and not p.is_symlink())
+
+
 def file_stem(text: str) -> str:
     """A name (a dataset's, an exclusion's, a job's) as a plain file name: every character but ASCII letters,
     digits and . _ - @ + = , becomes '_', and no leading dot, so no name can reach outside the directory it is
@@ -76,11 +86,9 @@ def file_stem(text: str) -> str:
     return stem or "_"
 
 
-def _io_failure(e: Exception) -> bool:
-    """A library error that wraps an operating-system write failure (polars and pyarrow raise their own types)."""
-    text = str(e).lower()
-    return any(s in text for s in ("no space left", "os error", "file too large", "disk quota", "i/o error",
-                                   "permission denied", "read-only file system"))
+def _writer_library(e: Exception) -> bool:
+    """An exception of the libraries that write our files (polars, pyarrow, PIL): they raise their own types."""
+    return type(e).__module__.split(".")[0] in ("polars", "pyarrow", "PIL")
 
 
 def _first_line(e: Exception) -> str:

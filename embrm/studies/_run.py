@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from embrm.active import ActiveResult, run_active
-from embrm.core import EmbrmError, Progress, Rows, check_out, exclusive
+from embrm.core import EmbrmError, Progress, Rows, check_out, exclusive, staged
 from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
 from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
 from embrm.evaluation import LengthEffect
@@ -186,41 +186,52 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
     results = done[:len(jobs)]
     t2 = time.perf_counter()
     curves = store.curves(jobs, study, results)
-    fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
-    for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves), ("published_picks", pub)):
-        store.write_table(name, frame)
     timings = StudyTimings(t1 - t0, t2 - t1, len(jobs), len(halves), workers, runner, embed_seconds,
                            {r.key: round(r.seconds, 2) for r in done})
-    result = StudyResult(out, fits, bon, curves, pub, timings, all_findings(results, bon), embedding=embedding,
-                         length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon),
-                         sun=R.sun_table(results), rl=rl_table(results), rl_skipped=rl_skipped(results))
-    if not result.rl.is_empty():
-        store.write_table("rl_summary", result.rl)
-    if not result.sun.is_empty():
-        store.write_table("sun_metrics", result.sun)
-    store.write_json("embedders.json", result.embedders)
-    store.write_json("findings.json", [f.to_dict() for f in result.findings])
-    if replicate:
-        result.replication = _compare_halves(done[len(jobs):], halves, store)
-    first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
-    result.methods = _run_methods(study, first, cache_dir, data_dir, store, progress)
-    timings.methods = {m.name: round(m.seconds, 2) for m in result.methods}
-    result.active = _run_active(study, first, cache_dir, data_dir, store, progress)
-    timings.active = {a.dataset: round(a.seconds, 2) for a in result.active}
-    plots = R.plot_study(curves, bon, pub, out, *_plot_choice(study)) if not bon.is_empty() else []
-    plots += [p for d, policy in (result.rl.select("dataset", "policy").unique(maintain_order=True).iter_rows()
-                                  if not result.rl.is_empty() else []) if (p := plot_rl_study(results, out, d, policy))]
+    with staged(out) as stage:  # tables, plots and report appear together: a failure leaves the previous ones
+        products = ResultStore(stage)
+        fits, bon, pub = R.fit_table(results), R.bon_table(results), R.published_table(results)
+        for name, frame in (("fit_metrics", fits), ("bon_summary", bon), ("bon_curves", curves),
+                            ("published_picks", pub)):
+            products.write_table(name, frame)
+        result = StudyResult(out, fits, bon, curves, pub, timings, all_findings(results, bon), embedding=embedding,
+                             length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon),
+                             sun=R.sun_table(results), rl=rl_table(results), rl_skipped=rl_skipped(results))
+        if not result.rl.is_empty():
+            products.write_table("rl_summary", result.rl)
+        if not result.sun.is_empty():
+            products.write_table("sun_metrics", result.sun)
+        products.write_json("embedders.json", result.embedders)
+        products.write_json("findings.json", [f.to_dict() for f in result.findings])
+        if replicate:
+            result.replication = _compare_halves(done[len(jobs):], halves, products)
+        first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
+        result.methods = _run_methods(study, first, cache_dir, data_dir, products, progress)
+        timings.methods = {m.name: round(m.seconds, 2) for m in result.methods}
+        result.active = _run_active(study, first, cache_dir, data_dir, products, progress)
+        timings.active = {a.dataset: round(a.seconds, 2) for a in result.active}
+        plots = _plot(study, result, results, stage)
+        timings.total = time.perf_counter() - t0
+        products.write_json("study.json", {"study": study.to_dict(), "command": command,
+                                           "embedder_spec": specs.get(None, specs), "machine": machine(),
+                                           "timings": timings.to_dict(),
+                                           "embedding": {k: v.to_dict() for k, v in embedding.items()},
+                                           "embedders": result.embedders}, indent=2)
+        products.write_text(result.report_path.name, render_report(study, result, plots, command))
+    return result
+
+
+def _plot(study: Study, result: StudyResult, results: list[JobResult], where: Path) -> list[Path]:
+    """The study's PNGs: Best-of-n per pool, RL per pool and policy, reliability per pool (first noise)."""
+    fits, bon, rl = result.fits, result.bon, result.rl
+    plots = R.plot_study(result.curves, bon, result.published, where, *_plot_choice(study)) if not bon.is_empty() \
+        else []
+    plots += [p for d, policy in (rl.select("dataset", "policy").unique(maintain_order=True).iter_rows()
+                                  if not rl.is_empty() else []) if (p := plot_rl_study(results, where, d, policy))]
     plots += [p for d, n in fits.select("dataset", "noise").unique(maintain_order=True).iter_rows()
               if n == fits.filter(pl.col("dataset") == d)["noise"][0]
-              and (p := R.plot_reliability_study(results, out, d, n)) is not None]
-    timings.total = time.perf_counter() - t0
-    store.write_json("study.json", {"study": study.to_dict(), "command": command,
-                                    "embedder_spec": specs.get(None, specs), "machine": machine(),
-                                    "timings": timings.to_dict(),
-                                    "embedding": {k: v.to_dict() for k, v in embedding.items()},
-                                    "embedders": result.embedders}, indent=2)
-    store.write_text(result.report_path.name, render_report(study, result, plots, command))
-    return result
+              and (p := R.plot_reliability_study(results, where, d, n)) is not None]
+    return plots
 
 
 def all_findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:

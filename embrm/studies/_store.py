@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, file_stem, write_atomic
+from embrm.core import EmbrmError, file_stem, stale_stages, write_atomic
 from embrm.evaluation import BonResult, Evaluation, FitMetrics, PublishedPick
 from embrm.pipeline import Protocol
 from embrm.studies._config import Job, Study
@@ -232,6 +232,8 @@ class ResultStore:
             for entry in self.out.iterdir():
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
+        for stage in stale_stages(self.out):  # a killed run's unfinished products (the caller holds the lock)
+            shutil.rmtree(stage, ignore_errors=True)
         write_atomic(self.out / OWNER_FILE, json.dumps({"study": study}) + "\n")
 
     # ------------------------------------------------------------------------- jobs

@@ -245,6 +245,25 @@ def test_bon_sim_on_a_full_disk_fails_in_one_line_and_leaves_no_partial_results(
     assert not list(tmp_path.glob(".*stage*"))  # the staging directory is gone too
 
 
+SMALL_STUDY = ('name = "small"\ndatasets = ["pool.parquet"]\nhuman_pairs = []\nmethods = []\nseeds = [0]\n'
+               'replicate = false\nnoise = [{ name = "bt10", beta = 10.0 }]\n[[learners]]\nhead = "linear"\n')
+
+
+def test_a_study_on_a_full_disk_keeps_its_previous_report(root, tmp_path):
+    """The tables, plots and report of a run are staged: a run that fails on a full disk leaves the previous
+    report (here marked) and no staging directory, and says which file in one line."""
+    (root / "small.toml").write_text(SMALL_STUDY)
+    out = tmp_path / "results"
+    argv = [sys.executable, "-m", "embrm", "run", str(root / "small.toml"), "--out", str(out), "--cache-dir",
+            str(root / "cache")]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=300).returncode == 0
+    (out / "report.md").write_text("the previous report\n")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(3000))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and lines[-1].startswith(f"error: {out}/") and "free space" in lines[-1], res.stderr
+    assert (out / "report.md").read_text() == "the previous report\n" and not list(out.glob(".stage-*"))
+
+
 def test_a_warm_command_on_a_full_disk_reads_a_cache_in_parts(root, tmp_path):
     """Merging parts is only for speed: with no room for the merged part, a warm embed (which merges) still reads
     every vector and succeeds."""
