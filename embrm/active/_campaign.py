@@ -303,6 +303,14 @@ def _check_budget(config: ActiveConfig, n: int, seed: int, ds: Dataset) -> None:
                          f"prompts (seed {seed}): lower rounds, batch or seed_pairs")
 
 
+def _check_draws_fit(n: int, d: int, m: int, config: ActiveConfig) -> None:
+    """Each round's posterior draws (d, S), the n training responses' rewards under each (n, S) and the m candidates'
+    margins with their probabilities and entropies (~3 x (m, S)), float64: refused before a seed's first fit when
+    memory lacks."""
+    check_size("active", f"{config.samples} posterior draws over {m:,} candidate pairs", (d + n + 3 * m) *
+               config.samples * 8, "lower --samples (16-64 draws estimate disagreement and BALD well)", field="samples")
+
+
 def prepare_seed(ds: Dataset, X: np.ndarray, config: ActiveConfig, seed: int) -> SeedPool:
     """The split, candidates, labels, seed set and held-out evaluation of one seed."""
     labels = config.labels
@@ -313,6 +321,7 @@ def prepare_seed(ds: Dataset, X: np.ndarray, config: ActiveConfig, seed: int) ->
     rows = np.flatnonzero(usable & np.isin(pid, sp.train))
     cand = build_candidates(pid[rows], config.across_prompts, _rng(seed, "candidates"))
     _check_budget(config, len(cand), seed, ds)
+    _check_draws_fit(len(rows), X.shape[1], len(cand), config)
     scale = float(np.std(gold[rows]))
     if scale == 0 and config.flip is None and config.beta is not None:
         raise EmbrmError(f"{ds.name}: all {len(rows)} usable training responses of seed {seed} have the same gold "
@@ -351,7 +360,6 @@ def _round(pool: SeedPool, config: ActiveConfig, name: str, model: LaplaceBT, av
            rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """One selection: the rule's picks (checked: new and distinct) and the seconds it took."""
     t = time.perf_counter()
-    _check_draws_fit(pool, config)
     W = model.sample(config.samples, seed=int(rng.integers(0, 2 ** 32)))
     state = State(pool.X, pool.candidates, available, model, W, config.lcb_beta, pool.prior_sq_norms)
     picks = select(name, state, config.batch, rng)
@@ -360,15 +368,6 @@ def _round(pool: SeedPool, config: ActiveConfig, name: str, model: LaplaceBT, av
             len(picks) != min(config.batch, int(available.sum())):
         raise RuntimeError(f"strategy {name} returned labelled, repeated or too few pairs")  # a bug, not user input
     return picks, seconds
-
-
-def _check_draws_fit(pool: SeedPool, config: ActiveConfig) -> None:
-    """The posterior draws (d, S), every response's reward under each (n, S) and the candidates' margins with their
-    probabilities and entropies (~3 x (m, S)), float64: refused before any is allocated when memory lacks."""
-    n, d = pool.X.shape
-    n_bytes = (d + n + 3 * len(pool.candidates)) * config.samples * 8
-    check_size("active", f"{config.samples} posterior draws over {len(pool.candidates):,} candidate pairs", n_bytes,
-               "lower --samples (16-64 draws estimate disagreement and BALD well)", field="samples")
 
 
 def run_strategy(pool: SeedPool, config: ActiveConfig, name: str, start: tuple[LaplaceBT, float],

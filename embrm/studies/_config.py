@@ -87,12 +87,10 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-import polars as pl
-
 from embrm.active import ActiveConfig
-from embrm.core import SEED, EmbrmError, Integer, check_choice, check_name, check_nesting, check_value, shown
+from embrm.core import SEED, EmbrmError, check_choice, check_name, check_nesting, check_value, shown
 from embrm.data import GENERATORS, REGISTRY, DatasetSpec, dataset_spec, overopt_dataset, spec_from_table
-from embrm.embedding import CHAT, EmbedderConfig, render
+from embrm.embedding import EmbedderConfig
 from embrm.embedding.backends import BACKENDS
 from embrm.methods import REGISTRY as METHODS
 from embrm.pipeline import DEFAULT_AGGREGATIONS, DEFAULT_LEARNERS, LabelConfig, Learner, Protocol
@@ -103,7 +101,6 @@ EMBEDDER_KEYS = {"backend": str, "model": str, "dtype": str, "max_length": int, 
                  "max_tokens": int}
 # Names that become file or directory names (the study's results/<name>, a noise's, an embedder's or a dataset's
 # part of a job's file name) are plain names: embrm.core.check_name.
-EMBED_BATCH = Integer(1, 65_536)  # texts per embedding batch (one cache part each)
 MAX_JOBS = 10_000  # at ~10 s a job on 8 cores, a day of work: a bigger grid is a mistake or several studies
 
 
@@ -372,16 +369,12 @@ def _dataset(where: str, entry, base: Path) -> DatasetSpec:
 
 
 def _embedder(where: str, doc) -> EmbedderConfig:
-    """The [embedder] table, checked now by building the embedder (no model is loaded) and rendering the
-    template once, so that a bad option fails before any work."""
+    """The [embedder] table, checked now (EmbedderConfig checks its sizes and template) and by building the
+    embedder (no model is loaded), so that a bad option fails before any work."""
     options = _check_keys(where, doc, EMBEDDER_KEYS)
     check_choice(f"{where}: backend", options.get("backend", "st"), tuple(BACKENDS))
-    if "batch_size" in options:  # embed_dataset refuses < 1 too, but only once the study runs, without the file
-        _checked(where, lambda: check_value("batch_size", options["batch_size"], EMBED_BATCH))
-    config = _checked(where, lambda: EmbedderConfig(**options))
+    config = _checked(where, lambda: EmbedderConfig(**options))  # its sizes and template (EMBEDDER_RULES)
     _checked(where, config.build)
-    if config.template != CHAT:  # a chat template is the model's own: checked when its tokenizer loads
-        _checked(where, lambda: render(pl.DataFrame({"prompt": ["p"], "response": ["r"]}), config.template))
     return config
 
 

@@ -161,7 +161,7 @@ class HFEmbedder(Embedder):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.revision, self.normalize = revision, bool(normalize)
-        self._model = self._tok = None
+        self._model = self._tok = self._config_only = None
 
     def spec(self) -> dict:
         return self.view_spec(self.layer, self.pooling)
@@ -228,7 +228,7 @@ class HFEmbedder(Embedder):
         """The model's config (read once, without its weights)."""
         if self._model is not None:
             return self._model.config
-        if getattr(self, "_config_only", None) is None:
+        if self._config_only is None:
             where, kwargs = self._location()
             from transformers import AutoConfig
 
