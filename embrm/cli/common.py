@@ -8,7 +8,6 @@ and the methods take the same dataset and embedder options, spelled the same way
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import inspect
 import json
@@ -23,7 +22,7 @@ from typing import Annotated, Optional, get_type_hints
 import typer
 from rich.console import Console, ConsoleDimensions
 
-from embrm.core import EmbrmError, check_out, exclusive
+from embrm.core import NO_SPACE, EmbrmError, check_out, exclusive
 from embrm.data import Dataset, load_dataset
 from embrm.embedding import DEFAULT_TEMPLATE, EmbedderConfig, EmbedResult
 
@@ -185,9 +184,6 @@ def error_line(message: str) -> None:
     """One line on stderr; the message is printed verbatim (no rich markup: `[[learners]]` and `embrm[hf]` stay)."""
     err.print("[bold red]error:[/] ", end="")
     err.print(" ".join(str(message).split()), markup=False, highlight=False, soft_wrap=True)
-
-
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, a file-size limit, a quota
 
 
 def friendly(fn):

@@ -29,7 +29,7 @@ from embrm.core._checks import (
     shown,
 )
 from embrm.core._errors import EmbrmError
-from embrm.core._files import exclusive, file_stem, staged, stale_stages, write_atomic
+from embrm.core._files import NO_SPACE, exclusive, file_stem, staged, stale_stages, write_atomic
 from embrm.core._format import cell, fmt, md_table
 from embrm.core._hardware import (
     THREADS_ENV,
@@ -45,9 +45,10 @@ from embrm.core._rows import Rows, map_rows, mapped, row_blocks, take_rows
 
 __all__ = [
     "available_memory", "cell", "check_choice", "check_name", "check_nesting", "check_size", "MAX_NESTING", "Name",
-    "NAME", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs", "check_params",
-    "check_value", "current_threads", "EmbrmError", "exclusive", "fast_bf16", "file_stem", "fit_threads", "fmt",
-    "format_duration", "Integer", "is_int", "md_table", "Number", "on_fit_threads", "OneOf", "policy_threads",
-    "Progress", "RANDOM_STATE", "Rows", "map_rows", "mapped", "row_blocks", "take_rows", "SEED", "shown",
-    "stale_stages", "staged", "Sizes", "Stages", "step_progress", "THREADS_ENV", "torch_threads", "write_atomic"
+    "NAME", "NO_SPACE", "check_embeddings", "check_fitted", "check_group_ids", "check_out", "check_pairs",
+    "check_params", "check_value", "current_threads", "EmbrmError", "exclusive", "fast_bf16", "file_stem",
+    "fit_threads", "fmt", "format_duration", "Integer", "is_int", "md_table", "Number", "on_fit_threads", "OneOf",
+    "policy_threads", "Progress", "RANDOM_STATE", "Rows", "map_rows", "mapped", "row_blocks", "take_rows", "SEED",
+    "shown", "stale_stages", "staged", "Sizes", "Stages", "step_progress", "THREADS_ENV", "torch_threads",
+    "write_atomic"
 ]

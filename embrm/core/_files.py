@@ -46,6 +46,7 @@ def write_atomic(path: Path, content: bytes | str | Callable[[Path], None], *, d
         tmp.unlink(missing_ok=True)  # only there when writing or renaming failed
 
 
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a write failed for room: a full disk, a size limit, a quota
 STAGE_PREFIX = ".stage-"  # staged's hidden directories inside a results directory
 
 

@@ -22,7 +22,6 @@ part, manifest or fingerprint file must be a regular file, not a link, device or
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from embrm.core import EmbrmError, write_atomic
+from embrm.core import NO_SPACE, EmbrmError, write_atomic
 
 if TYPE_CHECKING:  # annotations only: pyarrow loads when a part is read or written
     import pyarrow as pa
@@ -513,7 +512,7 @@ class EmbeddingCache:
                 try:
                     self._merge(manifest)
                 except OSError as e:  # out of space after all: the listed parts stay, and read as before
-                    if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    if e.errno not in NO_SPACE:
                         raise
 
     def _room_to_merge(self, manifest: Manifest) -> bool:
