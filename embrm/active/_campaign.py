@@ -23,8 +23,8 @@ Per seed (Settles 2009, "Active learning literature survey", pool-based sampling
      (``embrm.evaluation.gold_order_pairs``, ties 0.5), Best-of-n gain at n = N from ``embrm.evaluation.top_picks``
      ((gold of the top response - the pool's mean) / (the pool's best - its mean), each summed over prompts: 0
      random, 1 oracle), ECE, log det H.
-Effects vs random are paired per seed and held-out prompt (``embrm.evaluation.paired_effect``: seeds, then prompts,
-resampled), with the evaluation's one verdict (``embrm.evaluation.verdict``) in this campaign's words.
+Effects vs random are paired per seed and held-out prompt (``embrm.evaluation.paired_effect``: crossed random effects
+of prompts and seeds), with the evaluation's one verdict (``embrm.evaluation.verdict``) in this campaign's words.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ HEADER = ["strategy", "final accuracy", "final Best-of-n gain", "AUC", "labels t
 # the evaluation's verdicts on "the strategy beats random" (embrm.evaluation.verdict), in this campaign's words
 VERDICTS = {"reproduced": "beats random", "reversed": "worse than random",
             "not reproduced (inconclusive)": "no difference from random (inconclusive)"}
-N_BOOT = 2000
 RULES = {
     "seed_pairs": Integer(1, 100_000_000), "batch": Integer(1, 10_000_000), "rounds": Integer(1, 100_000),
     "samples": Integer(2, 100_000), "C": Number(0, lo_open=True),
@@ -477,7 +476,7 @@ def _effects(name: str, traces: dict, pools: dict, weights: np.ndarray) -> tuple
         ids = pool.held.prompt_ids[keep]
         final.append(Unit(seed, name, ids, a[-1][keep], b[-1][keep], den[keep]))
         auc.append(Unit(seed, name, ids, (weights @ a)[keep], (weights @ b)[keep], den[keep]))
-    return paired_effect(final, n_boot=N_BOOT), paired_effect(auc, n_boot=N_BOOT)
+    return paired_effect(final), paired_effect(auc)
 
 
 def vs_random(effect: Effect | None) -> str:

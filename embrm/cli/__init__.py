@@ -62,6 +62,7 @@ app.command()(model.fit)
 app.command()(model.score)
 app.command("bon-sim")(model.bon_sim)
 app.command()(study.run)
+app.command()(study.plan)
 for command in (methods.laser, methods.moe, methods.composite, methods.policy):
     app.command()(command)
 app.command()(active.active)

@@ -124,7 +124,8 @@ FIT_OPTION = {"seed": "--seed", "k": "--ensemble", "flip": "--flip", "beta": "--
               "pairs_per_prompt": "--pairs-per-prompt"}
 # ... and the `embrm bon-sim` option
 BON_OPTION = {"lam": "--lam", "lcb_beta": "--lcb-beta", "temperature": "--temperature", "member": "--member",
-              "coverage": "--coverage", "n_max": "--n-max", "aggregation": "--agg"}
+              "coverage": "--coverage", "n_max": "--n-max", "aggregation": "--agg",
+              "length_control_gold": "--lc-gold"}
 
 
 @friendly
@@ -256,6 +257,9 @@ def bon_sim(
     sun_metrics: Annotated[bool, typer.Option(
         "--sun-metrics", help="Also Sun et al.'s numbers (Best-of-N at 2..500 by one random subsample, the pick's "
                               "quantile, pairwise accuracy, Spearman; ensemble mean, min and first member).")] = False,
+    lc_gold: Annotated[Optional[str], typer.Option(
+        "--lc-gold", help="The length-controlled gold of pool-lc: alpacaeval (AlpacaEval 2's length-controlled GLM) "
+                          "| loglinear (one slope on log(1 + characters)); default: the model's protocol's.")] = None,
     out_dir: OutDirOpt = None,
     cache_dir: CacheDirOpt = Path("cache"), format: FormatOpt = Format.text, overwrite: OverwriteOpt = False,
 ):
@@ -267,7 +271,7 @@ def bon_sim(
     claim_out(ctx, out_dir, overwrite)
     model = _load_model(model_dir)
     changes = dict(lam=lam, lcb_beta=lcb_beta, temperature=temperature, member=member, coverage=coverage, n_max=n_max,
-                   n_grid=_n_grid(n_grid),
+                   n_grid=_n_grid(n_grid), length_control_gold=lc_gold,
                    aggregations=tuple(split_list([agg])) if agg is not None else None)
     # the Protocol checks every value (aggregation names, member in 0..K-1, ...) before the data is read
     with options_named(BON_OPTION):
@@ -335,8 +339,10 @@ def print_bon(result: Evaluation) -> None:
         out.print(f"no length-controlled gold: {result.length_error}")
     elif result.length_effect:
         e = result.length_effect
-        out.print(f"length-controlled gold: gold - {e.effect:.3f} x log(1 + characters) (fitted with prompt"
-                  f"{' and ' + e.source if e.source else ''} effects on {e.n_rows} responses)")
+        out.print(f"length-controlled gold ({e.gold}): {e.description or e.gold}", markup=False)
+        if e.effect is not None:
+            out.print(f"log-linear length fit: gold - {e.effect:.3f} x log(1 + characters) (fitted with prompt"
+                      f"{' and ' + e.source if e.source else ''} effects on {e.n_rows} responses)")
     if result.published:
         t = Table("published reward model", "prompts", "gold of pick", "random", "oracle", "gain",
                   title="Published reward models' best-of-N picks (same prompts; scored picks only)")

@@ -23,6 +23,7 @@ from embrm.evaluation._bon import (
 )
 from embrm.evaluation._calibration import Reliability, plot_reliability, pooled_reliability, reliability
 from embrm.evaluation._conformal import ConformalResult
+from embrm.evaluation._decide import Look, Power, SequentialTest, family_control, power_of, se_at, spending_bounds
 from embrm.evaluation._heldout import (
     BonResult,
     Evaluation,
@@ -53,13 +54,15 @@ from embrm.evaluation._metrics import (
 )
 from embrm.evaluation._plots import plot_bon, plot_gao_fit, pyplot, save_figure
 from embrm.evaluation._pools import Pools, avg_ranks, group_pools, score_columns, tie_average
-from embrm.evaluation._stats import Effect, Unit, agreement, paired_effect, verdict
+from embrm.evaluation._simulate import Coverage, Design, coverage, simulate_units
+from embrm.evaluation._stats import ESTIMATORS, VERDICTS, Components, Effect, Unit, agreement, paired_effect, verdict
 from embrm.evaluation._sun import SUN_N, SunMetrics, sun_metrics
 
 __all__ = [
     "aggregate_all", "AGGREGATION_RULES", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n",
-    "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "conformal_proxy",
-    "ConformalResult", "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator",
+    "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "Components", "conformal_proxy",
+    "ConformalResult", "Coverage", "coverage", "Design", "ESTIMATORS", "family_control", "Look", "power_of", "Power",
+    "se_at", "SequentialTest", "simulate_units", "spending_bounds", "VERDICTS", "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator",
     "expected_best_of_n", "expected_calibration_error", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
     "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect",
     "log_grid", "paired_effect", "pairwise_accuracy", "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman",

@@ -425,16 +425,28 @@ def published_picks(responses: pl.DataFrame, eval_rows: np.ndarray, picks_file: 
 
 @dataclass
 class LengthEffect:
-    """The fit behind a pool's length-controlled gold (embrm.rewards' ControlledGold without its per-row gold): gold
-    per unit of log(1 + characters) with prompt (and answer-source) effects held, its cluster-robust standard error
-    (None with fewer than 2 prompts), the rows and prompts fitted, the source column, the within-prompt R²."""
+    """The fit behind a pool's length-controlled gold (pool-lc). `gold` says which controlled gold pool-lc uses:
+    "alpacaeval" (embrm.rewards.alpacaeval_controlled_gold: AlpacaEval 2's GLM, length term removed) or "loglinear"
+    (embrm.rewards.controlled_gold). Both are fitted: effect, stderr and r2_within are the log-linear fit's (gold per
+    unit of log(1 + characters) with prompt (and answer-source) effects held, its cluster-robust standard error,
+    the within-prompt R²; None where it could not be fitted), n_rows and n_prompts the chosen fit's, `description`
+    the chosen fit in one line, phi_shared and baseline the AlpacaEval-style fit's shared length term and where the
+    baseline's lengths came from. `ranking`, for pools with named answer sources: how raw, log-linear and
+    AlpacaEval-style gold rank the sources by their mean over the fitted rows: {"n_sources", "spearman":
+    {"raw~loglinear", "raw~alpacaeval", "loglinear~alpacaeval"}, "top": {"raw", "loglinear", "alpacaeval"}: the
+    three best sources under each}."""
 
-    effect: float
+    effect: float | None
     stderr: float | None
     n_rows: int
     n_prompts: int
     source: str | None
     r2_within: float | None
+    gold: str = "loglinear"  # what results stored before the AlpacaEval-style gold used
+    description: str | None = None
+    phi_shared: float | None = None
+    baseline: str | None = None
+    ranking: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,6 +30,10 @@ DEFAULT_AGGREGATIONS = ("mean", "min", "median", "uwo", "lcb", "conformal", "sin
 #   conformal   split-conformal lower bound with Protocol.coverage (embrm.evaluation._conformal)
 CALIBRATED = ("conformal",)
 LABEL_SOURCES = ("auto", "human", "simulated")
+# The gold a pool's length-controlled Best-of-n (pool-lc) is judged by (embrm.rewards):
+#   alpacaeval  AlpacaEval 2's length-controlled GLM, length term removed (alpacaeval_controlled_gold)
+#   loglinear   gold ~ prompt + answer source + one slope x log(1 + characters), slope removed (controlled_gold)
+LC_GOLDS = ("alpacaeval", "loglinear")
 
 # The bounds of an experiment's values: every entry point (`embrm fit`, `embrm bon-sim`, a study job, the Python API)
 # builds a Protocol, so these are checked once here. Upper bounds refuse what cannot finish on a CPU.
@@ -228,6 +232,7 @@ class Protocol:
     n_max: int | None = None
     n_grid: str | tuple | None = None  # the n of Best-of-n: None (automatic), "all", "log" or the values themselves
     sun_metrics: bool = False  # also Sun et al.'s numbers (embrm.evaluation.sun_metrics) beside the exact ones
+    length_control_gold: str = "alpacaeval"  # the gold of pool-lc: one of LC_GOLDS
 
     def __post_init__(self):
         if not isinstance(self.learner, Learner) or not isinstance(self.labels, LabelConfig):
@@ -241,6 +246,7 @@ class Protocol:
         check_value("member", self.member, Integer(0, self.k - 1))  # the member 'single' reports: one of the K
         _check_bool("with_excluded", self.with_excluded)
         _check_bool("sun_metrics", self.sun_metrics)
+        check_choice("length_control_gold", self.length_control_gold, LC_GOLDS)
         object.__setattr__(self, "n_grid", checked_n_grid(self.n_grid))
 
     def aggregation_params(self) -> dict:
@@ -253,6 +259,8 @@ class Protocol:
         d["learner"] = self.learner.to_dict()
         if not self.sun_metrics:
             del d["sun_metrics"]
+        if self.length_control_gold == "loglinear":  # what every protocol stored before it was an option
+            del d["length_control_gold"]
         if self.labels.pairs_per_prompt is None:
             del d["labels"]["pairs_per_prompt"]
         return d
@@ -267,6 +275,7 @@ class Protocol:
             control, size = learner.pop("length_control", "none"), learner.pop("k", None)
             d["learner"] = Learner(head, mode, learner, control, size)
             d["labels"] = LabelConfig(**d["labels"])
+            d.setdefault("length_control_gold", "loglinear")  # stored before the AlpacaEval-style gold
             return cls(**d)
         except (KeyError, TypeError, ValueError) as e:
             raise EmbrmError(f"a saved protocol is damaged ({type(e).__name__}: {e}): re-fit the model") from None

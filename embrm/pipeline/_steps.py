@@ -16,7 +16,8 @@ Length control (Learner.length_control): "posthoc" fits each member's length slo
 responses and removes it; "odin" trains quality + length heads; "rrm" adds other prompts' answers as losers and
 ties, which are new (prompt, response) texts: their embeddings are passed as `augment`
 (`embed_dataset(rrm_dataset(ds)).X`; `embrm run` and `embrm fit` embed them). Pools are evaluated on their gold and
-on a length-controlled gold (embrm.rewards.controlled_gold), side by side.
+on a length-controlled gold, side by side (pool-lc; Protocol.length_control_gold: AlpacaEval 2's length-controlled
+GLM, embrm.rewards.alpacaeval_controlled_gold, by default, or the log-linear embrm.rewards.controlled_gold).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from embrm.pipeline._protocol import CALIBRATED, LabelConfig, Learner, Protocol
 from embrm.rewards import (
     LengthCorrection,
     RewardEnsemble,
+    alpacaeval_controlled_gold,
+    baseline_of,
     controlled_gold,
     fit_ensemble,
     length_feature,
@@ -291,13 +294,12 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     try:
         if not ds.texts:
             raise EmbrmError(f"{ds.name} is arrays without texts: no lengths to control for")
-        controlled = controlled_gold(ds.responses, ds.usable, source=ds.answer_source)
+        result.length_effect, lc_gold = length_controlled(ds, protocol.length_control_gold)
     except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
         result.length_error = str(e)
     else:
-        result.length_effect = LengthEffect(**controlled.to_dict())
         result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
-                                          gold=controlled.gold, **grid)
+                                          gold=lc_gold, **grid)
     if protocol.sun_metrics:  # Sun et al.'s raw ensemble mean, min and first member, on one random draw
         raw = {"mean": scores.mean(axis=1), "min": scores.min(axis=1), "first": scores[:, 0]}
         result.sun = sun_metrics(ds.responses["prompt_id"].to_numpy(), ds.responses["gold"].to_numpy(), raw,
@@ -308,6 +310,62 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if "published_picks" in ds.attachments:
         result.published = published_picks(ds.responses, evaluated & ~ds.excluded, ds.attachments["published_picks"])
     return result
+
+
+def length_controlled(ds: Dataset, which: str = "alpacaeval") -> tuple[LengthEffect, np.ndarray]:
+    """The pool's length-controlled gold (Protocol.length_control_gold: "alpacaeval" or "loglinear"), fitted on its
+    usable rows, and the LengthEffect that describes it: both golds are fitted, and with named answer sources it
+    says how raw, log-linear and AlpacaEval-style gold rank them. The chosen gold's failure is the EmbrmError."""
+    r, rows, source = ds.responses, ds.usable, ds.answer_source
+    golds, errors = {}, {}
+    g = r["gold"].cast(pl.Float64).to_numpy()[rows]
+    fallback = which == "alpacaeval" and not ((g[np.isfinite(g)] >= 0) & (g[np.isfinite(g)] <= 1)).all()
+    if fallback:  # AlpacaEval's GLM models a win probability: a gold on another scale gets the log-linear one
+        which = "loglinear"
+    try:
+        loglinear = controlled_gold(r, rows, source=source)
+        golds["loglinear"] = loglinear.gold
+    except EmbrmError as e:
+        loglinear, errors["loglinear"] = None, str(e)
+    try:
+        glm = alpacaeval_controlled_gold(r, rows, source=source, baseline=baseline_of(ds))
+        golds["alpacaeval"] = glm.gold
+    except EmbrmError as e:
+        glm, errors["alpacaeval"] = None, str(e)
+    if which not in golds:
+        raise EmbrmError(errors[which])
+    if which == "alpacaeval":
+        n_rows, n_prompts, description = glm.n_rows, glm.n_prompts, glm.description
+    else:
+        n_rows, n_prompts = loglinear.n_rows, loglinear.n_prompts
+        description = (f"log-linear: gold - {loglinear.effect:+.4f} x log(1 + characters), fitted with prompt"
+                       f"{' and ' + source if source else ''} effects on {n_rows} responses")
+        if fallback:
+            description += " (the gold is not a probability in [0, 1]: AlpacaEval's GLM does not apply)"
+    ll = loglinear.to_dict() if loglinear is not None else {"effect": None, "stderr": None, "r2_within": None}
+    effect = LengthEffect(ll["effect"], ll["stderr"], n_rows, n_prompts, source, ll["r2_within"], gold=which,
+                          description=description, phi_shared=glm.phi_shared if glm is not None else None,
+                          baseline=glm.baseline if glm is not None else None,
+                          ranking=_source_ranking(r, rows, source, golds) if len(golds) == 2 else None)
+    return effect, golds[which]
+
+
+def _source_ranking(responses: pl.DataFrame, rows: np.ndarray, source: str | None, golds: dict) -> dict | None:
+    """How raw, log-linear and AlpacaEval-style gold rank the answer sources (their means over the rows where all
+    three are known): Spearman between each two, and each one's top three. None without 3 sources."""
+    if source is None:
+        return None
+    from scipy.stats import spearmanr
+    cols = {"raw": responses["gold"].cast(pl.Float64).fill_null(np.nan).to_numpy(), **golds}
+    keep = rows & np.logical_and.reduce([np.isfinite(v) for v in cols.values()])
+    means = (pl.DataFrame({"source": responses[source].cast(pl.Utf8), **cols}).filter(pl.Series(keep))
+             .group_by("source").mean().sort("source"))
+    if means.height < 3:
+        return None
+    names = ("raw", "loglinear", "alpacaeval")
+    rho = {f"{a}~{b}": float(spearmanr(means[a], means[b])[0]) for i, a in enumerate(names) for b in names[i + 1:]}
+    top = {g: means.sort(g, descending=True)["source"].head(3).to_list() for g in names}
+    return {"n_sources": means.height, "spearman": rho, "top": top}
 
 
 @dataclass

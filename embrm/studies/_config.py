@@ -21,6 +21,8 @@ does not exist is one error naming the file, the key and the allowed values.
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     sun_metrics = false         # also Sun et al.'s numbers per job (random-subsample Best-of-N at 2..500, the pick's
                                 # quantile, pairwise accuracy, Spearman; ensemble mean, min, first member)
+    length_control_gold = "alpacaeval"  # the gold of the length-controlled Best-of-n (pool-lc): "alpacaeval" (AlpacaEval
+                                # 2's length-controlled GLM) or "loglinear" (one slope on log(1 + characters))
     methods = ["laser", "moe", "composite", "policy"]            # the four methods, run on the first pool, seed 0
     [active]                    # active labelling campaigns (embrm.active) on every pool; left out: none. Keys:
     strategies = ["random", "dopt", "bald"]     # strategies, seed_pairs, batch, rounds, seeds (default: the
@@ -132,6 +134,7 @@ class Study:
     lcb_beta: float = 1.0
     with_excluded: bool = True
     sun_metrics: bool = False  # also Sun et al.'s evaluation numbers per job (embrm.evaluation.sun_metrics)
+    length_control_gold: str = "alpacaeval"  # pool-lc's gold: embrm.pipeline._protocol.LC_GOLDS
     replicate: bool = True
     n_grid: str | list | None = None  # Best-of-n's n: None (every n up to ALL_N_LIMIT), "all", "log", [n...]
     methods: list = field(default_factory=lambda: list(METHODS))
@@ -190,7 +193,7 @@ class Job:
                                  study.labels.get("pairs_per_prompt"))
         return Protocol(self.learner, labels, study.k, study.test_size, self.seed, tuple(study.aggregations),
                         study.lam, study.lcb_beta, with_excluded=study.with_excluded, n_grid=study.n_grid,
-                        sun_metrics=study.sun_metrics)
+                        sun_metrics=study.sun_metrics, length_control_gold=study.length_control_gold)
 
     def digest(self, study: Study) -> str:
         """Changes whenever anything that shapes this job's result changes (resume keeps only matching results)."""
@@ -257,7 +260,7 @@ def load_study(path: str | Path | None = None) -> Study:
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
-       "sun_metrics": bool, "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
+       "sun_metrics": bool, "length_control_gold": str, "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
        "labels": dict, "noise": list, "learners": list, "active": dict, "rl": dict}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool, "pairs_per_prompt": int}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}
@@ -318,7 +321,8 @@ def study_from_dict(doc: dict, where: str = "study", base: Path = Path(".")) -> 
     check_nesting(where, doc)
     doc = _check_keys(where, doc, TOP)
     study = Study()
-    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid", "sun_metrics"):
+    for key in ("name", "test_size", "k", "lam", "lcb_beta", "with_excluded", "replicate", "n_grid", "sun_metrics",
+                "length_control_gold"):
         if key in doc:
             setattr(study, key, doc[key])
     for key in ("seeds", "aggregations", "methods"):
@@ -505,7 +509,7 @@ def _validate(study: Study, where: str) -> None:
     _distinct(where, "methods", study.methods)
     _checked(where, lambda: Protocol(k=study.k, test_size=study.test_size, aggregations=tuple(study.aggregations),
                                      lam=study.lam, lcb_beta=study.lcb_beta, with_excluded=study.with_excluded,
-                                     n_grid=study.n_grid))
+                                     n_grid=study.n_grid, length_control_gold=study.length_control_gold))
     if not study.seeds:
         raise EmbrmError(f"{where}: seeds is empty: give at least one seed (three or more for intervals)")
     if not study.learners or (not study.datasets and not study.human_pairs):

@@ -13,13 +13,14 @@ one reward, two rewards of one seed, or two annotators of one learner, on the sa
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import polars as pl
 
-from embrm.evaluation import Effect, Unit, agreement, paired_effect
+from embrm.evaluation import VERDICTS, Effect, Look, Power, Unit, agreement, family_control, paired_effect, power_of
 from embrm.studies._store import JobResult
+from embrm.studies._tables import peaks
 
 CONSERVATIVE = ("min", "uwo", "lcb", "conformal")  # Coste et al.'s conservative aggregations (+ a calibrated one)
 
@@ -37,10 +38,26 @@ class Finding:
     direction: int  # +1: the claim says the effect is > 0; -1: < 0
     effect: Effect | None
     note: str = ""  # a descriptive finding (no test) says what it counted here
+    q_value: float | None = None  # Benjamini-Hochberg over the study's findings (`decide`)
+    family_q: float = 0.05  # the false discovery rate the family is controlled at
+    power: Power | None = None  # what the design could detect (`decide`)
+    sequential: Look | None = None  # the last look of `embrm run --until-decided`
 
     @property
     def verdict(self) -> str:
+        """The verdict of the 95 % interval (or, after --until-decided, of the group-sequential boundary)."""
+        if self.sequential is not None:
+            return self.sequential.status if self.sequential.status in VERDICTS else VERDICTS[2]
         return self.effect.verdict(self.direction) if self.effect is not None else "not measured"
+
+    @property
+    def adjusted_verdict(self) -> str:
+        """The verdict once the family is controlled: a conclusive verdict stands only when its q-value <= family_q
+        (a sequential verdict is already the boundary's)."""
+        v = self.verdict
+        if v in VERDICTS[:2] and self.sequential is None and self.q_value is not None and self.q_value > self.family_q:
+            return VERDICTS[2]
+        return v
 
     def markdown(self) -> str:
         learners = "" if self.source == "embrm" else ", plain learners"
@@ -48,13 +65,49 @@ class Finding:
         if self.effect is None:
             return f"{head}: {self.note}"
         e = self.effect
-        return (f"{head}: {self.measure} {e.interval()} (effect size "
+        return (f"{head}: {self.measure} {e.interval()} (p {_p(e.p_value)}, q {_p(self.q_value)}; effect size "
                 f"{e.effect_size:+.2f}; {e.n_seeds} seeds, {e.n_units} runs, {e.n_prompts} held-out prompts) "
-                f"→ **{self.verdict}**.")
+                f"→ **{self.verdict}**{self._after_family()}.{self._power_text()}")
+
+    def _after_family(self) -> str:
+        if self.adjusted_verdict == self.verdict:
+            return "" if self.verdict == VERDICTS[2] or self.sequential else ", survives the family"
+        return f", **{self.adjusted_verdict}** after the family (q > {self.family_q:g})"
+
+    def _power_text(self) -> str:
+        if self.power is None or self.verdict != VERDICTS[2]:
+            return ""
+        p = self.power
+        seeds = f"{p.seeds_needed} seeds" if p.seeds_needed else "more seeds alone cannot (the prompts limit it)"
+        prompts = f"{p.prompts_needed:,} prompts" if p.prompts_needed else "no pool size alone"
+        return (f" Detectable at {p.power:.0%} power: |effect| ≥ {p.mde:.3f}; the observed estimate would need "
+                f"{seeds} or {prompts} in the pool.")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("key", "dataset", "labels", "source", "claim", "measure", "direction",
-                                              "note", "verdict")} | {"effect": self.effect and self.effect.to_dict()}
+                                              "note", "verdict", "adjusted_verdict", "q_value", "family_q")} | {
+            "effect": self.effect and self.effect.to_dict(), "power": self.power and self.power.to_dict(),
+            "sequential": self.sequential and self.sequential.to_dict()}
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None or not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def decide(found: list[Finding], results: list[JobResult], q: float = 0.05) -> list[Finding]:
+    """The family: every tested finding of one study (its halves are families of their own). Sets each finding's
+    Benjamini-Hochberg q-value and its Power (embrm.evaluation.power_of), in place; returns the list. The pool a
+    finding's seeds split (for the power's 1 / P floor) is its held-out prompts per seed over the test share."""
+    test_size = {r.dataset: r.protocol.test_size for r in results}
+    tested = [f for f in found if f.effect is not None]
+    for f, qv in zip(tested, family_control([f.effect.p_value for f in tested])):
+        f.q_value, f.family_q = (None if np.isnan(qv) else float(qv)), q
+        c = f.effect.components
+        if c is not None and f.dataset in test_size:
+            pool = max(c.pool, int(round(c.held_out / test_size[f.dataset])))
+            f.effect = replace(f.effect, components=replace(c, pool=pool))
+        f.power = power_of(f.effect)
+    return found
 
 
 # ----------------------------------------------------------------------------- per-prompt records -> units
@@ -338,14 +391,18 @@ def _accuracy_findings(results: list[JobResult], dataset: str, noises: list[str]
 
 
 def _overoptimisation(bon: pl.DataFrame, dataset: str) -> Finding | None:
+    """Descriptive (no test; the cross-fitted finding tests it): in how many runs the ensemble mean's gold falls from
+    a peak before n = N to n = N, and by how much there (peak − n = N in gain, > 0; `peaks`, as the report's table)."""
     mean = bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & (pl.col("proxy") == "mean"))
     if not mean.height:
         return None
-    peaked = mean.filter(pl.col("best_n") < pl.col("n_max"))
-    drop = (peaked["gold_at_best_n"] - peaked["gold"]).mean() if peaked.height else 0.0
+    falls = peaks(mean).filter(pl.col("drop_gold") > 0)
+    how = (f", by {falls['drop'].mean():+.3f} gain on average over those runs (largest {falls['drop'].max():+.3f}; "
+           f"drop = gain at the peak − gain at n = N)" if falls.height else ": it never falls past a peak")
     return Finding(f"{dataset}|all|overoptimisation", dataset, "all", "Gao et al.",
-                   "over-optimisation: gold peaks before n = N for the ensemble mean", "", +1, None,
-                   f"in {peaked.height} of {mean.height} runs, by {drop:.3f} gold on average (descriptive)")
+                   "over-optimisation: the ensemble mean's gold falls from a peak before n = N to n = N", "", +1,
+                   None, f"in {falls.height} of {mean.height} runs{how} (descriptive; the peak chosen on the same "
+                         f"prompts)")
 
 
 def findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:

@@ -13,7 +13,7 @@ import polars as pl
 
 from embrm.core import fmt, md_table
 from embrm.embedding import CHAT, DEFAULT_TEMPLATE
-from embrm.evaluation import LengthEffect
+from embrm.evaluation import VERDICTS, LengthEffect
 from embrm.methods import render_methods
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, group_label
@@ -39,6 +39,19 @@ LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's w
                   "one) + effect × log(1 + characters).")
 
 
+OVEROPTIMISATION = ("Over-optimisation: where each seed's gold curve peaks, the gain there and at n = N, and the drop "
+                    "from the peak to n = N (peak − n = N: positive when gold falls past the peak, 0 when the curve "
+                    "does not fall, the peak n then N). The curve at n averages the prompts whose pools hold n "
+                    "answers. The peak is chosen on the same prompts, so the drop is optimistic; the findings "
+                    "cross-fit it:")
+CALIBRATION = ("Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over 10 "
+               "confidence bins; Brier; mean ± 95 % interval over seeds), and temperature scaling fitted on the other "
+               "half of the held-out prompts: the ECE after it, and the temperature T as its median [min, max] over "
+               "seeds (a seed's T is the mean of its two folds'; T > 1: the margins were overconfident, T < 1: "
+               "underconfident; near {bound:.0f}, the search's bound, a fold's margins carry no signal to calibrate). "
+               "Reliability diagrams under Plots:")
+
+
 PROBES = {"alpaca-eval-models": "reward-hacking probes NullModel, gpt4_gamed, *_verbose"}  # named in the setting
 
 
@@ -51,16 +64,29 @@ def _probes(study: Study) -> str:
 def _findings_section(result) -> list[str]:
     if not result.findings:
         return []
-    seeds = {f.effect.n_seeds for f in result.findings if f.effect is not None}
-    how = ("a two-stage bootstrap (Davison & Hinkley 1997, §3.8; 2,000 replicates) that resamples the seeds, then "
-           "each drawn seed's held-out prompts, with one prompt draw shared by all runs of that seed and both arms "
-           "(paired), so that runs sharing their prompts are not counted as independent" if seeds != {1} else
-           "a bootstrap over the held-out prompts of the one seed (seed-to-seed variation is not captured)")
-    lines = ["## Findings", "", f"Each effect is a paired difference (per-prompt records of every run) with its "
-             f"95 % percentile interval from {how}. A claim is **reproduced** only when the interval excludes 0 in "
-             "the claimed direction, **reversed** only when it excludes 0 the other way, otherwise not reproduced "
-             "(inconclusive). Effect size: the estimate over the standard deviation of the per-prompt "
-             "differences. The papers' claims are measured on the plain learners.", ""]
+    tested = [f for f in result.findings if f.effect is not None]
+    seeds = {f.effect.n_seeds for f in tested}
+    how = ("crossed random effects of prompts and seeds: the prompt part clustered by prompt (each distinct prompt "
+           "counted once, with every seed and run that held it out, since the seeds' held-out prompts overlap), the "
+           "seed part the seeds' spread less its prompt part; a Student-t interval with Welch-Satterthwaite degrees "
+           "of freedom, wide when few seeds must pin down a seed effect" if seeds != {1} else
+           "the prompt-clustered variance of the one seed (seed-to-seed variation is not captured)")
+    conclusive = [f for f in tested if f.verdict in VERDICTS[:2]]
+    survive = [f for f in conclusive if f.adjusted_verdict == f.verdict]
+    q = tested[0].family_q if tested else 0.05
+    lines = ["## Findings", "", f"Each effect is a paired difference (per-prompt records of every run) with a 95 % "
+             f"interval for the effect on new prompts of the same kind, from {how}. A claim is **reproduced** only "
+             "when the interval excludes 0 in the claimed direction, **reversed** only when it excludes 0 the other "
+             "way, otherwise not reproduced (inconclusive). p: the two-sided p-value of no effect. Effect size: the "
+             "estimate over the standard deviation of the per-prompt differences. The papers' claims are measured "
+             "on the plain learners.", "",
+             f"The family: these {len(tested)} tested findings, controlled at a false discovery rate of {q:.0%} "
+             f"(Benjamini & Hochberg 1995; q: each finding's adjusted p-value). {len(survive)} of the "
+             f"{len(conclusive)} conclusive verdicts survive; a verdict that does not is marked and counts as "
+             "inconclusive. For each inconclusive finding: the smallest effect its design detects at 80 % power "
+             "(two-sided, 5 %) and the seeds (same prompts) or pool prompts (same seeds) that would detect its "
+             "observed estimate (`embrm plan` prints these before a run). The replication halves below stay the "
+             "independent check.", ""]
     lines += [f"- {f.markdown()}" for f in result.findings] + [""]
     if result.replication is not None:
         agree = sum(r.agreement == "agree" for r in result.replication)
@@ -77,17 +103,59 @@ def _findings_section(result) -> list[str]:
     return lines
 
 
+def _sequential_section(result) -> list[str]:
+    """The looks of `embrm run --until-decided`: seeds, decided and continuing findings, boundaries, why it stopped."""
+    run = getattr(result, "sequential", None)
+    if run is None:
+        return []
+    rows = [[str(k.look), str(k.seeds), str(k.decided), str(k.continuing),
+             "–" if k.bound_lo != k.bound_lo else f"{k.bound_lo:.2f}" if k.bound_lo == k.bound_hi
+             else f"{k.bound_lo:.2f} – {k.bound_hi:.2f}"] for k in run.looks]
+    return ["## Sequential design", "",
+            f"Run with `--until-decided --max-seeds {run.max_seeds}`: the findings were looked at after the study's "
+            f"seeds and after each batch of {run.batch} new seeds. Stopped: {run.reason}.", "",
+            md_table(["look", "seeds", "decided", "continuing", "z boundary"], rows), "",
+            "The verdicts above are the group-sequential boundary's, not the plain 95 % interval's: a finding is "
+            "reproduced or reversed when |estimate / se| crosses its look's boundary (Lan-DeMets alpha spending, "
+            f"O'Brien-Fleming type, {run.alpha:.0%} two-sided over all looks), futile when its conditional power to "
+            f"cross by {run.max_seeds} seeds is below {run.futility:.0%}, and keeps the look that decided it. Its "
+            "repeated confidence interval is estimate ± bound·se (all looks' intervals cover together with "
+            f"{1 - run.alpha:.0%} probability); the estimates above are at the final seeds.", ""]
+
+
 def _length_effect_line(effect: LengthEffect | str | None) -> str:
-    """The fit behind a pool's length-controlled gold, or why it has none (a str)."""
+    """The fit behind a pool's length-controlled gold, or why it has none (a str); with named answer sources, how
+    raw, log-linear and AlpacaEval-style gold rank them."""
     if not effect:
         return ""
     if isinstance(effect, str):
         return f"No length-controlled gold for this pool: {effect}"
     source = f" and answer source (`{effect.source}`)" if effect.source else ""
-    return (f"Fitted length effect: gold changes by {effect.effect:+.3f} ± {1.96 * effect.stderr:.3f} per unit "
-            f"of log(1 + characters), holding the prompt{source} fixed ({effect.n_rows} responses, "
-            f"{effect.n_prompts} prompts; within-prompt R² {effect.r2_within:.2f}). The length-controlled "
-            f"gold removes this term.")
+    loglinear = ""
+    if effect.effect is not None:
+        interval = f" ± {1.96 * effect.stderr:.3f}" if effect.stderr is not None else ""
+        r2 = f"; within-prompt R² {effect.r2_within:.2f}" if effect.r2_within is not None else ""
+        loglinear = (f"Fitted length effect (log-linear): gold changes by {effect.effect:+.3f}{interval} per unit "
+                     f"of log(1 + characters), holding the prompt{source} fixed{r2}")
+    if effect.gold == "loglinear":
+        line = (f"Length-controlled gold (pool-lc): log-linear. {loglinear} ({effect.n_rows} responses, "
+                f"{effect.n_prompts} prompts); it removes this term." + (f" {effect.description}."
+                                                                         if effect.description else ""))
+    else:
+        line = (f"Length-controlled gold (pool-lc): AlpacaEval 2's length-controlled GLM (Dubois et al. 2024), each "
+                f"answer's fitted length effect removed ({effect.n_rows} responses, {effect.n_prompts} prompts; "
+                f"shared length term {effect.phi_shared:+.2f} per unit of tanh(standardised length difference); "
+                f"baseline length: {effect.baseline})." + (f" For comparison: {loglinear}." if loglinear else ""))
+    rank = effect.ranking
+    if not rank:
+        return line
+    rho, top = rank["spearman"], rank["top"]
+    rows = [["raw gold", "1", f"{rho['raw~loglinear']:.3f}", f"{rho['raw~alpacaeval']:.3f}", ", ".join(top["raw"])],
+            ["log-linear LC gold", "", "1", f"{rho['loglinear~alpacaeval']:.3f}", ", ".join(top["loglinear"])],
+            ["AlpacaEval-style LC gold", "", "", "1", ", ".join(top["alpacaeval"])]]
+    return "\n".join([line, "", f"How each gold ranks the {rank['n_sources']} answer sources (Spearman between "
+                       f"their mean gold; top three):", "",
+                       md_table(["gold", "vs raw", "vs log-linear", "vs AlpacaEval-style", "top three"], rows)])
 
 
 def _pool_sections(result, noises: list[str]) -> list[str]:
@@ -104,8 +172,7 @@ def _pool_sections(result, noises: list[str]) -> list[str]:
         coverage = R.conformal_line(result.fits, dataset)
         lines += ["Gold@N and gain on gold, per aggregation:", "", R.bon_markdown(bon, dataset, "pool", noises), "",
                   *([coverage, ""] if coverage else []),
-                  "Over-optimisation: where each seed's gold curve peaks, the gain there and at n = N (the peak is "
-                  "chosen on the same prompts, so the drop is optimistic; the findings cross-fit it):", "",
+                  OVEROPTIMISATION, "",
                   R.overoptimisation_markdown(bon, dataset, noises), ""]
         for variant in (v for v in variants if v.startswith("pool+")):
             what = variant.removeprefix("pool+")
@@ -242,8 +309,8 @@ EMBEDDERS = ("Every job ran once per embedder on the same prompts, train/test sp
 def _timing_section(result) -> list[str]:
     t, fits = result.timings, result.fits
     rows = [["embedding (cached texts are free)", f"{t.embed_total:.1f}"],
-            [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers (wall)",
-             f"{t.jobs_wall:.1f}"],
+            [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers (wall; "
+             f"jobs already done in this directory are loaded, not run again)", f"{t.jobs_wall:.1f}"],
             *[[f"method: {k}", f"{v:.1f}"] for k, v in t.methods.items()],
             ["total", f"{t.total:.1f}"]]
     per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
@@ -267,6 +334,7 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
     if any(not l.length_control == "none" for l in study.learners):
         lines += [LENGTH_CONTROL, ""]
     lines += _findings_section(result)
+    lines += _sequential_section(result)
     if study.embedders:
         lines += _embedders_section(result.embedders)
     if not result.bon.is_empty():
@@ -276,9 +344,7 @@ def render_report(study: Study, result, plots: list[Path], command: str | None) 
         against = fits.filter(pl.col("dataset") == dataset)["against"][0]
         lines += [f"## Pairwise accuracy on `{dataset}` (held-out, against the {against})", "",
                   R.fit_markdown(fits, dataset), "",
-                  "Calibration of the ensemble mean's probability sigmoid(r_a − r_b) on the same pairs (ECE, MCE over "
-                  "10 confidence bins; Brier; ECE after temperature scaling fitted on the other half of the held-out "
-                  "prompts; reliability diagrams under Plots):", "", R.calibration_markdown(fits, dataset), ""]
+                  CALIBRATION.format(bound=R.TEMPERATURE_BOUND), "", R.calibration_markdown(fits, dataset), ""]
     for dataset in ([] if result.sun.is_empty() else result.sun["dataset"].unique(maintain_order=True)):
         lines += [f"## Sun et al.'s numbers on `{dataset}`", "", SUN, "", R.sun_markdown(result.sun, dataset), ""]
     if result.methods:

@@ -23,6 +23,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -31,15 +32,16 @@ from embrm.active import ActiveResult, run_active
 from embrm.core import EmbrmError, Progress, Rows, check_out, exclusive, staged
 from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
 from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
-from embrm.evaluation import LengthEffect
+from embrm.evaluation import LengthEffect, Look, SequentialTest
 from embrm.methods import MethodResult, run_method
 from embrm.rewards import package_versions
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, check_prompt_counts, check_rrm_texts, group_label, jobs_of
-from embrm.studies._findings import Finding, Replication, findings, replication
+from embrm.studies._findings import Finding, Replication, decide, findings, replication
 from embrm.studies._jobs import check_run_options, run_jobs
 from embrm.studies._report import embedder_rows, render_report
 from embrm.studies._rl import plot_rl_study, rl_findings, rl_skipped, rl_table
+from embrm.studies._sequential import DECIDED, SequentialRun, check_max_seeds, more_seeds, stop_reason, summarise
 from embrm.studies._store import JobResult, ResultStore, StudyTimings, TextFacts
 
 
@@ -61,6 +63,7 @@ class StudyResult:
     sun: pl.DataFrame = field(default_factory=pl.DataFrame)  # Sun et al.'s numbers per job (study sun_metrics = true)
     rl: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row per (job, policy, RL run) (study [rl])
     rl_skipped: dict[str, str] = field(default_factory=dict)  # "dataset / policy": why it did not run
+    sequential: SequentialRun | None = None  # the looks of `embrm run --until-decided` and why they stopped
 
     @property
     def report_path(self) -> Path:
@@ -144,13 +147,16 @@ def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
 def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, workers: int | None = None,
               runner: str = "local", address: str | None = None, progress: bool | None = None,
               command: str | None = None, replicate: bool | None = None, backend: str | None = None,
-              overwrite: bool = False) -> StudyResult:
+              overwrite: bool = False, until_decided: bool = False, max_seeds: int | None = None) -> StudyResult:
     """Run (or resume) a study and write its results directory and report. Everything is written under out_dir
     and cache_dir; both are checked, and every dataset loaded, before anything is written. runner: "local" (worker
     processes) or "ray" (at `address`). replicate (default: the study's `replicate`): run the study's pools again on
     each of two disjoint halves of their prompts (under out_dir/replication/half1, half2) and report which findings
     agree. backend: the deprecated name of runner (it names the embedder everywhere else). A directory holds one
-    study's results: another study's are refused unless `overwrite` (then replaced); one run at a time writes it."""
+    study's results: another study's are refused unless `overwrite` (then replaced); one run at a time writes it.
+    until_decided with max_seeds: after the study's seeds, add batches of as many new seeds until every finding is
+    decided by a group-sequential boundary or max_seeds is reached (embrm.studies._sequential); the tables, findings
+    and report are then those of the final seeds."""
     if backend is not None:
         warnings.warn("run_study(backend=...) is deprecated: use runner=", DeprecationWarning, stacklevel=2)
         runner = backend
@@ -162,27 +168,33 @@ def run_study(study: Study, out_dir, *, cache_dir="cache", data_dir=None, worker
     check_out(cache_dir, option="--cache-dir")
     replicate = study.replicate if replicate is None else replicate
     check_prompt_counts(replace(study, replicate=replicate))  # --replicate on a study that does not: its halves
+    if until_decided != (max_seeds is not None):
+        raise EmbrmError("--until-decided and --max-seeds go together: give both (e.g. --until-decided --max-seeds 12) "
+                         "or neither", field="--max-seeds")
+    if until_decided:
+        check_max_seeds(study, max_seeds, replicate)
     with exclusive(out, "--out"):  # one run per results directory at a time
         store.check_owner(study.name, overwrite)
         return _run_study(study, store, cache_dir, data_dir, workers, runner, address, progress, command, replicate,
-                          overwrite)
+                          overwrite, max_seeds if until_decided else None)
 
 
 def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, workers: int, runner: str,
                address: str | None, progress: bool | None, command: str | None, replicate: bool,
-               overwrite: bool) -> StudyResult:
+               overwrite: bool, max_seeds: int | None = None) -> StudyResult:
     out = store.out
     t0 = time.perf_counter()
     specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
     store.claim(study.name, overwrite)
     t1 = time.perf_counter()
+    run = partial(_run_some, store=store, specs=specs, embedding=embedding, cache_dir=cache_dir, data_dir=data_dir,
+                  workers=workers, runner=runner, address=address, progress=progress)
+    sequential, looks = None, {}
+    if max_seeds is not None:  # the looks run the jobs of growing seeds; the products below are the final seeds'
+        study, sequential, looks = _until_decided(study, run, max_seeds)
     jobs = jobs_of(study)
     halves = replication_jobs(study) if replicate else []
-    inputs = {label: facts.inputs for label, facts in embedding.items()}
-    inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
-               for j in halves}
-    done = run_jobs(study, jobs + halves, store, specs, cache_dir, data_dir=data_dir, workers=workers,
-                    inputs=inputs, runner=runner, address=address, progress=progress)
+    done = run(study, jobs + halves)  # after the looks, the main jobs are loaded back, not run again
     results = done[:len(jobs)]
     t2 = time.perf_counter()
     curves = store.curves(jobs, study, results)
@@ -196,7 +208,10 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
             products.write_table(name, frame)
         result = StudyResult(out, fits, bon, curves, pub, timings, all_findings(results, bon), embedding=embedding,
                              length_effects=_length_effects(results), embedders=embedder_rows(study, specs, fits, bon),
-                             sun=R.sun_table(results), rl=rl_table(results), rl_skipped=rl_skipped(results))
+                             sun=R.sun_table(results), rl=rl_table(results), rl_skipped=rl_skipped(results),
+                             sequential=sequential)
+        for f in result.findings:
+            f.sequential = looks.get(f.key)
         if not result.rl.is_empty():
             products.write_table("rl_summary", result.rl)
         if not result.sun.is_empty():
@@ -216,9 +231,41 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
                                            "embedder_spec": specs.get(None, specs), "machine": machine(),
                                            "timings": timings.to_dict(),
                                            "embedding": {k: v.to_dict() for k, v in embedding.items()},
-                                           "embedders": result.embedders}, indent=2)
+                                           "embedders": result.embedders}
+                           | ({"sequential": sequential.to_dict()} if sequential else {}), indent=2)
         products.write_text(result.report_path.name, render_report(study, result, plots, command))
     return result
+
+
+def _run_some(study: Study, jobs: list, *, store: ResultStore, specs: dict, embedding: dict, cache_dir: Path,
+              data_dir, workers: int, runner: str, address: str | None, progress: bool | None) -> list[JobResult]:
+    """Run the jobs not yet in the store (embedding was done once, before): their results, in order. A half's
+    inputs are its whole dataset's, marked with the half."""
+    inputs = {label: facts.inputs for label, facts in embedding.items()}
+    inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
+               for j in jobs if j.dataset.half}
+    return run_jobs(study, jobs, store, specs, cache_dir, data_dir=data_dir, workers=workers, inputs=inputs,
+                    runner=runner, address=address, progress=progress)
+
+
+def _until_decided(study: Study, run, max_seeds: int) -> tuple[Study, SequentialRun, dict[str, Look]]:
+    """Look at the findings after the study's seeds, then after each batch of new seeds (as many as the study's),
+    until every finding is decided or max_seeds is reached: (the study at its final seeds, the looks and why they
+    stopped, each finding's last Look). One SequentialTest keeps every finding's information fractions."""
+    test = SequentialTest(max_seeds)
+    record = SequentialRun(max_seeds, len(study.seeds), alpha=test.alpha, futility=test.futility)
+    looks: dict[str, Look] = {}
+    for k in range(1, max_seeds + 1):  # at most one look per added seed; the reason below ends it sooner
+        results = run(study, jobs_of(study))
+        fresh = [test.look(f.key, f.effect, f.direction) for f in all_findings(results, R.bon_table(results))
+                 if f.effect is not None and (f.key not in looks or looks[f.key].status not in DECIDED)]
+        looks |= {x.key: x for x in fresh}
+        record.looks.append(summarise(k, len(study.seeds), looks, fresh))
+        if reason := stop_reason(looks, k, len(study.seeds), max_seeds):
+            record.reason = reason
+            break
+        study = replace(study, seeds=study.seeds + more_seeds(study.seeds, record.batch, max_seeds))
+    return study, record, looks
 
 
 def _plot(study: Study, result: StudyResult, results: list[JobResult], where: Path) -> list[Path]:
@@ -237,11 +284,12 @@ def _plot(study: Study, result: StudyResult, results: list[JobResult], where: Pa
 def all_findings(results: list[JobResult], bon: pl.DataFrame) -> list[Finding]:
     """The Best-of-n, accuracy and length findings, then the RL findings of every pool that ran [rl]."""
     datasets = dict.fromkeys(r.dataset for r in results if r.rl)
-    return findings(results, bon) + [f for d in datasets for f in rl_findings(results, d)]
+    return decide(findings(results, bon) + [f for d in datasets for f in rl_findings(results, d)], results)
 
 
 def _length_effects(results: list[JobResult]) -> dict[str, LengthEffect | str]:
-    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool), or why it has none."""
+    """Per pool, the fit behind its length-controlled gold (the same in every job of the pool: which gold, its fit,
+    and with named answer sources how raw, log-linear and AlpacaEval-style gold rank them), or why it has none."""
     effects = {r.dataset: r.evaluation.length_effect or r.evaluation.length_error for r in results}
     return {dataset: effect for dataset, effect in effects.items() if effect}
 

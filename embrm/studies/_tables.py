@@ -199,25 +199,42 @@ def length_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]) -> str:
     return md_table(header, rows)
 
 
+def peaks(bon: pl.DataFrame) -> pl.DataFrame:
+    """Per run and proxy of a bon_summary table: where its gold curve peaks (peak_n), its gold and gain there, and
+    the drop from the peak to n = N (drop_gold, drop: peak − n = N, >= 0; positive when gold falls past the peak).
+
+    `gold_at_best_n` is the curve's maximum over n < N, where the curve at n averages the prompts whose pools hold n
+    answers, while `gold` at n = N is every prompt's whole-pool pick. A maximum below that n = N value is no peak:
+    the peak is then n = N itself (drop 0), so that the peak never reads below the gold it is said to fall to."""
+    norm = (pl.col("oracle") - pl.col("random"))
+    falls = (pl.col("best_n") < pl.col("n_max")) & (pl.col("gold_at_best_n") > pl.col("gold"))
+    return bon.with_columns(
+        peak_n=pl.when(falls).then(pl.col("best_n")).otherwise(pl.col("n_max")),
+        peak_gold=pl.when(falls).then(pl.col("gold_at_best_n")).otherwise(pl.col("gold")),
+    ).with_columns(peak_gain=(pl.col("peak_gold") - pl.col("random")) / norm,
+                   drop_gold=pl.col("peak_gold") - pl.col("gold"),
+                   drop=(pl.col("peak_gold") - pl.col("gold")) / norm)
+
+
 def overoptimisation_markdown(bon: pl.DataFrame, dataset: str, noises: list[str]) -> str:
-    """Rows: rewards (baselines left out); per noise: the n where the seeds' curves peak (median), the gain there and
-    at n = N, and the drop between them (mean ± 95 % interval over seeds)."""
-    sub = (bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool") & ~pl.col("proxy").is_in(BASELINES))
-           .with_columns(peak_gain=pl.when(pl.col("best_n") == pl.col("n_max")).then(pl.col("gain"))  # no peak
-                         .otherwise((pl.col("gold_at_best_n") - pl.col("random")) / (pl.col("oracle") - pl.col("random"))))
-           .with_columns(drop=pl.col("peak_gain") - pl.col("gain")))
+    """Rows: rewards (baselines left out); per noise: the n where the seeds' curves peak (median; N where a curve
+    does not fall, see `peaks`), the gain there and at n = N, and the drop from the peak to n = N (peak − n = N,
+    >= 0), each a mean ± 95 % interval over seeds."""
+    sub = peaks(bon.filter((pl.col("dataset") == dataset) & (pl.col("variant") == "pool")
+                           & ~pl.col("proxy").is_in(BASELINES)))
     stats_ = summarise(sub, ["learner", "proxy", "noise"], ["peak_gain", "gain", "drop"])
-    peaks = sub.group_by(["learner", "proxy", "noise"]).agg(pl.col("best_n").median())
+    medians = sub.group_by(["learner", "proxy", "noise"]).agg(pl.col("peak_n").median())
 
     def peak(learner: str, proxy: str, noise: str) -> str:
-        hit = peaks.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
-        return "-" if hit.is_empty() else f"{hit['best_n'][0]:.0f}"
+        hit = medians.filter((pl.col("learner") == learner) & (pl.col("proxy") == proxy) & (pl.col("noise") == noise))
+        return "-" if hit.is_empty() else f"{hit['peak_n'][0]:.0f}"
 
     rows = [[label, *[c for n in noises for c in (peak(l, p, n), _cells(stats_, l, p, n, "peak_gain"),
                                                    _cells(stats_, l, p, n, "gain"), _cells(stats_, l, p, n, "drop"))]]
             for label, l, p in _reward_rows(sub)]
     header = ["reward · aggregation"] + [f"{h} ({n})" for n in noises for h in
-                                         ("peak n (median)", "gain at the peak", "gain at n = N", "drop")]
+                                         ("peak n (median)", "gain at the peak", "gain at n = N",
+                                          "drop, peak − n = N")]
     return md_table(header, rows)
 
 
@@ -255,14 +272,33 @@ def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
                      *(["per-prompt Spearman with length"] if lengths else [])], rows)
 
 
+TEMPERATURE_BOUND = float(np.exp(7.0))  # embrm.evaluation's temperature search stops at log T = 7
+
+
+def spread(values) -> str:
+    """"median [min, max]" of a positive, heavy-tailed quantity over seeds (3 significant digits), "-" without one:
+    a mean ± t-interval of such a quantity (a temperature near the search's bound in one seed) means nothing."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if len(v) == 0:
+        return "-"
+    def sig(x: float) -> str:
+        return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+    return sig(v[0]) if len(v) == 1 else f"{sig(np.median(v))} [{sig(v.min())}, {sig(v.max())}]"
+
+
 def calibration_markdown(fits: pl.DataFrame, dataset: str) -> str:
-    """ECE, MCE, Brier of the ensemble mean's pairwise probability, and ECE after temperature scaling, per learner."""
+    """ECE, MCE, Brier of the ensemble mean's pairwise probability, and ECE after temperature scaling, per learner
+    (mean ± 95 % interval over seeds); the fitted temperature as its median and range over seeds (`spread`)."""
     sub = fits.filter(pl.col("dataset") == dataset)
-    metrics = ["ece", "mce", "brier", "calibrated_ece", "temperature"]
+    metrics = ["ece", "mce", "brier", "calibrated_ece"]
     s = summarise(sub.with_columns(pl.col(m).cast(pl.Float64) for m in metrics), ["learner", "noise"], metrics)
-    rows = [[r["learner"], r["noise"], *(fmt(r[m], r[f"{m}_ci"]) for m in metrics)] for r in s.iter_rows(named=True)]
-    return md_table(["learner", "labels", "ECE", "MCE", "Brier", "ECE after temperature scaling", "temperature T"],
-                    rows)
+    temps = {(k[0], k[1]): spread(g["temperature"].cast(pl.Float64).to_list())
+             for k, g in sub.group_by(["learner", "noise"], maintain_order=True)}
+    rows = [[r["learner"], r["noise"], *(fmt(r[m], r[f"{m}_ci"]) for m in metrics),
+             temps[(r["learner"], r["noise"])]] for r in s.iter_rows(named=True)]
+    return md_table(["learner", "labels", "ECE", "MCE", "Brier", "ECE after temperature scaling",
+                     "temperature T, median [min, max] over seeds"], rows)
 
 
 def conformal_line(fits: pl.DataFrame, dataset: str) -> str:

@@ -1,7 +1,6 @@
-"""embrm.evaluation._stats: the two-stage (seed, prompt) bootstrap interval for paired findings, on synthetic studies whose
-truth is known."""
+"""embrm.evaluation._stats: the random-effects (prompts x seeds) interval for paired findings, on synthetic studies
+whose truth is known (coverage at the studies' designs: test_intervals_coverage.py)."""
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -50,18 +49,18 @@ def plain_estimate(units: list[Unit]) -> float:
 
 # ----------------------------------------------------------------------------- coverage under a null effect
 
-def test_bootstrap_covers_a_null_effect_where_the_naive_t_interval_does_not():
+def test_covers_a_null_effect_where_the_naive_t_interval_does_not():
     rng = np.random.default_rng(1)
     n_studies, covered, naive_covered = 200, 0, 0
     for i in range(n_studies):
         units = study(rng)
-        e = paired_effect(units, n_boot=400, seed=i)
+        e = paired_effect(units, pool=2000)
         lo, hi = naive_t(units)
         covered += e.lo <= 0 <= e.hi
         naive_covered += lo <= 0 <= hi
     coverage, naive = covered / n_studies, naive_covered / n_studies
-    # measured: 0.995 (two-stage bootstrap; conservative) vs 0.63 (naive t over 15 (learner, seed) pairs)
-    assert coverage >= 0.90, (coverage, naive)
+    # measured: 0.945 (random effects) vs 0.63 (naive t over 15 (learner, seed) pairs)
+    assert 0.90 <= coverage <= 0.99, (coverage, naive)
     assert naive <= 0.80 and coverage - naive >= 0.2, (coverage, naive)
 
 
@@ -69,23 +68,30 @@ def test_bootstrap_covers_a_null_effect_where_the_naive_t_interval_does_not():
 
 def test_a_large_effect_is_reproduced_its_negation_reversed_and_direction_swaps_them():
     units = study(np.random.default_rng(3), shift=0.8)
-    e = paired_effect(units, n_boot=500)
-    assert e.lo > 0 and e.verdict() == "reproduced" and e.verdict(+1) == "reproduced"
+    e = paired_effect(units)
+    assert e.lo > 0 and e.verdict() == "reproduced" and e.verdict(+1) == "reproduced" and e.p_value < 0.001
     assert e.verdict(-1) == "reversed"
-    neg = paired_effect(swapped(units), n_boot=500)
+    neg = paired_effect(swapped(units))
     assert neg.hi < 0 and neg.verdict() == "reversed" and neg.verdict(-1) == "reproduced"
-    assert neg.estimate == pytest.approx(-e.estimate)
+    assert neg.estimate == pytest.approx(-e.estimate) and neg.se == pytest.approx(e.se)
     assert e.effect_size > 0 > neg.effect_size
 
 
 def test_a_null_effect_is_inconclusive_in_both_directions():
-    e = paired_effect(study(np.random.default_rng(4)), n_boot=500)
-    assert e.lo <= 0 <= e.hi
+    e = paired_effect(study(np.random.default_rng(4)))
+    assert e.lo <= 0 <= e.hi and e.p_value > 0.05
     assert e.verdict(+1) == e.verdict(-1) == INCONCLUSIVE
 
 
+def test_the_interval_excludes_0_exactly_when_p_is_below_its_level():
+    for i in range(30):
+        e = paired_effect(study(np.random.default_rng(100 + i), shift=0.08 * (i % 4)))
+        assert (e.lo > 0 or e.hi < 0) == (e.p_value < 0.05), e
+        assert e.hi - e.lo == pytest.approx(2 * st.t.ppf(0.975, e.df) * e.se)
+
+
 def test_verdict_rejects_a_bad_direction():
-    e = paired_effect(study(np.random.default_rng(4), n_seeds=2), n_boot=50)
+    e = paired_effect(study(np.random.default_rng(4), n_seeds=2))
     with pytest.raises(EmbrmError, match="direction"):
         e.verdict(0)
 
@@ -94,12 +100,12 @@ def test_verdict_rejects_a_bad_direction():
 
 def test_estimate_is_the_plain_formula_and_effect_size_has_its_sign():
     units = study(np.random.default_rng(5), n_seeds=4, shift=0.1)
-    e = paired_effect(units, n_boot=200)
+    e = paired_effect(units)
     assert e.estimate == pytest.approx(plain_estimate(units), rel=1e-12)
     assert e.lo <= e.estimate <= e.hi
     assert np.sign(e.effect_size) == np.sign(e.estimate) != 0
     assert (e.n_seeds, e.n_units, e.n_prompts) == (4, 12, 4 * 60)
-    assert "two-stage bootstrap" in e.method and "4 seeds" in e.method and "Davison & Hinkley" in e.method
+    assert "random effects" in e.method and "Welch-Satterthwaite" in e.method
 
 
 def test_effect_size_is_the_estimate_over_the_sd_of_pooled_per_prompt_differences():
@@ -110,20 +116,20 @@ def test_effect_size_is_the_estimate_over_the_sd_of_pooled_per_prompt_difference
         mine = [u for u in units if u.seed == s]
         per_seed.append(np.mean([(u.num_a - u.num_b) / u.den.mean() for u in mine], axis=0))
     sd = np.concatenate(per_seed).std(ddof=1)
-    e = paired_effect(units, n_boot=50)
+    e = paired_effect(units)
     assert e.effect_size == pytest.approx(plain_estimate(units) / sd)
 
 
 def test_effect_size_is_nan_when_every_prompt_difference_is_zero():
     p = np.array(["a", "b", "c"])
-    e = paired_effect([Unit(0, "x", p, np.ones(3), np.ones(3), np.ones(3))], n_boot=50)
-    assert e.estimate == 0 and e.lo == e.hi == 0 and np.isnan(e.effect_size)
+    e = paired_effect([Unit(0, "x", p, np.ones(3), np.ones(3), np.ones(3))])
+    assert e.estimate == 0 and e.lo == e.hi == 0 and np.isnan(e.effect_size) and e.p_value == 1
     assert e.verdict() == INCONCLUSIVE
 
 
 def test_pairing_removes_prompt_variation_shared_by_the_arms():
-    # Arms differ by exactly 0.01 * den on every prompt on top of a huge shared per-prompt level: every paired
-    # replicate sees 0.01, so the interval is a point; unpaired resampling would be dominated by the level.
+    # Arms differ by exactly 0.01 * den on every prompt on top of a huge shared per-prompt level: the paired
+    # per-prompt effect is 0.01 everywhere, so the interval is a point; unpaired it would be dominated by the level.
     rng = np.random.default_rng(7)
     units = []
     for s in range(3):
@@ -132,16 +138,15 @@ def test_pairing_removes_prompt_variation_shared_by_the_arms():
         for name in ("linear", "mlp"):
             level = rng.normal(0, 100, 50)
             units.append(Unit(s, name, p, level + 0.01 * den, level, den))
-    e = paired_effect(units, n_boot=300)
+    e = paired_effect(units)
     assert e.lo == pytest.approx(0.01) and e.hi == pytest.approx(0.01) and e.verdict() == "reproduced"
 
 
-def test_one_prompt_draw_per_seed_is_shared_by_its_units():
-    # A second unit identical to the first changes nothing: both see the same resampled prompts.
+def test_a_duplicated_unit_changes_nothing():
     units = study(np.random.default_rng(8), n_seeds=3, n_units=1)
     doubled = units + [replace(u, name="copy") for u in units]
-    a, b = paired_effect(units, n_boot=300, seed=4), paired_effect(doubled, n_boot=300, seed=4)
-    assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi), rel=1e-12)
+    a, b = paired_effect(units), paired_effect(doubled)
+    assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi), rel=1e-9)
     assert b.n_units == 2 * a.n_units
 
 
@@ -151,54 +156,66 @@ def test_units_are_aligned_by_prompt_id():
     u = units[1]
     shuffled = list(units)
     shuffled[1] = Unit(u.seed, u.name, u.prompts[perm], u.num_a[perm], u.num_b[perm], u.den[perm])
-    a, b = paired_effect(units, n_boot=300), paired_effect(shuffled, n_boot=300)
+    a, b = paired_effect(units), paired_effect(shuffled)
     assert (a.estimate, a.lo, a.hi) == pytest.approx((b.estimate, b.lo, b.hi), rel=1e-12)
 
 
-def test_deterministic_given_seed():
+def test_a_prompt_shared_by_seeds_counts_once_not_as_independent_draws():
+    # Every seed holds out the SAME prompts and the seeds agree exactly: the study is one draw of those prompts,
+    # so its se is one seed's; counting the seeds as independent prompt draws would shrink it by sqrt(3).
+    rng = np.random.default_rng(16)
+    p = np.array([f"p{i}" for i in range(80)])
+    diff, den = rng.standard_t(3, 80), rng.uniform(0.5, 1.5, 80)
+    one = paired_effect([Unit(0, "x", p, diff * den, np.zeros(80), den)])
+    three = paired_effect([Unit(s, "x", p, diff * den, np.zeros(80), den) for s in range(3)])
+    assert three.se == pytest.approx(one.se, rel=1e-9)
+    assert three.components.seed == pytest.approx(0, abs=1e-12) and three.components.interaction == 0
+
+
+def test_a_seed_effect_is_found_and_widens_the_interval():
+    rng = np.random.default_rng(17)
+    base = study(rng, n_seeds=6, n_pool=400, n_held=80)
+    shift = {s: rng.normal(0, 0.3) for s in range(6)}
+    shifted = [replace(u, num_a=u.num_a + shift[u.seed] * u.den) for u in base]
+    a, b = paired_effect(base, pool=400), paired_effect(shifted, pool=400)
+    assert b.components.seed > 10 * max(a.components.seed, 1e-4) and b.se > 1.5 * a.se and b.df < a.df
+
+
+def test_deterministic():
     units = study(np.random.default_rng(10), n_seeds=3)
-    a, b = paired_effect(units, n_boot=300, seed=11), paired_effect(units, n_boot=300, seed=11)
-    assert a == b
-    c = paired_effect(units, n_boot=300, seed=12)
-    assert (c.lo, c.hi) != (a.lo, a.hi) and c.estimate == a.estimate
+    assert paired_effect(units) == paired_effect(units)
 
 
 def test_a_wider_level_gives_a_wider_interval():
     units = study(np.random.default_rng(12), n_seeds=3)
-    narrow, wide = paired_effect(units, n_boot=500, level=0.8), paired_effect(units, n_boot=500, level=0.99)
+    narrow, wide = paired_effect(units, level=0.8), paired_effect(units, level=0.99)
     assert wide.lo < narrow.lo < narrow.hi < wide.hi
     assert "80 %" in narrow.method and "99 %" in wide.method
 
 
-def test_one_seed_resamples_prompts_only_and_says_so():
+def test_one_seed_clusters_prompts_only_and_says_so():
     units = study(np.random.default_rng(13), n_seeds=1, shift=0.8)
-    e = paired_effect(units, n_boot=400)
+    e = paired_effect(units)
     assert e.n_seeds == 1 and e.n_units == 3 and e.n_prompts == 60
-    assert "single seed" in e.method and "not captured" in e.method
+    assert "one seed" in e.method and "not captured" in e.method
     assert e.verdict() == "reproduced"
 
 
-def test_replicates_with_a_non_positive_resampled_denominator_are_dropped_and_reported():
-    p = np.array(["a", "b", "c", "d"])
-    den = np.array([1.0, 0.0, 0.0, 0.0])
-    e = paired_effect([Unit(0, "x", p, np.array([0.8, 0, 0, 0]), np.array([0.5, 0, 0, 0]), den)], n_boot=400)
-    assert "dropped" in e.method
-    assert e.lo == pytest.approx(0.3) and e.hi == pytest.approx(0.3)
+def test_the_previous_two_stage_bootstrap_stays_available_for_comparison():
+    units = study(np.random.default_rng(18), n_seeds=3)
+    old = paired_effect(units, estimator="two-stage bootstrap", n_boot=300, seed=1)
+    assert "two-stage bootstrap" in old.method and old.components is None and old.lo < old.estimate < old.hi
+    assert old == paired_effect(units, estimator="two-stage bootstrap", n_boot=300, seed=1)
+    with pytest.raises(EmbrmError, match="estimator must be one of"):
+        paired_effect(units, estimator="jackknife")
 
 
 def test_to_dict_round_trips():
-    e = paired_effect(study(np.random.default_rng(14), n_seeds=2), n_boot=100)
+    e = paired_effect(study(np.random.default_rng(14), n_seeds=2))
     d = e.to_dict()
-    assert Effect(**d) == e
-    assert {"estimate", "lo", "hi", "effect_size", "n_seeds", "n_units", "n_prompts", "method"} <= set(d)
+    assert Effect.from_dict(d) == e
+    assert {"estimate", "lo", "hi", "se", "p_value", "df", "components", "method"} <= set(d)
 
-
-def test_vectorised_enough_for_a_large_study():
-    # 10 seeds x 500 prompts x 4 learners x 2000 replicates: a Python loop over replicates would take far longer.
-    units = study(np.random.default_rng(15), n_seeds=10, n_units=4, n_held=500)
-    t0 = time.perf_counter()
-    paired_effect(units, n_boot=2000)
-    assert time.perf_counter() - t0 < 5
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -223,7 +240,8 @@ ONES = np.ones(3)
                                                                       ONES[:2])]), "different prompt set"),
     (lambda: paired_effect([Unit(0, "x", P3, ONES, ONES, ONES), Unit(0, "x", P3, ONES, ONES, ONES)]), "two units"),
     (lambda: paired_effect([Unit(0, "x", P3, ONES, ONES, ONES)], level=1.5), "level"),
-    (lambda: paired_effect([Unit(0, "x", P3, ONES, ONES, ONES)], n_boot=0), "n_boot"),
+    (lambda: paired_effect([Unit(0, "x", P3, ONES, ONES, ONES)], estimator="two-stage bootstrap", n_boot=0), "n_boot"),
+    (lambda: paired_effect([Unit(0, "x", P3, ONES, ONES, ONES)], estimator="bayes"), "estimator"),
     (lambda: paired_effect(["not a unit"]), "Unit"),
 ])
 def test_bad_input_raises_a_one_line_error(make, match):
@@ -235,7 +253,7 @@ def test_bad_input_raises_a_one_line_error(make, match):
 def test_a_different_seed_may_have_different_prompts():
     a = Unit(0, "x", P3, ONES * 2, ONES, ONES)
     b = Unit(1, "x", np.array(["d", "e"]), np.ones(2), np.ones(2), np.ones(2))
-    e = paired_effect([a, b], n_boot=50)
+    e = paired_effect([a, b])
     assert e.n_prompts == 5 and e.estimate == pytest.approx(0.5)
 
 
@@ -272,8 +290,8 @@ def test_agreement_of_real_halves():
             out.append(Unit(u.seed, u.name, u.prompts[keep], u.num_a[keep], u.num_b[keep], u.den[keep]))
         return out
 
-    first, second = paired_effect(half(0), n_boot=400), paired_effect(half(1), n_boot=400)
+    first, second = paired_effect(half(0)), paired_effect(half(1))
     assert agreement(first, second) == "agree"
-    assert agreement(first, paired_effect(swapped(half(1)), n_boot=400)) == "disagree"
+    assert agreement(first, paired_effect(swapped(half(1)))) == "disagree"
     with pytest.raises(EmbrmError, match="direction"):
         agreement(first, second, direction=2)

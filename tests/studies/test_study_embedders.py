@@ -128,9 +128,11 @@ def test_a_resumed_study_with_embedders_runs_nothing_again(ran):
 
 def test_a_single_embedder_study_keeps_its_result_paths():
     """Keys and digests of the last release (before [[embedders]], --device, --max-tokens): stored results resume."""
-    study = Study()
+    study = Study(length_control_gold="loglinear")  # the last release's pool-lc gold: its digests hold
     first, human = jobs_of(study)[0], jobs_of(study)[-1]
     assert result_paths(Path("j"), first, study)[0].name == "alpaca-eval-models__bt10__linear__seed0-47b64a8322c1.json"
+    # the AlpacaEval-style gold (the default since) changes pool-lc's numbers: those jobs run again
+    assert result_paths(Path("j"), first, Study())[0].name != "alpaca-eval-models__bt10__linear__seed0-47b64a8322c1.json"
     assert first.embedder is None and first.group == "alpaca-eval-models" and human.key.startswith("hh-rlhf")
     study.embedder = replace_template(study.embedder)
     assert result_paths(Path("j"), first, study)[0].name != "alpaca-eval-models__bt10__linear__seed0-47b64a8322c1.json"
