@@ -97,8 +97,26 @@ def match(pattern: str, text: str, what: str) -> re.Match:
 
 # ----------------------------------------------------------------------------- findings
 
-KNOWN = ("key", "dataset", "labels", "source", "claim", "measure", "direction", "note", "verdict", "effect")
-EFFECT_KNOWN = ("estimate", "lo", "hi", "effect_size", "n_seeds", "n_units", "n_prompts", "method", "level")
+KNOWN = ("key", "dataset", "labels", "source", "claim", "measure", "direction", "note", "verdict", "effect",
+         "adjusted_verdict", "q_value", "family_q", "power", "sequential")
+EFFECT_KNOWN = ("estimate", "lo", "hi", "effect_size", "n_seeds", "n_units", "n_prompts", "method", "level", "se",
+                "p_value", "df", "components")
+
+
+def _decided(f: dict) -> dict[str, str]:
+    """The columns of the family control and the power (embrm.studies._findings.Finding), when the JSON has them."""
+    out = {}
+    if "adjusted_verdict" in f:
+        out["after the family (q)"] = (f"{f['adjusted_verdict']} ({f['q_value']:.3f})" if f.get("q_value") is not None
+                                       else "-")
+    if "power" in f:
+        p = f["power"] or {}
+        out["detectable at 80 %"] = f"{p['mde']:.3f}" if p else "-"
+        out["seeds / prompts to detect it"] = (f"{p.get('seeds_needed') or 'none'} / "
+                                               f"{p.get('prompts_needed') or 'none'}" if p else "-")
+    if f.get("sequential"):
+        out["sequential"] = f["sequential"]["status"]
+    return out
 NUMBER = r"[+\-−]?(?:\d+\.\d+|nan|inf)"
 INTERVAL = re.compile(rf"(?P<est>{NUMBER}) \[(?P<lo>{NUMBER}), (?P<hi>{NUMBER})\]")
 HEAD = re.compile(r"^- \*\*(?P<dataset>[^,*]+), (?P<labels>.+?) labels(?P<plain>, plain learners)?\*\* — "
@@ -132,7 +150,8 @@ def findings_from_json(items: list[dict]) -> list[Row]:
     rows = []
     for f in items:
         e = f.get("effect") or {}
-        extra = {k: _plain(v) for k, v in f.items() if k not in KNOWN and not isinstance(v, (dict, list))}
+        extra = _decided(f) if e else {}
+        extra |= {k: _plain(v) for k, v in f.items() if k not in KNOWN and not isinstance(v, (dict, list))}
         extra |= {k: _plain(v) for k, v in e.items() if k not in EFFECT_KNOWN and not isinstance(v, (dict, list))}
         estimate = (f"{e['estimate']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]" if e else f.get("note", ""))
         rows.append(Row(f["dataset"], f["labels"], f["claim"], f.get("measure", ""), estimate,
@@ -233,8 +252,10 @@ def default_facts(report: str) -> str:
                    "the jobs' count and wall time (Timing)")
     embed = match(r"\| embedding \(cached texts are free\) \| ([\d.]+) \|", report, "the embedding time (Timing)")
     total = match(r"\| total \| ([\d.]+) \|", report, "the total time (Timing)")
-    effects = re.findall(r"## Best-of-n on `([^`]+)`[^\n]*\n\nFitted length effect: gold changes by ([+\-]\d\.\d+ ± "
-                         r"\d\.\d+)", report)
+    effects = re.findall(r"## Best-of-n on `([^`]+)`[^\n]*\n\n[^\n]*?Fitted length effect(?: \(log-linear\))?: gold "
+                         r"changes by ([+\-]\d\.\d+ ± \d\.\d+)", report)
+    glm = dict(re.findall(r"## Best-of-n on `([^`]+)`[^\n]*\n\nLength-controlled gold \(pool-lc\): AlpacaEval[^\n]*?"
+                          r"shared length term ([+\-]\d\.\d+)", report))
     stated = match(r"stated coverage (\d\.\d+)", report, "the conformal bound's stated coverage")
     cover = re.findall(r"held-out coverage (\d\.\d+) \(min (\d\.\d+), max (\d\.\d+) over (\d+) jobs\)", report)
     saw = re.findall(r"\| `([^`]+)` \| (\d+) \| \d+ \| (\d+) \| \d+ \|", report)
@@ -247,8 +268,11 @@ def default_facts(report: str) -> str:
     facts = [f"- This run: {seeds} seeds, K = {design[2]} members, {design[3].strip()} simulated pairs per job; "
              f"{timing[1]} jobs and {timing[2]} replication jobs on {timing[3]} {timing[4]} workers, {timing[5]} s "
              f"for the jobs, {embed[1]} s embedding, {total[1]} s in all.",
-             "- Length effect (gold per log-character, answer source held fixed where the pool names one): "
-             + ", ".join(f"{e} on `{d}`" for d, e in effects) + ".",
+             "- Length effect, log-linear (gold per log-character, answer source held fixed where the pool names "
+             "one): " + ", ".join(f"{e} on `{d}`" for d, e in effects) + "."
+             + (" AlpacaEval-style GLM (the length-controlled gold used), shared length term per unit of tanh of the "
+                "standardised length difference to the baseline: " + ", ".join(f"{v} on `{d}`" for d, v in
+                                                                                 glm.items()) + "." if glm else ""),
              f"- Conformal lower bound, stated coverage {stated[1]}: held-out coverage " + ", ".join(
                  f"{c[0]} ({c[1]}–{c[2]} over {c[3]} jobs) on `{d}`" for (d, _), c in zip(effects, cover))
              + ".",

@@ -82,19 +82,23 @@ def test_finding_lines_that_gain_text_after_the_verdict_keep_it_as_a_column():
 def test_findings_json_fields_added_later_become_columns_and_a_json_of_another_run_is_refused(tmp_path):
     rr = readme_results()
     effect = {"estimate": -0.057, "lo": -0.099, "hi": -0.018, "effect_size": -0.23, "n_seeds": 3, "n_units": 9,
-              "n_prompts": 240, "method": "m", "level": 0.95, "mde": 0.041}
+              "n_prompts": 240, "method": "m", "level": 0.95, "mde_new": 0.041}
     items = [{"key": "k", "dataset": "p", "labels": "bt10", "source": "Coste et al.", "claim": "c", "measure": "m",
               "direction": 1, "note": "", "verdict": "reversed", "effect": effect,
-              "adjusted_verdict": "not reproduced (inconclusive)", "seeds_needed": 7},
+              "adjusted_verdict": "not reproduced (inconclusive)", "q_value": 0.08, "seeds_needed": 7,
+              "power": {"mde": 0.05, "seeds_needed": 12, "prompts_needed": None}},
              {"key": "d", "dataset": "p", "labels": "all", "source": "Gao et al.", "claim": "o", "measure": "",
               "direction": 1, "note": "in 3 of 18 runs", "verdict": "not measured", "effect": None}]
     path = tmp_path / "findings.json"
     path.write_text(json.dumps(items))
     rows = rr.findings_of(report(), path)
-    assert rows[0].extra == {"adjusted_verdict": "not reproduced (inconclusive)", "seeds_needed": "7", "mde": "+0.041"}
+    assert rows[0].extra == {"after the family (q)": "not reproduced (inconclusive) (0.080)",
+                             "detectable at 80 %": "0.050", "seeds / prompts to detect it": "12 / none",
+                             "seeds_needed": "7", "mde_new": "+0.041"}
     assert rows[1].estimate == "in 3 of 18 runs" and rows[1].verdict == "descriptive"
     header = rr.findings_block(rows, "s").splitlines()[2]
-    assert header.endswith("| adjusted_verdict | seeds_needed | mde |")
+    assert header.endswith("| after the family (q) | detectable at 80 % | seeds / prompts to detect it | seeds_needed "
+                           "| mde_new |")
     items[0]["effect"] = effect | {"estimate": -0.2}
     path.write_text(json.dumps(items))
     with pytest.raises(rr.StaleInput, match="not from the run of its report"):

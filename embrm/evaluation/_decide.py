@@ -27,6 +27,7 @@ conditional power (under its current estimate) to cross by the last look is belo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as st
@@ -135,12 +136,20 @@ def spending_bounds(fractions, alpha: float = 0.05, *, paths: int = PATHS, seed:
     """Two-sided z boundaries c_1..c_K for looks at increasing information fractions t_1 < ... <= 1: the chance,
     under no effect, that |Z_k| >= c_k at some look is alpha, spent by O'Brien-Fleming's function. Z_k are the
     standardised estimates of a Brownian motion at t_k (independent increments: a later estimate pools the earlier
-    seeds). Found by seeded Monte Carlo over `paths` paths: the same fractions give the same bounds."""
+    seeds). Found by seeded Monte Carlo over `paths` paths: the same fractions give the same bounds,
+    cached: every finding at one look asks for the same fractions' bounds."""
     t = np.asarray(fractions, dtype=np.float64)
     if t.ndim != 1 or not len(t) or np.any(t <= 0) or np.any(t > 1) or np.any(np.diff(t) <= 0):
         raise EmbrmError(f"information fractions must increase within (0, 1]; got {t.tolist()}")
     if not 0 < alpha < 1:
         raise EmbrmError(f"alpha must be in (0, 1); got {alpha!r}")
+    return _spending_bounds(tuple(np.round(t, 9)), float(alpha), paths, seed).copy()
+
+
+@lru_cache(maxsize=4096)
+def _spending_bounds(fractions: tuple, alpha: float, paths: int, seed: int) -> np.ndarray:
+    """The bounds of spending_bounds for checked, hashable fractions."""
+    t = np.asarray(fractions)
     rng = np.random.default_rng(seed)
     steps = np.diff(np.concatenate([[0.0], t]))
     z = np.cumsum(rng.standard_normal((paths, len(t))) * np.sqrt(steps), axis=1) / np.sqrt(t)

@@ -10,5 +10,5 @@ from embrm.studies._sequential import LookSummary, SequentialRun
 from embrm.studies._store import JobResult, ResultStore, StudyTimings, TextFacts
 
 __all__ = ["DatasetPlan", "Finding", "FindingPlan", "JobResult", "LookSummary", "Replication", "ResultStore",
-           "SequentialRun", "Study", "StudyPlan", "StudyResult", "StudyTimings", "TextFacts", "load_study", "plan_study",
-           "run_study"]
+           "SequentialRun", "Study", "StudyPlan", "StudyResult", "StudyTimings", "TextFacts", "load_study",
+           "plan_study", "run_study"]

@@ -21,8 +21,8 @@ does not exist is one error naming the file, the key and the allowed values.
                                 # probes of alpaca-eval-models) put back, and report how often each reward picks one
     sun_metrics = false         # also Sun et al.'s numbers per job (random-subsample Best-of-N at 2..500, the pick's
                                 # quantile, pairwise accuracy, Spearman; ensemble mean, min, first member)
-    length_control_gold = "alpacaeval"  # the gold of the length-controlled Best-of-n (pool-lc): "alpacaeval" (AlpacaEval
-                                # 2's length-controlled GLM) or "loglinear" (one slope on log(1 + characters))
+    length_control_gold = "alpacaeval"  # the gold of the length-controlled Best-of-n (pool-lc): "alpacaeval"
+                                # (AlpacaEval 2's length-controlled GLM) or "loglinear" (one slope on log(1 + chars))
     methods = ["laser", "moe", "composite", "policy"]            # the four methods, run on the first pool, seed 0
     [active]                    # active labelling campaigns (embrm.active) on every pool; left out: none. Keys:
     strategies = ["random", "dopt", "bald"]     # strategies, seed_pairs, batch, rounds, seeds (default: the
@@ -260,7 +260,8 @@ def load_study(path: str | Path | None = None) -> Study:
 
 TOP = {"name": str, "seeds": list, "datasets": list, "human_pairs": list, "test_size": float, "k": int,
        "aggregations": list, "lam": float, "lcb_beta": float, "with_excluded": bool, "replicate": bool,
-       "sun_metrics": bool, "length_control_gold": str, "n_grid": (str, list), "methods": list, "embedder": dict, "embedders": list,
+       "sun_metrics": bool, "length_control_gold": str, "n_grid": (str, list), "methods": list, "embedder": dict,
+       "embedders": list,
        "labels": dict, "noise": list, "learners": list, "active": dict, "rl": dict}
 LABEL_KEYS = {"n_pairs": int, "within_prompt": bool, "pairs_per_prompt": int}
 NOISE_KEYS = {"name": str, "beta": float, "flip": float, "n_pairs": int}

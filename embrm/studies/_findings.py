@@ -64,8 +64,11 @@ class Finding:
         head = f"**{self.dataset}, {self.labels} labels{learners}** — {self.source}: {self.claim}"
         if self.effect is None:
             return f"{head}: {self.note}"
-        e = self.effect
-        return (f"{head}: {self.measure} {e.interval()} (p {_p(e.p_value)}, q {_p(self.q_value)}; effect size "
+        e, look = self.effect, self.sequential
+        interval = e.interval() if look is None else (
+            f"{e.estimate:+.3f} [{look.lo:+.3f}, {look.hi:+.3f}] (repeated interval at look {look.seeds} seeds, "
+            f"|z| {abs(look.z):.2f} vs bound {look.bound:.2f})")
+        return (f"{head}: {self.measure} {interval} (p {_p(e.p_value)}, q {_p(self.q_value)}; effect size "
                 f"{e.effect_size:+.2f}; {e.n_seeds} seeds, {e.n_units} runs, {e.n_prompts} held-out prompts) "
                 f"→ **{self.verdict}**{self._after_family()}.{self._power_text()}")
 
@@ -78,16 +81,22 @@ class Finding:
         if self.power is None or self.verdict != VERDICTS[2]:
             return ""
         p = self.power
-        seeds = f"{p.seeds_needed} seeds" if p.seeds_needed else "more seeds alone cannot (the prompts limit it)"
-        prompts = f"{p.prompts_needed:,} prompts" if p.prompts_needed else "no pool size alone"
-        return (f" Detectable at {p.power:.0%} power: |effect| ≥ {p.mde:.3f}; the observed estimate would need "
-                f"{seeds} or {prompts} in the pool.")
+        seeds = (f"{p.seeds_needed} seeds on the same prompts" if p.seeds_needed else
+                 "more seeds than any number (the pool's prompts set a floor)")
+        prompts = (f"a pool of {_count(p.prompts_needed)} prompts with the same seeds" if p.prompts_needed else
+                   "more prompts than any pool (the seeds' own spread sets a floor)")
+        return (f" Detectable at {p.power:.0%} power: |effect| ≥ {p.mde:.3f}; detecting the observed estimate needs "
+                f"{seeds}, or {prompts}.")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("key", "dataset", "labels", "source", "claim", "measure", "direction",
                                               "note", "verdict", "adjusted_verdict", "q_value", "family_q")} | {
             "effect": self.effect and self.effect.to_dict(), "power": self.power and self.power.to_dict(),
             "sequential": self.sequential and self.sequential.to_dict()}
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 1_000_000 else "over a million"
 
 
 def _p(p: float | None) -> str:

@@ -34,9 +34,11 @@ LENGTH_CONTROL = ("Length-controlled rewards: `.posthoc` removes each member's w
                   "(fitted on the training responses; cf. arXiv 2409.17407), `.odin` trains a quality head and a "
                   "length head together and scores with the quality head (Chen et al. 2024), `.rrm` adds other "
                   "prompts' answers as losers and ties to the training pairs (Liu et al. 2024). Length-controlled "
-                  "gold, in the spirit of AlpacaEval's length-controlled win rate (Dubois et al. 2024), is the "
-                  "gold with a fitted length term removed: gold ~ prompt + answer source (where the pool names "
-                  "one) + effect × log(1 + characters).")
+                  "gold is the gold with a fitted length term removed: by default AlpacaEval 2's length-controlled "
+                  "GLM (Dubois et al. 2024: a quality and a length term per answer source on tanh of the "
+                  "standardised length difference to the baseline's answer, and a difficulty per prompt; study key "
+                  "length_control_gold = \"alpacaeval\"), or embrm's earlier log-linear fit (gold ~ prompt + answer "
+                  "source + effect × log(1 + characters); \"loglinear\"). Each pool's section says which it used.")
 
 
 OVEROPTIMISATION = ("Over-optimisation: where each seed's gold curve peaks, the gain there and at n = N, and the drop "

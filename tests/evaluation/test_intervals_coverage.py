@@ -15,7 +15,7 @@ import pytest
 
 from embrm.evaluation import Design, Effect, coverage
 
-FINDINGS = Path("/tmp/findings_T.json")  # TEMP
+FINDINGS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "study_default_findings.json"
 
 
 def study_designs() -> list[Design]:
