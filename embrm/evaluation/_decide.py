@@ -14,7 +14,8 @@ tolerates: Benjamini & Yekutieli 2001).
 
 Power: with the finding's variance components (embrm.evaluation.Components), se_at scales its standard error to
 another number of seeds or another pool size (the held-out fraction kept); the minimum detectable effect is
-(z_{1 - alpha/2} + z_power) se (a two-sided test at alpha with the stated power).
+(t_{1 - alpha/2} + t_power) se at the finding's degrees of freedom (a two-sided test at alpha with the stated power;
+the normal's z when the degrees of freedom are many).
 
 Sequential: looking after every batch of seeds and stopping at the first interval that excludes 0 inflates false
 findings. Lan & DeMets (1983) spend alpha over the looks with O'Brien & Fleming's function alpha(t) = 2 - 2
@@ -60,8 +61,9 @@ def se_at(effect: Effect, seeds: int | None = None, pool: int | None = None) -> 
     return effect.se * float(np.sqrt(c.variance(seeds, pool) / now)) if now > 0 else effect.se
 
 
-def _z(power: float, alpha: float) -> float:
-    return float(st.norm.ppf(1 - alpha / 2) + st.norm.ppf(power))
+def _z(power: float, alpha: float, df: float = np.inf) -> float:
+    """t_{1 - alpha/2} + t_power at df degrees of freedom (normal when infinite)."""
+    return float(st.t.ppf(1 - alpha / 2, df) + st.t.ppf(power, df))
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ def power_of(effect: Effect, *, power: float = 0.8, alpha: float = 0.05, max_see
     c = effect.components
     if c is None or not np.isfinite(effect.se):
         return None
-    z = _z(power, alpha)
-    target = abs(effect.estimate) / z                      # the se at which the estimate is the mde
+    # at the finding's own degrees of freedom: few seeds, a wider test (conservative for the needs' larger designs)
+    z = _z(power, alpha, effect.df)
+    target = abs(effect.estimate) / z  # the se at which the estimate is the mde
     seeds = np.arange(1, max_seeds + 1)
     seeds_needed = None
     if c.variance() > 0 and target > 0:
@@ -209,7 +212,7 @@ class SequentialTest:
         fractions.append(t)
         bounds = spending_bounds(fractions if last or t == 1.0 else fractions + [1.0], self.alpha)
         bound, final = float(bounds[len(fractions) - 1]), float(bounds[-1])
-        z = effect.estimate / effect.se if effect.se > 0 else float(np.sign(effect.estimate)) * np.inf
+        z = _z_equivalent(effect)
         power = _conditional_power(z, t, final)
         if abs(z) >= bound:
             status = VERDICTS[0] if np.sign(z) == direction else VERDICTS[1]
@@ -222,6 +225,16 @@ class SequentialTest:
         half = bound * effect.se
         return Look(key, effect.n_seeds, t, float(z), bound, status, effect.estimate - half, effect.estimate + half,
                     power)
+
+
+def _z_equivalent(effect: Effect) -> float:
+    """The normal z with the same two-sided p-value as the finding's t statistic at its degrees of freedom: with
+    few seeds the seed part is estimated from few degrees of freedom, and the boundaries (normal) must not read a
+    t of 2.7 at 2 degrees of freedom as a z of 2.7."""
+    if effect.se <= 0:
+        return float(np.sign(effect.estimate)) * np.inf if effect.estimate else 0.0
+    t = effect.estimate / effect.se
+    return float(np.sign(t) * st.norm.isf(st.t.sf(abs(t), effect.df)))
 
 
 def _conditional_power(z: float, t: float, final: float) -> float:

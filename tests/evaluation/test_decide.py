@@ -63,8 +63,8 @@ def test_se_at_the_current_design_is_the_se_and_falls_with_seeds_to_a_floor(effe
 
 def test_power_mde_is_the_z_sum_times_se_and_the_needs_detect_the_estimate(effect):
     p = power_of(effect)
-    z = st.norm.ppf(0.975) + st.norm.ppf(0.8)
-    assert p.mde == pytest.approx(z * effect.se)
+    z = st.t.ppf(0.975, effect.df) + st.t.ppf(0.8, effect.df)  # at the finding's own degrees of freedom
+    assert p.mde == pytest.approx(z * effect.se) and p.mde > (st.norm.ppf(0.975) + st.norm.ppf(0.8)) * effect.se
     if p.seeds_needed is not None:
         assert z * se_at(effect, seeds=p.seeds_needed) <= abs(effect.estimate) + 1e-12
         assert p.seeds_needed == 1 or z * se_at(effect, seeds=p.seeds_needed - 1) > abs(effect.estimate)

@@ -27,8 +27,8 @@ params = { n_prompts = 40, n_candidates = 30, dim = 8, seed = 0 }
 [labels]
 n_pairs = 60
 [[noise]]
-name = "bt03"
-beta = 0.3
+name = "bt3"
+beta = 3.0
 [[learners]]
 head = "linear"
 """
