@@ -27,10 +27,12 @@ three times independently. The model is crossed random effects, per prompt p and
 
 and the variance of the estimate is estimated in two parts (see paired_effect): the prompt part by the prompt-
 clustered linearisation (sandwich) of the ratio estimator, in which each distinct prompt contributes once with all
-its seeds and units, and the seed part, sigma_b^2 / S, by the method of moments on the prompts that two seeds share
-(their paired differences cancel a_p). The previous estimator, a two-stage bootstrap (seeds, then each seed's
-prompts; `estimator="two-stage bootstrap"`), counts the prompt variance in both stages and ignores that seeds share
-prompts: tests/evaluation/test_intervals_coverage.py and benchmarks/bench_intervals.py compare their coverage.
+its seeds and units, and the seed part, sigma_b^2 / S, by the method of moments: the seeds' spread less its prompt
+part (sigma_e^2 from the paired differences on the prompts two seeds share, which cancel a_p). The interval is
+Student-t with Welch-Satterthwaite degrees of freedom. The previous estimator, a two-stage bootstrap (seeds, then
+each seed's prompts; `estimator="two-stage bootstrap"`), counts the prompt variance in both stages and ignores that
+seeds share prompts: tests/evaluation/test_intervals_coverage.py and benchmarks/bench_intervals.py compare their
+coverage.
 """
 
 from __future__ import annotations
@@ -397,7 +399,8 @@ def paired_effect(units: list[Unit], *, level: float = 0.95, pool: int | None = 
     estimator "random effects" (default): se^2 = the prompt part + sigma_b^2 / S (see the module docstring): the
         prompt part is the prompt-clustered sandwich variance of the estimate's linearisation (each distinct prompt
         once, with every seed and unit that held it out, so that seeds sharing prompts are not independent draws);
-        sigma_b^2 by the method of moments on the prompts two seeds share. The interval is estimate -/+ z se.
+        sigma_b^2 by the method of moments (_seed_components). The interval is estimate -/+ t se, t at the
+        Welch-Satterthwaite degrees of freedom of the two parts (the seed part's are few with few seeds).
         Deterministic; no resampling. `pool`: the prompts the seeds' splits draw from (for planning: the 1 / P
         floor of Components.variance); None counts the distinct held-out prompts seen.
     estimator "two-stage bootstrap": the previous interval (seeds resampled, then each seed's prompts; n_boot
