@@ -60,14 +60,15 @@ from embrm.evaluation._sun import SUN_N, SunMetrics, sun_metrics
 
 __all__ = [
     "aggregate_all", "AGGREGATION_RULES", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n",
-    "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "Components", "conformal_proxy",
-    "ConformalResult", "Coverage", "coverage", "Design", "ESTIMATORS", "family_control", "Look", "power_of", "Power",
-    "se_at", "SequentialTest", "simulate_units", "spending_bounds", "VERDICTS", "curves_frame", "Effect", "ensemble_proxies", "Evaluation", "excluded_indicator",
-    "expected_best_of_n", "expected_calibration_error", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
-    "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect",
-    "log_grid", "paired_effect", "pairwise_accuracy", "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman",
-    "pick_means", "plot_bon", "plot_gao_fit", "plot_reliability", "pool_curves", "pooled_reliability", "Pools",
-    "PromptAccuracy", "PromptBon", "PromptPicks", "ProxySummary", "published_picks", "PublishedPick", "pyplot",
-    "Reliability", "reliability", "rows_of", "save_figure", "score_columns", "standardize", "SUN_N", "sun_metrics",
-    "SunMetrics", "tie_average", "top_picks", "Unit", "verdict"
+    "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "Components",
+    "conformal_proxy", "ConformalResult", "Coverage", "coverage", "curves_frame", "Design", "Effect",
+    "ensemble_proxies", "ESTIMATORS", "Evaluation", "excluded_indicator", "expected_best_of_n",
+    "expected_calibration_error", "family_control", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
+    "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect", "log_grid",
+    "Look", "paired_effect", "pairwise_accuracy", "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman",
+    "pick_means", "plot_bon", "plot_gao_fit", "plot_reliability", "pool_curves", "pooled_reliability", "Pools", "Power",
+    "power_of", "PromptAccuracy", "PromptBon", "PromptPicks", "ProxySummary", "published_picks", "PublishedPick",
+    "pyplot", "Reliability", "reliability", "rows_of", "save_figure", "score_columns", "se_at", "SequentialTest",
+    "simulate_units", "spending_bounds", "standardize", "sun_metrics", "SUN_N", "SunMetrics", "tie_average",
+    "top_picks", "Unit", "verdict", "VERDICTS"
 ]
