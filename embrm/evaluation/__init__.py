@@ -23,7 +23,16 @@ from embrm.evaluation._bon import (
 )
 from embrm.evaluation._calibration import Reliability, plot_reliability, pooled_reliability, reliability
 from embrm.evaluation._conformal import ConformalResult
-from embrm.evaluation._decide import Look, Power, SequentialTest, family_control, power_of, se_at, spending_bounds
+from embrm.evaluation._decide import (
+    Look,
+    Power,
+    SequentialTest,
+    detectable_effect,
+    family_control,
+    power_of,
+    se_at,
+    spending_bounds,
+)
 from embrm.evaluation._heldout import (
     BonResult,
     Evaluation,
@@ -61,7 +70,8 @@ from embrm.evaluation._sun import SUN_N, SunMetrics, sun_metrics
 __all__ = [
     "aggregate_all", "AGGREGATION_RULES", "AGGREGATIONS", "agreement", "ALL_N_LIMIT", "avg_ranks", "best_of_n",
     "bon_curves", "bon_weight_tensor", "bon_weights", "BonCurves", "BonResult", "bt_log_loss", "Components",
-    "conformal_proxy", "ConformalResult", "Coverage", "coverage", "curves_frame", "Design", "Effect",
+    "conformal_proxy", "ConformalResult", "Coverage", "coverage", "curves_frame", "Design", "detectable_effect",
+    "Effect",
     "ensemble_proxies", "ESTIMATORS", "Evaluation", "excluded_indicator", "expected_best_of_n",
     "expected_calibration_error", "family_control", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
     "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect", "log_grid",

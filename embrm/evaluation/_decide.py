@@ -3,6 +3,7 @@
     family_control(p_values, q)          Benjamini-Hochberg adjusted p-values (q-values) over a study's findings
     power_of(effect)                     -> Power: the minimum detectable effect at 80 % power, and the seeds or
                                             pool prompts that would detect the observed estimate
+    detectable_effect(se, df)            (t_{1 - alpha/2} + t_power) se: the minimum detectable effect
     se_at(effect, seeds, pool)           the standard error the same finding would have at another design
     spending_bounds(fractions, alpha)    group-sequential z boundaries (Lan-DeMets, O'Brien-Fleming spending)
     SequentialTest(max_seeds).look(key, effect, direction) -> Look: decided, futile or continue
@@ -13,8 +14,9 @@ survives when its q-value is <= q (the findings' p-values are positively depende
 tolerates: Benjamini & Yekutieli 2001).
 
 Power: with the finding's variance components (embrm.evaluation.Components), se_at scales its standard error to
-another number of seeds or another pool size (the held-out fraction kept); the minimum detectable effect is
-(t_{1 - alpha/2} + t_power) se at the finding's degrees of freedom (a two-sided test at alpha with the stated power;
+another number of seeds or another pool size (the held-out fraction kept; Components.seeds_for / pool_for solve it
+for a target); the minimum detectable effect (detectable_effect) is (t_{1 - alpha/2} + t_power) se at the
+finding's degrees of freedom (a two-sided test at alpha with the stated power;
 the normal's z when the degrees of freedom are many).
 
 Sequential: looking after every batch of seeds and stopping at the first interval that excludes 0 inflates false
@@ -27,6 +29,7 @@ conditional power (under its current estimate) to cross by the last look is belo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -61,9 +64,10 @@ def se_at(effect: Effect, seeds: int | None = None, pool: int | None = None) -> 
     return effect.se * float(np.sqrt(c.variance(seeds, pool) / now)) if now > 0 else effect.se
 
 
-def _z(power: float, alpha: float, df: float = np.inf) -> float:
-    """t_{1 - alpha/2} + t_power at df degrees of freedom (normal when infinite)."""
-    return float(st.t.ppf(1 - alpha / 2, df) + st.t.ppf(power, df))
+def detectable_effect(se: float, df: float = np.inf, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest |effect| a two-sided test at alpha detects with probability `power` when the estimate has
+    standard error se: (t_{1 - alpha/2} + t_power) se at df degrees of freedom (the normal's z when infinite)."""
+    return float(st.t.ppf(1 - alpha / 2, df) + st.t.ppf(power, df)) * se
 
 
 @dataclass(frozen=True)
@@ -96,36 +100,21 @@ class Power:
 
 
 def power_of(effect: Effect, *, power: float = 0.8, alpha: float = 0.05, max_seeds: int = 10_000) -> Power | None:
-    """The Power of a finding's design (None when the effect has no variance components)."""
+    """The Power of a finding's design (None when the effect has no variance components). At the finding's own
+    degrees of freedom: few seeds, a wider test (conservative for the needs, whose designs have more)."""
     c = effect.components
     if c is None or not np.isfinite(effect.se):
         return None
-    # at the finding's own degrees of freedom: few seeds, a wider test (conservative for the needs' larger designs)
-    z = _z(power, alpha, effect.df)
-    target = abs(effect.estimate) / z  # the se at which the estimate is the mde
-    seeds = np.arange(1, max_seeds + 1)
-    seeds_needed = None
-    if c.variance() > 0 and target > 0:
-        hit = np.nonzero(effect.se * np.sqrt(c.variance(seeds=seeds) / c.variance()) <= target)[0]
-        seeds_needed = int(seeds[hit[0]]) if hit.size else None
-    return Power(mde=z * effect.se, seeds_needed=seeds_needed, prompts_needed=_prompts_needed(effect, target),
-                 seeds=c.seeds, pool=c.pool, power=power, alpha=alpha)
-
-
-def _prompts_needed(effect: Effect, target: float) -> int | None:
-    """Solve se(pool P) = target at the current seeds: the model variance is A / P + B (B the seeds' floor)."""
-    c = effect.components
+    mde = detectable_effect(effect.se, effect.df, power, alpha)
+    seeds = prompts = None
     now = c.variance()
-    if target <= 0 or now <= 0:
-        return None
-    scale = effect.se ** 2 / now                            # data se^2 per unit of model variance
-    f = min(c.held_out / c.pool, 1.0)
-    a = c.prompt * ((1 - f) / (c.seeds * f) + 1) + c.interaction / (c.seeds * f)
-    b = c.seed / c.seeds
-    room = target ** 2 / scale - b
-    if room <= 0:
-        return None
-    return max(2, int(np.ceil(a / room)))
+    if now > 0 and effect.estimate != 0 and mde > 0:
+        # the mde scales with se, i.e. with sqrt(model variance): the variance at which the estimate is the mde
+        target = (abs(effect.estimate) / mde) ** 2 * now
+        seeds, prompts = c.seeds_for(target), c.pool_for(target)
+    return Power(mde=mde, seeds_needed=max(1, math.ceil(seeds)) if seeds is not None and seeds <= max_seeds else None,
+                 prompts_needed=None if prompts is None else max(2, math.ceil(prompts)), seeds=c.seeds, pool=c.pool,
+                 power=power, alpha=alpha)
 
 
 # ----------------------------------------------------------------------------- group-sequential looks

@@ -118,6 +118,22 @@ class Components:
         v = self.prompt * ((1 - f) / (s * m) + 1 / p) + self.interaction / (s * m) + self.seed / s
         return float(v) if v.ndim == 0 else v
 
+    def seeds_for(self, variance: float) -> float | None:
+        """The (fractional) seeds at which `variance` would be reached with this pool: the model is per_seed / S +
+        sigma_a^2 / P; None when `variance` is at or below that prompt floor."""
+        f = min(self.held_out / self.pool, 1.0)
+        room = variance - self.prompt / self.pool
+        per_seed = (self.prompt * (1 - f) + self.interaction) / self.held_out + self.seed
+        return per_seed / room if room > 0 else None
+
+    def pool_for(self, variance: float) -> float | None:
+        """The (fractional) pool prompts at which `variance` would be reached with these seeds (held-out fraction
+        kept): the model is per_prompt / P + sigma_b^2 / S; None at or below that seed floor."""
+        f = min(self.held_out / self.pool, 1.0)
+        room = variance - self.seed / self.seeds
+        per_prompt = self.prompt * ((1 - f) / (self.seeds * f) + 1) + self.interaction / (self.seeds * f)
+        return per_prompt / room if room > 0 else None
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -23,7 +23,7 @@ from scipy import stats as st
 
 from embrm.core import EmbrmError
 from embrm.data import load_dataset
-from embrm.evaluation import Effect, Power, family_control, power_of
+from embrm.evaluation import Components, Effect, Power, detectable_effect, family_control, power_of
 from embrm.studies._config import Study, _prompt_count, jobs_of
 from embrm.studies._run import replication_jobs
 from embrm.studies._store import ResultStore
@@ -80,9 +80,10 @@ class StudyPlan:
 
 
 def standardised_mde(prompts: int, held_out: int, seeds: int, power: float = POWER, alpha: float = ALPHA) -> float:
-    """d = (z_{1 - alpha/2} + z_power) sqrt((1 - f) / (S m) + 1 / P): the MDE when all variance is prompt variance."""
-    f = min(held_out / prompts, 1.0)
-    return float(_z(power, alpha) * math.sqrt((1 - f) / (seeds * held_out) + 1 / prompts))
+    """d = (z_{1 - alpha/2} + z_power) sqrt((1 - f) / (S m) + 1 / P): the MDE when all variance is prompt variance
+    (the variance model of embrm.evaluation.Components with sigma_a = 1 and no other part)."""
+    design = Components(prompt=1.0, interaction=0.0, seed=0.0, seeds=seeds, held_out=held_out, pool=prompts)
+    return detectable_effect(math.sqrt(design.variance()), power=power, alpha=alpha)
 
 
 def _prompts(spec, data_dir, test_size: float) -> tuple[int, int]:
@@ -153,14 +154,11 @@ def read_findings(path: Path) -> tuple[list[FindingPlan], str]:
         q_value = row.get("q_value", None if np.isnan(q_recomputed) else float(q_recomputed))
         if "q_value" not in row:
             missing.add("no q-values stored")
-        mde = power.mde if power else _z() * effect.se if np.isfinite(effect.se) else None
+        mde = power.mde if power else detectable_effect(effect.se, power=POWER, alpha=ALPHA) \
+            if np.isfinite(effect.se) else None
         plans.append(FindingPlan(row["key"], row.get("claim", ""), effect.estimate, row.get("verdict", ""), q_value,
                                  mde, power and power.seeds_needed, power and power.prompts_needed))
     return plans, "; ".join(sorted(missing))
-
-
-def _z(power: float = POWER, alpha: float = ALPHA) -> float:
-    return float(st.norm.ppf(1 - alpha / 2) + st.norm.ppf(power))
 
 
 def _with_se(effect: Effect) -> Effect:
