@@ -21,7 +21,7 @@ from embrm.evaluation._bon import (
     per_prompt_bon,
     pick_means,
 )
-from embrm.evaluation._calibration import Reliability, plot_reliability, pooled_reliability, reliability
+from embrm.evaluation._calibration import LOG_T_BOUNDS, Reliability, plot_reliability, pooled_reliability, reliability
 from embrm.evaluation._conformal import ConformalResult
 from embrm.evaluation._decide import (
     Look,
@@ -74,7 +74,8 @@ __all__ = [
     "Effect",
     "ensemble_proxies", "ESTIMATORS", "Evaluation", "excluded_indicator", "expected_best_of_n",
     "expected_calibration_error", "family_control", "fit_gao", "fit_gao_rl", "FitMetrics", "gold_order_pairs",
-    "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect", "log_grid",
+    "GRID_POINTS", "group_pools", "kl_bon", "kl_bon_exact", "length_proxy", "length_reward", "LengthEffect",
+    "log_grid", "LOG_T_BOUNDS",
     "Look", "paired_effect", "pairwise_accuracy", "pairwise_metrics", "per_prompt_bon", "per_prompt_spearman",
     "pick_means", "plot_bon", "plot_gao_fit", "plot_reliability", "pool_curves", "pooled_reliability", "Pools", "Power",
     "power_of", "PromptAccuracy", "PromptBon", "PromptPicks", "ProxySummary", "published_picks", "PublishedPick",

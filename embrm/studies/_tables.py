@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from embrm.core import file_stem, fmt, md_table
-from embrm.evaluation import plot_bon, plot_reliability, pooled_reliability
+from embrm.evaluation import LOG_T_BOUNDS, plot_bon, plot_reliability, pooled_reliability
 from embrm.studies._store import JobResult
 
 BASELINES = ("length", "shortest")  # rulers beside every reward (the random pick is its own row: an expectation)
@@ -272,7 +272,7 @@ def fit_markdown(fits: pl.DataFrame, dataset: str) -> str:
                      *(["per-prompt Spearman with length"] if lengths else [])], rows)
 
 
-TEMPERATURE_BOUND = float(np.exp(7.0))  # embrm.evaluation's temperature search stops at log T = 7
+TEMPERATURE_BOUND = float(np.exp(LOG_T_BOUNDS[1]))  # where embrm.evaluation's temperature search stops
 
 
 def spread(values) -> str:
