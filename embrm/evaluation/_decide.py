@@ -194,7 +194,7 @@ class SequentialTest:
 
     def look(self, key: str, effect: Effect, direction: int = +1) -> Look:
         fractions = self.history.setdefault(key, [])
-        last = effect.n_seeds >= self.max_seeds
+        last = effect.n_seeds >= self.max_seeds or effect.se <= 0  # se 0: more seeds cannot change a point
         t = 1.0 if last else float(np.clip(se_at(effect, seeds=self.max_seeds) ** 2 / effect.se ** 2, 1e-6, 1.0))
         if fractions and t <= fractions[-1]:
             t = 1.0 if last else min(1.0, fractions[-1] + 1e-6)  # information only grows

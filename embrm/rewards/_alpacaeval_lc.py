@@ -159,11 +159,9 @@ def _baseline_lengths(responses: pl.DataFrame, lengths: np.ndarray, pc: np.ndarr
             raise EmbrmError(f"alpacaeval gold: baseline column {baseline!r} must hold the baseline's answer text on "
                              f"every row (got {col.dtype}, {col.null_count()} nulls)")
         return col.str.len_chars().to_numpy().astype(np.float64), f"column {baseline}", is_base
+    per_prompt = pl.DataFrame({"p": pc, "chars": lengths}).group_by("p").agg(pl.col("chars").median())
     median = np.full(P, np.nan)
-    order = np.argsort(pc, kind="stable")
-    bounds = np.searchsorted(pc[order], np.arange(P + 1))
-    for p in range(P):  # per prompt: a loop over prompts of a sorted array (np.median has no grouped form)
-        median[p] = np.median(lengths[order[bounds[p]:bounds[p + 1]]]) if bounds[p + 1] > bounds[p] else np.nan
+    median[per_prompt["p"].to_numpy()] = per_prompt["chars"].to_numpy()
     if baseline is None:
         return median[pc], "prompt median", is_base
     if source is None:

@@ -92,7 +92,7 @@ def test_a_bootstrap_effect_has_no_power_statement(effect):
 def test_one_look_is_the_fixed_sample_bound_and_more_looks_spend_alpha_obrien_fleming_style():
     assert spending_bounds([1.0])[0] == pytest.approx(st.norm.ppf(0.975), abs=0.01)
     b = spending_bounds([0.25, 0.5, 0.75, 1.0])
-    assert b[0] == pytest.approx(st.norm.ppf(0.975) / 0.5, abs=1e-6)  # exact first look: spend(t) = 2 - 2 Phi(z / sqrt t)
+    assert b[0] == pytest.approx(st.norm.ppf(0.975) / 0.5, abs=1e-6)  # exact first look
     assert np.all(np.diff(b) < 0) and 1.96 < b[-1] < 2.1  # Lan-DeMets O'Brien-Fleming: ~2.02-2.04 at the end
     assert spending_bounds([0.25, 0.5, 0.75, 1.0]) == pytest.approx(b)  # seeded: the same fractions, same bounds
 
@@ -125,4 +125,10 @@ def test_a_large_effect_crosses_early_and_a_null_one_is_futile_or_continues(effe
 def test_the_last_look_is_final():
     effect = paired_effect(simulate_units(Design(pool=400, seeds=12), np.random.default_rng(5)), pool=400)
     look = SequentialTest(max_seeds=12).look("k", replace(effect, estimate=0.0), +1)
+    assert look.fraction == 1.0 and look.status == "not reproduced (inconclusive)"
+
+
+def test_a_point_estimate_is_final_at_its_first_look(effect):
+    point = replace(effect, estimate=0.0, se=0.0, lo=0.0, hi=0.0)
+    look = SequentialTest(max_seeds=12).look("point", point, +1)
     assert look.fraction == 1.0 and look.status == "not reproduced (inconclusive)"
