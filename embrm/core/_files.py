@@ -17,6 +17,14 @@ from pathlib import Path
 
 from embrm.core._errors import EmbrmError
 
+STATE_ENV = "EMBRM_STATE_DIR"
+
+
+def state_dir() -> Path:
+    """Where embrm remembers facts about files and models (digests, checks, converted models) and keeps generated
+    arrays: $EMBRM_STATE_DIR, else ~/.cache/embrm."""
+    return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "embrm").expanduser()
+
 
 def write_atomic(path: Path, content: bytes | str | Callable[[Path], None], *, durable: bool = False) -> None:
     """Write `content` (bytes or any buffer, text, or a function that writes the given temp path) to a hidden temp

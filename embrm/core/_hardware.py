@@ -42,6 +42,16 @@ def fast_bf16() -> bool:
     return "amx_bf16" in flags or ("avx512_bf16" in flags and amd)
 
 
+def fast_int8() -> bool:
+    """Whether int8 inference (OpenVINO, embrm.embedding) is this CPU's fastest way to run an encoder: int8 dot
+    products (VNNI: avx512_vnni or avx_vnni) without fast bfloat16. Measured on a 2-core Xeon with avx512_vnni and
+    no AMX: MiniLM with int8 weights and activations quantised at run time ran 2-3x float32 torch, cosine >= 0.998
+    to it (benchmarks/bench_embed.py). Where bfloat16 is fast (AMX, AMD Zen 4), embrm keeps torch bfloat16: the int8
+    path was not measured there."""
+    flags = cpu_flags()
+    return not fast_bf16() and bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run torch on `n` intra-op threads, restored afterwards (tiny ops where the pool's synchronisation costs more

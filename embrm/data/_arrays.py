@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embrm.core import EmbrmError, Rows, mapped, write_atomic
+from embrm.core import EmbrmError, Rows, mapped, state_dir, write_atomic
 
 ARRAY_FORMATS = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".parquet")
-STATE_ENV = "EMBRM_STATE_DIR"
 FACTS_FILE = "file-facts.json"
 CHUNK_BYTES = 64 * 2 ** 20  # what the finiteness scan converts to float32 at a time
 HASH_BLOCK = 2 ** 20
@@ -495,12 +494,6 @@ def _sha256(path: Path) -> str:
         while n := f.readinto(block):
             h.update(view[:n])
     return h.hexdigest()
-
-
-def state_dir() -> Path:
-    """Where embrm remembers facts about files (digests, checks) and keeps generated arrays: $EMBRM_STATE_DIR, else
-    ~/.cache/embrm."""
-    return Path(os.environ.get(STATE_ENV) or Path.home() / ".cache" / "embrm").expanduser()
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -54,11 +54,12 @@ class EmbedResult:
     n_truncated: int = 0  # texts cut to the embedder's window (the prompt's start goes first)
     n_response_cut: int = 0  # ... of which the response itself lost tokens (longer than the window)
     indistinguishable: list[str] = field(default_factory=list)  # prompt ids whose distinct responses got one vector
+    precision: str = ""  # how the embedder computed them (Embedder.precision: what dtype "auto" chose, and why)
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in
                 ("n_texts", "n_unique", "n_embedded", "n_cached", "dim", "cache_dir", "fingerprint", "seconds",
-                 "n_truncated", "n_response_cut", "indistinguishable")}
+                 "n_truncated", "n_response_cut", "indistinguishable", "precision")}
 
     def warnings(self) -> list[str]:
         """What a researcher must know about these vectors, one line each."""
@@ -306,10 +307,11 @@ def _embed(data, embedder, views, shard: Shard, cache_dir, template: str, batch_
     keys, n_embedded = embed_texts(texts, embedder, caches, response_starts=starts, batch_size=batch_size,
                                    progress=progress, label=label, shard=shard, views=views)
     outcomes = [_settled(c, responses, keys, n_embedded, shard) for c in caches]
+    precision = embedder.precision()
     for outcome in outcomes:
         outcome.seconds = round(time.perf_counter() - start, 3)
         if outcome.result is not None:
-            outcome.result.seconds = outcome.seconds
+            outcome.result.seconds, outcome.result.precision = outcome.seconds, precision
     return outcomes
 
 

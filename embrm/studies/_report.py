@@ -389,7 +389,8 @@ def _embedder_text(study: Study, generated: dict) -> str:
     if study.embedders:
         return f"{len(study.embedders)} embedders ({', '.join(f'`{n}`' for n in study.embedders)}: see Embedders)"
     e = study.embedder
-    text = f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({e.dtype})"
+    precision = e.build().precision() if e.backend in ("st", "hf") else ""  # what dtype "auto" chose here, and why
+    text = f"{e.backend}:{e.model or 'all-MiniLM-L6-v2 (packaged)'} ({precision or e.dtype})"
     if e.backend == "imported":  # where the vectors came from, as `embrm import` recorded it
         o = e.build().spec()
         text = (f"imported: {o['model']} layer {o['layer']} pooling {o['pooling']}, {o['dim']}-d, from "

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from embrm.core import EmbrmError, fast_bf16
+from embrm.core import EmbrmError, fast_bf16, fast_int8
+from embrm.embedding.backends import _openvino
 
 # Bump when a change in embrm (not in the model) changes the vectors, so old caches stop matching.
 SPEC_VERSION = 1
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16", "int8")  # int8: OpenVINO on a CPU (backends._openvino)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class Embedder(ABC):
     @abstractmethod
     def dim(self) -> int:
         """Vector size (may load the model)."""
+
+    def precision(self) -> str:
+        """How the vectors are computed, for summaries and reports (what `dtype="auto"` chose, and why)."""
+        return str(self.spec().get("dtype", ""))
 
     def close(self) -> None:
         """Release the model / connections. Safe to call twice."""
@@ -172,9 +177,11 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> str:
     """'auto' -> bfloat16 on a CUDA device that supports it or a CPU with fast bf16 matmuls
-    (embrm.core._hardware.fast_bf16), else float32 (MPS included). The resolved name goes into spec(), so caches of the
-    two dtypes never mix."""
+    (embrm.core._hardware.fast_bf16), else float32 (MPS included); a backend with an int8 path decides that
+    first (int8_candidate). The resolved name goes into spec(), so caches of different dtypes never mix."""
     check_choice("dtype", dtype, DTYPES)
+    if dtype == "int8" and device != "cpu":
+        raise EmbrmError(f"dtype int8 runs on the CPU (OpenVINO), not {device}: use --device cpu or another dtype")
     if dtype != "auto":
         return dtype
     if device.startswith("cuda"):
@@ -182,6 +189,12 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if device == "cpu" and fast_bf16() else "float32"
+
+
+def int8_candidate(dtype: str, device: str) -> bool:
+    """'auto' on a CPU where int8 is the fastest path (embrm.core.fast_int8) and OpenVINO is installed: the backend
+    then checks int8 against float32 once per model and machine before choosing it."""
+    return dtype == "auto" and device == "cpu" and fast_int8() and _openvino.available()
 
 
 def torch_dtype(name: str):
@@ -247,9 +260,9 @@ class PromptFirst:
     Keeps the whole response part (text[start:], i.e. the response and any template tail) and as much of the END
     of the prompt part as fits (a reward model must see the response; a right cut would keep only the prompt). A
     response too long for that keeps its start, and the prompt keeps its last PROMPT_FLOOR of the window (or all of
-    it, if shorter): a reward judges an answer to a question, so the question never disappears entirely. The two parts are tokenized
-    separately and cut at token boundaries (character offsets); the joined text is recounted and trimmed again
-    where re-tokenisation at the junction adds a token. The model's own right truncation stays as a safety net.
+    it, if shorter): a reward judges an answer to a question, so the question never disappears entirely. The two
+    parts are tokenized separately and cut at token boundaries (character offsets); the joined text is recounted
+    and trimmed again where re-tokenisation at the junction adds a token. The model's own right truncation stays as a safety net.
     """
 
     ROUNDS = 3  # recount rounds; one is almost always enough (junction effects are a token or two)
@@ -321,6 +334,24 @@ def _join(text: str, start: int, p_ends: np.ndarray, r_ends: np.ndarray, keep_p:
     head = 0 if keep_p == n_p else start if keep_p == 0 else int(p_ends[n_p - keep_p - 1])
     end = len(text) if keep_r == n_r else start + (int(r_ends[keep_r - 1]) if keep_r else 0)
     return text[head:end], start - head
+
+
+def length_batches(kept: np.ndarray, batch_size: int, max_tokens: int | None) -> list[np.ndarray]:
+    """Row indices per forward batch. Rows are sorted by kept length (similar lengths together: little padding),
+    then cut every batch_size rows or, with max_tokens, before rows x longest row would exceed the budget (a longer
+    row runs alone)."""
+    order = np.argsort(kept, kind="stable")
+    if max_tokens is None:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    lengths, out, s = kept[order], [], 0
+    while s < len(order):
+        # lengths ascend, so a batch from s holds at most max_tokens // lengths[s] rows: look no further
+        window = lengths[s : s + max(1, max_tokens // max(int(lengths[s]), 1))]
+        padded = np.arange(1, len(window) + 1) * window  # nondecreasing: searchsorted applies
+        n = max(1, int(np.searchsorted(padded, max_tokens, side="right")))
+        out.append(order[s : s + n])
+        s += n
+    return out
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

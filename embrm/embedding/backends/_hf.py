@@ -28,6 +28,7 @@ from embrm.embedding.backends._base import (
     check_texts,
     dtype_kwargs,
     l2_normalize,
+    length_batches,
     load_error,
     local_or_hub,
     quiet_loading,
@@ -160,6 +161,8 @@ class HFEmbedder(Embedder):
         self.max_tokens = max_tokens
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.dtype == "int8":
+            raise EmbrmError("dtype int8 is the st backend's (OpenVINO); the hf backend runs float32 or bfloat16")
         self.revision, self.normalize = revision, bool(normalize)
         self._model = self._tok = self._config_only = None
 
@@ -304,20 +307,8 @@ class HFEmbedder(Embedder):
         return enc, kept, n_tokens, starts, response_cut
 
     def batches(self, kept: np.ndarray) -> list[np.ndarray]:
-        """Row indices per batch. Rows are sorted by kept length (similar lengths together: little padding), then
-        cut every batch_size rows or, with max_tokens, before rows x longest row would exceed the budget."""
-        order = np.argsort(kept, kind="stable")
-        if self.max_tokens is None:
-            return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        lengths, out, s = kept[order], [], 0
-        while s < len(order):
-            # lengths ascend, so a batch from s holds at most max_tokens // lengths[s] rows: look no further
-            window = lengths[s : s + max(1, self.max_tokens // int(lengths[s]))]
-            padded = np.arange(1, len(window) + 1) * window  # nondecreasing: searchsorted applies
-            n = max(1, int(np.searchsorted(padded, self.max_tokens, side="right")))
-            out.append(order[s : s + n])
-            s += n
-        return out
+        """Row indices per batch (base.length_batches: sorted by kept length, batch_size rows or max_tokens)."""
+        return length_batches(kept, self.batch_size, self.max_tokens)
 
     def _encode(self, texts: list[str], offsets: bool):
         return self._tok(

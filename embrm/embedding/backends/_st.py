@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from embrm.core import EmbrmError
+from embrm.embedding.backends import _openvino
 from embrm.embedding.backends._base import (
     SPEC_VERSION,
     EmbedBatch,
@@ -18,7 +18,9 @@ from embrm.embedding.backends._base import (
     check_starts,
     check_texts,
     dtype_kwargs,
+    int8_candidate,
     l2_normalize,
+    length_batches,
     load_error,
     local_or_hub,
     quiet_loading,
@@ -46,8 +48,12 @@ def packaged_minilm() -> str:
 class STEmbedder(Embedder):
     """Sentence embeddings from a sentence-transformers model.
 
-    Options: dtype ("auto" = bfloat16 on CUDA / AMX CPUs, else float32), max_length (default: the model's
-    max_seq_length), normalize (L2, in float32; default True), batch_size, device ("auto"), revision (hub ids).
+    Options: dtype ("auto": bfloat16 on CUDA and CPUs with fast bfloat16; int8 on CPUs with int8 dot products but
+    not fast bfloat16, once int8 agrees with float32 on this machine (cosine >= 0.99 on a fixed sample); else
+    float32. "int8": the model's transformer on OpenVINO, embrm.embedding.backends._openvino), max_length
+    (default: the model's max_seq_length), normalize (L2, in float32; default True), batch_size (rows per
+    forward pass), max_tokens (token budget per forward pass: rows x longest row; texts are sorted by token count
+    either way; not in spec(), the vectors do not depend on it), device ("auto"), revision (hub ids).
     """
 
     backend = "st"
@@ -60,25 +66,28 @@ class STEmbedder(Embedder):
         max_length: int | None = None,
         normalize: bool = True,
         batch_size: int = 64,
+        max_tokens: int | None = None,
         device: str = "auto",
         revision: str | None = None,
     ):
         check_positive_int("max_length", max_length, allow_none=True)
         check_positive_int("batch_size", batch_size)
+        check_positive_int("max_tokens", max_tokens, allow_none=True)
         if model in MINILM_ALIASES:
             self._source, self._local, self.model_id = None, True, CANONICAL_MINILM  # resolved on load
         else:
             self._source, self._local = local_or_hub(str(model), WHAT)
             self.model_id = str(model)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        # int8 is chosen by "auto" only after it agrees with float32 (self.dtype resolves it on first use)
+        self._dtype = None if int8_candidate(dtype, self.device) else resolve_dtype(dtype, self.device)
+        if self._dtype == "int8":
+            _openvino.require()
         self.max_length = max_length
         self.normalize = bool(normalize)
-        self.batch_size = batch_size
+        self.batch_size, self.max_tokens = batch_size, max_tokens
         self.revision = revision
-        self._model = None
-        self._count = None
-        self._counter = None  # on GPU, a thread counts tokens (Rust, GIL released) during the forward pass
+        self._model = self._forward = self._count = self._agreement = None
 
     # -- spec (no model load) ------------------------------------------------------------------------
     def spec(self) -> dict:
@@ -92,7 +101,47 @@ class STEmbedder(Embedder):
             "max_length": self.max_length or self._default_max_length(),  # None: model default, unknown offline
             "truncation": "prompt_first",  # base.PromptFirst; texts without response_starts: right side
             "dtype": self.dtype,
+            **({"int8": _openvino.RECIPE} if self.dtype == "int8" else {}),  # only int8 caches carry it
         }
+
+    # -- precision (auto: int8 where it pays and agrees) ---------------------------------------------------
+    @property
+    def dtype(self) -> str:
+        if self._dtype is None:
+            self._dtype = "int8" if self.agreement().ok else "float32"
+        return self._dtype
+
+    def agreement(self) -> _openvino.Agreement:
+        """int8 vs float32 on the fixed check sample, measured once per model and machine (then read back)."""
+        if self._agreement is None:
+            key = {"backend": self.backend, "model": self.model_id, "revision": self.revision,
+                   "max_length": self.max_length or self._default_max_length(), "files": self._files()}
+            self._agreement = _openvino.agreement(key, self._measure_agreement)
+        return self._agreement
+
+    def _measure_agreement(self) -> tuple[np.ndarray, np.ndarray]:
+        texts = _openvino.check_sample()
+        float32 = STEmbedder(self._source or None, dtype="float32", max_length=self.max_length, normalize=False,
+                             device="cpu", revision=self.revision)
+        int8 = STEmbedder(self._source or None, dtype="int8", max_length=self.max_length, normalize=False,
+                          device="cpu", revision=self.revision)
+        with float32, int8:
+            return int8.embed(texts).vectors, float32.embed(texts).vectors
+
+    def _files(self) -> list:
+        """(name, size, mtime) of a local model's files: a model changed in place is checked again."""
+        if not self._local:
+            return []
+        root = Path(self._source or packaged_minilm())
+        return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in root.rglob("*") if p.is_file())[:500]
+
+    def precision(self) -> str:
+        if self.dtype == "int8":
+            return f"int8 on OpenVINO ({self.agreement().describe()})"
+        if self._agreement is not None:  # auto measured int8 and did not take it
+            return f"float32 (int8 not used: {self._agreement.describe()}, below {_openvino.AGREEMENT_FLOOR})"
+        return self.dtype
 
     def _default_max_length(self) -> int | None:
         """Read max_seq_length from sentence_bert_config.json when it is on disk (cheap, no weights)."""
@@ -132,7 +181,7 @@ class STEmbedder(Embedder):
         from sentence_transformers import SentenceTransformer
 
         source = self._source or packaged_minilm()
-        kwargs = {"model_kwargs": dtype_kwargs(self.dtype)}
+        kwargs = {"model_kwargs": dtype_kwargs("float32" if self.dtype == "int8" else self.dtype)}
         try:
             with quiet_loading():
                 model = SentenceTransformer(source, device=self.device, revision=self.revision, **kwargs)
@@ -150,6 +199,7 @@ class STEmbedder(Embedder):
         self._cut_at = model.max_seq_length
         self._count = token_counter(model.tokenizer)
         self._prompt_first = PromptFirst(model.tokenizer, self._cut_at, model=self.model_id)
+        self._forward = _Int8Forward(model) if self.dtype == "int8" else _TorchForward(model)
         self._model = model
         return model
 
@@ -164,38 +214,66 @@ class STEmbedder(Embedder):
         self._load()
         if not texts:
             return EmbedBatch.build(np.zeros((0, self.dim)), [], [])
-        if response_starts is None:
-            return self._encode(texts, self._count_async(texts), None)
-        starts = check_starts(texts, response_starts)
-        n_tokens = self._count(texts)  # needed before the forward pass: it decides which texts to cut
-        cut, _, response_cut = self._prompt_first.cut(texts, starts, n_tokens)
-        return self._encode(cut, _done(n_tokens), response_cut)
-
-    def _encode(self, texts: list[str], counting: Future, response_cut) -> EmbedBatch:
-        vectors = self._model.encode(
-            texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-        ).astype(np.float32, copy=False)
-        n_tokens = counting.result()
+        n_tokens = self._count(texts)  # before the forward pass: it decides which texts to cut, and the batches
+        response_cut = None
+        if response_starts is not None:
+            starts = check_starts(texts, response_starts)
+            texts, _, response_cut = self._prompt_first.cut(texts, starts, n_tokens)
+        vectors = self._vectors(texts, np.minimum(n_tokens, self._cut_at))
         if self.normalize:
             l2_normalize(vectors)
         return EmbedBatch.build(vectors, n_tokens, n_tokens > self._cut_at, response_cut)
 
-    def _count_async(self, texts: list[str]) -> Future:
-        """Overlap counting with the GPU; on CPU count first, as a concurrent tokenizer would
-        preempt torch's OpenMP threads (measured: 10 % slower on 16 cores vs 3-5 % sequential)."""
-        if not self.device.startswith("cuda"):
-            return _done(self._count(texts))
-        if self._counter is None:
-            self._counter = ThreadPoolExecutor(1, thread_name_prefix="embrm-token-count")
-        return self._counter.submit(self._count, texts)
+    def _vectors(self, texts: list[str], kept: np.ndarray) -> np.ndarray:
+        """Forward passes over batches of similar token counts (base.length_batches), rows back in input order."""
+        out = np.empty((len(texts), self.dim), np.float32)
+        for rows in length_batches(kept, self.batch_size, self.max_tokens):
+            features = self._model.preprocess([texts[i] for i in rows])
+            out[rows] = self._forward(features)
+        return out
 
     def close(self) -> None:
-        if self._counter is not None:
-            self._counter.shutdown(wait=True)
-        self._model = self._count = self._counter = self._prompt_first = None
+        self._model = self._forward = self._count = self._prompt_first = None
 
 
-def _done(value) -> Future:
-    done = Future()
-    done.set_result(value)
-    return done
+class _TorchForward:
+    """The whole sentence-transformers model in torch: features -> (n, d) float32 sentence embeddings."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, features: dict) -> np.ndarray:
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        with torch.inference_mode():
+            out = self._model(batch_to_device(features, self._model.device))["sentence_embedding"]
+        return out.float().cpu().numpy()
+
+
+class _Int8Forward:
+    """The model's transformer (its first module) on OpenVINO in int8, the rest (pooling, dense, ...) in torch."""
+
+    def __init__(self, model):
+        import torch
+
+        first = model[0]
+        if not hasattr(first, "auto_model"):
+            raise EmbrmError(f"dtype int8 converts a model's transformer; {type(first).__name__} is not one: use "
+                             f"--dtype float32")
+        example = {k: v for k, v in model.preprocess(["an example", "another example text"]).items()
+                   if isinstance(v, torch.Tensor)}
+        self._names = list(example)
+        self._compiled = _openvino.compiled_int8(first.auto_model.eval(), example)
+        self._output = getattr(first, "module_output_name", "token_embeddings")
+        self._rest = [model[i] for i in range(1, len(model))]
+
+    def __call__(self, features: dict) -> np.ndarray:
+        import torch
+
+        hidden = self._compiled({k: features[k].numpy() for k in self._names})[0]
+        features[self._output] = torch.from_numpy(np.ascontiguousarray(hidden))
+        with torch.inference_mode():
+            for module in self._rest:
+                features = module(features)
+        return features["sentence_embedding"].float().numpy()
