@@ -59,7 +59,7 @@ def test_auto_chooses_int8_once_it_agrees_and_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("EMBRM_STATE_DIR", str(tmp_path))
     emb = make_embedder("st")
     assert emb.spec()["dtype"] == "int8"
-    assert emb.precision().startswith("int8 on OpenVINO (min cosine 0.99")
+    assert emb.precision().startswith("int8 on OpenVINO, min cosine 0.99")
     records = list((tmp_path / "agreement").glob("*.json"))
     assert len(records) == 1 and json.loads(records[0].read_text())["n"] == len(_openvino.check_sample())
 

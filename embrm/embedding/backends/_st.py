@@ -138,7 +138,7 @@ class STEmbedder(Embedder):
 
     def precision(self) -> str:
         if self.dtype == "int8":
-            return f"int8 on OpenVINO ({self.agreement().describe()})"
+            return f"int8 on OpenVINO, {self.agreement().describe()}"
         if self._agreement is not None:  # auto measured int8 and did not take it
             return f"float32 (int8 not used: {self._agreement.describe()}, below {_openvino.AGREEMENT_FLOOR})"
         return self.dtype
