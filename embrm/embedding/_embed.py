@@ -22,7 +22,7 @@ from embrm.data import Dataset
 from embrm.embedding._cache import EmbeddingCache, text_keys
 from embrm.embedding._chat import NO_TEMPLATE, ChatTemplate
 from embrm.embedding._shards import WHOLE, Shard, record_plan, shard_batches
-from embrm.embedding.backends import make_embedder
+from embrm.embedding.backends import Embedder, make_embedder
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 CHAT = "chat"  # the model's own chat rendering of a user turn and an assistant turn (embrm.embedding._chat)
@@ -307,7 +307,7 @@ def _embed(data, embedder, views, shard: Shard, cache_dir, template: str, batch_
     keys, n_embedded = embed_texts(texts, embedder, caches, response_starts=starts, batch_size=batch_size,
                                    progress=progress, label=label, shard=shard, views=views)
     outcomes = [_settled(c, responses, keys, n_embedded, shard) for c in caches]
-    precision = embedder.precision()
+    precision = embedder.precision() if isinstance(embedder, Embedder) else str(embedder.spec().get("dtype", ""))
     for outcome in outcomes:
         outcome.seconds = round(time.perf_counter() - start, 3)
         if outcome.result is not None:
