@@ -40,7 +40,7 @@ def models_subset(tmp_path_factory):
     prompts = r["prompt_id"].unique().sort().to_list()[:30]
     r = r.filter(pl.col("prompt_id").is_in(prompts) & pl.col("model").is_in(models))
     ds = replace(ds, responses=r.with_columns(pl.col("response").str.slice(0, 300)))
-    X = embed_dataset(ds, make_embedder("st"), cache_dir=tmp_path_factory.mktemp("subset-cache"), progress=False).X
+    X = embed_dataset(ds, make_embedder("st", dtype="float32"), cache_dir=tmp_path_factory.mktemp("subset-cache"), progress=False).X
     return ds, X
 
 

@@ -85,7 +85,7 @@ def test_rrm_trains_on_other_prompts_answers_which_must_be_embedded(models_subse
     aug = rrm_dataset(ds)
     assert set(aug.responses["prompt_id"]) == set(ds.responses["prompt_id"])
     assert (aug.responses["source_prompt_id"] != aug.responses["prompt_id"]).all()
-    X_aug = embed_dataset(aug, make_embedder("st"), cache_dir=tmp_path_factory.mktemp("rrm-cache"), progress=False).X
+    X_aug = embed_dataset(aug, make_embedder("st", dtype="float32"), cache_dir=tmp_path_factory.mktemp("rrm-cache"), progress=False).X
     with pytest.raises(EmbrmError, match=r"augment has shape \(3, 384\)"):
         fit(ds, X, protocol("linear", "rrm"), augment=X_aug[:3], progress=False)
     fitted = fit(ds, X, protocol("linear", "rrm"), augment=X_aug, progress=False)
