@@ -122,7 +122,7 @@ CASES = [
     value("embedder_not_table", 'embedder = "st"\n', r"key 'embedder' must be dict"),
     value("embedder_backend", '[embedder]\nbackend = "tf"\n', r'\[embedder\]: backend = "tf" is not allowed'),
     value("embedder_unknown_key", '[embedder]\ndevices = "cuda"\n', r"\[embedder\]: unknown key 'devices'"),
-    value("embedder_dtype", '[embedder]\ndtype = "int8"\n', r"\[embedder\]: .*dtype='int8' is not valid"),
+    value("embedder_dtype", '[embedder]\ndtype = "float16"\n', r"\[embedder\]: .*dtype='float16' is not valid"),
     value("embedder_max_length", "[embedder]\nmax_length = 0\n",
           r"\[embedder\]: .*max_length must be an integer in \[1, 1048576\] or None, got 0"),
     value("embedder_batch_size", "[embedder]\nbatch_size = 0\n",
