@@ -48,7 +48,8 @@ def models_subset(tmp_path_factory):
 def renamed_pool(tmp_path_factory):
     """A directory holding a real pool file whose columns all have other names (12 prompts x 15 answers of the
     58-model pool, three of them reward-hacking probes), its dataset declaration `pool.toml` (columns and an
-    exclusion rule, given once; `subset` is AlpacaEval's source subset), 60 real HH-RLHF pairs (`hh.jsonl`) and a cache where both are embedded."""
+    exclusion rule, given once; `subset` is AlpacaEval's source subset), 60 real HH-RLHF pairs (`hh.jsonl`) and a
+    cache where both are embedded."""
     from embrm.data._registry import load_dataset
     from embrm.embedding._embed import EmbedderConfig
 
@@ -66,3 +67,22 @@ def renamed_pool(tmp_path_factory):
     for source in ("pool.toml", "hh.jsonl"):
         config.embed(load_dataset(root / source), root / "cache", progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One real local Ray (2 CPUs) for the whole session, shut down at its end. embrm's Ray code (embed_on_ray via
+    ray_session, and a study's runner "ray") uses the Ray already open in this process and leaves it running, so every
+    test on Ray connects to this one: Ray starts once (seconds each time), not once per test. A sandbox may forbid
+    what Ray's raylet needs; that is the only reason to skip."""
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        # Ray's workers keep the environment Ray started with, not a test's later monkeypatch: give them a state
+        # directory of their own, so no test's Ray job writes embrm's file facts under ~/.cache/embrm.
+        mp.setenv("EMBRM_STATE_DIR", str(tmp_path_factory.mktemp("ray-state")))
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"a local Ray cannot start on this machine: {e}")
+    yield ray
+    ray.shutdown()

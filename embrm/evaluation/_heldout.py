@@ -139,12 +139,15 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
     scores = np.asarray(scores, np.float32).reshape(len(ds.responses), -1)
     mean = scores.mean(axis=1)
     length = M.length_reward(ds.responses) if ds.texts else None
+    # each pair's prompt as its position among the sorted prompt ids: sorting ints, not the pairs' id strings
+    prompts, code = np.unique(ds.responses["prompt_id"].to_numpy(), return_inverse=True)
+    pair_prompt = code.ravel()[pairs[:, 0]]
     out = FitMetrics(against, int(len(pairs)), int(len(test_prompts)), float(M.pairwise_accuracy(mean, pairs)),
                      member_accuracies(scores, pairs),
                      float(M.bt_log_loss(mean, pairs)), float(M.expected_calibration_error(mean, pairs)),
                      None if length is None else float(M.pairwise_accuracy(length, pairs)),
-                     per_prompt=_correct_by_prompt(ds, mean, pairs))
-    _calibration(out, ds, mean, pairs, seed)
+                     per_prompt=_correct_by_prompt(prompts, pair_prompt, mean, pairs))
+    _calibration(out, pair_prompt, mean, pairs, seed)
     if ds.has_gold:
         rows = ds.usable & rows_of(ds.responses, test_prompts)
         index = ds.responses["prompt_id"].filter(pl.Series(rows)).rank("dense").to_numpy().astype(np.int64) - 1
@@ -157,13 +160,13 @@ def pairwise_metrics(ds: Dataset, scores: np.ndarray, test_prompts: np.ndarray, 
     return out
 
 
-def _calibration(out: FitMetrics, ds: Dataset, mean: np.ndarray, pairs: np.ndarray, seed: int) -> None:
+def _calibration(out: FitMetrics, groups: np.ndarray, mean: np.ndarray, pairs: np.ndarray, seed: int) -> None:
     """MCE, Brier and reliability bins of the held-out pairs, and their ECE after temperature scaling fitted on the
-    other half of the held-out prompts (cross-fitted: no pair calibrates its own probability)."""
+    other half of the held-out prompts (cross-fitted: no pair calibrates its own probability). groups: each pair's
+    prompt code (in prompt-id order)."""
     margins = mean[pairs[:, 0]].astype(np.float64) - mean[pairs[:, 1]]
     plain = reliability(margins)
     out.mce, out.brier, out.reliability = plain.mce, plain.brier, plain
-    groups = ds.responses["prompt_id"].to_numpy()[pairs[:, 0]]
     if len(np.unique(groups)) >= 2:
         calibrated, temperatures = cross_fitted_temperature(margins, groups, seed=seed)
         out.calibrated_ece, out.temperature = reliability(calibrated).ece, float(np.mean(temperatures))
@@ -174,12 +177,14 @@ def _finite(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _correct_by_prompt(ds: Dataset, scores: np.ndarray, pairs: np.ndarray) -> PromptAccuracy:
-    """Held-out pairs and the ones the reward orders as labelled (ties 0.5), per prompt."""
+def _correct_by_prompt(prompts: np.ndarray, pair_prompt: np.ndarray, scores: np.ndarray,
+                       pairs: np.ndarray) -> PromptAccuracy:
+    """Held-out pairs and the ones the reward orders as labelled (ties 0.5), per prompt (sorted prompt ids
+    `prompts`; pair_prompt: each pair's position in them)."""
     margin = scores[pairs[:, 0]].astype(np.float64) - scores[pairs[:, 1]]
-    prompts, index = np.unique(ds.responses["prompt_id"].to_numpy()[pairs[:, 0]], return_inverse=True)
-    correct = np.bincount(index, (margin > 0) + 0.5 * (margin == 0), len(prompts))
-    return PromptAccuracy(prompts.tolist(), np.bincount(index, minlength=len(prompts)).tolist(), correct.tolist())
+    used, index = np.unique(pair_prompt, return_inverse=True)
+    correct = np.bincount(index, (margin > 0) + 0.5 * (margin == 0), len(used))
+    return PromptAccuracy(prompts[used].tolist(), np.bincount(index, minlength=len(used)).tolist(), correct.tolist())
 
 
 def member_accuracies(scores: np.ndarray, pairs: np.ndarray) -> list[float]:

@@ -25,8 +25,10 @@ from embrm.pipeline._steps import (
     label_pairs,
     load_model,
     model_embeddings,
+    pool_lc,
     proxies,
     run_experiment,
+    run_experiments,
     score,
     split,
     training_pairs,
@@ -35,5 +37,6 @@ from embrm.pipeline._steps import (
 __all__ = [
     "CALIBRATED", "check_aligned", "checked_n_grid", "DEFAULT_AGGREGATIONS", "DEFAULT_LEARNERS", "evaluate",
     "ExperimentResult", "fit", "fit_pairs", "FittedModel", "label_pairs", "LabelConfig", "Learner", "load_model",
-    "model_embeddings", "N_GRIDS", "Protocol", "proxies", "run_experiment", "SavedModel", "score", "split", "training_pairs"
+    "model_embeddings", "N_GRIDS", "pool_lc", "Protocol", "proxies", "run_experiment", "run_experiments", "SavedModel",
+    "score", "split", "training_pairs"
 ]

@@ -187,8 +187,8 @@ class LabelConfig:
         if self.pairs_per_prompt is not None:
             _check(self, ("pairs_per_prompt",))
             if not self.within_prompt:
-                raise EmbrmError("pairs_per_prompt draws pairs within prompts: it cannot be combined with across-prompt "
-                                 "pairs (within_prompt = false, --across-prompts)",
+                raise EmbrmError("pairs_per_prompt draws pairs within prompts: it cannot be combined with "
+                                 "across-prompt pairs (within_prompt = false, --across-prompts)",
                                  field="pairs_per_prompt")
 
     @property
@@ -251,6 +251,14 @@ class Protocol:
 
     def aggregation_params(self) -> dict:
         return {"lam": self.lam, "beta": self.lcb_beta, "temperature": self.temperature, "member": self.member}
+
+    @property
+    def member_fit(self) -> "Protocol":
+        """The protocol whose members this one's are: a post-hoc length control corrects fitted members, so the
+        protocols that differ only in it share one fit (pipeline.run_experiments)."""
+        if not self.learner.length_control.startswith("posthoc"):
+            return self
+        return replace(self, learner=replace(self.learner, length_control="none"))
 
     def to_dict(self) -> dict:
         """JSON-able; options added since the first release are left out while they hold their defaults, so saved

@@ -22,6 +22,8 @@ GLM, embrm.rewards.alpacaeval_controlled_gold, by default, or the log-linear emb
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -172,38 +174,67 @@ def fit(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment:
     """Split prompts, label the training prompts, fit K members (with the learner's length control), measure
     held-out pairwise metrics. `augment`: embeddings of rrm_dataset(ds), needed by length_control "rrm" only."""
     check_aligned(ds, X)
-    labels = protocol.labels.resolved(ds)
-    learner = protocol.learner
+    _check_control(ds, protocol.learner)
+    with Stages(f"fit {protocol.learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
+        return _corrected(ds, X, protocol, _members(ds, X, protocol.member_fit, augment, stages), stages)
+
+
+def _check_control(ds: Dataset, learner: Learner) -> None:
     if learner.length_control != "none" and not ds.texts:
         raise EmbrmError(f"{ds.source}: length_control {learner.length_control} needs the responses' texts, and "
                          f"{ds.name} is arrays without texts: use length_control none")
-    with Stages(f"fit {learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
-        parts = split(ds, labels, protocol.test_size, protocol.seed)
-        pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
-        stages.done("labels")
-        params = learner.head_params()
-        if learner.head == "lgbm":  # the thread policy's count (embrm.core.fit_threads), as torch and BLAS
-            params.setdefault("n_jobs", current_threads())
-        pairs, pair_prompts = pair_indices(pairs_df, ds.responses), pairs_df["prompt_id"].to_numpy()
-        X_fit, length = X, length_feature(ds.responses)
-        if learner.length_control == "rrm":
-            X_fit, pairs, pair_prompts = _with_rrm(ds, X, augment, pairs, pair_prompts, parts.train)
-        if learner.length_control == "odin":
-            params.update(odin=learner.odin_params(), length=length)
-        ensemble = fit_ensemble(X_fit, pairs, head=learner.head, k=protocol.k, mode=learner.mode,
-                                pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
-        if learner.length_control == "rrm":
-            ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
-        scores = ensemble.predict(X, progress=stages)
-        if learner.length_control.startswith("posthoc"):
-            ensemble.length_correction = _posthoc(ds, X, scores, ensemble, parts, length, learner.length_control)
-            scores = ensemble.corrected(scores, length)
-        stages.done("members")
-        metrics = pairwise_metrics(ds, scores, parts.test, protocol.seed)
-        stages.done("held-out metrics")
+
+
+@dataclass
+class _Members:
+    """A fit before any post-hoc length correction: what the protocols of one Protocol.member_fit share."""
+
+    labels: LabelConfig
+    split: Split
+    n_train_pairs: int
+    label_accuracy: float | None
+    ensemble: RewardEnsemble
+    scores: np.ndarray  # (n, K) raw member scores on ds
+
+
+def _members(ds: Dataset, X: np.ndarray, protocol: Protocol, augment, stages: Stages) -> _Members:
+    """Split, label and fit K members of the protocol's learner (its length control "odin" or "rrm" included)."""
+    labels = protocol.labels.resolved(ds)
+    learner = protocol.learner
+    parts = split(ds, labels, protocol.test_size, protocol.seed)
+    pairs_df = training_pairs(ds, labels, parts.train, protocol.seed)
+    stages.done("labels")
+    params = learner.head_params()
+    if learner.head == "lgbm":  # the thread policy's count (embrm.core.fit_threads), as torch and BLAS
+        params.setdefault("n_jobs", current_threads())
+    pairs, pair_prompts = pair_indices(pairs_df, ds.responses), pairs_df["prompt_id"].to_numpy()
+    X_fit = X
+    if learner.length_control == "rrm":
+        X_fit, pairs, pair_prompts = _with_rrm(ds, X, augment, pairs, pair_prompts, parts.train)
+    if learner.length_control == "odin":
+        params.update(odin=learner.odin_params(), length=length_feature(ds.responses))
+    ensemble = fit_ensemble(X_fit, pairs, head=learner.head, k=protocol.k, mode=learner.mode,
+                            pair_prompt_ids=pair_prompts, seed=protocol.seed, **params)
+    if learner.length_control == "rrm":
+        ensemble.info["rrm_pairs"] = len(pairs) - len(pairs_df)
     agree = float(pairs_df["label_correct"].mean()) if "label_correct" in pairs_df.columns else None
-    return FittedModel(ensemble, replace(protocol, labels=labels), parts, metrics, len(pairs_df), agree, X.shape[1],
-                       scores)
+    return _Members(labels, parts, len(pairs_df), agree, ensemble, ensemble.predict(X, progress=stages))
+
+
+def _corrected(ds: Dataset, X: np.ndarray, protocol: Protocol, members: _Members, stages: Stages) -> FittedModel:
+    """The protocol's model from its members: a post-hoc length control corrects a copy of the ensemble (the
+    members stay uncorrected for the other protocols that share them), then held-out pairwise metrics."""
+    ensemble, scores, control = members.ensemble, members.scores, protocol.learner.length_control
+    if control.startswith("posthoc"):
+        length = length_feature(ds.responses)
+        ensemble = copy.copy(ensemble)
+        ensemble.length_correction = _posthoc(ds, X, scores, ensemble, members.split, length, control)
+        scores = ensemble.corrected(scores, length)
+    stages.done("members")
+    metrics = pairwise_metrics(ds, scores, members.split.test, protocol.seed)
+    stages.done("held-out metrics")
+    return FittedModel(ensemble, replace(protocol, labels=members.labels), members.split, metrics,
+                       members.n_train_pairs, members.label_accuracy, X.shape[1], scores)
 
 
 def _with_rrm(ds: Dataset, X: np.ndarray, augment, pairs: np.ndarray, pair_prompts: np.ndarray, train: np.ndarray):
@@ -265,11 +296,11 @@ def _lengths(ds: Dataset) -> np.ndarray | None:
 @on_fit_threads
 def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split, protocol: Protocol, *,
              prompts: str = "test", metrics: FitMetrics | None = None, scores: np.ndarray | None = None,
-             progress: bool | None = False) -> Evaluation:
+             lc: tuple[LengthEffect, np.ndarray] | str | None = None, progress: bool | None = False) -> Evaluation:
     """Held-out evaluation of a fitted ensemble: pairwise metrics and, on pools with gold, Best-of-n curves of every
     proxy (excluded responses left out; kept in a second pool with Protocol.with_excluded), and the dataset's
-    published reward models' picks when it carries them. `metrics` and `scores` (the members' predictions on X)
-    are reused when the caller already has them."""
+    published reward models' picks when it carries them. `metrics`, `scores` (the members' predictions on X) and
+    `lc` (the pool's pool_lc(ds, protocol.length_control_gold)) are reused when the caller already has them."""
     check_aligned(ds, X)
     if prompts not in ("test", "all"):
         raise EmbrmError(f"--prompts must be test or all, got {prompts!r}")
@@ -291,13 +322,11 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     grid = {"n_max": protocol.n_max, "n_grid": protocol.n_grid}
     grid = {**grid, "texts": ds.texts}
     result.bon["pool"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, mean_curve=True, **grid)
-    try:
-        if not ds.texts:
-            raise EmbrmError(f"{ds.name} is arrays without texts: no lengths to control for")
-        result.length_effect, lc_gold = length_controlled(ds, protocol.length_control_gold)
-    except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
-        result.length_error = str(e)
+    lc = pool_lc(ds, protocol.length_control_gold) if lc is None else lc
+    if isinstance(lc, str):
+        result.length_error = lc
     else:
+        result.length_effect, lc_gold = lc
         result.bon["pool-lc"] = best_of_n(ds.responses, scored, evaluated & ~ds.excluded, pool="pool-lc",
                                           gold=lc_gold, **grid)
     if protocol.sun_metrics:  # Sun et al.'s raw ensemble mean, min and first member, on one random draw
@@ -310,6 +339,17 @@ def evaluate(ds: Dataset, X: np.ndarray, ensemble: RewardEnsemble, split_: Split
     if "published_picks" in ds.attachments:
         result.published = published_picks(ds.responses, evaluated & ~ds.excluded, ds.attachments["published_picks"])
     return result
+
+
+def pool_lc(ds: Dataset, which: str = "alpacaeval") -> tuple[LengthEffect, np.ndarray] | str:
+    """The pool's length-controlled gold and its LengthEffect (length_controlled), or why it has none: the same for
+    every model evaluated on the pool."""
+    if not ds.texts:
+        return f"{ds.name} is arrays without texts: no lengths to control for"
+    try:
+        return length_controlled(ds, which)
+    except EmbrmError as e:  # e.g. answers of one length within every prompt: no length term to remove
+        return str(e)
 
 
 def length_controlled(ds: Dataset, which: str = "alpacaeval") -> tuple[LengthEffect, np.ndarray]:
@@ -370,10 +410,12 @@ def _source_ranking(responses: pl.DataFrame, rows: np.ndarray, source: str | Non
 
 @dataclass
 class ExperimentResult:
-    """One experiment: the fitted model and its held-out evaluation."""
+    """One experiment: the fitted model, its held-out evaluation and its wall seconds (a member fit shared by
+    run_experiments counts where it ran)."""
 
     fit: FittedModel
     evaluation: Evaluation
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"protocol": self.fit.protocol.to_dict(), "n_train_pairs": self.fit.n_train_pairs,
@@ -387,9 +429,34 @@ class ExperimentResult:
 def run_experiment(ds: Dataset, X: np.ndarray, protocol: Protocol = Protocol(), *, augment: np.ndarray | None = None,
                    threads: int | None = None, progress: bool | None = None) -> ExperimentResult:
     """fit, then evaluate on the held-out prompts."""
-    fitted = fit(ds, X, protocol, augment=augment, threads=threads, progress=progress)
-    return ExperimentResult(fitted, evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol,
-                                             metrics=fitted.metrics, scores=fitted.scores))
+    return run_experiments(ds, X, [protocol], augment=augment, threads=threads, progress=progress)[0]
+
+
+@on_fit_threads
+def run_experiments(ds: Dataset, X: np.ndarray, protocols: list[Protocol], *, augment: np.ndarray | None = None,
+                    threads: int | None = None, progress: bool | None = None,
+                    lcs: dict | None = None) -> list[ExperimentResult]:
+    """run_experiment of each protocol on one dataset, each with its own numbers, computing once what they share:
+    the members of each Protocol.member_fit (a post-hoc length control corrects a copy) and the pool's
+    length-controlled gold. lcs: {gold name: pool_lc(ds, name)}, filled in as computed (pass the same dict with
+    the same ds to compute each once across calls)."""
+    check_aligned(ds, X)
+    fits: dict[Protocol, _Members] = {}
+    lcs = {} if lcs is None else lcs
+    results = []
+    for protocol in protocols:
+        start = time.perf_counter()
+        _check_control(ds, protocol.learner)
+        with Stages(f"fit {protocol.learner.name} x{protocol.k} on {ds.name}", 3, progress) as stages:
+            if protocol.member_fit not in fits:
+                fits[protocol.member_fit] = _members(ds, X, protocol.member_fit, augment, stages)
+            fitted = _corrected(ds, X, protocol, fits[protocol.member_fit], stages)
+        if ds.has_gold and protocol.length_control_gold not in lcs:
+            lcs[protocol.length_control_gold] = pool_lc(ds, protocol.length_control_gold)
+        evaluation = evaluate(ds, X, fitted.ensemble, fitted.split, fitted.protocol, metrics=fitted.metrics,
+                              scores=fitted.scores, lc=lcs.get(protocol.length_control_gold))
+        results.append(ExperimentResult(fitted, evaluation, time.perf_counter() - start))
+    return results
 
 
 # ----------------------------------------------------------------------------- saved models
@@ -446,4 +513,5 @@ def score(model: SavedModel, ds: Dataset, X: np.ndarray, *, progress: bool | Non
     posterior = model.ensemble.posterior
     if posterior is None:
         return frame
-    return frame.with_columns(posterior_mean=map_rows(posterior.predict, X), posterior_std=map_rows(posterior.predict_std, X))
+    return frame.with_columns(posterior_mean=map_rows(posterior.predict, X),
+                              posterior_std=map_rows(posterior.predict_std, X))

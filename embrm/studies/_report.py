@@ -313,11 +313,12 @@ def _timing_section(result) -> list[str]:
     rows = [["embedding (cached texts are free)", f"{t.embed_total:.1f}"],
             [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers (wall; "
              f"jobs already done in this directory are loaded, not run again)", f"{t.jobs_wall:.1f}"],
-            *[[f"method: {k}", f"{v:.1f}"] for k, v in t.methods.items()],
+            *[[f"method: {k} (on the same workers, beside the jobs)", f"{v:.1f}"] for k, v in t.methods.items()],
             ["total", f"{t.total:.1f}"]]
     per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
     return ["## Timing", "", md_table(["stage", "seconds"], rows), "",
-            md_table(["learner", "mean seconds per job (fit + evaluation)"],
+            md_table(["learner", "mean seconds per job (fit + evaluation; a member fit shared with another learner, "
+                      "as mlp.posthoc shares mlp's, counts where it ran)"],
                        [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
 
 

@@ -18,6 +18,7 @@ results, tables and findings call a dataset's jobs `<dataset>@<embedder>` (embrm
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import time
@@ -28,17 +29,17 @@ from pathlib import Path
 
 import polars as pl
 
-from embrm.active import ActiveResult, run_active
-from embrm.core import EmbrmError, Progress, Rows, check_out, exclusive, staged
-from embrm.data import Dataset, half_of, load_dataset, rrm_dataset
-from embrm.embedding import EmbedResult, cached_embeddings, embed_dataset, embed_views, view_groups
+from embrm.active import ActiveResult
+from embrm.core import EmbrmError, Rows, check_out, exclusive, staged
+from embrm.data import Dataset, DatasetSpec, half_of, load_dataset, rrm_dataset
+from embrm.embedding import EmbedResult, embed_dataset, embed_views, view_groups
 from embrm.evaluation import LengthEffect, Look, SequentialTest
-from embrm.methods import MethodResult, run_method
+from embrm.methods import MethodResult
 from embrm.rewards import package_versions
 from embrm.studies import _tables as R
 from embrm.studies._config import Study, check_prompt_counts, check_rrm_texts, group_label, jobs_of
 from embrm.studies._findings import Finding, Replication, decide, findings, replication
-from embrm.studies._jobs import check_run_options, run_jobs
+from embrm.studies._jobs import Call, active_task, check_run_options, method_task, run_jobs
 from embrm.studies._report import embedder_rows, render_report
 from embrm.studies._rl import plot_rl_study, rl_findings, rl_skipped, rl_table
 from embrm.studies._sequential import DECIDED, SequentialRun, check_max_seeds, more_seeds, stop_reason, summarise
@@ -71,19 +72,20 @@ class StudyResult:
 
 
 def embed_all(study: Study, cache_dir, data_dir=None, progress=None, replicate: bool = False
-              ) -> tuple[dict, dict, dict]:
+              ) -> tuple[dict, dict, dict, dict]:
     """Embed every dataset of the study once per embedder (cached texts are not re-embedded) and, for RRM
     learners, each dataset's augmentation texts (each half's own too with `replicate`: a half draws its
     other-prompt answers from itself). Returns (cache spec per embedder name: None for the one [embedder]; seconds
-    per job group; what the embedder's window did to each group's texts, keyed by _config.group_label). Every
-    dataset is loaded and checked first, so a bad one fails before the cache is touched."""
+    per job group; what the embedder's window did to each group's texts, keyed by _config.group_label; the
+    matrices read from the cache for the jobs, {(dataset spec, cache spec JSON, rrm?): X}). Every dataset is loaded
+    and checked first, so a bad one fails before the cache is touched."""
     loaded = _load_all(study, data_dir)
     check_rrm_texts(study)  # a Study built in code skips load_study's checks
-    specs, seconds, facts = {}, {}, {}
+    specs, seconds, facts, vectors = {}, {}, {}, {}
     _share_forward_passes(study, loaded, cache_dir, progress)
     for name in study.embedder_names:
-        specs[name] = _embed_with(study, name, loaded, cache_dir, progress, replicate, seconds, facts)
-    return specs, seconds, facts
+        specs[name] = _embed_with(study, name, loaded, cache_dir, progress, replicate, seconds, facts, vectors)
+    return specs, seconds, facts, vectors
 
 
 def _load_all(study: Study, data_dir) -> dict:
@@ -107,26 +109,35 @@ def _share_forward_passes(study: Study, loaded: dict, cache_dir, progress) -> No
 
 
 def _embed_with(study: Study, name: str | None, loaded: dict, cache_dir, progress, replicate: bool, seconds: dict,
-                facts: dict) -> dict | None:
-    """Every loaded dataset under one embedder (embed_dataset); fills seconds and facts per group, returns the
-    embedder's cache spec (None when every dataset carries its own vectors)."""
+                facts: dict, vectors: dict) -> dict | None:
+    """Every loaded dataset under one embedder (embed_dataset); fills seconds and facts per group and the vectors
+    read, returns the embedder's cache spec (None when every dataset carries its own vectors)."""
     config = study.embedder_of(name)
     embedder = config.build()
     options = dict(cache_dir=cache_dir, template=config.template, batch_size=config.batch_size, progress=progress)
     if any(learner.length_control == "rrm" for learner in study.learners):
         # RRM's other-prompt answers under each prompt: texts of their own, embedded once
-        halves = [half_of(loaded[d], h) for d in study.datasets for h in (1, 2)] if replicate else []
-        for ds in [*loaded.values(), *halves]:
-            embed_dataset(rrm_dataset(ds), embedder, **options)
+        halves = {replace(d, half=h): half_of(loaded[d], h) for d in study.datasets for h in (1, 2)} if replicate \
+            else {}
+        for dataset, ds in (loaded | halves).items():
+            aug = rrm_dataset(ds)
+            _keep(vectors, dataset, embed_dataset(aug, embedder, **options), aug, rrm=True)
     spec = None
     for dataset, ds in loaded.items():
-        res = embed_dataset(ds, embedder, **options)
+        res = _keep(vectors, dataset, embed_dataset(ds, embedder, **options), ds)
         group = group_label(dataset.label, name)
         seconds[group] = res.seconds
         spec = spec if ds.vectors is not None else res.spec  # the embedder's, for the jobs' cache reads
         facts[group] = TextFacts(res.n_texts, res.n_truncated, res.n_response_cut, list(res.indistinguishable),
                                  inputs_digest(ds, res), ds.source if ds.vectors is not None else None)
     return spec
+
+
+def _keep(vectors: dict, dataset: DatasetSpec, embedded: EmbedResult, ds: Dataset, rrm: bool = False) -> EmbedResult:
+    """Keep the matrix a dataset's jobs read from the cache (not vectors a dataset carries)."""
+    if ds.vectors is None:
+        vectors[dataset, json.dumps(embedded.spec, sort_keys=True), rrm] = embedded.X
+    return embedded
 
 
 def inputs_digest(ds: Dataset, embedded: EmbedResult) -> str:
@@ -184,17 +195,19 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
                overwrite: bool, max_seeds: int | None = None) -> StudyResult:
     out = store.out
     t0 = time.perf_counter()
-    specs, embed_seconds, embedding = embed_all(study, cache_dir, data_dir, progress, replicate)
+    specs, embed_seconds, embedding, vectors = embed_all(study, cache_dir, data_dir, progress, replicate)
     store.claim(study.name, overwrite)
     t1 = time.perf_counter()
     run = partial(_run_some, store=store, specs=specs, embedding=embedding, cache_dir=cache_dir, data_dir=data_dir,
-                  workers=workers, runner=runner, address=address, progress=progress)
+                  workers=workers, runner=runner, address=address, progress=progress, vectors=vectors)
     sequential, looks = None, {}
     if max_seeds is not None:  # the looks run the jobs of growing seeds; the products below are the final seeds'
         study, sequential, looks = _until_decided(study, run, max_seeds)
     jobs = jobs_of(study)
     halves = replication_jobs(study) if replicate else []
-    done = run(study, jobs + halves)  # after the looks, the main jobs are loaded back, not run again
+    side: dict = {}  # the methods' and active labelling's results, run by the workers beside the jobs
+    # after the looks, the main jobs are loaded back, not run again
+    done = run(study, jobs + halves, beside=_beside(study, specs, side, cache_dir, data_dir))
     results = done[:len(jobs)]
     t2 = time.perf_counter()
     curves = store.curves(jobs, study, results)
@@ -220,10 +233,13 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
         products.write_json("findings.json", [f.to_dict() for f in result.findings])
         if replicate:
             result.replication = _compare_halves(done[len(jobs):], halves, products)
-        first = specs[study.embedder_names[0]]  # the methods and active labelling run under the first embedder
-        result.methods = _run_methods(study, first, cache_dir, data_dir, products, progress)
+        result.methods = [side["method", name] for name in study.methods] if study.datasets else []
+        result.active = [side["active", d.label] for d in study.datasets] if study.active is not None else []
+        for method in result.methods:
+            products.write_method(method)
+        for campaign in result.active:
+            products.write_active(campaign)
         timings.methods = {m.name: round(m.seconds, 2) for m in result.methods}
-        result.active = _run_active(study, first, cache_dir, data_dir, products, progress)
         timings.active = {a.dataset: round(a.seconds, 2) for a in result.active}
         plots = _plot(study, result, results, stage)
         timings.total = time.perf_counter() - t0
@@ -238,14 +254,15 @@ def _run_study(study: Study, store: ResultStore, cache_dir: Path, data_dir, work
 
 
 def _run_some(study: Study, jobs: list, *, store: ResultStore, specs: dict, embedding: dict, cache_dir: Path,
-              data_dir, workers: int, runner: str, address: str | None, progress: bool | None) -> list[JobResult]:
+              data_dir, workers: int, runner: str, address: str | None, progress: bool | None,
+              vectors: dict, beside: list[Call] | None = None) -> list[JobResult]:
     """Run the jobs not yet in the store (embedding was done once, before): their results, in order. A half's
     inputs are its whole dataset's, marked with the half."""
     inputs = {label: facts.inputs for label, facts in embedding.items()}
     inputs |= {j.group: f"{inputs[replace(j, dataset=replace(j.dataset, half=0)).group]}:half{j.dataset.half}"
                for j in jobs if j.dataset.half}
     return run_jobs(study, jobs, store, specs, cache_dir, data_dir=data_dir, workers=workers, inputs=inputs,
-                    runner=runner, address=address, progress=progress)
+                    runner=runner, address=address, progress=progress, vectors=vectors, beside=beside)
 
 
 def _until_decided(study: Study, run, max_seeds: int) -> tuple[Study, SequentialRun, dict[str, Look]]:
@@ -310,36 +327,18 @@ def _compare_halves(results: list[JobResult], jobs: list, store: ResultStore) ->
     return rows
 
 
-def _run_methods(study: Study, spec: dict, cache_dir, data_dir, store: ResultStore, progress: bool | None,
-                 ) -> list[MethodResult]:
-    """The four methods (LASeR, MoE, composite, policy) on the study's first pool, first seed."""
-    if not study.methods or not study.datasets:
-        return []
-    ds = load_dataset(study.datasets[0], data_dir)
-    X = cached_embeddings(ds, spec, cache_dir)
-    results = []
-    with Progress(len(study.methods), "methods", "methods", progress) as bar:
-        for name in study.methods:
-            result = run_method(name, ds, X, seed=study.seeds[0], progress=False)
-            store.write_method(result)
-            results.append(result)
-            bar.advance()
-    return results
-
-
-def _run_active(study: Study, spec: dict, cache_dir, data_dir, store: ResultStore, progress: bool | None
-                ) -> list[ActiveResult]:
-    """The study's active labelling campaign on every pool (results under out/active/<pool>)."""
-    if study.active is None:
-        return []
-    results = []
-    for spec_ in study.datasets:
-        ds = load_dataset(spec_, data_dir)
-        result = run_active(ds, cached_embeddings(ds, spec, cache_dir), study.active, progress=progress)
-        result.dataset = spec_.label  # the report links its files by the study's (plain) name of the pool
-        store.write_active(result)
-        results.append(result)
-    return results
+def _beside(study: Study, specs: dict, side: dict, cache_dir, data_dir) -> list[Call]:
+    """The methods (on the first pool, first seed) and active labelling campaigns (every pool), under the first
+    embedder: they need no job's result, so the workers run them beside the jobs; each result lands in
+    side[("method", name)] or side[("active", pool label)]."""
+    first = json.dumps(specs[study.embedder_names[0]], sort_keys=True)
+    paths = (str(cache_dir), None if data_dir is None else str(data_dir))
+    pools = study.datasets[:1] if study.methods else []
+    methods = [Call(method_task, (name, d, first, *paths, study.seeds[0]), partial(side.__setitem__, ("method", name)),
+                    f"method {name}") for d in pools for name in study.methods]
+    active = [Call(active_task, (d, first, *paths, study.active), partial(side.__setitem__, ("active", d.label)),
+                   f"active labelling on {d.label}") for d in (study.datasets if study.active is not None else [])]
+    return methods + active
 
 
 def _plot_choice(study: Study) -> tuple[str, str]:

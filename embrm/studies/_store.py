@@ -250,7 +250,7 @@ class ResultStore:
         if curves is not None and not curves.is_empty():
             write_atomic(cpath, curves.with_columns(key=pl.lit(job.key)).write_parquet)
         stored = replace(result, curves=None, curves_rows=0 if curves is None else curves.height)
-        text = json.dumps(stored.to_dict(), indent=1, default=_json_default)
+        text = json.dumps(stored.to_dict(), default=_json_default)  # no indent: json's C encoder, ~10x faster
         write_atomic(jpath, text)
         return JobResult.from_dict(json.loads(text))
 

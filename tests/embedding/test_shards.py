@@ -144,14 +144,7 @@ def test_a_pending_shard_says_what_is_left(pool_file, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- Ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+# local_ray (tests/conftest.py): the session's one local Ray, which the studies' tests on Ray share.
 
 
 @pytest.fixture(scope="module")

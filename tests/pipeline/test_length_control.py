@@ -16,8 +16,10 @@ from embrm.data._augment import rrm_dataset
 from embrm.embedding._embed import embed_dataset
 from embrm.embedding.backends import make_embedder
 from embrm.evaluation._heldout import rows_of
+from embrm.pipeline import _steps as steps
 from embrm.pipeline._protocol import LabelConfig, Learner, Protocol
-from embrm.pipeline._steps import fit, load_model, run_experiment
+from embrm.pipeline._steps import fit, load_model, run_experiment, run_experiments
+from embrm.rewards._ensemble import fit_ensemble
 from embrm.rewards._length import length_feature
 from embrm.rewards._persist import manifest_digest
 
@@ -60,11 +62,27 @@ def test_posthoc_removes_each_members_length_slope_fitted_on_training_answers_on
     raw = plain.fit.ensemble.predict(X)  # the same members (same split, labels, seeds) before the correction
     slopes = np.asarray(result.fit.ensemble.length_correction.slopes)
     np.testing.assert_allclose(corrected, raw - length[:, None] * slopes, rtol=1e-4, atol=1e-4)
-    assert (np.abs(within_prompt_pearson(raw[train], length[train], prompts[train])) > 0.05).all()  # answers cut to 300 chars
+    # answers cut to 300 chars
+    assert (np.abs(within_prompt_pearson(raw[train], length[train], prompts[train])) > 0.05).all()
     # held out, the corrected reward follows length far less than the plain one
     assert abs(result.fit.metrics.length_correlation) < 0.5 * abs(plain.fit.metrics.length_correlation)
     with pytest.raises(EmbrmError, match="pass length="):
         result.fit.ensemble.predict(X)
+
+
+@pytest.mark.slow
+def test_protocols_differing_only_in_posthoc_control_share_one_member_fit(models_subset, plain, monkeypatch):
+    ds, X = models_subset
+    posthoc = protocol("linear", "posthoc")
+    alone = run_experiment(ds, X, posthoc, progress=False)
+    fits = []
+    monkeypatch.setattr(steps, "fit_ensemble", lambda *a, **kw: fits.append(1) or fit_ensemble(*a, **kw))
+    both = run_experiments(ds, X, [protocol("linear", "none"), posthoc], progress=False)
+    assert len(fits) == 1 and posthoc.member_fit == protocol("linear", "none")
+    for shared, own in zip(both, (plain, alone)):  # each protocol's numbers, as if run alone
+        assert json.dumps(shared.to_dict(), default=str) == json.dumps(own.to_dict(), default=str)
+        np.testing.assert_array_equal(shared.fit.scores, own.fit.scores)
+    assert both[0].fit.ensemble.length_correction is None  # the posthoc correction went on a copy
 
 
 @pytest.mark.slow

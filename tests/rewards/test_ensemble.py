@@ -147,3 +147,26 @@ def test_a_fit_too_big_for_one_stacked_step_runs_in_spans_of_rows_with_the_same_
     assert spans and max(spans) == 256  # the spanned path ran, a span at a time
     assert whole.info["n_epochs"] == spanned.info["n_epochs"]
     np.testing.assert_allclose(spanned.predict(X), whole.predict(X), atol=1e-5)
+
+
+def test_a_spanned_step_keeps_its_scoring_pass_activations_and_its_members_bit_for_bit(monkeypatch):
+    """A span whose activations the scoring pass kept (KEPT_BYTES) is not forwarded again for its backward: the
+    members are bit for bit those of forwarding every span twice."""
+    import embrm.rewards.heads._stack as stack
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3000, 64)).astype(np.float32)
+    gold = X @ rng.standard_normal(64)
+    a = rng.integers(0, 3000, (2000, 2))
+    a = a[a[:, 0] != a[:, 1]]
+    pairs = np.where((gold[a[:, 0]] > gold[a[:, 1]])[:, None], a, a[:, ::-1])
+    rows, gathered = stack.PairBatch.rows, []
+    monkeypatch.setattr(stack.PairBatch, "rows", lambda self, i, s, e: gathered.append(e - s) or rows(self, i, s, e))
+    monkeypatch.setattr(mlp, "STEP_BYTES", 1 << 16)
+    fits = {}
+    for kept in (0, 1 << 30):
+        monkeypatch.setattr(mlp, "KEPT_BYTES", kept)
+        gathered.clear()
+        fits[kept] = fit_ensemble(X, pairs, head="mlp", k=3, hidden=(32, 16), epochs=6, seed=0), sum(gathered)
+    np.testing.assert_array_equal(fits[0][0].predict(X), fits[1 << 30][0].predict(X))
+    assert fits[1 << 30][1] < fits[0][1]  # fewer rows gathered: no second forward of the kept spans

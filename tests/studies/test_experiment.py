@@ -154,18 +154,11 @@ def test_bad_config_is_rejected_before_any_work(setup, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_jobs_run_on_a_real_local_ray(setup):
-    ray = pytest.importorskip("ray")
+def test_jobs_run_on_a_real_local_ray(local_ray, setup):
+    # local_ray (tests/conftest.py): the session's one local Ray, 2 CPUs; the runner uses it and leaves it running
     study = load_study(setup / "study.toml")
     study.human_pairs, study.learners, study.methods = [], study.learners[:1], []
-    try:  # a sandbox may forbid what Ray's raylet needs; that is the only reason to skip
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"a local Ray cannot start on this machine: {e}")
-    try:
-        result = run_study(study, setup / "ray", cache_dir=setup / "cache", workers=2, runner="ray", progress=False)
-    finally:
-        ray.shutdown()
+    result = run_study(study, setup / "ray", cache_dir=setup / "cache", workers=2, runner="ray", progress=False)
     local = run_study(study, setup / "local", cache_dir=setup / "cache", workers=1, progress=False)
     assert result.bon.height > 0
     assert result.bon.sort(["seed", "variant", "proxy"]).equals(local.bon.sort(["seed", "variant", "proxy"]))

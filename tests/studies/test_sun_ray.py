@@ -39,19 +39,12 @@ def study_file(tmp_path_factory):
     return path
 
 
-def test_two_setups_run_on_a_real_local_ray_as_locally(study_file, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
+def test_two_setups_run_on_a_real_local_ray_as_locally(local_ray, study_file, tmp_path, monkeypatch):
+    # local_ray (tests/conftest.py): the session's one local Ray, 2 CPUs; the runner uses it and leaves it running.
+    # This state directory is the driver's and the local run's; Ray's workers have the fixture's own.
     monkeypatch.setenv("EMBRM_STATE_DIR", str(tmp_path / "state"))
     study = load_study(study_file)
-    try:  # a sandbox may forbid what Ray's raylet needs; that is the only reason to skip
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"a local Ray cannot start on this machine: {e}")
-    try:
-        on_ray = run_study(study, tmp_path / "ray", cache_dir=tmp_path / "cache", workers=2, runner="ray",
-                           progress=False)
-    finally:
-        ray.shutdown()
+    on_ray = run_study(study, tmp_path / "ray", cache_dir=tmp_path / "cache", workers=2, runner="ray", progress=False)
     local = run_study(study, tmp_path / "local", cache_dir=tmp_path / "cache", workers=1, progress=False)
     assert set(on_ray.bon["dataset"]) == {"sun-harmless-gemma2b", "sun-helpful-gemma2b"}
     order = ["dataset", "seed", "variant", "proxy"]

@@ -94,19 +94,19 @@ class LaplaceBT:
                              f"coef_ on the same embeddings")
         lam = self.prior_precision
         self.n_iter_ = 0
+        grad, H = self._gradient_hessian(X, pairs, w, lam)
+        L = self._cholesky(H)
         for _ in range(int(self.max_iter)):
-            grad, H = self._gradient_hessian(X, pairs, w, lam)
-            L = self._cholesky(H)
             step = cho_solve((L, True), grad)
-            decrement = float(grad @ step)
-            if decrement / 2 < TOLERANCE:
+            if float(grad @ step) / 2 < TOLERANCE:  # the Newton decrement^2 / 2: converged, H is the mode's
                 break
             w = self._line_search(X, pairs, w, step, grad, lam)
             self.n_iter_ += 1
+            grad, H = self._gradient_hessian(X, pairs, w, lam)
+            L = self._cholesky(H)
         self.coef_ = w.astype(np.float32)
         self.map_ = w
-        self.precision_ = self._gradient_hessian(X, pairs, w, lam)[1]
-        self.chol_ = self._cholesky(self.precision_)
+        self.precision_, self.chol_ = H, L
         return self
 
     @staticmethod

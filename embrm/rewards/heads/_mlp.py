@@ -229,6 +229,11 @@ def _backward(dr, acts, Wc, scale, cdt) -> list:
 # 128 MB spans peaked at 1.7 GB (the members' weights, gradients and Adam states are ~0.9 GB of it) against 1.9 GB
 # for 512 MB spans and 4.8 GB in one pass, in 5 % more time than 512 MB spans.
 STEP_BYTES = 128 << 20
+# A spanned step's scoring pass keeps the activations of its spans up to this many bytes, so that their backward
+# does not forward them again (the same values: the gradient is bit for bit the recomputing one's). The default
+# study's RRM fits (3,300 to 6,200 pairs of 5 members, 2 or 3 spans) keep every span: their steps lose the second
+# forward pass, ~1/4 of their FLOPs; a fit of Sun et al.'s size keeps two of its ~24 spans.
+KEPT_BYTES = 256 << 20
 
 
 def _row_span(members: list[MemberData], sizes: list[int], cdt, batch_size: int | None) -> int | None:
@@ -242,11 +247,19 @@ def _row_span(members: list[MemberData], sizes: list[int], cdt, batch_size: int 
     return max(256, STEP_BYTES // per_row)
 
 
-def _spanned_scores(batch, Wc, bc, span: int):
-    """Scores (K, U) of a batch's rows, one span of rows at a time (no activations kept)."""
+def _spanned_scores(batch, Wc, bc, span: int, keep: int = 0):
+    """Scores (K, U) of a batch's rows, one span of rows at a time, and {span start: activations} of the first
+    spans whose activations take at most `keep` bytes together."""
     import torch
 
-    return torch.cat([_forward(batch.rows(0, s, s + span), Wc, bc)[0] for s in range(0, batch.width, span)], 1)
+    scores, kept = [], {}
+    for s in range(0, batch.width, span):
+        r, acts = _forward(batch.rows(0, s, s + span), Wc, bc)
+        scores.append(r)
+        keep -= sum(a.nelement() * a.element_size() for a in acts)
+        if keep >= 0:
+            kept[s] = acts
+    return torch.cat(scores, 1), kept
 
 
 def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.ndarray]], *,
@@ -289,14 +302,17 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
             r, acts = _forward(batch.tables[0], Wc, bc)
             loss, dr = _pair_loss(r, batch, objective, grad=True)
             grads = _backward(dr, acts, Wc, scale_a, cdt)
-        else:  # the same gradient, a span of rows at a time: scores first, then each span's forward + backward
-            r = _spanned_scores(batch, Wc, bc, span)
+        else:  # the same gradient, a span of rows at a time: scores first, then each span's backward
+            r, kept = _spanned_scores(batch, Wc, bc, span, KEPT_BYTES)
             loss, dr = _pair_loss(r, batch, objective, grad=True)
             grads = None
             for s in range(0, batch.width, span):
-                part = _backward(dr[:, s:s + span], _forward(batch.rows(0, s, s + span), Wc, bc)[1], Wc, scale_a, cdt)
+                acts = kept.pop(s, None)
+                if acts is None:  # a span the scoring pass did not keep: forwarded again
+                    acts = _forward(batch.rows(0, s, s + span), Wc, bc)[1]
+                    flops += matmul_flops(acts[0].shape[1] * len(active), sizes, backward=False)
+                part = _backward(dr[:, s:s + span], acts, Wc, scale_a, cdt)
                 grads = part if grads is None else [g.add_(p) for g, p in zip(grads, part)]
-            flops += matmul_flops(batch.width * len(active), sizes, backward=False)  # the second forward
         if objective == "bt":  # BT is shift-invariant: the output bias gets no (only rounding-noise) gradient
             grads[-1].zero_()
         if hidden_rows is not None:  # inputs a member does not see: no gradient (where, not a product: inf * 0)
@@ -307,7 +323,7 @@ def train_stack(X: np.ndarray, members: list[MemberData], inits: list[list[np.nd
     def val_loss(Pa, active, batch):
         nonlocal flops
         Wc, bc = cast(Pa[0::2]), cast(Pa[1::2])
-        r = _forward(batch.tables[0], Wc, bc)[0] if span is None else _spanned_scores(batch, Wc, bc, span)
+        r = _forward(batch.tables[0], Wc, bc)[0] if span is None else _spanned_scores(batch, Wc, bc, span)[0]
         flops += matmul_flops(batch.width * len(active), sizes, backward=False)
         return _pair_loss(r, batch, objective, grad=False)[0]
 

@@ -185,10 +185,11 @@ def train_odin(X: np.ndarray, length: np.ndarray, members: list[MemberData], hid
     WOb, bOn = best[-1].numpy(), bO.numpy()
     quality = trunk + [np.ascontiguousarray(WOb[..., 0:1]), np.ascontiguousarray(bOn[:, 0:1])]
     length_params = trunk + [np.ascontiguousarray(WOb[..., 1:2]), np.ascontiguousarray(bOn[:, 1:2])]
-    rq_all, rl_all = forward_stack(X, quality), forward_stack(X, length_params)
+    used = np.unique(np.concatenate([m.train_pairs.ravel() for m in members]))  # the training rows: scored here
+    rq, rl, le = forward_stack(X[used], quality), forward_stack(X[used], length_params), length[used]
     corr = np.zeros((K, 2), np.float64)
     for k, m in enumerate(members):
-        rows = np.unique(m.train_pairs)
-        corr[k] = _pearson_np(rq_all[rows, k], length[rows]), _pearson_np(rl_all[rows, k], length[rows])
+        rows = np.searchsorted(used, np.unique(m.train_pairs))
+        corr[k] = _pearson_np(rq[rows, k], le[rows]), _pearson_np(rl[rows, k], le[rows])
     return OdinResult(quality, length_params, fit.best_epoch, fit.n_epochs, fit.val_history, corr,
                       time.perf_counter() - t0)
