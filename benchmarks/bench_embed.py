@@ -19,6 +19,7 @@ Prints a table and writes benchmarks/results/embed.json (with the CPU's model an
 
     python benchmarks/bench_embed.py                 # 400 st texts, 120 hf texts
     python benchmarks/bench_embed.py --stage         # + the default study's embedding stage, cold
+    python benchmarks/bench_embed.py --n 0 --out /tmp/embed_hf.json   # hf only
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def embedding_stage() -> dict:
     study = load_study(None)
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
-        _, seconds, facts = embed_all(study, cache, progress=False, replicate=True)
+        _, seconds, facts, _ = embed_all(study, cache, progress=False, replicate=True)
         total = time.perf_counter() - t
     texts = sum(f.n_texts for f in facts.values())
     return {"seconds": round(total, 1), "per_group_seconds": seconds, "dataset_rows": texts,
@@ -129,21 +130,22 @@ def embedding_stage() -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=400, help="real texts for the st paths")
+    ap.add_argument("--n", type=int, default=400, help="real texts for the st paths (0: skip st)")
     ap.add_argument("--hf-n", type=int, default=120, help="real texts for the hf paths (0: skip hf)")
     ap.add_argument("--stage", action="store_true", help="also time the default study's embedding stage, cold")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "embed.json"))
     args = ap.parse_args(argv)
     import torch
 
-    rows = bench_backend("st", args.n) + (bench_backend("hf", args.hf_n) if args.hf_n else [])
+    sizes = {b: n for b, n in (("st", args.n), ("hf", args.hf_n)) if n}
+    rows = [row for backend, n in sizes.items() for row in bench_backend(backend, n)]
     result = {
         "benchmark": "embed", "command": "python benchmarks/bench_embed.py " + " ".join(argv or sys.argv[1:]),
         "machine": {"cpu": cpuinfo().get("model name"), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "flags": sorted(set(FLAGS) & cpu_flags()),
                     "fast_bf16": fast_bf16(), "fast_int8": fast_int8(), "platform": platform.platform(),
                     "torch": torch.__version__, **(_openvino.versions() if _openvino.available() else {})},
-        "auto": {b: make_embedder(b, MODELS[b]).precision() for b in (("st", "hf") if args.hf_n else ("st",))},
+        "auto": {b: make_embedder(b, MODELS[b]).precision() for b in sizes},
         "runs": rows,
     }
     print(f"CPU: {result['machine']['cpu']} ({', '.join(result['machine']['flags'])})")

@@ -311,15 +311,19 @@ EMBEDDERS = ("Every job ran once per embedder on the same prompts, train/test sp
 def _timing_section(result) -> list[str]:
     t, fits = result.timings, result.fits
     rows = [["embedding (cached texts are free)", f"{t.embed_total:.1f}"],
-            [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers (wall; "
-             f"jobs already done in this directory are loaded, not run again)", f"{t.jobs_wall:.1f}"],
-            *[[f"method: {k} (on the same workers, beside the jobs)", f"{v:.1f}"] for k, v in t.methods.items()],
+            [f"{t.n_jobs} jobs + {t.n_replication_jobs} replication jobs on {t.workers} {t.runner} workers, the "
+             f"methods beside them (wall; jobs already done in this directory are loaded, not run again)",
+             f"{t.jobs_wall:.1f}"],
+            *[[f"method: {k} (within the wall above)", f"{v:.1f}"] for k, v in t.methods.items()],
+            ["tables, findings, plots and report", f"{t.products:.1f}"],
             ["total", f"{t.total:.1f}"]]
-    per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"))
+    per_learner = fits.group_by("learner", maintain_order=True).agg(pl.col("seconds").mean().alias("s"),
+                                                                     pl.col("seconds").sum().alias("sum"))
     return ["## Timing", "", md_table(["stage", "seconds"], rows), "",
             md_table(["learner", "mean seconds per job (fit + evaluation; a member fit shared with another learner, "
-                      "as mlp.posthoc shares mlp's, counts where it ran)"],
-                       [[r["learner"], f"{r['s']:.1f}"] for r in per_learner.iter_rows(named=True)]), ""]
+                      "as mlp.posthoc shares mlp's, counts where it ran)", "seconds, all its jobs of this table"],
+                     [[r["learner"], f"{r['s']:.1f}", f"{r['sum']:.0f}"] for r in per_learner.iter_rows(named=True)]),
+            ""]
 
 
 def render_report(study: Study, result, plots: list[Path], command: str | None) -> str:

@@ -188,6 +188,7 @@ class StudyTimings:
     job_seconds: dict[str, float]  # per job key
     methods: dict[str, float] = field(default_factory=dict)
     active: dict[str, float] = field(default_factory=dict)  # per pool
+    products: float = 0.0  # tables, findings, plots and the report, after the jobs
     total: float = 0.0
 
     def to_dict(self) -> dict:

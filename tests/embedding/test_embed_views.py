@@ -128,7 +128,7 @@ def test_chat_template_texts_are_the_models_own_and_recorded(pool_file, chat_lm,
 
 def test_chat_template_missing_is_one_line(pool_file, tiny_lm, tmp_path):
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--backend", "hf", "--model", str(tiny_lm),
-                                   "--template", "chat", "--cache-dir", str(tmp_path)])
+                                   "--dtype", "float32", "--template", "chat", "--cache-dir", str(tmp_path)])
     assert res.exit_code == 2 and "no chat template" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["embed", str(pool_file), *COLUMNS, "--template", "chat",
                                    "--cache-dir", str(tmp_path)])

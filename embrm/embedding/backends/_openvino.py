@@ -7,17 +7,22 @@ The recipe needs no calibration data, so the vectors depend on the model alone:
   INT8_SYM);
 - OpenVINO's CPU plugin quantises the activations at run time, per token in groups of GROUP along the inner
   dimension, and multiplies int8 by int8 (VNNI); everything else runs in float32.
-On MiniLM (2-core Xeon, avx512_vnni, no AMX) this ran 2-3x float32 torch at cosine >= 0.998 to it on real pool
-texts. Static int8 (NNCF's quantize with a calibration set) was about as fast but agreed less (min cosine 0.990, or
-0.9944 with the first block's MLP output kept in float32) and makes the vectors depend on the calibration texts.
+On MiniLM (2-core Xeon, avx512_vnni, no AMX) this ran 1.8-3x float32 torch at cosine >= 0.998 to it on real pool
+texts; on an EPYC exposing only AVX2 (no VNNI: an int8 product takes three instructions) 1.2x for MiniLM and about
+2x for SmolLM2-135M. Static int8 (NNCF's quantize with a calibration set) was about as fast but agreed less (min
+cosine 0.990, or 0.9944 with the first block's MLP output kept in float32) and makes the vectors depend on the
+calibration texts.
+The st backend converts its model's transformer; the hf backend its whole AutoModel, returning every hidden state
+(one converted model per model, compiled per set of layers asked for: compile_int8's outputs). A probe on SmolLM2-135M
+ran about 2.6x float32 torch at min cosine 0.994 on 300 real texts (conversion ~160 s and ~8 GB, once).
 
 OpenVINO is called directly: sentence-transformers' own backend="openvino" goes through optimum-intel, whose
 releases pin older transformers and torch than embrm's.
 
 A converted model is kept under state_dir()/openvino/<digest of its weights and the recipe>/ with the SHA-256 of its
-weights file, checked on every load (conversion ~10 s, reading back <1 s); a damaged one is converted again. Whether
-int8 agrees with float32 is measured once per model and machine on a fixed sample (check_sample) and kept under
-state_dir()/agreement/.
+weights file, checked on every load (MiniLM: conversion ~10 s, reading back <1 s); a damaged one is converted again.
+Whether int8 agrees with float32 is measured once per model and machine on a fixed sample (check_sample) and kept
+under state_dir()/agreement/.
 """
 
 from __future__ import annotations
@@ -64,24 +69,41 @@ def versions() -> dict:
 # ------------------------------------------------------------------------------------------ the converted model
 
 
-def compiled_int8(module, example: dict, outputs: int | None = None):
+def compiled_int8(module, example: dict, outputs: list[int] | None = None, tag: str = ""):
     """module (torch, eval mode) compiled by OpenVINO with int8 weights and run-time int8 activations. `example`:
     named input tensors of one small batch (names and dtypes only matter: the shapes stay dynamic)."""
+    return compile_int8(converted_int8(module, example, tag), outputs)
+
+
+def converted_int8(module, example: dict, tag: str = ""):
+    """The ov.Model of module with int8 weights, converted once and then read back from state_dir(). `tag` names
+    what the module returns where its weights alone do not (a wrapper around a model)."""
     require()
     import openvino as ov
 
-    folder = state_dir() / "openvino" / weights_digest(module, sorted(example))
-    core = ov.Core()
+    folder = state_dir() / "openvino" / weights_digest(module, sorted(example), tag)
     if not _intact(folder):
         _convert(module, example, folder)
-    return core.compile_model(core.read_model(folder / "model.xml"), "CPU", CONFIG)
+    return ov.Core().read_model(folder / "model.xml")
 
 
-def weights_digest(module, inputs: list[str]) -> str:
-    """What the converted model depends on: every parameter and buffer, the input names, the recipe, the versions."""
+def compile_int8(model, outputs: list[int] | None = None):
+    """model compiled for the CPU with run-time int8 activations; with `outputs` (indices of its outputs, in the
+    order wanted) only those are kept, so layers that feed none of them are not run."""
+    import openvino as ov
+
+    if outputs is not None:
+        model = ov.Model([model.output(i) for i in outputs], model.get_parameters(), model.get_friendly_name())
+    return ov.Core().compile_model(model, "CPU", CONFIG)
+
+
+def weights_digest(module, inputs: list[str], tag: str = "") -> str:
+    """What the converted model depends on: every parameter and buffer, the input names, the recipe, the versions
+    (and the tag, where one is given)."""
     import torch
 
-    h = hashlib.blake2b(json.dumps([inputs, RECIPE, versions()], sort_keys=True).encode(), digest_size=16)
+    head = [inputs, RECIPE, versions(), *([tag] if tag else [])]
+    h = hashlib.blake2b(json.dumps(head, sort_keys=True).encode(), digest_size=16)
     for name, tensor in module.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
@@ -124,14 +146,18 @@ def _convert(module, example: dict, folder: Path) -> None:
 
 
 def _quiet():
-    """NNCF prints a table and progress bars while it compresses; embrm shows its own progress."""
+    """NNCF prints a table and progress bars while it compresses, torch's tracer warns of every Python branch it
+    fixes (transformers' mask code); embrm shows its own progress."""
     import contextlib
     import io
     import logging
+    import warnings
 
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.ERROR)

