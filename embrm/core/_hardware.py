@@ -43,15 +43,14 @@ def fast_bf16() -> bool:
 
 
 def fast_int8() -> bool:
-    """Whether int8 inference (OpenVINO, embrm.embedding) is this CPU's fastest way to run an encoder: an x86 CPU
-    with OpenVINO's int8 kernels (AVX2 and up; VNNI, avx512_vnni or avx_vnni, does the int8 dot products in one
-    instruction) and without fast bfloat16. Measured (benchmarks/bench_embed.py, 2 cores): on a Xeon with
-    avx512_vnni and no AMX, MiniLM in int8 ran 1.8-3x float32 torch at cosine >= 0.998 to it; on an EPYC exposing
-    only AVX2, 1.2x for MiniLM and ~2x for SmolLM2-135M at cosine >= 0.996. Where bfloat16 is fast (AMX, AMD
-    Zen 4) embrm keeps torch bfloat16: the int8 path was not measured there. The choice is still checked per model
-    (the backends' agreement with float32)."""
+    """Whether int8 inference (OpenVINO, embrm.embedding) is this CPU's fastest way to run an encoder: int8 dot
+    products in one instruction (VNNI: avx512_vnni or avx_vnni) without fast bfloat16. Measured
+    (benchmarks/bench_embed.py, 2 cores): on a Xeon with avx512_vnni and no AMX, MiniLM in int8 ran 1.8x float32
+    torch at cosine >= 0.998 to it; on an EPYC exposing only AVX2, int8 ran 1.03x (MiniLM) and 1.01x (SmolLM2-135M):
+    no gain for the one-off conversion and agreement check, so AVX2 alone keeps float32. Where bfloat16 is fast
+    (AMX, AMD Zen 4) embrm keeps torch bfloat16: the int8 path was not measured there."""
     flags = cpu_flags()
-    return not fast_bf16() and bool({"avx512_vnni", "avx_vnni", "avx2"} & flags)
+    return not fast_bf16() and bool({"avx512_vnni", "avx_vnni"} & flags)
 
 
 @contextlib.contextmanager
