@@ -57,10 +57,14 @@ def test_converges_to_the_kl_regularised_optimum(pool, settings):
 
 def test_grpo_kl_in_the_loss_has_the_documented_coefficient(pool):
     """GRPO's group mean includes the sample itself, so its policy gradient is (1 - 1/G) of the true one; with the
-    KL in the loss (no std normalisation) the optimum is the tilted policy at beta / (1 - 1/G)."""
-    kl, gold = trained(*pool, algo="grpo", kl_mode="loss", std_norm=False, group=8, steps=3000, lr=0.02)
+    KL in the loss (no std normalisation) the optimum is the tilted policy at beta / (1 - 1/G). At lr 0.02 one run
+    ends 0-4 % above the optimum's KL (its logits still jitter, and KL is convex in them; seeds 0-3 on an AVX2 EPYC:
+    +2.6, +4.0, +0.1, +0.9 %), so three seeds are averaged; the plain coefficient's optimum is 15 % away."""
+    runs = [trained(*pool, algo="grpo", kl_mode="loss", std_norm=False, group=8, steps=3000, lr=0.02, seed=seed)
+            for seed in range(3)]
+    kl, gold = np.mean(runs, axis=0)
     want_kl, want_gold = closed_form(*pool, BETA / (1 - 1 / 8))
-    assert kl == pytest.approx(want_kl, rel=0.02) and gold == pytest.approx(want_gold, rel=0.02)
+    assert kl == pytest.approx(want_kl, rel=0.03) and gold == pytest.approx(want_gold, rel=0.02)
     assert abs(kl / closed_form(*pool, BETA)[0] - 1) > 0.05 # not the plain coefficient's optimum
 
 
