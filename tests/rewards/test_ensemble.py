@@ -127,17 +127,23 @@ def test_ensemble_errors():
         fit_ensemble(X, pairs, k=2).predict_warm(X)
 
 
-def test_a_fit_too_big_for_one_stacked_step_runs_in_spans_of_rows_with_the_same_result(monkeypatch):
-    """Above STEP_BYTES a full-batch MLP step gathers and backpropagates a span of rows at a time (memory near the
-    budget at Sun et al.'s size); the gradient is the same up to summation order, so the members are too."""
-    import embrm.rewards.heads._stack as stack
-
-    rng = np.random.default_rng(0)
+def _linear_gold_pairs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """3,000 random 64-d rows and ~2,000 pairs ordered by a random linear gold (winner first)."""
+    rng = np.random.default_rng(seed)
     X = rng.standard_normal((3000, 64)).astype(np.float32)
     gold = X @ rng.standard_normal(64)
     a = rng.integers(0, 3000, (2000, 2))
     a = a[a[:, 0] != a[:, 1]]
     pairs = np.where((gold[a[:, 0]] > gold[a[:, 1]])[:, None], a, a[:, ::-1])
+    return X, pairs
+
+
+def test_a_fit_too_big_for_one_stacked_step_runs_in_spans_of_rows_with_the_same_result(monkeypatch):
+    """Above STEP_BYTES a full-batch MLP step gathers and backpropagates a span of rows at a time (memory near the
+    budget at Sun et al.'s size); the gradient is the same up to summation order, so the members are too."""
+    import embrm.rewards.heads._stack as stack
+
+    X, pairs = _linear_gold_pairs(seed=0)
     whole = fit_ensemble(X, pairs, head="mlp", k=3, hidden=(32, 16), epochs=6, seed=0)
     spans = []
     rows = stack.PairBatch.rows
@@ -154,12 +160,7 @@ def test_a_spanned_step_keeps_its_scoring_pass_activations_and_its_members_bit_f
     members are bit for bit those of forwarding every span twice."""
     import embrm.rewards.heads._stack as stack
 
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((3000, 64)).astype(np.float32)
-    gold = X @ rng.standard_normal(64)
-    a = rng.integers(0, 3000, (2000, 2))
-    a = a[a[:, 0] != a[:, 1]]
-    pairs = np.where((gold[a[:, 0]] > gold[a[:, 1]])[:, None], a, a[:, ::-1])
+    X, pairs = _linear_gold_pairs(seed=1)
     rows, gathered = stack.PairBatch.rows, []
     monkeypatch.setattr(stack.PairBatch, "rows", lambda self, i, s, e: gathered.append(e - s) or rows(self, i, s, e))
     monkeypatch.setattr(mlp, "STEP_BYTES", 1 << 16)

@@ -210,6 +210,16 @@ class AutoInt8:
         return self.dtype
 
 
+def model_files(root: Path) -> list:
+    """(name, size, mtime) of a local model's files (the file, or a folder's first 500): a model changed in place
+    is checked again. [] where root is not on disk (a hub id)."""
+    if not root.exists():
+        return []
+    base = root.parent if root.is_file() else root
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())[:500]
+    return [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+
+
 def int8_candidate(dtype: str, device: str) -> bool:
     """'auto' on a CPU where int8 is the fastest path (embrm.core.fast_int8) and OpenVINO is installed: the backend
     then checks int8 against float32 once per model and machine before choosing it."""

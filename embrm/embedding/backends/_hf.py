@@ -35,6 +35,7 @@ from embrm.embedding.backends._base import (
     length_batches,
     load_error,
     local_or_hub,
+    model_files,
     quiet_loading,
     require_packages,
     resolve_device,
@@ -210,8 +211,9 @@ class HFEmbedder(AutoInt8, Embedder):
         """int8 vs float32 on the fixed check sample, measured once per model and machine (then read back). Of the
         model's default embedding (last layer, last token): every view of a model shares it."""
         if self._agreement is None:
+            files = model_files(smollm2_gguf() if self._smollm2 else Path(self._source))
             key = {"backend": self.backend, "model": self.model_id, "revision": self.revision,
-                   "max_length": self.max_length, "append_eos": self.append_eos, "files": self._files()}
+                   "max_length": self.max_length, "append_eos": self.append_eos, "files": files}
             self._agreement = _openvino.agreement(key, self._measure_agreement)
         return self._agreement
 
@@ -224,16 +226,6 @@ class HFEmbedder(AutoInt8, Embedder):
                 vectors.append(emb.embed(texts).vectors)
         return vectors[0], vectors[1]
 
-    def _files(self) -> list:
-        """(name, size, mtime) of a local model's files: a model changed in place is checked again."""
-        root = smollm2_gguf() if self._smollm2 else Path(self._source)
-        if not root.exists():  # a hub id
-            return []
-        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())[:500]
-        return [(str(p.relative_to(root.parent if root.is_file() else root)), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in paths]
-
-    # -- loading -------------------------------------------------------------------------------------
     def _location(self) -> tuple[str, dict]:
         """(directory or hub id, extra from_pretrained kwargs)."""
         path = smollm2_gguf() if self._smollm2 else Path(self._source)

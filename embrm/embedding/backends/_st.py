@@ -24,6 +24,7 @@ from embrm.embedding.backends._base import (
     length_batches,
     load_error,
     local_or_hub,
+    model_files,
     quiet_loading,
     resolve_device,
     resolve_dtype,
@@ -109,8 +110,9 @@ class STEmbedder(AutoInt8, Embedder):
     def agreement(self) -> _openvino.Agreement:
         """int8 vs float32 on the fixed check sample, measured once per model and machine (then read back)."""
         if self._agreement is None:
+            files = model_files(Path(self._source or packaged_minilm())) if self._local else []
             key = {"backend": self.backend, "model": self.model_id, "revision": self.revision,
-                   "max_length": self.max_length or self._default_max_length(), "files": self._files()}
+                   "max_length": self.max_length or self._default_max_length(), "files": files}
             self._agreement = _openvino.agreement(key, self._measure_agreement)
         return self._agreement
 
@@ -122,14 +124,6 @@ class STEmbedder(AutoInt8, Embedder):
                           device="cpu", revision=self.revision)
         with float32, int8:
             return int8.embed(texts).vectors, float32.embed(texts).vectors
-
-    def _files(self) -> list:
-        """(name, size, mtime) of a local model's files: a model changed in place is checked again."""
-        if not self._local:
-            return []
-        root = Path(self._source or packaged_minilm())
-        return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                      for p in root.rglob("*") if p.is_file())[:500]
 
     def _default_max_length(self) -> int | None:
         """Read max_seq_length from sentence_bert_config.json when it is on disk (cheap, no weights)."""
